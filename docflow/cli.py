@@ -1,0 +1,55 @@
+"""The `docflow` command: thin dispatch to localcloud and the flows (imports are lazy)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _local_up(args: argparse.Namespace) -> int:
+    from localcloud.server import serve_forever
+
+    return serve_forever(host=args.host, port=args.port)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flows.end_to_end import run_demo
+
+    return run_demo(corpus=args.corpus)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from docflow.ui import run_ui
+
+    return run_ui()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each sub-command names the function that serves it."""
+    parser = argparse.ArgumentParser(prog="docflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    local = sub.add_parser("local", help="localcloud: the embedded AWS")
+    local_sub = local.add_subparsers(dest="local_command", required=True)
+    up = local_sub.add_parser("up", help="run localcloud in the foreground (Ctrl-C stops it)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=4566)
+    up.set_defaults(func=_local_up)
+
+    demo = sub.add_parser("demo", help="package, deploy and process the sample corpus locally")
+    demo.add_argument("--corpus", default="datasets/sample")
+    demo.set_defaults(func=_demo)
+
+    ui = sub.add_parser("ui", help="Prefect server, localcloud, work pool, worker and deployments")
+    ui.set_defaults(func=_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `docflow` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Prefect flows: parameters in, orchestration, artifacts out."""

@@ -1,0 +1,76 @@
+"""Shared fixtures: localcloud on a free port, a fresh profile per test, a Prefect test server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tasks.aws import aws_client, clear_client_cache
+from tasks.settings import Profile, load_profile
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", help="run the long reliability soak tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def localcloud() -> Iterator[Any]:
+    """One localcloud (moto + SageMaker emulator) for the session, on a free port.
+
+    Sets AWS_* and DOCFLOW_ENDPOINT_URL in os.environ so unmodified boto3 clients reach it.
+    """
+    from localcloud import LocalCloud
+
+    cloud = LocalCloud(port=0)
+    cloud.start()
+    saved = {k: os.environ.get(k) for k in cloud.environment()}
+    os.environ.update(cloud.environment())
+    clear_client_cache()
+    try:
+        yield cloud
+    finally:
+        cloud.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        clear_client_cache()
+
+
+@pytest.fixture
+def profile(localcloud: Any) -> Profile:
+    """A local profile with its own bucket and endpoint name, so tests never share state."""
+    suffix = uuid.uuid4().hex[:8]
+    base = load_profile("local")
+    prof = base.model_copy(
+        update={
+            "bucket": f"docflow-test-{suffix}",
+            "endpoint_url": localcloud.url,
+            "endpoint_name": f"docflow-test-{suffix}",
+        }
+    )
+    aws_client("s3", prof).create_bucket(Bucket=prof.bucket)
+    return prof
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A throwaway Prefect server and database for tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
