@@ -7,7 +7,7 @@ else from boto3's default chain. localcloud is reached only through ``endpoint_u
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 import boto3
 from botocore.config import Config
@@ -37,14 +37,16 @@ def _session(profile: Profile) -> boto3.session.Session:
             if profile.credentials_block:
                 from prefect_aws import AwsCredentials
 
-                creds = AwsCredentials.load(profile.credentials_block)
+                creds = cast(AwsCredentials, AwsCredentials.load(profile.credentials_block))
                 _sessions[key] = creds.get_boto3_session()
             else:
                 _sessions[key] = boto3.session.Session(region_name=profile.region)
         return _sessions[key]
 
 
-def aws_client(service: str, profile: Profile | None = None, *, read_timeout_s: float | None = None) -> Any:
+def aws_client(
+    service: str, profile: Profile | None = None, *, read_timeout_s: float | None = None
+) -> Any:
     """A cached, thread-safe boto3 client for ``service`` configured from ``profile``."""
     profile = profile or load_profile()
     key = (service, profile, read_timeout_s)
@@ -53,7 +55,8 @@ def aws_client(service: str, profile: Profile | None = None, *, read_timeout_s: 
     if cached is not None:
         return cached
     session = _session(profile)
-    made = session.client(
+    # cast: the stubs type `client` per literal service name; ours is a runtime string.
+    made = cast(Any, session).client(
         service,
         endpoint_url=profile.endpoint_url,
         config=client_config(profile, read_timeout_s=read_timeout_s),

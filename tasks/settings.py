@@ -49,7 +49,7 @@ class Profile(BaseModel):
     name: str
     region: str = "us-east-1"
     bucket: str
-    prefixes: Prefixes = Prefixes()
+    prefixes: Prefixes = Field(default_factory=Prefixes)
     endpoint_url: str | None = Field(
         None, description="AWS endpoint override (localcloud); None means real AWS."
     )
@@ -64,7 +64,7 @@ class Profile(BaseModel):
     execution_role_arn: str | None = None
     image_uri: str | None = None
     kms_key_id: str | None = None
-    autoscaling: Autoscaling = Autoscaling()
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     max_outstanding_invocations: int = Field(
         16, ge=1, description="Cap on in-flight async invocations per endpoint (all runs)."
     )
