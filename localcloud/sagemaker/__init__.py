@@ -1,0 +1,1 @@
+"""The SageMaker hosting emulator: control plane, runtime and endpoint instance processes."""
