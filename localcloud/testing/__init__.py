@@ -1,0 +1,1 @@
+"""Test helpers: the echo model handler and builders for its model artifact."""
