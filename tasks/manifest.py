@@ -1,0 +1,185 @@
+"""The run manifest: batch → documents, locations, attempts, status; persisted as JSON in S3."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.corpus import Rejected
+from tasks.settings import Profile
+
+
+class BatchStatus(StrEnum):
+    """Where a batch is; completed, failed and split are terminal."""
+
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SPLIT = "split"
+
+
+TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.SPLIT})
+OUTSTANDING = frozenset({BatchStatus.PENDING, BatchStatus.SUBMITTED})
+
+
+class ManifestError(ValueError):
+    """A manifest operation that cannot be right (unknown batch, bad field, bad transition)."""
+
+
+class BatchRecord(BaseModel):
+    """One invocation payload of a run and what happened to it."""
+
+    model_config = ConfigDict(validate_assignment=True, extra="forbid")
+
+    batch_id: str
+    doc_ids: list[str]
+    input_uri: str
+    output_uri: str
+    failure_uri: str
+    inference_id: str
+    attempts: int = 0
+    status: BatchStatus = BatchStatus.PENDING
+    reason: str | None = None
+    parent: str | None = None
+    submitted_at: datetime | None = None
+    received_time: datetime | None = None
+    completed_at: datetime | None = Field(
+        None, description="eventTime of the notification, or when reconciliation saw the object."
+    )
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the batch has reached completed, failed or split."""
+        return self.status in TERMINAL
+
+
+class NotificationCounters(BaseModel):
+    """Notifications seen by the run: all, repeats of a recorded outcome, and unknown ids."""
+
+    received: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+
+
+class RunManifest(BaseModel):
+    """Everything needed to resume or aggregate a run."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    run_key: str
+    endpoint: str
+    model_artifact: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    batches: dict[str, BatchRecord] = Field(default_factory=dict)
+    rejected: list[Rejected] = Field(default_factory=list)
+    notifications: NotificationCounters = Field(default_factory=NotificationCounters)
+
+    def add(self, record: BatchRecord) -> None:
+        """Add a batch (a new run's, or a half of a split one); an existing id is left as it is."""
+        self.batches.setdefault(record.batch_id, record)
+
+    def by_inference_id(self, inference_id: str) -> BatchRecord | None:
+        """The batch with this InferenceId, if the run has one."""
+        batch_id = inference_id.rpartition("-")[2]
+        record = self.batches.get(batch_id)
+        if record is not None and record.inference_id == inference_id:
+            return record
+        return None
+
+    def mark(self, batch_id: str, status: BatchStatus | str, **fields: Any) -> bool:
+        """Move a batch to ``status`` and set ``fields``; False (and no change) once it is terminal."""
+        record = self.batches.get(batch_id)
+        if record is None:
+            raise ManifestError(f"run {self.run_key} has no batch {batch_id!r}")
+        unknown = sorted(set(fields) - set(_SETTABLE))
+        if unknown:
+            raise ManifestError(f"mark() cannot set {unknown}; settable: {_SETTABLE}")
+        if record.terminal:
+            return False
+        record.status = BatchStatus(status)
+        for name, value in fields.items():
+            setattr(record, name, value)
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """Number of batches in each status (every status present, zeros included)."""
+        out = {s.value: 0 for s in BatchStatus}
+        for record in self.batches.values():
+            out[record.status.value] += 1
+        return out
+
+    def document_counts(self) -> dict[str, int]:
+        """Documents per status of their (leaf) batch; split batches count through their halves."""
+        out = {s.value: 0 for s in BatchStatus if s is not BatchStatus.SPLIT}
+        for record in self.batches.values():
+            if record.status is not BatchStatus.SPLIT:
+                out[record.status.value] += len(record.doc_ids)
+        return out
+
+    def outstanding(self) -> list[BatchRecord]:
+        """Batches still pending or submitted, in insertion order."""
+        return [r for r in self.batches.values() if r.status in OUTSTANDING]
+
+    def is_done(self) -> bool:
+        """True when every batch is terminal (decided by counting, never by an empty queue)."""
+        return not self.outstanding()
+
+    def to_json(self) -> bytes:
+        """Compact JSON (unset optional fields left out)."""
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RunManifest:
+        """Parse what to_json wrote."""
+        return cls.model_validate_json(data)
+
+
+_SETTABLE = sorted(set(BatchRecord.model_fields) - {"batch_id", "status"})
+
+
+def run_uri(profile: Profile, run_key: str, *parts: str) -> str:
+    """s3://bucket/<prefixes.runs>/<run_key>/<parts…> — where everything a run writes lives."""
+    return profile.s3_uri(profile.prefixes.runs, run_key, *parts)
+
+
+def manifest_uri(profile: Profile, run_key: str) -> str:
+    """s3://bucket/<prefixes.runs>/<run_key>/manifest.json."""
+    return run_uri(profile, run_key, "manifest.json")
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// URI; ValueError for anything else."""
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def save_manifest(manifest: RunManifest, profile: Profile) -> None:
+    """Write the manifest to S3 (overwriting the previous version)."""
+    from tasks.aws import aws_client
+
+    bucket, key = split_s3_uri(manifest_uri(profile, manifest.run_key))
+    aws_client("s3", profile).put_object(
+        Bucket=bucket, Key=key, Body=manifest.to_json(), ContentType="application/json"
+    )
+
+
+def load_manifest(run_key: str, profile: Profile) -> RunManifest | None:
+    """The run's manifest from S3, or None when the run has none yet."""
+    from botocore.exceptions import ClientError
+
+    from tasks.aws import aws_client
+
+    bucket, key = split_s3_uri(manifest_uri(profile, run_key))
+    try:
+        body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return RunManifest.from_json(body)
