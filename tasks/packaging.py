@@ -1,0 +1,405 @@
+"""Build the SageMaker model artifact (a deterministic model.tar.gz), describe it, and upload it once."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import struct
+import tarfile
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from boto3.s3.transfer import TransferConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.model_sources import ModelSourceError, model_files
+from tasks.s3 import (
+    LoggerLike,
+    S3Uri,
+    object_exists,
+    parse_s3_uri,
+    put_bytes_if_absent,
+    put_file_if_absent,
+)
+from tasks.settings import Profile
+
+DEFAULT_CODE_DIR = Path(__file__).resolve().parent.parent / "inference"
+CODE_REQUIRED = ("inference.py", "requirements.txt")
+ARCHIVE_NAME = "model.tar.gz"
+MANIFEST_NAME = "manifest.json"
+UNCOMPRESSED_DIR = "uncompressed"
+DIGEST_CHARS = 16
+# Weights barely compress; level 1 is several times faster than 6 for about the same size.
+GZIP_LEVEL = 1
+_CHUNK = 8 * 1024 * 1024
+_SAFETENSORS_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+class PackagingError(ValueError):
+    """The model or its inference code cannot be packaged; the message says what to fix."""
+
+
+class FileEntry(BaseModel):
+    """One file inside the artifact."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    bytes: int
+    sha256: str
+
+
+class WeightsSummary(BaseModel):
+    """What the safetensors headers say about the weights (read without loading them)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dtype: str
+    parameter_count: int
+    tensor_count: int
+
+
+class BuiltArchive(BaseModel):
+    """A model.tar.gz built on local disk, ready to upload."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    source: str
+    model_dir: str
+    code_dir: str
+    archive_path: str
+    sha256: str
+    bytes: int
+    uncompressed_bytes: int
+    files: list[FileEntry]
+    architecture: str
+    model_type: str
+    dtype: str
+    parameter_count: int
+
+
+class Manifest(BaseModel):
+    """The small JSON document stored next to model.tar.gz that says what is inside."""
+
+    name: str
+    source: str
+    architecture: str
+    model_type: str
+    dtype: str
+    parameter_count: int
+    bytes: int
+    uncompressed_bytes: int
+    sha256: str
+    model_data_url: str
+    uncompressed_prefix: str | None
+    files: list[FileEntry]
+    created_at: str
+
+
+class ModelArtifact(BaseModel):
+    """What package_model hands to deploy_endpoint: where the artifact is and what it holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    source: str
+    model_data_url: str = Field(description="s3://…/model.tar.gz (SageMaker ModelDataUrl).")
+    uncompressed_prefix: str | None = Field(
+        None, description="s3://…/uncompressed/ (S3DataType=S3Prefix, CompressionType=None)."
+    )
+    sha256: str
+    manifest_uri: str
+    architecture: str
+    dtype: str
+    parameter_count: int
+    bytes: int
+    uploaded_bytes: int = Field(0, description="Bytes this run sent to S3; 0 when all was there.")
+
+
+def summarize_weights(model_dir: Path, names: list[str]) -> WeightsSummary:
+    """Dominant dtype and parameter count from the safetensors headers (no tensor is loaded)."""
+    dtype_params: Counter[str] = Counter()
+    tensors = 0
+    for name in names:
+        if not name.endswith(".safetensors"):
+            continue
+        with (model_dir / name).open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            dtype_params[info["dtype"]] += count
+            tensors += 1
+    if not dtype_params:
+        raise PackagingError(f"{model_dir} has no safetensors tensors to package")
+    dominant = dtype_params.most_common(1)[0][0]
+    return WeightsSummary(
+        dtype=_DTYPE_NAMES.get(dominant, dominant.lower()),
+        parameter_count=sum(dtype_params.values()),
+        tensor_count=tensors,
+    )
+
+
+def code_files(code_dir: Path) -> list[str]:
+    """The inference code files to ship under code/: every .py module plus requirements.txt."""
+    missing = [n for n in CODE_REQUIRED if not (code_dir / n).is_file()]
+    if missing:
+        raise PackagingError(
+            f"{code_dir} lacks {', '.join(missing)}; the model container needs code/inference.py "
+            "(model_fn, input_fn, predict_fn, output_fn) and code/requirements.txt"
+        )
+    names = {p.name for p in code_dir.glob("*.py") if p.is_file()} | set(CODE_REQUIRED)
+    return sorted(names)
+
+
+def archive_members(model_dir: Path, code_dir: Path) -> list[tuple[str, Path]]:
+    """(name in the archive, local file) pairs, sorted: model files at the root, code under code/."""
+    try:
+        names = model_files(model_dir)
+    except ModelSourceError as exc:
+        raise PackagingError(str(exc)) from exc
+    members = [(n, model_dir / n) for n in names]
+    members += [(f"code/{n}", code_dir / n) for n in code_files(code_dir)]
+    return sorted(members)
+
+
+def _tarinfo(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
+    """A TarInfo with fixed owner, mode and time, so equal content gives equal bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = 0 if directory else size
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only file that hashes and counts what passes through it to another file."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink = sink
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.sink.write(view)
+        self.count += len(view)
+        return len(view)
+
+
+def write_archive(
+    members: list[tuple[str, Path]], out: Path, level: int = GZIP_LEVEL
+) -> tuple[str, int, list[FileEntry]]:
+    """Stream ``members`` into a deterministic tar.gz at ``out``; return (sha256, bytes, entries)."""
+    entries: list[FileEntry] = []
+    dirs = sorted({n.rsplit("/", 1)[0] for n, _ in members if "/" in n})
+    with out.open("wb") as raw:
+        hashing = _HashingWriter(raw)
+        # filename="" and mtime=0 keep the gzip header free of names and clocks.
+        with (
+            gzip.GzipFile(
+                filename="", mode="wb", fileobj=hashing, compresslevel=level, mtime=0
+            ) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+        ):
+            for d in dirs:
+                tar.addfile(_tarinfo(d, 0, directory=True))
+            for name, path in members:
+                size = path.stat().st_size
+                file_digest = hashlib.sha256()
+                with path.open("rb") as fh:
+                    tar.addfile(_tarinfo(name, size), _DigestReader(fh, file_digest))
+                entries.append(FileEntry(name=name, bytes=size, sha256=file_digest.hexdigest()))
+    return hashing.digest.hexdigest(), hashing.count, entries
+
+
+class _DigestReader(io.RawIOBase):
+    """A read-only file that hashes what tarfile reads from it (one pass per file)."""
+
+    def __init__(self, source: IO[bytes], digest: Any) -> None:
+        self.source = source
+        self.digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def build_archive(
+    model_dir: Path,
+    *,
+    name: str,
+    source: str,
+    code_dir: Path | None = None,
+    work_dir: Path | None = None,
+) -> BuiltArchive:
+    """Build model.tar.gz for ``model_dir`` + ``code_dir`` in a fresh temp folder under ``work_dir``."""
+    code = (code_dir or DEFAULT_CODE_DIR).resolve()
+    members = archive_members(model_dir, code)
+    config = json.loads((model_dir / "config.json").read_text())
+    weights = summarize_weights(model_dir, [n for n, _ in members])
+    out_dir = Path(tempfile.mkdtemp(prefix="docflow-package-", dir=work_dir))
+    archive = out_dir / ARCHIVE_NAME
+    try:
+        digest, size, entries = write_archive(members, archive)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    architectures = config.get("architectures") or []
+    return BuiltArchive(
+        name=name,
+        source=source,
+        model_dir=str(model_dir),
+        code_dir=str(code),
+        archive_path=str(archive),
+        sha256=digest,
+        bytes=size,
+        uncompressed_bytes=sum(e.bytes for e in entries),
+        files=entries,
+        architecture=str(architectures[0]) if architectures else "unknown",
+        model_type=str(config.get("model_type", "unknown")),
+        dtype=weights.dtype,
+        parameter_count=weights.parameter_count,
+    )
+
+
+def discard_archive(built: BuiltArchive) -> None:
+    """Remove the temp folder a built archive lives in."""
+    shutil.rmtree(Path(built.archive_path).parent, ignore_errors=True)
+
+
+def artifact_prefix(profile: Profile, name: str, sha256: str) -> S3Uri:
+    """s3://<bucket>/<prefixes.models>/<name>/<sha256[:16]>: the content-addressed home of an artifact."""
+    if not name or "/" in name:
+        raise PackagingError(f"model name {name!r} must be non-empty and contain no '/'")
+    return S3Uri(profile.bucket, "").join(profile.prefixes.models, name, sha256[:DIGEST_CHARS])
+
+
+def build_manifest(
+    built: BuiltArchive, prefix: S3Uri, uncompressed: bool, created_at: datetime | None = None
+) -> Manifest:
+    """The manifest for an archive stored under ``prefix``."""
+    return Manifest(
+        name=built.name,
+        source=built.source,
+        architecture=built.architecture,
+        model_type=built.model_type,
+        dtype=built.dtype,
+        parameter_count=built.parameter_count,
+        bytes=built.bytes,
+        uncompressed_bytes=built.uncompressed_bytes,
+        sha256=built.sha256,
+        model_data_url=str(prefix.join(ARCHIVE_NAME)),
+        uncompressed_prefix=f"{prefix.join(UNCOMPRESSED_DIR)}/" if uncompressed else None,
+        files=built.files,
+        created_at=(created_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+    )
+
+
+def upload_archive(
+    client: Any,
+    built: BuiltArchive,
+    profile: Profile,
+    *,
+    uncompressed: bool = False,
+    transfer_config: TransferConfig | None = None,
+    logger: LoggerLike | None = None,
+) -> ModelArtifact:
+    """Upload the archive (and optionally its files uncompressed) and the manifest, skipping what exists."""
+    prefix = artifact_prefix(profile, built.name, built.sha256)
+    manifest = build_manifest(built, prefix, uncompressed)
+    archive_key = prefix.join(ARCHIVE_NAME).key
+    sent = put_file_if_absent(
+        client,
+        Path(built.archive_path),
+        profile.bucket,
+        archive_key,
+        sha256=built.sha256,
+        content_type="application/gzip",
+        transfer_config=transfer_config,
+        logger=logger,
+    ).bytes_uploaded
+    if uncompressed:
+        locals_by_name = dict(archive_members(Path(built.model_dir), Path(built.code_dir)))
+        for entry in built.files:
+            sent += put_file_if_absent(
+                client,
+                locals_by_name[entry.name],
+                profile.bucket,
+                prefix.join(UNCOMPRESSED_DIR, entry.name).key,
+                sha256=entry.sha256,
+                transfer_config=transfer_config,
+                logger=logger,
+            ).bytes_uploaded
+    manifest_key = prefix.join(MANIFEST_NAME)
+    sent += _put_manifest(client, manifest, manifest_key)
+    return ModelArtifact(
+        name=built.name,
+        source=built.source,
+        model_data_url=manifest.model_data_url,
+        uncompressed_prefix=manifest.uncompressed_prefix,
+        sha256=built.sha256,
+        manifest_uri=str(manifest_key),
+        architecture=built.architecture,
+        dtype=built.dtype,
+        parameter_count=built.parameter_count,
+        bytes=built.bytes,
+        uploaded_bytes=sent,
+    )
+
+
+def _put_manifest(client: Any, manifest: Manifest, where: S3Uri) -> int:
+    """Write the manifest unless an equivalent one is there; keep the first run's created_at."""
+    if object_exists(client, where.bucket, where.key):
+        stored = read_manifest(client, str(where))
+        merged = manifest.model_copy(
+            update={
+                "created_at": stored.created_at,
+                "uncompressed_prefix": manifest.uncompressed_prefix or stored.uncompressed_prefix,
+            }
+        )
+        if merged == stored:
+            return 0
+        manifest = merged
+    body = manifest.model_dump_json(indent=2).encode() + b"\n"
+    return put_bytes_if_absent(
+        client, body, where.bucket, where.key, content_type="application/json"
+    ).bytes_uploaded
+
+
+def read_manifest(client: Any, manifest_uri: str) -> Manifest:
+    """Load a manifest back from S3."""
+    loc = parse_s3_uri(manifest_uri)
+    body = client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+    return Manifest.model_validate_json(body)
