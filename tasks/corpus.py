@@ -6,7 +6,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.settings import Profile
 
-SUPPORTED = (".jsonl", ".csv", ".parquet", "folder of .txt/.md")
+SUPPORTED = (".jsonl", ".csv", ".parquet", "folder of .txt/.md or of data files")
 _TEXT_SUFFIXES = (".txt", ".md")
+_DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 
 class CorpusError(ValueError):
@@ -217,21 +218,21 @@ def _check_columns(uri: str, rows: list[_Row], mapping: ColumnMapping) -> None:
 def _read_rows(
     uri: str, mapping: ColumnMapping, profile: Profile | None
 ) -> tuple[list[_Row], bool]:
-    """Raw rows of the source and whether it is a folder of text files."""
+    """Raw rows of the source and whether they come from text files (id = relative path)."""
     if uri.startswith("s3://"):
         return _read_s3(uri, profile)
     path = Path(uri).expanduser()
     if path.is_dir():
-        files = sorted(
-            p
+        files = {
+            p.relative_to(path).as_posix(): p
             for p in path.rglob("*")
-            if p.is_file() and p.suffix.lower() in _TEXT_SUFFIXES and not _hidden(p, path)
-        )
-        if not files:
-            raise CorpusError(f"folder {uri} has no .txt or .md files")
-        return _text_rows((p.relative_to(path).as_posix(), p.read_bytes()) for p in files), True
+            if p.is_file() and not _hidden(p.relative_to(path).parts)
+        }
+        return _folder_rows(uri, list(files), lambda rel: files[rel].read_bytes())
     if not path.exists():
-        raise CorpusError(f"corpus {uri} does not exist; give a path or s3:// URI to {SUPPORTED}")
+        raise CorpusError(
+            f"corpus {uri} does not exist; give a path or s3:// URI to a {', '.join(SUPPORTED)}"
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -239,32 +240,56 @@ def _read_rows(
     return _parse(uri, path.suffix.lower(), data), False
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _hidden(parts: tuple[str, ...]) -> bool:
+    return any(part.startswith(".") for part in parts)
+
+
+def _folder_rows(
+    uri: str, names: list[str], read: Callable[[str], bytes]
+) -> tuple[list[_Row], bool]:
+    """A folder's data files (.jsonl/.csv/.parquet) if it has any, else its .txt/.md files."""
+    data_files = sorted(n for n in names if PurePosixPath(n).suffix.lower() in _DATA_SUFFIXES)
+    if data_files:
+        rows: list[_Row] = []
+        for name in data_files:
+            for row in _parse(
+                f"{uri.rstrip('/')}/{name}", PurePosixPath(name).suffix.lower(), read(name)
+            ):
+                if isinstance(row, _Bad) and len(data_files) > 1:
+                    row = _Bad(f"{name}: {row.reason}")
+                rows.append(row)
+        return rows, False
+    text_files = sorted(n for n in names if PurePosixPath(n).suffix.lower() in _TEXT_SUFFIXES)
+    if not text_files:
+        raise CorpusError(
+            f"folder {uri} has no .jsonl, .csv, .parquet, .txt or .md files; check the path"
+        )
+    return _text_rows((n, read(n)) for n in text_files), True
 
 
 def _read_s3(uri: str, profile: Profile | None) -> tuple[list[_Row], bool]:
-    """Rows from one S3 object, or from the .txt/.md objects under a prefix."""
+    """Rows from one S3 object, or from the objects under a prefix (as for a folder)."""
     from tasks.aws import aws_client
 
     bucket, _, key = uri[len("s3://") :].partition("/")
     s3 = aws_client("s3", profile)
     suffix = PurePosixPath(key).suffix.lower()
+
+    def read(name: str) -> bytes:
+        return bytes(s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read())
+
     try:
-        if suffix in (".jsonl", ".csv", ".parquet"):
-            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            return _parse(uri, suffix, data), False
+        if suffix in _DATA_SUFFIXES:
+            prefix = ""
+            return _parse(uri, suffix, read(key)), False
         prefix = key if not key or key.endswith("/") else key + "/"
-        keys: list[str] = []
+        names: list[str] = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys += [o["Key"] for o in page.get("Contents", [])]
-        keys = sorted(k for k in keys if PurePosixPath(k).suffix.lower() in _TEXT_SUFFIXES)
-        if not keys:
-            raise CorpusError(f"no .txt or .md objects under {uri}; check the bucket and prefix")
-        items = (
-            (k[len(prefix) :], s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys
-        )
-        return _text_rows(items), True
+            names += [o["Key"][len(prefix) :] for o in page.get("Contents", [])]
+        names = [n for n in names if n and not _hidden(PurePosixPath(n).parts)]
+        if not names:
+            raise CorpusError(f"no objects under {uri}; check the bucket and prefix")
+        return _folder_rows(uri, names, read)
     except CorpusError:
         raise
     except Exception as exc:  # botocore's NoSuchKey/NoSuchBucket/AccessDenied and friends
