@@ -1,0 +1,370 @@
+"""Stage batch payloads in S3 and submit them with InvokeEndpointAsync, within the endpoint's shared cap."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from tasks.aws import aws_client
+from tasks.settings import Profile
+
+CONTENT_TYPE = "application/jsonlines"
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalError",
+    }
+)
+
+
+class StagedInput(BaseModel):
+    """One payload to put at an S3 key (skipped when the key already exists)."""
+
+    key: str
+    body: bytes
+
+
+class InvokeRequest(BaseModel):
+    """What one async invocation of a batch needs: small, serialisable, no payload body."""
+
+    batch_id: str
+    inference_id: str
+    input_uri: str
+    attempt: int = 1
+    invocation_timeout_s: int | None = None
+
+
+class InvokeResult(BaseModel):
+    """The outcome of submitting one batch: its output/failure locations, or why it was not accepted."""
+
+    batch_id: str
+    inference_id: str
+    output_uri: str | None = None
+    failure_uri: str | None = None
+    error: str | None = None
+    retryable: bool = False
+    submitted_at: float | None = None
+
+
+class InvokeSettings(BaseModel):
+    """Per-run options of InvokeEndpointAsync and of the client-side backoff."""
+
+    endpoint: str
+    run_key: str
+    request_ttl_s: int | None = None
+    invocation_timeout_s: int | None = None
+    max_attempts: int = 6
+    base_delay_s: float = 0.2
+    max_delay_s: float = 10.0
+    rate_per_second: float = 20.0
+
+
+def concurrency_limit_name(endpoint: str) -> str:
+    """The Prefect global concurrency limit shared by every run on ``endpoint``."""
+    return f"sagemaker:{endpoint}"
+
+
+def output_filename(batch_id: str, attempt: int) -> str:
+    """Deterministic output object name for one attempt (the key is S3OutputPath/<run_key>/<this>)."""
+    return f"{batch_id}.a{attempt}.out"
+
+
+class RateLimiter:
+    """A thread-safe token bucket: at most ``rate`` calls per second, bursts up to ``burst``."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0 calls per second, got {rate}")
+        self.rate = rate
+        self.capacity = float(burst if burst is not None else max(1, int(rate)))
+        self._tokens = self.capacity
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Block until one call may go out."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                wait = (1 - self._tokens) / self.rate
+            self._sleep(wait)
+
+
+_limiters: dict[tuple[str, float], RateLimiter] = {}
+_limiters_lock = threading.Lock()
+
+
+def rate_limiter(endpoint: str, rate: float) -> RateLimiter:
+    """One limiter per endpoint and rate in this process, shared by all waves of all runs."""
+    with _limiters_lock:
+        return _limiters.setdefault((endpoint, rate), RateLimiter(rate))
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Throttling, 5xx and connection trouble are retried; validation and other 4xx never are."""
+    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
+        return True
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in THROTTLING_CODES or status == 429 or status >= 500
+    return False
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(max, base * 2**attempt))."""
+    return rng.uniform(0, min(max_s, base_s * (2**attempt)))
+
+
+def call_with_backoff(
+    fn: Callable[[], Any],
+    *,
+    max_attempts: int,
+    base_s: float,
+    max_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> Any:
+    """Call ``fn``; retry retryable errors with jittered exponential backoff, raise the rest at once."""
+    rng = rng or random.Random()
+    for attempt in range(max_attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_retryable(exc) or attempt == max_attempts - 1:
+                raise
+            sleep(backoff_delay(attempt, base_s, max_s, rng))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for the manifest: AWS's code and message when there is one."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'Error')}: {err.get('Message', str(exc))}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def stage_inputs(profile: Profile, inputs: Sequence[StagedInput], *, workers: int = 8) -> int:
+    """Put each payload at its key unless an object is already there; returns how many were written."""
+    s3 = aws_client("s3", profile)
+
+    def put(item: StagedInput) -> int:
+        try:
+            s3.head_object(Bucket=profile.bucket, Key=item.key)
+            return 0
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                raise
+        s3.put_object(Bucket=profile.bucket, Key=item.key, Body=item.body, ContentType=CONTENT_TYPE)
+        return 1
+
+    if not inputs:
+        return 0
+    with ThreadPoolExecutor(max_workers=min(workers, len(inputs))) as pool:
+        return sum(pool.map(put, inputs))
+
+
+def invoke_one(profile: Profile, settings: InvokeSettings, request: InvokeRequest) -> InvokeResult:
+    """Submit one batch; an error the service will not take back is returned, not raised."""
+    runtime = aws_client("sagemaker-runtime", profile)
+    params: dict[str, Any] = {
+        "EndpointName": settings.endpoint,
+        "ContentType": CONTENT_TYPE,
+        "Accept": CONTENT_TYPE,
+        "InferenceId": request.inference_id,
+        "InputLocation": request.input_uri,
+        "S3OutputPathExtension": settings.run_key,
+        "Filename": output_filename(request.batch_id, request.attempt),
+    }
+    if settings.request_ttl_s is not None:
+        params["RequestTTLSeconds"] = settings.request_ttl_s
+    timeout_s = request.invocation_timeout_s or settings.invocation_timeout_s
+    if timeout_s is not None:
+        params["InvocationTimeoutSeconds"] = timeout_s
+    limiter = rate_limiter(settings.endpoint, settings.rate_per_second)
+
+    def call() -> Any:
+        limiter.acquire()
+        return runtime.invoke_endpoint_async(**params)
+
+    try:
+        response = call_with_backoff(
+            call,
+            max_attempts=settings.max_attempts,
+            base_s=settings.base_delay_s,
+            max_s=settings.max_delay_s,
+        )
+    except Exception as exc:
+        return InvokeResult(
+            batch_id=request.batch_id,
+            inference_id=request.inference_id,
+            error=f"InvokeEndpointAsync failed: {describe_error(exc)}",
+            retryable=is_retryable(exc),
+        )
+    return InvokeResult(
+        batch_id=request.batch_id,
+        inference_id=response.get("InferenceId", request.inference_id),
+        output_uri=response.get("OutputLocation"),
+        failure_uri=response.get("FailureLocation"),
+        submitted_at=time.time(),
+    )
+
+
+@task(name="stage-payloads", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
+def stage_payloads(profile: Profile, inputs: list[StagedInput]) -> int:
+    """Stage a group of batch payloads in S3 (existing objects are kept); returns how many were new."""
+    return stage_inputs(profile, inputs)
+
+
+@task(name="submit-wave", cache_policy=NO_CACHE)
+def submit_wave(
+    profile: Profile, settings: InvokeSettings, requests: list[InvokeRequest]
+) -> list[InvokeResult]:
+    """Invoke a wave of batches (its slots of the shared cap are already held by the caller)."""
+    if not requests:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
+        return list(pool.map(lambda r: invoke_one(profile, settings, r), requests))
+
+
+class CapacityError(RuntimeError):
+    """The endpoint's shared concurrency limit is missing; the message says how to create it."""
+
+
+class SlotPool:
+    """Holds leases on the endpoint's global concurrency limit, one lease per wave of invocations.
+
+    A wave's slots are taken at once (``occupy=n``) and given back when all its batches are done,
+    so concurrent runs on one endpoint never have more than the limit outstanding between them.
+    """
+
+    def __init__(self, endpoint: str, *, acquire_timeout_s: float = 1.0) -> None:
+        self.name = concurrency_limit_name(endpoint)
+        self.acquire_timeout_s = acquire_timeout_s
+        self._waves: dict[int, tuple[ExitStack, set[str]]] = {}
+        self._next = 0
+
+    @property
+    def held(self) -> int:
+        """Slots held by this run now."""
+        return sum(len(batches) for _, batches in self._waves.values())
+
+    def acquire(self, batch_ids: Sequence[str], *, timeout_s: float | None = None) -> bool:
+        """Take one slot per batch as one lease; False when they are not free within the timeout."""
+        from prefect.concurrency.sync import concurrency
+        from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+
+        stack = ExitStack()
+        try:
+            stack.enter_context(
+                concurrency(
+                    self.name,
+                    occupy=len(batch_ids),
+                    strict=True,
+                    timeout_seconds=self.acquire_timeout_s if timeout_s is None else timeout_s,
+                    raise_on_lease_renewal_failure=False,
+                )
+            )
+        except TimeoutError:
+            stack.close()
+            return False
+        except ConcurrencySlotAcquisitionError as exc:
+            stack.close()
+            raise CapacityError(
+                f"global concurrency limit {self.name!r} does not exist: run the deploy-endpoint "
+                "flow (it creates the limit) or create it with "
+                f"`prefect gcl create {self.name} --limit <max outstanding invocations>` ({exc})"
+            ) from exc
+        self._waves[self._next] = (stack, set(batch_ids))
+        self._next += 1
+        return True
+
+    def release_done(self, is_done: Callable[[str], bool]) -> int:
+        """Give back every lease whose batches are all done; returns the slots released."""
+        released = 0
+        for wave_id, (stack, batches) in list(self._waves.items()):
+            if all(is_done(b) for b in batches):
+                stack.close()
+                released += len(batches)
+                del self._waves[wave_id]
+        return released
+
+    def close(self) -> None:
+        """Give back every lease still held."""
+        for stack, _ in self._waves.values():
+            stack.close()
+        self._waves.clear()
+
+
+@contextmanager
+def slot_pool(endpoint: str) -> Iterator[SlotPool]:
+    """A SlotPool that always gives its leases back, even when the run fails."""
+    pool = SlotPool(endpoint)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def read_invocation_limit(endpoint: str) -> int | None:
+    """The shared cap on outstanding invocations for ``endpoint``, or None when the limit is missing."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_global_concurrency_limit_by_name(concurrency_limit_name(endpoint))
+        except ObjectNotFound:
+            return None
+    return int(found.limit) if found.active else None
+
+
+def require_invocation_limit(endpoint: str) -> int:
+    """The shared cap for ``endpoint``; a CapacityError that says how to create it when missing."""
+    limit = read_invocation_limit(endpoint)
+    if not limit:
+        name = concurrency_limit_name(endpoint)
+        raise CapacityError(
+            f"global concurrency limit {name!r} is missing or inactive: run the deploy-endpoint "
+            f"flow for {endpoint!r} (it creates the limit) or "
+            f"`prefect gcl create {name} --limit <max outstanding invocations>`"
+        )
+    return limit

@@ -1,0 +1,158 @@
+"""What a batch outcome does to the run: complete it, retry it (bounded), split it, or fail it with a reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from tasks.aws import aws_client
+from tasks.batching import BatchPayload, inference_id, split_batch
+from tasks.invoke import StagedInput, output_filename, stage_inputs
+from tasks.manifest import BatchRecord, BatchStatus, RunManifest, run_uri, split_s3_uri
+from tasks.notifications import EndpointOutputs, Outcome
+from tasks.settings import Profile
+
+
+class Decision(StrEnum):
+    """What applying one outcome did."""
+
+    COMPLETED = "completed"
+    RETRY = "retry"
+    SPLIT = "split"
+    FAILED = "failed"
+    IGNORED = "ignored"
+
+
+def input_key(profile: Profile, run_key: str, batch_id: str) -> str:
+    """Key of a batch's staged payload: <prefixes.runs>/<run_key>/inputs/<batch_id>.jsonl."""
+    return split_s3_uri(run_uri(profile, run_key, "inputs", f"{batch_id}.jsonl"))[1]
+
+
+def expected_output_uri(outputs: EndpointOutputs, run_key: str, batch_id: str, attempt: int) -> str:
+    """Where attempt ``attempt`` of a batch writes its result: S3OutputPath/<run_key>/<filename>."""
+    return "/".join(
+        [outputs.output_path.rstrip("/"), run_key, output_filename(batch_id, max(1, attempt))]
+    )
+
+
+def expected_failure_uri(
+    outputs: EndpointOutputs, run_key: str, batch_id: str, attempt: int
+) -> str:
+    """Where attempt ``attempt`` of a batch writes a failure: S3FailurePath/<run_key>/<stem>-error.out."""
+    base = (outputs.failure_path or outputs.output_path).rstrip("/")
+    stem = output_filename(batch_id, max(1, attempt)).removesuffix(".out")
+    return "/".join([base, run_key, f"{stem}-error.out"])
+
+
+def new_record(
+    profile: Profile,
+    outputs: EndpointOutputs,
+    run_key: str,
+    payload: BatchPayload,
+    *,
+    parent: str | None = None,
+) -> BatchRecord:
+    """A pending manifest record for a payload, with the locations its first attempt will use."""
+    return BatchRecord(
+        batch_id=payload.batch_id,
+        doc_ids=list(payload.doc_ids),
+        input_uri=profile.s3_uri(input_key(profile, run_key, payload.batch_id)),
+        output_uri=expected_output_uri(outputs, run_key, payload.batch_id, 1),
+        failure_uri=expected_failure_uri(outputs, run_key, payload.batch_id, 1),
+        inference_id=inference_id(run_key, payload.batch_id),
+        parent=parent,
+    )
+
+
+def staged_input(profile: Profile, run_key: str, payload: BatchPayload) -> StagedInput:
+    """The S3 object a payload is staged as."""
+    return StagedInput(key=input_key(profile, run_key, payload.batch_id), body=payload.body)
+
+
+def _is_stale_failure(record: BatchRecord, outcome: Outcome) -> bool:
+    """A failure reported for an earlier attempt than the one now outstanding."""
+    return bool(
+        outcome.failure_uri and record.failure_uri and outcome.failure_uri != record.failure_uri
+    )
+
+
+def apply_outcome(manifest: RunManifest, outcome: Outcome, *, max_attempts: int) -> Decision:
+    """Record one outcome; a repeat or a stale report is IGNORED so each batch ends exactly once."""
+    record = manifest.batches.get(outcome.batch_id)
+    if record is None or record.terminal:
+        return Decision.IGNORED
+    completed_at = outcome.event_time or datetime.now(UTC)
+    if outcome.status == "completed":
+        # Any attempt's output is a valid result, even one that arrives after a re-invoke.
+        manifest.mark(
+            record.batch_id,
+            BatchStatus.COMPLETED,
+            output_uri=outcome.output_uri or record.output_uri,
+            completed_at=completed_at,
+            received_time=outcome.received_time,
+            reason=None,
+        )
+        return Decision.COMPLETED
+    if record.status is not BatchStatus.SUBMITTED or _is_stale_failure(record, outcome):
+        return Decision.IGNORED
+    reason = (outcome.reason or "the model failed without a reason").strip()
+    if outcome.expired or len(record.doc_ids) == 1:
+        if record.attempts < max_attempts:
+            kind = "expired" if outcome.expired else "failed"
+            manifest.mark(
+                record.batch_id,
+                BatchStatus.PENDING,
+                reason=f"attempt {record.attempts} {kind}: {reason}",
+            )
+            return Decision.RETRY
+        manifest.mark(
+            record.batch_id,
+            BatchStatus.FAILED,
+            reason=f"failed after {record.attempts} attempts: {reason}",
+            completed_at=completed_at,
+            received_time=outcome.received_time,
+        )
+        return Decision.FAILED
+    return Decision.SPLIT
+
+
+def split_failed_batch(
+    profile: Profile, outputs: EndpointOutputs, manifest: RunManifest, batch_id: str, reason: str
+) -> list[str]:
+    """Halve a failed multi-document batch: stage both halves, add them, mark the parent split."""
+    record = manifest.batches[batch_id]
+    bucket, key = split_s3_uri(record.input_uri)
+    body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
+    parent = BatchPayload(batch_id=batch_id, doc_ids=record.doc_ids, body=body)
+    halves = split_batch(parent)
+    stage_inputs(profile, [staged_input(profile, manifest.run_key, h) for h in halves])
+    for half in halves:
+        manifest.add(new_record(profile, outputs, manifest.run_key, half, parent=batch_id))
+    manifest.mark(
+        batch_id,
+        BatchStatus.SPLIT,
+        reason=f"split into {halves[0].batch_id} and {halves[1].batch_id} after: {reason}",
+        completed_at=datetime.now(UTC),
+    )
+    return [h.batch_id for h in halves]
+
+
+def overdue(manifest: RunManifest, *, now: datetime, after_s: float) -> list[BatchRecord]:
+    """Submitted batches with no outcome ``after_s`` seconds after their submission (TTL + timeout)."""
+    limit = timedelta(seconds=after_s)
+    return [
+        r
+        for r in manifest.batches.values()
+        if r.status is BatchStatus.SUBMITTED and r.submitted_at and now - r.submitted_at > limit
+    ]
+
+
+def fail_outstanding(manifest: RunManifest, reason: str) -> int:
+    """Mark every batch still outstanding failed with ``reason`` (the run's deadline passed)."""
+    now = datetime.now(UTC)
+    failed = 0
+    for record in manifest.outstanding():
+        failed += manifest.mark(
+            record.batch_id, BatchStatus.FAILED, reason=reason, completed_at=now
+        )
+    return failed
