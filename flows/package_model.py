@@ -1,0 +1,94 @@
+"""The package-model flow: resolve a model, build its SageMaker artifact, upload it once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.aws import aws_client
+from tasks.model_sources import DEFAULT_SOURCE, ResolvedModel, default_model_name, resolve_source
+from tasks.packaging import (
+    BuiltArchive,
+    ModelArtifact,
+    build_archive,
+    discard_archive,
+    upload_archive,
+)
+from tasks.settings import load_profile
+
+
+@task(name="resolve-model-source", cache_policy=NO_CACHE)
+def resolve_model(source: str) -> ResolvedModel:
+    """Resolve the source to a local safetensors folder (converting a GGUF once, cached)."""
+    logger = get_run_logger()
+    resolved = resolve_source(source)
+    if resolved.gguf_sha256:
+        state = "converted" if resolved.converted else "reused the cached conversion of"
+        logger.info("%s GGUF %s… -> %s", state, resolved.gguf_sha256[:16], resolved.path)
+    logger.info("model source %r (%s) is %s", source, resolved.kind.value, resolved.path)
+    return resolved
+
+
+@task(name="build-model-archive", cache_policy=NO_CACHE)
+def build_model_archive(model_dir: str, name: str, source: str) -> BuiltArchive:
+    """Build the deterministic model.tar.gz (weights at the root, inference code under code/)."""
+    built = build_archive(Path(model_dir), name=name, source=source)
+    get_run_logger().info(
+        "built %s: %d files, %s bytes, %s parameters (%s, %s), sha256 %s",
+        built.archive_path,
+        len(built.files),
+        built.bytes,
+        built.parameter_count,
+        built.architecture,
+        built.dtype,
+        built.sha256,
+    )
+    return built
+
+
+@task(name="upload-model-archive", cache_policy=NO_CACHE)
+def upload_model_archive(built: BuiltArchive, profile: str, uncompressed: bool) -> ModelArtifact:
+    """Upload archive, manifest and (optionally) the uncompressed files; skip what S3 already has."""
+    logger = get_run_logger()
+    prof = load_profile(profile)
+    try:
+        artifact = upload_archive(
+            aws_client("s3", prof), built, prof, uncompressed=uncompressed, logger=logger
+        )
+    finally:
+        discard_archive(built)
+    if artifact.uploaded_bytes == 0:
+        logger.info("uploaded 0 bytes: %s already exists", artifact.model_data_url)
+    else:
+        logger.info("uploaded %s bytes to %s", artifact.uploaded_bytes, artifact.model_data_url)
+    return artifact
+
+
+@flow(name="package-model", log_prints=True)
+def package_model(
+    source: str = DEFAULT_SOURCE,
+    name: str | None = None,
+    profile: str = "local",
+    uncompressed: bool = False,
+) -> dict[str, object]:
+    """Package a model with its inference code as a content-addressed SageMaker artifact in S3.
+
+    Args:
+        source: A Hugging Face model folder, a .gguf file, the alias "smollm2" (the local
+            default), or a hub id such as "mistralai/Mistral-7B-Instruct-v0.3" (only from the
+            local Hugging Face cache or a reachable hub).
+        name: The artifact's name in S3 (models/<name>/<sha256 prefix>/); default: from the source.
+        profile: Deployment profile name (deployments/<name>.yaml) or path to a profile YAML.
+        uncompressed: Also upload the files uncompressed (for SageMaker S3Prefix model data;
+            large models start faster without untarring).
+    """
+    resolved = resolve_model(source)
+    built = build_model_archive(resolved.path, name or default_model_name(source), source)
+    artifact = upload_model_archive(built, profile, uncompressed)
+    return artifact.model_dump(mode="json")
+
+
+if __name__ == "__main__":
+    package_model(source="smollm2", profile="local")
