@@ -1,0 +1,155 @@
+"""Deploy or refresh the async SageMaker endpoint: topics, role, model, config, endpoint, scaling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from tasks.autoscaling import apply_autoscaling, remove_autoscaling
+from tasks.endpoint import apply_endpoint, current_instance_type, ensure_invocation_limit
+from tasks.endpoint_spec import build_endpoint_spec, resolve_image_uri, validate_endpoint_name
+from tasks.iam import ensure_execution_role
+from tasks.settings import Profile, load_profile
+from tasks.topics import ensure_endpoint_topics
+
+
+@task(name="ensure-topics")
+def ensure_topics_task(profile: Profile, endpoint_name: str) -> dict[str, Any]:
+    """Create-or-find the endpoint's success and error SNS topics."""
+    return ensure_endpoint_topics(profile, endpoint_name)
+
+
+@task(name="ensure-execution-role")
+def ensure_role_task(profile: Profile, endpoint_name: str, image_uri: str) -> dict[str, Any]:
+    """Create-or-find the narrow SageMaker execution role rendered from deployments/iam."""
+    arn, actions = ensure_execution_role(profile, endpoint_name=endpoint_name, image_uri=image_uri)
+    return {"arn": arn, "actions": actions}
+
+
+@task(name="apply-endpoint")
+def apply_endpoint_task(
+    profile: Profile, spec_json: dict[str, Any], delay_s: int, max_attempts: int
+) -> list[str]:
+    """Create, update or leave the endpoint so it runs the spec's config; waits for InService."""
+    from tasks.endpoint_spec import EndpointSpec
+
+    spec = EndpointSpec.model_validate(spec_json)
+    if current_instance_type(profile, spec.endpoint_name) not in {None, spec.instance_type}:
+        # SageMaker rejects an update that changes the instance type of a scaled variant.
+        remove_autoscaling(profile, spec.endpoint_name)
+    return apply_endpoint(profile, spec, delay_s=delay_s, max_attempts=max_attempts)
+
+
+@task(name="apply-autoscaling")
+def apply_autoscaling_task(profile: Profile, endpoint_name: str) -> list[str]:
+    """Scalable target, target tracking, step scaling and the scale-from-zero alarm."""
+    return apply_autoscaling(profile, endpoint_name)
+
+
+@task(name="ensure-invocation-limit")
+def ensure_invocation_limit_task(endpoint_name: str, limit: int) -> str:
+    """The global concurrency limit process_documents acquires with strict=True."""
+    return ensure_invocation_limit(endpoint_name, limit)
+
+
+@flow(name="deploy-endpoint")
+def deploy_endpoint(
+    profile: str = "local",
+    model_data_url: str | None = None,
+    model_artifact: dict[str, Any] | None = None,
+    endpoint_name: str | None = None,
+    image_uri: str | None = None,
+    instance_type: str | None = None,
+    instance_count: int | None = None,
+    max_concurrent_invocations_per_instance: int | None = None,
+    invocation_timeout_s: int = 900,
+    environment: dict[str, str] | None = None,
+    create_role: bool = False,
+    wait_delay_s: int = 30,
+    wait_max_attempts: int = 120,
+) -> dict[str, Any]:
+    """Deploy the model to the async endpoint, or update it, or do nothing when it already matches.
+
+    Args:
+        profile: deployment profile name (deployments/<name>.yaml) or path to a YAML file.
+        model_data_url: s3://…/model.tar.gz, or an uncompressed prefix ending in '/'.
+        model_artifact: the dict package_model returned (used when model_data_url is not given).
+        endpoint_name: overrides the profile's endpoint_name.
+        image_uri: container image; default: the profile's, else the Hugging Face PyTorch
+            inference image for the region, resolved offline with the sagemaker SDK.
+        instance_type: overrides the profile's (default ml.g5.2xlarge).
+        instance_count: initial instance count; overrides the profile's.
+        max_concurrent_invocations_per_instance: overrides the profile's.
+        invocation_timeout_s: the model server's per-request timeout (1-3600 s).
+        environment: extra environment variables for the model container.
+        create_role: create (or update) the narrow execution role even when the profile names one.
+        wait_delay_s: seconds between DescribeEndpoint polls while waiting.
+        wait_max_attempts: polls before giving up.
+
+    Returns:
+        endpoint_name, endpoint_config_name, model_name, spec_hash, topics, role, and
+        ``actions``: every Create*/Update*/Put* call made (empty when nothing changed).
+    """
+    logger = get_run_logger()
+    prof = load_profile(profile)
+    model = model_data_url or model_artifact
+    if not model:
+        raise ValueError(
+            "deploy_endpoint needs the model: pass model_data_url='s3://…/model.tar.gz' or "
+            "model_artifact=<the dict package_model returned>"
+        )
+    name = validate_endpoint_name(endpoint_name or prof.endpoint_name)
+    itype = instance_type or prof.instance_type
+    image = image_uri or prof.image_uri or resolve_image_uri(prof.region, itype)
+    actions: list[str] = []
+
+    topics = ensure_topics_task(prof, name)
+    actions += [f"CreateTopic:{t}" for t in topics["created"]]
+
+    role_arn = prof.execution_role_arn
+    if create_role or role_arn is None:
+        role = ensure_role_task(prof, name, image)
+        role_arn = role["arn"]
+        actions += role["actions"]
+
+    spec = build_endpoint_spec(
+        prof,
+        model=model,
+        execution_role_arn=str(role_arn),
+        success_topic_arn=topics["success_topic_arn"],
+        error_topic_arn=topics["error_topic_arn"],
+        endpoint_name=name,
+        image_uri=image,
+        instance_type=itype,
+        instance_count=instance_count,
+        max_concurrent_invocations_per_instance=max_concurrent_invocations_per_instance,
+        invocation_timeout_s=invocation_timeout_s,
+        environment=environment,
+    )
+    logger.info("endpoint %s: spec %s (image %s)", name, spec.resource_name, spec.image_uri)
+    actions += apply_endpoint_task(
+        prof, spec.model_dump(mode="json"), wait_delay_s, wait_max_attempts
+    )
+    actions += apply_autoscaling_task(prof, name)
+    limit = ensure_invocation_limit_task(name, prof.max_outstanding_invocations)
+    if limit != "unchanged":
+        actions.append(f"ConcurrencyLimit:{limit}")
+    logger.info(
+        "endpoint %s is InService on %s; actions: %s", name, spec.resource_name, actions or "none"
+    )
+    return {
+        "endpoint_name": name,
+        "endpoint_config_name": spec.resource_name,
+        "model_name": spec.resource_name,
+        "spec_hash": spec.spec_hash(),
+        "image_uri": spec.image_uri,
+        "execution_role_arn": role_arn,
+        "success_topic_arn": topics["success_topic_arn"],
+        "error_topic_arn": topics["error_topic_arn"],
+        "actions": actions,
+    }
+
+
+if __name__ == "__main__":
+    deploy_endpoint(profile="local", model_data_url="s3://docflow-local/models/echo/model.tar.gz")

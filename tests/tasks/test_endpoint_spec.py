@@ -1,0 +1,155 @@
+"""EndpointSpec: built from a profile, stable hash, SageMaker-valid names, offline image URI."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tasks.endpoint_spec import (
+    EndpointSpec,
+    EndpointSpecError,
+    build_endpoint_spec,
+    model_location,
+    resolve_image_uri,
+)
+from tasks.settings import load_profile
+
+TOPICS = {
+    "success_topic_arn": "arn:aws:sns:us-east-1:123456789012:docflow-llm-success",
+    "error_topic_arn": "arn:aws:sns:us-east-1:123456789012:docflow-llm-error",
+}
+ROLE = "arn:aws:iam::123456789012:role/docflow-docflow-llm-sagemaker"
+IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-inference:x"
+
+
+def _spec(**overrides: object) -> EndpointSpec:
+    profile = load_profile("local")
+    kwargs: dict = {
+        "model": "s3://docflow-local/models/echo/model.tar.gz",
+        "execution_role_arn": ROLE,
+        "image_uri": IMAGE,
+        **TOPICS,
+    }
+    kwargs.update(overrides)
+    return build_endpoint_spec(profile, **kwargs)
+
+
+def test_spec_takes_profile_defaults_and_output_paths() -> None:
+    spec = _spec()
+    assert spec.endpoint_name == "docflow-llm"
+    assert spec.instance_type == "ml.g5.2xlarge"
+    assert spec.max_concurrent_invocations_per_instance == 2
+    assert spec.s3_output_path == "s3://docflow-local/async-outputs"
+    assert spec.s3_failure_path == "s3://docflow-local/async-failures"
+    config = spec.create_endpoint_config_request()
+    output = config["AsyncInferenceConfig"]["OutputConfig"]
+    assert output["NotificationConfig"] == {
+        "SuccessTopic": TOPICS["success_topic_arn"],
+        "ErrorTopic": TOPICS["error_topic_arn"],
+    }
+    assert "KmsKeyId" not in output
+    variant = config["ProductionVariants"][0]
+    assert variant["ModelName"] == spec.resource_name == config["EndpointConfigName"]
+    assert variant["VariantName"] == "AllTraffic"
+
+
+def test_hash_is_stable_and_changes_with_the_model() -> None:
+    a, b = _spec(), _spec()
+    assert a.spec_hash() == b.spec_hash()
+    assert a.resource_name == b.resource_name
+    assert re.fullmatch(r"docflow-llm-[0-9a-f]{10}", a.resource_name)
+    other = _spec(model="s3://docflow-local/models/echo/v2/model.tar.gz")
+    assert other.resource_name != a.resource_name
+    assert _spec(environment={"A": "1"}).resource_name != a.resource_name
+    # dict order never changes the hash
+    assert (
+        _spec(environment={"A": "1", "B": "2"}).spec_hash()
+        == _spec(environment={"B": "2", "A": "1"}).spec_hash()
+    )
+
+
+def test_long_endpoint_names_give_valid_resource_names() -> None:
+    name = "e" * 51 + "-" + "f" * 11  # 63 chars; the cut falls on the hyphen
+    spec = _spec(endpoint_name=name)
+    assert len(spec.resource_name) <= 63
+    assert re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*", spec.resource_name)
+
+
+@pytest.mark.parametrize("bad", ["has_underscore", "-leading", "x" * 64, "trailing-"])
+def test_invalid_endpoint_names_are_rejected_with_advice(bad: str) -> None:
+    with pytest.raises(EndpointSpecError, match="endpoint_name"):
+        _spec(endpoint_name=bad)
+
+
+def test_model_location_from_artifact_dict_or_uri() -> None:
+    artifact = {
+        "model_data_url": "s3://b/models/m/abc/model.tar.gz",
+        "uncompressed_prefix": "s3://b/models/m/abc/uncompressed",
+    }
+    assert model_location(artifact) == "s3://b/models/m/abc/uncompressed/"
+    assert model_location({"model_data_url": "s3://b/m.tar.gz"}) == "s3://b/m.tar.gz"
+    with pytest.raises(EndpointSpecError, match="package_model"):
+        model_location({"name": "m"})
+
+
+def test_compressed_and_uncompressed_models_map_to_the_right_container_fields() -> None:
+    compressed = _spec().create_model_request()["PrimaryContainer"]
+    assert compressed["ModelDataUrl"].endswith("model.tar.gz")
+    assert "ModelDataSource" not in compressed
+    prefix = _spec(model="s3://docflow-local/models/m/abc/uncompressed/")
+    container = prefix.create_model_request()["PrimaryContainer"]
+    assert container["ModelDataSource"]["S3DataSource"] == {
+        "S3Uri": "s3://docflow-local/models/m/abc/uncompressed/",
+        "S3DataType": "S3Prefix",
+        "CompressionType": "None",
+    }
+    assert container["Environment"]["SAGEMAKER_MODEL_SERVER_TIMEOUT"] == "900"
+
+
+@pytest.mark.parametrize("bad", ["/tmp/model.tar.gz", "s3://b/model.zip", "s3://"])
+def test_bad_model_locations_say_what_to_pass(bad: str) -> None:
+    with pytest.raises(EndpointSpecError, match="model.tar.gz"):
+        _spec(model=bad)
+
+
+def test_kms_key_goes_into_the_output_config() -> None:
+    profile = load_profile("local").model_copy(update={"kms_key_id": "1234abcd"})
+    spec = build_endpoint_spec(
+        profile,
+        model="s3://b/model.tar.gz",
+        execution_role_arn=ROLE,
+        image_uri=IMAGE,
+        **TOPICS,
+    )
+    output = spec.create_endpoint_config_request()["AsyncInferenceConfig"]["OutputConfig"]
+    assert output["KmsKeyId"] == "1234abcd"
+
+
+@pytest.mark.parametrize(
+    ("region", "instance"), [("us-east-1", "ml.g5.2xlarge"), ("eu-west-1", "ml.g5.2xlarge")]
+)
+def test_image_uri_resolves_offline_for_the_region(region: str, instance: str) -> None:
+    uri = resolve_image_uri(region, instance)
+    assert f".dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-inference:" in uri
+    assert "-gpu-" in uri
+    assert "transformers4.51.3" in uri
+
+
+def test_image_uri_for_a_cpu_instance_is_the_cpu_image() -> None:
+    assert "-cpu-" in resolve_image_uri("us-east-1", "ml.m5.xlarge")
+
+
+def test_spec_resolves_the_image_when_none_is_given() -> None:
+    spec = build_endpoint_spec(
+        load_profile("local"),
+        model="s3://b/model.tar.gz",
+        execution_role_arn=ROLE,
+        **TOPICS,
+    )
+    assert ".dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-inference" in spec.image_uri
+
+
+def test_unknown_region_gives_a_clear_error() -> None:
+    with pytest.raises(EndpointSpecError, match="image_uri"):
+        resolve_image_uri("xx-nowhere-1", "ml.g5.2xlarge")
