@@ -1,0 +1,86 @@
+"""``python -m benchmarks [--quick]``: run the four comparisons, print the tables, save the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from benchmarks.config import FULL, QUICK
+from benchmarks.report import RESULTS_DIR, check_targets, git_commit, machine_info, render, save
+
+# Run order: the sections that reuse docflow's echo runs follow the one that makes them.
+ORDER = ("overhead", "completion", "scaling", "model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes; finishes in a few minutes"
+    )
+    parser.add_argument(
+        "--sections",
+        default=",".join(ORDER),
+        help=f"comma-separated subset of {','.join(ORDER)} (default: all)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; exit 1 when any section failed (the others are still reported)."""
+    args = build_parser().parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(ORDER))
+    if unknown:
+        print(f"unknown sections {unknown}; choose from {list(ORDER)}", file=sys.stderr)
+        return 2
+    console = Console(stderr=True)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        console.log(f"[{time.monotonic() - started:7.1f} s] {message}")
+
+    from benchmarks.environment import BenchEnvironment
+    from benchmarks.sections import SECTIONS, Bench
+
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": cfg.name,
+            "config": {k: v for k, v in vars(cfg).items()},
+            "machine": machine_info(),
+            "commit": git_commit(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "errors": {},
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="docflow-bench-") as tmp,
+        BenchEnvironment(cfg.cap) as env,
+    ):
+        bench = Bench(env, cfg, Path(tmp), log)
+        for name in (s for s in ORDER if s in wanted):
+            log(f"section {name}")
+            try:
+                results[name] = SECTIONS[name](bench)
+            except Exception as exc:  # report the others; say which failed and why
+                results["errors"][name] = f"{type(exc).__name__}: {exc}"
+                console.print(traceback.format_exc())
+    results["meta"]["wall_s"] = time.monotonic() - started
+    results["targets"] = check_targets(results)
+    path = save(results, args.results_dir)
+    render(results, Console())
+    print(f"results: {path}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Sizes and limits of a bench run: the full one (`make bench`) and the quick one (`--quick`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that differs between the full and the quick bench."""
+
+    name: str
+    overhead_sizes: tuple[int, ...]
+    scaling_sizes: tuple[int, ...]
+    naive_budget_s: float
+    model_docs: int
+    model_new_tokens: int
+    model_batch_size: int
+    batch_size: int = 16  # docflow's default max_docs per payload
+    cap: int = 8  # the local profile's max_outstanding_invocations
+    contender_timeout_s: float = 3600.0
+    model_source: str = "smollm2"
+    sections: tuple[str, ...] = field(default=("overhead", "model", "completion", "scaling"))
+
+
+FULL = BenchConfig(
+    name="full",
+    overhead_sizes=(2_000, 20_000),
+    scaling_sizes=(2_000, 20_000, 100_000),
+    naive_budget_s=300.0,
+    model_docs=48,
+    model_new_tokens=32,
+    model_batch_size=8,
+)
+
+QUICK = BenchConfig(
+    name="quick",
+    overhead_sizes=(200, 1_000),
+    scaling_sizes=(200, 1_000, 3_000),
+    naive_budget_s=15.0,
+    model_docs=8,
+    model_new_tokens=8,
+    model_batch_size=4,
+    contender_timeout_s=600.0,
+)
+
+TARGETS = {
+    "docflow_vs_naive_docs_per_s": 10.0,
+    "docflow_vs_handwritten_docs_per_s": 0.8,
+    "end_to_end_vs_model_alone": 0.85,
+    "completion_p95_s": 1.0,
+    "rss_growth_largest_vs_smallest": 2.0,
+    "docs_per_s_largest_vs_smallest": 0.8,
+}
