@@ -224,9 +224,11 @@ def write_archive(
             ) as gz,
             tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
         ):
-            for d in dirs:
-                tar.addfile(_tarinfo(d, 0, directory=True))
-            for name, path in members:
+            entries_in_order: list[tuple[str, Path | None]] = [(d, None) for d in dirs]
+            for name, path in sorted(entries_in_order + list(members), key=lambda m: m[0]):
+                if path is None:
+                    tar.addfile(_tarinfo(name, 0, directory=True))
+                    continue
                 size = path.stat().st_size
                 file_digest = hashlib.sha256()
                 with path.open("rb") as fh:
