@@ -1,0 +1,234 @@
+"""Aggregation on localcloud S3: one row per input row, every outcome with its reason, files written."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.aggregate import aggregate_run, results_frame, summary_markdown
+from tasks.aws import aws_client
+from tasks.batching import BatchPayload, inference_id, make_batches, split_batch
+from tasks.corpus import Corpus, load_corpus
+from tasks.manifest import BatchRecord, BatchStatus, RunManifest, run_uri, split_s3_uri
+from tasks.prompts import GenerationParameters, PromptTemplate
+from tasks.settings import Profile
+
+RUN = "aggtest0001"
+T0 = datetime(2026, 11, 21, 4, 0, tzinfo=UTC)
+
+
+def _corpus(tmp_path: Path) -> Corpus:
+    """31 good documents (one too big for a payload) and 2 bad rows."""
+    lines = [
+        json.dumps({"id": f"d{i:02d}", "text": f"document {i} " * 3, "source": "news", "n": i})
+        for i in range(30)
+    ]
+    lines.insert(3, json.dumps({"id": "d01", "text": "duplicate"}))
+    lines.insert(7, json.dumps({"id": "blank", "text": " "}))
+    lines.append(json.dumps({"id": "huge", "text": "x" * 3000, "source": "report", "n": 99}))
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return load_corpus(str(path))
+
+
+def _record(profile: Profile, batch: BatchPayload, parent: str | None = None) -> BatchRecord:
+    return BatchRecord(
+        batch_id=batch.batch_id,
+        doc_ids=batch.doc_ids,
+        input_uri=run_uri(profile, RUN, "inputs", f"{batch.batch_id}.jsonl"),
+        output_uri=profile.s3_uri(profile.prefixes.outputs, RUN, f"{batch.batch_id}.out"),
+        failure_uri=profile.s3_uri(profile.prefixes.failures, RUN, f"{batch.batch_id}-error.out"),
+        inference_id=inference_id(RUN, batch.batch_id),
+        parent=parent,
+    )
+
+
+def _write_output(profile: Profile, record: BatchRecord, lines: list[dict[str, object]]) -> None:
+    bucket, key = split_s3_uri(record.output_uri)
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    aws_client("s3", profile).put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def _ok(doc_id: str) -> dict[str, object]:
+    return {
+        "id": doc_id,
+        "text": f"summary of {doc_id}",
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "finish_reason": "stop",
+    }
+
+
+def _complete(m: RunManifest, record: BatchRecord, seconds: float) -> None:
+    m.mark(
+        record.batch_id,
+        BatchStatus.COMPLETED,
+        attempts=1,
+        submitted_at=T0,
+        received_time=T0 + timedelta(seconds=0.5),
+        completed_at=T0 + timedelta(seconds=seconds),
+    )
+
+
+def _scenario(profile: Profile, corpus: Corpus) -> RunManifest:
+    """Batches of 5: completed, completed with a per-doc error and a missing line, failed,
+    split into a completed and a failed half, still submitted, completed but output lost."""
+    batches, late = make_batches(
+        corpus.documents, PromptTemplate(), GenerationParameters(), max_docs=5, max_bytes=2000
+    )
+    assert [len(b.doc_ids) for b in batches] == [5] * 6 and len(late) == 1
+    m = RunManifest(run_key=RUN, endpoint=profile.endpoint_name, model_artifact="s3://m")
+    m.rejected.extend(late)
+    records = [_record(profile, b) for b in batches]
+    for r in records:
+        m.add(r)
+    ok, partial, failed, parent, lost, waiting = records
+    _write_output(profile, ok, [_ok(d) for d in ok.doc_ids])
+    _complete(m, ok, 2.0)
+    per_doc = [_ok(d) for d in partial.doc_ids[:3]]
+    per_doc.append({"id": partial.doc_ids[3], "error": "prompt is 9000 tokens; context is 8192"})
+    _write_output(profile, partial, per_doc)  # the 5th line is missing
+    _complete(m, partial, 4.0)
+    m.mark(failed.batch_id, BatchStatus.FAILED, attempts=3, reason="ClientError: model error 500")
+    left, right = split_batch(batches[3])
+    m.mark(parent.batch_id, BatchStatus.SPLIT, attempts=3)
+    halves = [_record(profile, left, parent.batch_id), _record(profile, right, parent.batch_id)]
+    for h in halves:
+        m.add(h)
+    _write_output(profile, halves[0], [_ok(d) for d in halves[0].doc_ids])
+    _complete(m, halves[0], 6.0)
+    m.mark(halves[1].batch_id, BatchStatus.FAILED, attempts=1, reason="poison document")
+    _complete(m, lost, 8.0)  # notification said completed, but no object exists
+    m.mark(waiting.batch_id, BatchStatus.SUBMITTED, attempts=1, submitted_at=T0)  # never ends
+    m.notifications.received = 7
+    m.notifications.duplicates = 2
+    return m
+
+
+def test_every_input_row_gets_exactly_one_outcome(profile: Profile, tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    assert corpus.size == 33 and len(corpus.documents) == 31
+    m = _scenario(profile, corpus)
+    summary = aggregate_run(m, corpus, profile, wall_time_s=12.0, local_dir=str(tmp_path / "out"))
+
+    assert summary.documents == 33 == summary.completed + summary.failed + summary.rejected
+    assert (summary.completed, summary.failed, summary.rejected) == (10, 20, 3)
+    body = aws_client("s3", profile).get_object(
+        Bucket=profile.bucket, Key=f"runs/{RUN}/results.parquet"
+    )["Body"]
+    table = pd.read_parquet(io.BytesIO(body.read()))
+    assert len(table) == 33 and table["row"].tolist() == list(range(33))
+    by_row = table.set_index("row")
+    assert by_row.loc[3, "status"] == "rejected" and "duplicate id 'd01'" in by_row.loc[3, "reason"]
+    assert by_row.loc[7, "status"] == "rejected" and "empty text" in by_row.loc[7, "reason"]
+    status = table[table["doc_id"].notna()].drop_duplicates("doc_id").set_index("doc_id")
+    assert status.loc["huge", "status"] == "rejected"
+    assert "over the payload limit of 2000 bytes" in status.loc["huge", "reason"]
+
+    ok, partial, failed, parent, lost, waiting = list(m.batches.values())[:6]
+    for d in ok.doc_ids:
+        assert status.loc[d, "status"] == "completed"
+        assert status.loc[d, "text"] == f"summary of {d}"
+        assert status.loc[d, "finish_reason"] == "stop"
+    assert status.loc[partial.doc_ids[3], "reason"] == "prompt is 9000 tokens; context is 8192"
+    assert "no result line for this document" in status.loc[partial.doc_ids[4], "reason"]
+    assert set(status.loc[failed.doc_ids, "reason"]) == {"ClientError: model error 500"}
+    halves = [r for r in m.batches.values() if r.parent == parent.batch_id]
+    assert set(status.loc[halves[0].doc_ids, "status"]) == {"completed"}
+    assert set(status.loc[halves[1].doc_ids, "reason"]) == {"poison document"}
+    assert all("could not be read" in r for r in status.loc[lost.doc_ids, "reason"])
+    assert all("still submitted" in r for r in status.loc[waiting.doc_ids, "reason"])
+    assert table.loc[table["status"] == "completed", "source"].eq("news").all()
+    assert table["n"].dtype.kind in "if"
+
+    assert (summary.prompt_tokens, summary.completion_tokens) == (100, 40)
+    assert summary.batches == 8 and summary.invocations == 1 + 1 + 3 + 3 + 1 + 1 + 1 + 1
+    assert summary.latency_p50_s == 4.5  # receivedTime → eventTime of the 2, 4, 6, 8 s batches
+    assert summary.turnaround_p50_s == pytest.approx(5.0)
+    assert summary.turnaround_p99_s == pytest.approx(7.94)
+    assert summary.docs_per_s == pytest.approx(33 / 12, abs=1e-3)
+    assert summary.estimated_cost_usd == pytest.approx(
+        12 / 3600 * 1 * profile.instance_hourly_usd, abs=1e-4
+    )
+    assert summary.duplicate_notifications == 2
+
+    failures = pd.read_parquet(tmp_path / "out" / "failures.parquet")
+    assert len(failures) == 23 and set(failures["status"]) == {"failed", "rejected"}
+    local = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    pd.testing.assert_frame_equal(local, table)
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["completed"] == 10 and saved["results_uri"] == summary.results_uri
+    keys = aws_client("s3", profile).list_objects_v2(Bucket=profile.bucket, Prefix=f"runs/{RUN}/")
+    names = sorted(o["Key"].rsplit("/", 1)[1] for o in keys["Contents"])
+    assert names == ["failures.parquet", "results.parquet", "summary.json"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_csv_and_jsonl_on_request(profile: Profile, tmp_path: Path, fmt: str) -> None:
+    corpus = _corpus(tmp_path)
+    m = _scenario(profile, corpus)
+    summary = aggregate_run(
+        m,
+        corpus,
+        profile,
+        wall_time_s=1.0,
+        output_format=fmt,
+        local_dir=str(tmp_path),  # type: ignore[arg-type]
+    )
+    assert summary.results_uri.endswith(f"/runs/{RUN}/results.{fmt}")
+    assert summary.local_results_path == str(tmp_path / f"results.{fmt}")
+    path = Path(summary.local_results_path)
+    table = pd.read_csv(path) if fmt == "csv" else pd.read_json(path, lines=True)
+    assert len(table) == 33 and table["status"].value_counts().to_dict() == {
+        "failed": 20,
+        "completed": 10,
+        "rejected": 3,
+    }
+    bucket, key = split_s3_uri(summary.results_uri)
+    assert aws_client("s3", profile).head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+
+
+def test_documents_missing_from_the_manifest_fail_with_a_reason(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    m = RunManifest(run_key=RUN, endpoint="e", model_artifact="m")
+    table = results_frame(m, corpus, {})
+    assert len(table) == corpus.size
+    assert (table["status"] == "failed").sum() == len(corpus.documents)
+    assert table.loc[table["status"] == "failed", "reason"].str.contains("in no batch").all()
+
+
+def test_mixed_metadata_types_are_stored_as_json_text(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    rows = [
+        {"id": "a", "text": "t", "tags": ["x", "y"], "status": "draft"},
+        {"id": "b", "text": "t", "tags": "z", "status": "final"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    corpus = load_corpus(str(path))
+    table = results_frame(RunManifest(run_key=RUN, endpoint="e", model_artifact="m"), corpus, {})
+    assert table["tags"].tolist() == ['["x", "y"]', '"z"']
+    assert table["metadata_status"].tolist() == ["draft", "final"]  # clashes with a result column
+    table.to_parquet(tmp_path / "t.parquet")
+
+
+def test_summary_markdown_has_the_numbers(profile: Profile, tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    summary = aggregate_run(_scenario(profile, corpus), corpus, profile, wall_time_s=12.0)
+    text = summary_markdown(summary)
+    assert "| 33 | 10 | 20 | 3 |" in text
+    assert "4.50 s" in text and "100 / 40" in text
+    assert summary.results_uri in text
+    assert "ClientError: model error 500" in text
+    assert summary.local_results_path is None
+
+
+def test_bad_output_format_is_refused(profile: Profile, tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path)
+    m = RunManifest(run_key=RUN, endpoint="e", model_artifact="m")
+    with pytest.raises(ValueError, match="parquet, csv, jsonl"):
+        aggregate_run(m, corpus, profile, wall_time_s=1.0, output_format="xlsx")  # type: ignore[arg-type]
