@@ -1,0 +1,326 @@
+"""`make ui`: Prefect server, localcloud, work pool, worker, blocks and deployments, in the foreground."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import psutil
+
+from docflow.prefect_server import (
+    DEFAULT_PREFECT_PORT,
+    HOST,
+    PROJECT_ROOT,
+    WORK_POOL,
+    ChildProcess,
+    StackError,
+    api_url_for,
+    deploy_all,
+    ensure_global_concurrency_limit,
+    ensure_work_pool,
+    free_port,
+    is_healthy,
+    prefect_api,
+    prefect_env,
+    spawn,
+    start_server,
+    start_worker,
+    stop_tree,
+    wait_until,
+)
+
+DEFAULT_LOCALCLOUD_PORT = 4566
+STATE_FILE = "docflow-ui.json"
+PROCESS_DOCUMENTS = "process-documents/nightly"
+RUN_ORDER = ("package-model/local", "deploy-endpoint/local", PROCESS_DOCUMENTS)
+
+Printer = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    """Where the stack lives and listens; env overrides let tests run one on free ports."""
+
+    home: Path
+    prefect_port: int
+    localcloud_port: int
+    profile: str
+
+    @classmethod
+    def from_env(cls) -> UiConfig:
+        """DOCFLOW_UI_HOME (default .prefect/), DOCFLOW_UI_PORT, DOCFLOW_UI_LOCALCLOUD_PORT, DOCFLOW_PROFILE."""
+        env = os.environ
+        return cls(
+            home=Path(env.get("DOCFLOW_UI_HOME") or PROJECT_ROOT / ".prefect").resolve(),
+            prefect_port=int(env.get("DOCFLOW_UI_PORT") or DEFAULT_PREFECT_PORT),
+            localcloud_port=int(env.get("DOCFLOW_UI_LOCALCLOUD_PORT") or DEFAULT_LOCALCLOUD_PORT),
+            profile=env.get("DOCFLOW_PROFILE") or "local",
+        )
+
+
+@dataclass
+class UiState:
+    """What a running `make ui` wrote down, so a second `make ui` can find it."""
+
+    pid: int
+    api_url: str
+    localcloud_url: str
+    children: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def ui_url(self) -> str:
+        """The dashboard address."""
+        return self.api_url.removesuffix("/api")
+
+    def save(self, home: Path) -> None:
+        """Write the state file."""
+        (home / STATE_FILE).write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def load(cls, home: Path) -> UiState | None:
+        """The state file's contents, or None when absent or unreadable."""
+        try:
+            return cls(**json.loads((home / STATE_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _identity(pid: int) -> list[float]:
+    """[pid, start time]: tells a process from a later one that reused its pid."""
+    return [float(pid), psutil.Process(pid).create_time()]
+
+
+def _same_process(ident: list[float]) -> bool:
+    """True when the process recorded as ident is still the one running under that pid."""
+    try:
+        return psutil.Process(int(ident[0])).create_time() == ident[1]
+    except psutil.NoSuchProcess:
+        return False
+
+
+def localcloud_env(url: str, region: str) -> dict[str, str]:
+    """What boto3 and docflow need to reach localcloud (its dummy credentials included)."""
+    from localcloud.cloud import ACCESS_KEY, SECRET_KEY
+
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "DOCFLOW_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": region,
+    }
+
+
+def _localcloud_answers(url: str) -> bool:
+    """True when localcloud's control API answers."""
+    try:
+        with urllib.request.urlopen(f"{url}/_localcloud/faults", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def run_command_line(api_url: str) -> str:
+    """The ready-to-paste lines that start a process-documents run against this stack."""
+    prefect = os.path.relpath(Path(sys.executable).parent / "prefect", Path.cwd())
+    return (
+        f"export PREFECT_API_URL={api_url}\n"
+        f"{prefect} deployment run '{PROCESS_DOCUMENTS}' "
+        "--param corpus=datasets/sample --param template=summarize --watch"
+    )
+
+
+class UiStack:
+    """The processes of `make ui`, started in order and stopped in reverse."""
+
+    def __init__(self, config: UiConfig, say: Printer = print) -> None:
+        self.config = config
+        self.say = say
+        self.children: list[ChildProcess] = []
+        self.api_url = ""
+        self.localcloud_url = ""
+
+    def up(self) -> UiState:
+        """Start everything; on any failure stop what was started and re-raise."""
+        try:
+            return self._up()
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self) -> UiState:
+        from tasks.aws import aws_client, clear_client_cache
+        from tasks.blocks import describe_credentials, save_blocks
+        from tasks.invoke import concurrency_limit_name
+        from tasks.settings import load_profile
+
+        cfg = self.config
+        cfg.home.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+
+        port = free_port(cfg.prefect_port)
+        if port != cfg.prefect_port:
+            self.say(f"port {cfg.prefect_port} is busy; the Prefect server uses {port}")
+        self.say(f"starting the Prefect server on {HOST}:{port} (PREFECT_HOME={cfg.home})")
+        self.children.append(start_server(cfg.home, port))
+        self.api_url = api_url_for(port)
+
+        cloud_port = free_port(cfg.localcloud_port)
+        self.localcloud_url = f"http://{HOST}:{cloud_port}"
+        self.say(f"starting localcloud on {self.localcloud_url}")
+        base = load_profile(cfg.profile)
+        cloud_env = localcloud_env(self.localcloud_url, base.region)
+        cloud = spawn(
+            "localcloud",
+            [sys.executable, "-m", "docflow.cli", "local", "up"]
+            + ["--host", HOST, "--port", str(cloud_port)],
+            env={**os.environ, **cloud_env, "PYTHONUNBUFFERED": "1"},
+            log_path=cfg.home / "logs" / "localcloud.log",
+        )
+        self.children.append(cloud)
+        wait_until(
+            lambda: _localcloud_answers(self.localcloud_url),
+            what=f"localcloud at {self.localcloud_url}",
+            timeout_s=60,
+            child=cloud,
+        )
+
+        os.environ.update(cloud_env)
+        clear_client_cache()
+        profile = base.model_copy(update={"endpoint_url": self.localcloud_url})
+        s3 = aws_client("s3", profile)
+        if profile.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=profile.bucket)
+
+        with prefect_api(self.api_url):
+            if ensure_work_pool(self.api_url):
+                self.say(f"created work pool {WORK_POOL!r} (type process)")
+            limit_name = concurrency_limit_name(profile.endpoint_name)
+            if ensure_global_concurrency_limit(
+                self.api_url, limit_name, profile.max_outstanding_invocations
+            ):
+                self.say(
+                    f"created global concurrency limit {limit_name!r} "
+                    f"({profile.max_outstanding_invocations} slots)"
+                )
+            names = save_blocks(profile, cloud_env)
+            self.say(f"saved block {describe_credentials(names.credentials)}")
+            self.say(
+                f"saved block S3Bucket {names.results!r}: s3://{profile.bucket}/prefect-results"
+            )
+
+        env = prefect_env(
+            cfg.home,
+            self.api_url,
+            {
+                **cloud_env,
+                "DOCFLOW_PROFILE": cfg.profile,
+                "DOCFLOW_CREDENTIALS_BLOCK": names.credentials,
+                "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": names.results_slug,
+            },
+        )
+        self.say("deploying: prefect deploy --all")
+        deploy_all(env)
+        self.say(f"starting a worker: prefect worker start --pool {WORK_POOL}")
+        self.children.append(start_worker(cfg.home, env))
+        self.say(f"up in {time.monotonic() - started:.0f} s")
+
+        state = UiState(
+            pid=os.getpid(),
+            api_url=self.api_url,
+            localcloud_url=self.localcloud_url,
+            children={c.name: _identity(c.pid) for c in self.children},
+        )
+        state.save(cfg.home)
+        return state
+
+    def wait(self) -> None:
+        """Block until Ctrl-C (or SIGTERM), or until a child exits on its own."""
+        while True:
+            for child in self.children:
+                if not child.alive():
+                    raise StackError(
+                        f"{child.name} exited with code {child.popen.returncode}; "
+                        f"its log ({child.log_path}):\n{child.log_tail()}"
+                    )
+            time.sleep(1)
+
+    def down(self) -> None:
+        """Stop every child (worker, localcloud, server) and forget the state file."""
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+        state = UiState.load(self.config.home)
+        if state is not None and state.pid == os.getpid():
+            (self.config.home / STATE_FILE).unlink(missing_ok=True)
+
+
+def _already_running(config: UiConfig, say: Printer) -> bool:
+    """Say so and return True when another `make ui` for this home is up; clean up after a dead one."""
+    state = UiState.load(config.home)
+    if state is None:
+        return False
+    if psutil.pid_exists(state.pid) and is_healthy(state.api_url):
+        say(f"docflow ui is already running (pid {state.pid}): nothing to do.")
+        say(_banner(state))
+        return True
+    for name, ident in state.children.items():
+        if _same_process(ident):
+            say(f"stopping {name} (pid {int(ident[0])}) left by a docflow ui that died")
+            stop_tree(int(ident[0]))
+    (config.home / STATE_FILE).unlink(missing_ok=True)
+    return False
+
+
+def _banner(state: UiState) -> str:
+    """The addresses and the commands a user needs next."""
+    order = " -> ".join(f"'{name}'" for name in RUN_ORDER)
+    return (
+        f"\nPrefect UI:  {state.ui_url}\n"
+        f"Prefect API: {state.api_url}\n"
+        f"localcloud:  {state.localcloud_url}\n"
+        f"First run {order} (or 'end-to-end/local' for all three). Then, from another shell:\n\n"
+        f"{run_command_line(state.api_url)}\n"
+    )
+
+
+def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
+    """Treat SIGTERM like Ctrl-C so the stack is stopped the same way."""
+    raise KeyboardInterrupt
+
+
+def run_ui() -> int:
+    """Bring the local stack up, print where it is, stay in the foreground until Ctrl-C."""
+    config = UiConfig.from_env()
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    if _already_running(config, say):
+        return 0
+    previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    stack = UiStack(config, say)
+    try:
+        state = stack.up()
+        say(_banner(state))
+        say("Ctrl-C stops everything.")
+        stack.wait()
+    except KeyboardInterrupt:
+        say("\nstopping the worker, localcloud and the Prefect server ...")
+    except StackError as exc:
+        say(f"docflow ui failed: {exc}")
+        return 1
+    finally:
+        stack.down()
+        signal.signal(signal.SIGTERM, previous)
+    say("stopped.")
+    return 0
