@@ -21,6 +21,7 @@ class CompletionRecorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.delays_s: list[float] = []
+        self.without_notification = 0
 
     def install(self) -> CompletionRecorder:
         """Instrument the manifest class of this process (the real method still does the work)."""
@@ -34,10 +35,12 @@ class CompletionRecorder:
             changed = bool(original(manifest, batch_id, status, **fields))
             if changed and BatchStatus(status) is BatchStatus.COMPLETED:
                 recorded = time.time()
-                written = manifest.batches[batch_id].completed_at
-                if written is not None:
-                    with recorder._lock:
-                        recorder.delays_s.append(recorded - written.timestamp())
+                record = manifest.batches[batch_id]
+                with recorder._lock:
+                    if record.received_time is None or record.completed_at is None:
+                        recorder.without_notification += 1  # found by reconciliation in S3
+                    else:
+                        recorder.delays_s.append(recorded - record.completed_at.timestamp())
             return changed
 
         setattr(RunManifest, "mark", mark)  # noqa: B010 - instrumenting, not replacing
@@ -51,29 +54,29 @@ def prepare(spec: ContenderSpec, profile: Profile) -> dict[str, Any]:
     return {"flow": process_documents, "recorder": CompletionRecorder().install()}
 
 
-def _count(summary: Any, *names: str) -> int:
-    for name in names:
-        value = summary.get(name) if isinstance(summary, dict) else getattr(summary, name, None)
-        if value is not None:
-            return int(value)
-    raise KeyError(f"process_documents' summary has none of {names}: {summary!r}")
-
-
 def run(spec: ContenderSpec, profile: Profile, prepared: dict[str, Any]) -> Outcome:
     """One process_documents run over the corpus on the bench's endpoint."""
+    unknown = sorted(set(spec.parameters) - {"max_new_tokens"})
+    if unknown:
+        raise ValueError(f"process_documents takes only max_new_tokens of {unknown}")
     kwargs: dict[str, Any] = {
         "corpus": spec.corpus,
         "profile": profile.name,
         "endpoint": spec.endpoint.name,
         "batch_size": spec.batch_size,
+        "run_key": f"bench{spec.run_id}",  # never resume another contender's run
     }
-    if spec.parameters:
-        kwargs["parameters"] = spec.parameters
-    summary = prepared["flow"](**kwargs)
+    if "max_new_tokens" in spec.parameters:
+        kwargs["max_new_tokens"] = int(spec.parameters["max_new_tokens"])
+    summary: dict[str, Any] = prepared["flow"](**kwargs)
     recorder: CompletionRecorder = prepared["recorder"]
     return Outcome(
-        docs_completed=_count(summary, "completed", "documents_completed"),
-        docs_failed=_count(summary, "failed", "documents_failed"),
-        generated_tokens=_count(summary, "completion_tokens", "tokens_out"),
-        extra={"completion_delays_s": recorder.delays_s, "summary": summary},
+        docs_completed=int(summary["completed"]),
+        docs_failed=int(summary["failed"]) + int(summary["rejected"]),
+        generated_tokens=int(summary["completion_tokens"]),
+        extra={
+            "completion_delays_s": recorder.delays_s,
+            "completed_without_notification": recorder.without_notification,
+            "summary": summary,
+        },
     )

@@ -72,14 +72,17 @@ def deploy_echo(env: BenchEnvironment) -> EndpointInfo:
     return deploy(env, name, model_url)
 
 
-def deploy_model(env: BenchEnvironment, source: str) -> tuple[EndpointInfo, dict[str, Any]]:
-    """Package ``source`` with docflow's package_model flow and deploy it, one request at a time."""
+def deploy_model(
+    env: BenchEnvironment, source: str, threads: int
+) -> tuple[EndpointInfo, dict[str, Any]]:
+    """Package ``source`` with docflow's package_model flow and deploy it on ``threads`` CPU threads."""
     from flows.package_model import package_model
 
     artifact = dict(package_model(source=source, profile="local"))
     name = env.new_endpoint_name("llm")
-    # One request at a time per instance: the model alone runs one batch at a time, on the same threads.
-    return deploy(env, name, artifact, per_instance=1), artifact
+    # One request at a time per instance, like the model alone running one batch after another.
+    environment = {"DOCFLOW_NUM_THREADS": str(threads)}
+    return deploy(env, name, artifact, per_instance=1, environment=environment), artifact
 
 
 def download_model(env: BenchEnvironment, artifact: dict[str, Any], target: Path) -> Path:

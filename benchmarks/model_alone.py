@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,9 +36,8 @@ def prepare(spec: ContenderSpec, profile: Profile) -> dict[str, Any]:
     if not spec.model_dir:
         raise ValueError("the model_alone contender needs model_dir (an unpacked model.tar.gz)")
     if spec.threads:
-        import torch
-
-        torch.set_num_threads(spec.threads)
+        # The handler reads this in model_fn; the endpoint was deployed with the same value.
+        os.environ["DOCFLOW_NUM_THREADS"] = str(spec.threads)
     handler = _handler(Path(spec.model_dir))
     model = handler.model_fn(spec.model_dir)
     corpus = load_corpus(spec.corpus)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,15 @@ def model_efficiency(bench: Bench) -> dict[str, Any]:
     """Section 2: docflow end to end vs the same handler called in-process, SmolLM2 on CPU."""
     cfg = bench.cfg
     bench.log(f"packaging {cfg.model_source} and deploying it")
-    endpoint, artifact = deploy_model(bench.env, cfg.model_source)
+    threads = os.cpu_count() or 1
+    endpoint, artifact = deploy_model(bench.env, cfg.model_source, threads)
     model_dir = download_model(bench.env, artifact, bench.workdir / "model")
     corpus = bench.corpus(cfg.model_docs, min_words=10, max_words=30)
     params = {"max_new_tokens": cfg.model_new_tokens}
     common = {"corpus": corpus, "batch_size": cfg.model_batch_size, "parameters": params}
-    alone = bench.run("model_alone", cfg.model_docs, endpoint, model_dir=str(model_dir), **common)
+    alone = bench.run(
+        "model_alone", cfg.model_docs, endpoint, model_dir=str(model_dir), threads=threads, **common
+    )
     end_to_end = bench.run("docflow", cfg.model_docs, endpoint, **common)
     return {
         "model_source": cfg.model_source,
@@ -110,6 +114,7 @@ def model_efficiency(bench: Bench) -> dict[str, Any]:
         "documents": cfg.model_docs,
         "batch_size": cfg.model_batch_size,
         "max_new_tokens": cfg.model_new_tokens,
+        "torch_threads": threads,
         "runs": {"docflow": end_to_end, "model_alone": alone},
         "docs_per_s_ratio": ratio(end_to_end["docs_per_s"], alone["docs_per_s"]),
         "tokens_per_s_ratio": ratio(end_to_end["tokens_per_s"], alone["tokens_per_s"]),
