@@ -202,11 +202,23 @@ def test_fingerprint_is_stable_and_changes_with_any_document() -> None:
 
 
 def test_shipped_datasets_load() -> None:
-    sample = load_corpus(str(REPO / "datasets" / "sample" / "documents.jsonl"))
-    assert sample.rejected == [] and len(sample.documents) >= 45
-    assert {"source", "lang"} <= set(sample.documents[0].metadata)
+    sample = load_corpus(str(REPO / "datasets" / "sample"))
+    assert sample.rejected == [] and len(sample.documents) == 50
+    assert all({"source", "lang", "date"} <= set(d.metadata) for d in sample.documents)
+    assert len({d.metadata["source"] for d in sample.documents}) == 5
     lengths = [len(d.text) for d in sample.documents]
-    assert min(lengths) < 300 and max(lengths) > 1500  # varied length
-    bad = load_corpus(str(REPO / "datasets" / "bad_rows" / "documents.jsonl"), max_doc_bytes=4000)
-    assert len(bad.documents) == 3
-    assert len(bad.rejected) == 7 and all(r.reason for r in bad.rejected)
+    assert min(lengths) < 200 and max(lengths) > 1000  # varied length
+    bad = load_corpus(str(REPO / "datasets" / "bad_rows"))
+    assert [d.doc_id for d in bad.documents] == ["news-002", "ticket-1002", "review-2005"]
+    reasons = {r.row: r.reason for r in bad.rejected}
+    assert sorted(reasons) == [1, 3, 4, 5, 6, 7, 8]
+    for row, words in {
+        1: "missing id",
+        3: "duplicate id",
+        4: "empty text",
+        5: "empty text",
+        6: "not valid UTF-8",
+        7: "not valid JSON",
+        8: "over max_doc_bytes=100000",
+    }.items():
+        assert words in reasons[row]
