@@ -243,15 +243,18 @@ def convert_gguf(
     return _publish(tmp, target), digest, True
 
 
-def convert_bin_folder(folder: Path, cache_dir: Path | None = None) -> Path:
-    """Re-save a folder with only pytorch_model*.bin weights as safetensors, cached by content."""
+def convert_bin_folder(folder: Path, cache_dir: Path | None = None) -> tuple[Path, bool]:
+    """Re-save a folder with only pytorch_model*.bin weights as safetensors, cached by content.
+
+    Returns (folder, converted now).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     digest = _folder_fingerprint(folder)
     root = (cache_dir or default_cache_dir()) / "converted"
     target = root / f"{digest}-safetensors"
     if target.is_dir() and model_files(target):
-        return target
+        return target, False
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-", dir=root))
     try:
@@ -261,7 +264,7 @@ def convert_bin_folder(folder: Path, cache_dir: Path | None = None) -> Path:
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _publish(tmp, target)
+    return _publish(tmp, target), True
 
 
 def _hub_endpoint() -> str:
@@ -353,8 +356,7 @@ def resolve_source(
     else:
         folder = Path(source).expanduser().resolve()
     if _has_only_bin_weights(folder):
-        folder = convert_bin_folder(folder, cache_dir)
-        converted = True
+        folder, converted = convert_bin_folder(folder, cache_dir)
     model_files(folder)  # raises a clear error when something is missing
     return ResolvedModel(
         source=source, kind=kind, path=str(folder), gguf_sha256=gguf_sha, converted=converted
