@@ -8,7 +8,12 @@ from prefect import flow, get_run_logger, task
 
 from tasks.autoscaling import apply_autoscaling, remove_autoscaling
 from tasks.endpoint import apply_endpoint, current_instance_type, ensure_invocation_limit
-from tasks.endpoint_spec import build_endpoint_spec, resolve_image_uri, validate_endpoint_name
+from tasks.endpoint_spec import (
+    EndpointSpec,
+    build_endpoint_spec,
+    resolve_image_uri,
+    validate_endpoint_name,
+)
 from tasks.iam import ensure_execution_role
 from tasks.settings import Profile, load_profile
 from tasks.topics import ensure_endpoint_topics
@@ -32,8 +37,6 @@ def apply_endpoint_task(
     profile: Profile, spec_json: dict[str, Any], delay_s: int, max_attempts: int
 ) -> list[str]:
     """Create, update or leave the endpoint so it runs the spec's config; waits for InService."""
-    from tasks.endpoint_spec import EndpointSpec
-
     spec = EndpointSpec.model_validate(spec_json)
     if current_instance_type(profile, spec.endpoint_name) not in {None, spec.instance_type}:
         # SageMaker rejects an update that changes the instance type of a scaled variant.
