@@ -19,7 +19,11 @@ RATE_FIELDS = (
 
 @dataclass
 class FaultSettings:
-    """What to break and how often (rates are probabilities in [0, 1])."""
+    """What to break and how often (rates are probabilities in [0, 1]).
+
+    ``ttl_scale`` is a test clock knob, not a fault: RequestTTLSeconds is multiplied by it, so a
+    60 s TTL (AWS's minimum) can expire in a test within a second.
+    """
 
     model_error_rate: float = 0.0
     throttle_rate: float = 0.0
@@ -28,6 +32,7 @@ class FaultSettings:
     delay_notification_rate: float = 0.0
     delay_notification_s: float = 0.0
     kill_instance_rate: float = 0.0
+    ttl_scale: float = 1.0
     seed: int = 0
 
 
@@ -82,6 +87,10 @@ class Faults:
             if name in RATE_FIELDS and not 0.0 <= float(value) <= 1.0:
                 raise ValueError(
                     f"{name} is a probability: use a value between 0 and 1, got {value}"
+                )
+            if name == "ttl_scale" and not 0.0 < float(value) <= 1.0:
+                raise ValueError(
+                    f"ttl_scale shrinks RequestTTLSeconds for tests: use 0 < value <= 1, got {value}"
                 )
             if name == "delay_notification_s" and not 0.0 <= float(value) <= 3600.0:
                 raise ValueError(f"delay_notification_s must be between 0 and 3600, got {value}")

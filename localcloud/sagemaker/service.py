@@ -1,4 +1,4 @@
-"""Wires the SageMaker emulator's backend to its HTTP routes."""
+"""Wires the SageMaker emulator together: clients to moto, backends, HTTP responses."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from localcloud.faults import Faults
+from localcloud.sagemaker.invocations import RuntimeBackend
+from localcloud.sagemaker.models import SageMakerBackend
+from localcloud.sagemaker.notifications import Notifier
+from localcloud.sagemaker.responses import SageMakerResponses
+from localcloud.sagemaker.runtime import Context
 from localcloud.stats import Stats
 
 
@@ -15,22 +20,42 @@ class SageMakerService:
     def __init__(
         self, url: str, region: str, faults: Faults, stats: Stats, credentials: tuple[str, str]
     ) -> None:
-        self.url = url
-        self.region = region
-        self.faults = faults
-        self.stats = stats
-        self.credentials = credentials
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(
+            aws_access_key_id=credentials[0],
+            aws_secret_access_key=credentials[1],
+            region_name=region,
+        )
+        config = Config(retries={"mode": "standard"}, max_pool_connections=64)
+        s3 = session.client("s3", endpoint_url=url, config=config)
+        sns = session.client("sns", endpoint_url=url, config=config)
+        aws_env = {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": credentials[0],
+            "AWS_SECRET_ACCESS_KEY": credentials[1],
+            "AWS_DEFAULT_REGION": region,
+        }
+        ctx = Context(
+            region=region,
+            s3=s3,
+            notifier=Notifier(sns, faults),
+            faults=faults,
+            stats=stats,
+            aws_env=aws_env,
+        )
+        self.backend = SageMakerBackend(ctx)
+        self.responses = SageMakerResponses(self.backend, RuntimeBackend(self.backend))
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        """WSGI entry point (placeholder until the emulator lands)."""
-        start_response(
-            "500 Internal Server Error", [("Content-Type", "application/x-amz-json-1.1")]
-        )
-        return [b'{"__type": "InternalFailure", "message": "SageMaker emulator not built yet"}']
+        """WSGI entry point."""
+        return self.responses(environ, start_response)
 
     def shutdown(self) -> None:
         """Stop every instance process."""
+        self.backend.shutdown()
 
     def instance_pids(self, endpoint_name: str | None = None) -> list[int]:
         """PIDs of live instance processes."""
-        return []
+        return self.backend.instance_pids(endpoint_name)

@@ -1,0 +1,159 @@
+"""The emulator's side of one instance process: spawn it, wait for it to load, send it requests, kill it."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localcloud.sagemaker.instance import FAULT_HEADER, SPEC_ENV
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_ids = itertools.count(1)
+
+
+class InstanceStartError(RuntimeError):
+    """The instance could not download or load the model; the message is the reason."""
+
+
+class InstanceDied(RuntimeError):
+    """The instance process went away during a request."""
+
+
+class InvocationTimeout(RuntimeError):
+    """The model did not answer within InvocationTimeoutSeconds."""
+
+
+@dataclass
+class ContainerSpec:
+    """What an instance needs: where the model is and the container's Environment."""
+
+    model_data_url: str | None
+    s3_prefix: str | None
+    environment: dict[str, str]
+
+
+class InstanceProcess:
+    """One instance: a ``python -m localcloud.sagemaker.instance`` child in its own session."""
+
+    def __init__(self, variant: str, container: ContainerSpec, aws_env: dict[str, str]) -> None:
+        self.id = f"i-{next(_ids):05d}"
+        self.variant = variant
+        self.port: int | None = None
+        self.dead = threading.Event()
+        env = dict(os.environ)
+        env.update(aws_env)
+        env.update(container.environment)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        env[SPEC_ENV] = json.dumps(
+            {
+                "endpoint_url": aws_env["AWS_ENDPOINT_URL"],
+                "region": aws_env["AWS_DEFAULT_REGION"],
+                "model_data_url": container.model_data_url,
+                "s3_prefix": container.s3_prefix,
+                "parent_pid": os.getpid(),
+            }
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localcloud.sagemaker.instance"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=env,
+            cwd=str(PROJECT_ROOT),
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        """The OS process id."""
+        return self.proc.pid
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the model is loaded; raise InstanceStartError with the reason otherwise."""
+        result: dict[str, Any] = {}
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()
+            try:
+                result.update(json.loads(line))
+            except ValueError:
+                result["reason"] = (
+                    f"instance exited before loading the model (exit code {self.proc.poll()})"
+                )
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        if reader.is_alive():
+            self.kill()
+            raise InstanceStartError(f"the model did not load within {timeout_s:.0f} s")
+        if result.get("status") != "ready":
+            self.kill()
+            raise InstanceStartError(str(result.get("reason", "unknown")))
+        self.port = int(result["port"])
+
+    def alive(self) -> bool:
+        """True while the process runs and has not been marked dead."""
+        return not self.dead.is_set() and self.proc.poll() is None
+
+    def invoke(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        custom_attributes: str | None,
+        timeout_s: float,
+        fault: str = "",
+    ) -> tuple[int, bytes, str]:
+        """POST /invocations; returns (status, body, content type)."""
+        headers = {
+            "Content-Type": content_type or "application/octet-stream",
+            "Accept": accept or "*/*",
+        }
+        if custom_attributes is not None:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
+        if fault:
+            headers[FAULT_HEADER] = fault
+        assert self.port is not None, "invoke() before the instance was ready"
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
+        try:
+            conn.request("POST", "/invocations", body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            return (
+                response.status,
+                data,
+                response.getheader("Content-Type") or "application/octet-stream",
+            )
+        except TimeoutError as exc:
+            raise InvocationTimeout(f"no answer within {timeout_s:.0f} s") from exc
+        except (ConnectionError, http.client.HTTPException, OSError) as exc:
+            self.dead.set()
+            raise InstanceDied(
+                f"instance {self.id} terminated during the request ({type(exc).__name__})"
+            ) from exc
+        finally:
+            conn.close()
+
+    def kill(self) -> None:
+        """Terminate the process (SIGTERM, then SIGKILL) and reap it."""
+        self.dead.set()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
