@@ -29,7 +29,7 @@ COLUMNS = [
     "finish_reason",
     "batch_id",
 ]
-_READ_WORKERS = 32
+_READ_WORKERS = 16
 
 
 class RunSummary(BaseModel):
@@ -150,7 +150,13 @@ def results_frame(
                     and known.status is not BatchStatus.COMPLETED
                 ):
                     leaf_of[doc_id] = record
-    late_rejects = {r.doc_id: r for r in manifest.rejected if r.doc_id is not None}
+    # manifest.rejected may repeat the corpus's own rejections; those rows are already counted.
+    early = {(r.doc_id, r.row, r.reason) for r in corpus.rejected}
+    late_rejects = {
+        r.doc_id: r
+        for r in manifest.rejected
+        if r.doc_id is not None and (r.doc_id, r.row, r.reason) not in early
+    }
 
     inputs = pd.DataFrame(
         [{"row": d.row, "doc_id": d.doc_id, **_prefixed(d.metadata)} for d in corpus.documents]

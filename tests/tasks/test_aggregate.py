@@ -83,7 +83,7 @@ def _scenario(profile: Profile, corpus: Corpus) -> RunManifest:
     )
     assert [len(b.doc_ids) for b in batches] == [5] * 6 and len(late) == 1
     m = RunManifest(run_key=RUN, endpoint=profile.endpoint_name, model_artifact="s3://m")
-    m.rejected.extend(late)
+    m.rejected.extend([*corpus.rejected, *late])  # as the flow records them
     records = [_record(profile, b) for b in batches]
     for r in records:
         m.add(r)
