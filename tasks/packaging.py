@@ -156,14 +156,16 @@ def summarize_weights(model_dir: Path, names: list[str]) -> WeightsSummary:
 
 
 def code_files(code_dir: Path) -> list[str]:
-    """The inference code files to ship under code/: every .py module plus requirements.txt."""
+    """The inference code files to ship under code/: inference.py, sibling modules, requirements.txt."""
     missing = [n for n in CODE_REQUIRED if not (code_dir / n).is_file()]
     if missing:
         raise PackagingError(
             f"{code_dir} lacks {', '.join(missing)}; the model container needs code/inference.py "
             "(model_fn, input_fn, predict_fn, output_fn) and code/requirements.txt"
         )
-    names = {p.name for p in code_dir.glob("*.py") if p.is_file()} | set(CODE_REQUIRED)
+    # code/ is put on sys.path, not imported as a package: sibling modules ship, __init__.py not.
+    modules = {p.name for p in code_dir.glob("*.py") if p.is_file() and p.name != "__init__.py"}
+    names = modules | set(CODE_REQUIRED)
     return sorted(names)
 
 

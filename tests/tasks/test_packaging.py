@@ -55,6 +55,7 @@ def code_dir(tmp_path: Path) -> Path:
     (code / "__pycache__").mkdir(parents=True)
     (code / "inference.py").write_text("def model_fn(model_dir):\n    return model_dir\n")
     (code / "helpers.py").write_text("X = 1\n")
+    (code / "__init__.py").write_text("")
     (code / "requirements.txt").write_text("# nothing extra\n")
     (code / "__pycache__" / "inference.cpython-311.pyc").write_bytes(b"\0junk")
     (code / "notes.md").write_text("not shipped\n")
