@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -30,6 +31,15 @@ class GenerationParameters(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     stop: list[str] | None = None
     seed: int | None = None
+
+    @model_validator(mode="after")
+    def _sampling_knobs_need_sampling(self) -> GenerationParameters:
+        knobs = [k for k in ("temperature", "top_p", "top_k") if getattr(self, k) is not None]
+        if knobs and not self.do_sample:
+            raise ValueError(
+                f"{', '.join(knobs)} only apply when sampling; set do_sample=True or leave them out"
+            )
+        return self
 
     def to_wire(self) -> dict[str, Any]:
         """The `parameters` object of a payload line: unset (None) values left out."""
@@ -93,25 +103,7 @@ class PromptTemplate(BaseModel):
 
     def placeholders(self) -> list[str]:
         """Names of the placeholders in the template, in order of first use."""
-        names: list[str] = []
-        try:
-            parsed = list(string.Formatter().parse(self.source()))
-        except ValueError as exc:
-            raise TemplateError(
-                f"prompt template is malformed ({exc}); write literal braces as {{{{ and }}}}"
-            ) from exc
-        for _, name, _, _ in parsed:
-            if name is None:
-                continue
-            if not name.isidentifier():
-                raise TemplateError(
-                    f"prompt template placeholder {{{name}}} is not a plain name; use "
-                    f"{{text}}, {{doc_id}}, {{fields}}, {{labels}} or a metadata key, and "
-                    "write literal braces as {{ and }}"
-                )
-            if name not in names:
-                names.append(name)
-        return names
+        return list(_placeholders(self.source()))
 
     def render(self, doc: Document) -> str:
         """The prompt for one document; TemplateError names an unknown placeholder."""
@@ -146,6 +138,30 @@ class PromptTemplate(BaseModel):
                 "source": self.source(),
             }
         )
+
+
+@lru_cache(maxsize=64)
+def _placeholders(source: str) -> tuple[str, ...]:
+    """Parse a template once; TemplateError for malformed text or non-name placeholders."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(source))
+    except ValueError as exc:
+        raise TemplateError(
+            f"prompt template is malformed ({exc}); write literal braces as {{{{ and }}}}"
+        ) from exc
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise TemplateError(
+                f"prompt template placeholder {{{name}}} is not a plain name; use "
+                "{text}, {doc_id}, {fields}, {labels} or a metadata key, and "
+                "write literal braces as {{ and }}"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _digest(value: Any) -> str:

@@ -78,6 +78,11 @@ def test_fingerprints_are_stable_and_sensitive() -> None:
     assert GenerationParameters().fingerprint() != GenerationParameters(seed=1).fingerprint()
 
 
+def test_sampling_knobs_without_sampling_say_what_to_do() -> None:
+    with pytest.raises(ValidationError, match="temperature, top_k only apply when sampling"):
+        GenerationParameters(temperature=0.5, top_k=5)
+
+
 def test_parameters_wire_form_leaves_out_unset_values() -> None:
     params = GenerationParameters(max_new_tokens=32, temperature=0.7, do_sample=True, stop=["\n\n"])
     assert params.to_wire() == {
@@ -90,7 +95,14 @@ def test_parameters_wire_form_leaves_out_unset_values() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_new_tokens": 0}, {"temperature": 0}, {"top_p": 1.5}, {"top_k": 0}, {"beam": 2}],
+    [
+        {"max_new_tokens": 0},
+        {"temperature": 0, "do_sample": True},
+        {"top_p": 1.5, "do_sample": True},
+        {"top_k": 0, "do_sample": True},
+        {"beam": 2},
+        {"temperature": 0.7},  # sampling knob without do_sample
+    ],
 )
 def test_bad_parameters_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
