@@ -101,11 +101,15 @@ def load_corpus(
     max_doc_bytes: int = 100_000,
     profile: Profile | None = None,
 ) -> Corpus:
-    """Read and validate a corpus; bad rows become Rejected, only an unusable source raises."""
+    """Read and validate a corpus; bad rows become Rejected, only an unusable source raises.
+
+    ``uri``: a local path or s3:// URI of a .jsonl, .csv or .parquet file, or of a folder (prefix)
+    holding such files (read in name order) or else .txt/.md files (id = relative path).
+    """
     mapping = mapping or ColumnMapping()
     if max_doc_bytes < 1:
         raise CorpusError(f"max_doc_bytes must be at least 1, got {max_doc_bytes}")
-    rows, is_folder = _read_rows(uri, mapping, profile)
+    rows, is_folder = _read_rows(uri, profile)
     if not rows:
         raise CorpusError(
             f"corpus {uri} has no rows; point it at a non-empty {', '.join(SUPPORTED)}"
@@ -215,9 +219,7 @@ def _check_columns(uri: str, rows: list[_Row], mapping: ColumnMapping) -> None:
 # --- reading sources -------------------------------------------------------------------------
 
 
-def _read_rows(
-    uri: str, mapping: ColumnMapping, profile: Profile | None
-) -> tuple[list[_Row], bool]:
+def _read_rows(uri: str, profile: Profile | None) -> tuple[list[_Row], bool]:
     """Raw rows of the source and whether they come from text files (id = relative path)."""
     if uri.startswith("s3://"):
         return _read_s3(uri, profile)
