@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["wall_s"] = time.monotonic() - started
     results["targets"] = check_targets(results)
     path = save(results, args.results_dir)
-    render(results, Console())
+    render(results, Console(width=max(Console().width, 140)))
     print(f"results: {path}")
     return 1 if results["errors"] else 0
 

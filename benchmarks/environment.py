@@ -72,6 +72,9 @@ class BenchEnvironment:
         from prefect.settings import PREFECT_API_URL
         from prefect.testing.utilities import prefect_test_harness
 
+        # The server's telemetry insert races its own start-up on SQLite ("database is locked").
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
         self._stack.enter_context(prefect_test_harness(server_startup_timeout=120))
         self.prefect_api_url = PREFECT_API_URL.value()
 
