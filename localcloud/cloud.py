@@ -74,7 +74,9 @@ class LocalCloud:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         moto_app = DomainDispatcherApplication(create_backend_app)
         dispatcher = Dispatcher(
-            moto=moto_app, sagemaker=_unavailable, control=ControlApp(self.faults, self.stats)
+            moto=moto_app,
+            sagemaker=_unavailable,
+            control=ControlApp(self.faults, self.stats, self.instances),
         )
         server = make_server(
             self.host, self.port, dispatcher, threaded=True, request_handler=_quiet_handler()
@@ -113,6 +115,13 @@ class LocalCloud:
             return []
         pids: list[int] = self._sagemaker.instance_pids(endpoint_name)
         return pids
+
+    def instances(self) -> dict[str, list[int]]:
+        """Live instance PIDs per endpoint."""
+        if self._sagemaker is None:
+            return {}
+        found: dict[str, list[int]] = self._sagemaker.instances()
+        return found
 
     def __enter__(self) -> LocalCloud:
         return self.start()

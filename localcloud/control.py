@@ -17,11 +17,17 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 class ControlApp:
-    """GET/PUT/DELETE ``/_localcloud/faults``, GET ``/_localcloud/stats``, GET ``/_localcloud/health``."""
+    """GET/PUT/DELETE ``/_localcloud/faults``, GET ``/_localcloud/stats``, ``/instances`` (PIDs), ``/health``."""
 
-    def __init__(self, faults: Faults, stats: Stats) -> None:
+    def __init__(
+        self,
+        faults: Faults,
+        stats: Stats,
+        instances: Callable[[], dict[str, list[int]]] | None = None,
+    ) -> None:
         self.faults = faults
         self.stats = stats
+        self.instances = instances or dict
 
     def handle(self, request: Request) -> Response:
         """Serve one control request."""
@@ -30,6 +36,8 @@ class ControlApp:
             return _json({"status": "ok"})
         if path == "/_localcloud/stats" and request.method == "GET":
             return _json(self.stats.snapshot())
+        if path == "/_localcloud/instances" and request.method == "GET":
+            return _json(self.instances())
         if path == "/_localcloud/faults":
             if request.method == "GET":
                 return _json(self.faults.snapshot())

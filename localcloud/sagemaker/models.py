@@ -99,6 +99,7 @@ class SageMakerBackend:
         self.models: dict[str, ModelRecord] = {}
         self.configs: dict[str, ConfigRecord] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
+        self.closed = False
 
     def arn(self, kind: str, name: str) -> str:
         """``arn:aws:sagemaker:<region>:<account>:<kind>/<name lower-cased>``, as AWS writes them."""
@@ -367,7 +368,7 @@ class SageMakerBackend:
         except (InstanceStartError, ValidationException) as exc:
             self._set(ep, "Failed", str(exc))
             return
-        if ep.status == "Deleting":
+        if ep.status == "Deleting" or self.closed:
             for pool in pools.values():
                 pool.close(drain=False)
             return
@@ -411,7 +412,7 @@ class SageMakerBackend:
             )
             return
         with self._lock:
-            if ep.status == "Deleting":
+            if ep.status == "Deleting" or self.closed:
                 for pool in pools.values():
                     pool.close(drain=False)
                 return
@@ -558,6 +559,7 @@ class SageMakerBackend:
     def shutdown(self) -> None:
         """Kill every instance of every endpoint (server stop)."""
         with self._lock:
+            self.closed = True
             endpoints = list(self.endpoints.values())
             self.endpoints.clear()
         for ep in endpoints:

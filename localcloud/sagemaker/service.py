@@ -59,3 +59,9 @@ class SageMakerService:
     def instance_pids(self, endpoint_name: str | None = None) -> list[int]:
         """PIDs of live instance processes."""
         return self.backend.instance_pids(endpoint_name)
+
+    def instances(self) -> dict[str, list[int]]:
+        """Live instance PIDs per endpoint."""
+        with self.backend._lock:
+            names = list(self.backend.endpoints)
+        return {name: self.backend.instance_pids(name) for name in names}
