@@ -169,23 +169,33 @@ def prefect_env(home: Path, api_url: str, extra: Mapping[str, str] | None = None
     return env
 
 
-def start_server(home: Path, port: int, *, timeout_s: float = 90.0) -> ChildProcess:
-    """`prefect server start` on 127.0.0.1:port with its SQLite database under home; waits for health."""
+def spawn_server(home: Path, port: int) -> ChildProcess:
+    """`prefect server start` on 127.0.0.1:port with its SQLite database under home (no wait)."""
     home.mkdir(parents=True, exist_ok=True)
-    api_url = api_url_for(port)
-    child = spawn(
+    return spawn(
         "prefect server",
         prefect_cli("server", "start", "--host", HOST, "--port", str(port)),
-        env=prefect_env(home, api_url),
+        env=prefect_env(home, api_url_for(port)),
         log_path=home / "logs" / "server.log",
     )
+
+
+def wait_for_server(child: ChildProcess, port: int, *, timeout_s: float = 90.0) -> None:
+    """Wait until the server started by spawn_server answers its health check."""
+    api_url = api_url_for(port)
+    wait_until(
+        lambda: is_healthy(api_url),
+        what=f"the Prefect server at {api_url}",
+        timeout_s=timeout_s,
+        child=child,
+    )
+
+
+def start_server(home: Path, port: int, *, timeout_s: float = 90.0) -> ChildProcess:
+    """spawn_server, then wait for health; a server that never answers is stopped."""
+    child = spawn_server(home, port)
     try:
-        wait_until(
-            lambda: is_healthy(api_url),
-            what=f"the Prefect server at {api_url}",
-            timeout_s=timeout_s,
-            child=child,
-        )
+        wait_for_server(child, port, timeout_s=timeout_s)
     except BaseException:
         child.stop()
         raise
@@ -258,30 +268,26 @@ def deploy_all(env: Mapping[str, str], *, timeout_s: float = 300.0) -> str:
     return output
 
 
-def start_worker(
-    home: Path, env: Mapping[str, str], *, pool: str = WORK_POOL, timeout_s: float = 60.0
-) -> ChildProcess:
-    """`prefect worker start --pool <pool> --type process`; waits until it is polling."""
-    name = f"{pool}-worker-{os.getpid()}"
+def spawn_worker(home: Path, env: Mapping[str, str], *, pool: str = WORK_POOL) -> ChildProcess:
+    """`prefect worker start --pool <pool> --type process` (no wait)."""
     worker_env = {
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         **env,
     }
-    child = spawn(
+    return spawn(
         "prefect worker",
-        prefect_cli("worker", "start", "--pool", pool, "--type", "process", "--name", name),
+        prefect_cli("worker", "start", "--pool", pool, "--type", "process"),
         env=worker_env,
         log_path=home / "logs" / "worker.log",
     )
-    try:
-        wait_until(
-            lambda: "started" in child.log_tail(200).lower(),
-            what=f"worker {name} to poll work pool {pool!r}",
-            timeout_s=timeout_s,
-            child=child,
-        )
-    except BaseException:
-        child.stop()
-        raise
-    return child
+
+
+def wait_for_worker(child: ChildProcess, *, timeout_s: float = 60.0) -> None:
+    """Wait until the worker says it started polling its pool."""
+    wait_until(
+        lambda: "started!" in child.log_tail(200),
+        what="the worker to start polling",
+        timeout_s=timeout_s,
+        child=child,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -32,11 +34,17 @@ from docflow.prefect_server import (
     prefect_api,
     prefect_env,
     spawn,
-    start_server,
-    start_worker,
+    spawn_server,
+    spawn_worker,
     stop_tree,
+    wait_for_server,
+    wait_for_worker,
     wait_until,
 )
+
+if TYPE_CHECKING:
+    from tasks.blocks import BlockNames
+    from tasks.settings import Profile
 
 DEFAULT_LOCALCLOUD_PORT = 4566
 STATE_FILE = "docflow-ui.json"
@@ -148,6 +156,7 @@ class UiStack:
         self.children: list[ChildProcess] = []
         self.api_url = ""
         self.localcloud_url = ""
+        self._started = time.monotonic()
 
     def up(self) -> UiState:
         """Start everything; on any failure stop what was started and re-raise."""
@@ -157,28 +166,33 @@ class UiStack:
             self.down()
             raise
 
+    def _step(self, message: str) -> None:
+        """Print a progress line with the seconds since up() began."""
+        self.say(f"[{time.monotonic() - self._started:5.1f} s] {message}")
+
     def _up(self) -> UiState:
-        from tasks.aws import aws_client, clear_client_cache
-        from tasks.blocks import describe_credentials, save_blocks
-        from tasks.invoke import concurrency_limit_name
         from tasks.settings import load_profile
 
         cfg = self.config
         cfg.home.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        self._started = time.monotonic()
+        profile = load_profile(cfg.profile)
 
         port = free_port(cfg.prefect_port)
         if port != cfg.prefect_port:
-            self.say(f"port {cfg.prefect_port} is busy; the Prefect server uses {port}")
-        self.say(f"starting the Prefect server on {HOST}:{port} (PREFECT_HOME={cfg.home})")
-        self.children.append(start_server(cfg.home, port))
+            self._step(f"port {cfg.prefect_port} is busy; the Prefect server takes {port}")
         self.api_url = api_url_for(port)
-
         cloud_port = free_port(cfg.localcloud_port)
+        if cloud_port != cfg.localcloud_port:
+            self._step(f"port {cfg.localcloud_port} is busy; localcloud takes {cloud_port}")
         self.localcloud_url = f"http://{HOST}:{cloud_port}"
-        self.say(f"starting localcloud on {self.localcloud_url}")
-        base = load_profile(cfg.profile)
-        cloud_env = localcloud_env(self.localcloud_url, base.region)
+        cloud_env = localcloud_env(self.localcloud_url, profile.region)
+
+        # Server and localcloud start side by side; each takes seconds to import and bind.
+        self._step(f"starting the Prefect server on {HOST}:{port} (PREFECT_HOME={cfg.home})")
+        server = spawn_server(cfg.home, port)
+        self.children.append(server)
+        self._step(f"starting localcloud on {self.localcloud_url}")
         cloud = spawn(
             "localcloud",
             [sys.executable, "-m", "docflow.cli", "local", "up"]
@@ -190,34 +204,15 @@ class UiStack:
         wait_until(
             lambda: _localcloud_answers(self.localcloud_url),
             what=f"localcloud at {self.localcloud_url}",
-            timeout_s=60,
+            timeout_s=90,
             child=cloud,
         )
+        self._step("localcloud is up")
+        wait_for_server(server, port)
+        self._step("the Prefect server is up")
 
-        os.environ.update(cloud_env)
-        clear_client_cache()
-        profile = base.model_copy(update={"endpoint_url": self.localcloud_url})
-        s3 = aws_client("s3", profile)
-        if profile.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-            s3.create_bucket(Bucket=profile.bucket)
-
-        with prefect_api(self.api_url):
-            if ensure_work_pool(self.api_url):
-                self.say(f"created work pool {WORK_POOL!r} (type process)")
-            limit_name = concurrency_limit_name(profile.endpoint_name)
-            if ensure_global_concurrency_limit(
-                self.api_url, limit_name, profile.max_outstanding_invocations
-            ):
-                self.say(
-                    f"created global concurrency limit {limit_name!r} "
-                    f"({profile.max_outstanding_invocations} slots)"
-                )
-            names = save_blocks(profile, cloud_env)
-            self.say(f"saved block {describe_credentials(names.credentials)}")
-            self.say(
-                f"saved block S3Bucket {names.results!r}: s3://{profile.bucket}/prefect-results"
-            )
-
+        profile = profile.model_copy(update={"endpoint_url": self.localcloud_url})
+        names = self._configure(profile, cloud_env)
         env = prefect_env(
             cfg.home,
             self.api_url,
@@ -226,13 +221,17 @@ class UiStack:
                 "DOCFLOW_PROFILE": cfg.profile,
                 "DOCFLOW_CREDENTIALS_BLOCK": names.credentials,
                 "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": names.results_slug,
+                "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
             },
         )
-        self.say("deploying: prefect deploy --all")
-        deploy_all(env)
-        self.say(f"starting a worker: prefect worker start --pool {WORK_POOL}")
-        self.children.append(start_worker(cfg.home, env))
-        self.say(f"up in {time.monotonic() - started:.0f} s")
+        self._step(f"starting a worker: prefect worker start --pool {WORK_POOL}")
+        worker = spawn_worker(cfg.home, env)
+        self.children.append(worker)
+        self._step("deploying: prefect deploy --all")
+        deployed = re.findall(r"Deployment '([^']+)' successfully", deploy_all(env))
+        self._step(f"deployed {', '.join(deployed)}")
+        wait_for_worker(worker)
+        self._step("the worker is polling")
 
         state = UiState(
             pid=os.getpid(),
@@ -242,6 +241,33 @@ class UiStack:
         )
         state.save(cfg.home)
         return state
+
+    def _configure(self, profile: Profile, cloud_env: dict[str, str]) -> BlockNames:
+        """The bucket in localcloud, the work pool, the concurrency limit and the blocks."""
+        from tasks.aws import aws_client, clear_client_cache
+        from tasks.blocks import RESULTS_FOLDER, describe_credentials, save_blocks
+        from tasks.invoke import concurrency_limit_name
+
+        os.environ.update(cloud_env)
+        clear_client_cache()
+        s3 = aws_client("s3", profile)
+        if profile.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=profile.bucket)
+            self._step(f"created bucket s3://{profile.bucket} in localcloud")
+        if ensure_work_pool(self.api_url):
+            self._step(f"created work pool {WORK_POOL!r} (type process)")
+        limit_name = concurrency_limit_name(profile.endpoint_name)
+        limit = profile.max_outstanding_invocations
+        if ensure_global_concurrency_limit(self.api_url, limit_name, limit):
+            self._step(f"created global concurrency limit {limit_name!r} ({limit} slots)")
+        with prefect_api(self.api_url):
+            names = save_blocks(profile, cloud_env)
+            self._step(f"saved block {describe_credentials(names.credentials)}")
+        self._step(
+            f"saved block S3Bucket {names.results!r} (result storage): "
+            f"s3://{profile.bucket}/{RESULTS_FOLDER}"
+        )
+        return names
 
     def wait(self) -> None:
         """Block until Ctrl-C (or SIGTERM), or until a child exits on its own."""
@@ -307,6 +333,8 @@ def run_ui() -> int:
 
     if _already_running(config, say):
         return 0
+    # A shell that starts us in the background leaves SIGINT ignored; Ctrl-C must still stop us.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     stack = UiStack(config, say)
     try:
@@ -322,5 +350,6 @@ def run_ui() -> int:
     finally:
         stack.down()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     say("stopped.")
     return 0
