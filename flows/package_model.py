@@ -35,15 +35,20 @@ def resolve_model(source: str) -> ResolvedModel:
 def build_model_archive(model_dir: str, name: str, source: str) -> BuiltArchive:
     """Build the deterministic model.tar.gz (weights at the root, inference code under code/)."""
     built = build_archive(Path(model_dir), name=name, source=source)
-    get_run_logger().info(
-        "built %s: %d files, %s bytes, %s parameters (%s, %s), sha256 %s",
-        built.archive_path,
+    logger = get_run_logger()
+    if built.archive_path is None:
+        logger.info(
+            "content unchanged since an earlier build (sha256 %s): not compressing it again",
+            built.sha256,
+        )
+    else:
+        logger.info("built %s (%s bytes, sha256 %s)", built.archive_path, built.bytes, built.sha256)
+    logger.info(
+        "%d files, %s parameters (%s, %s)",
         len(built.files),
-        built.bytes,
         built.parameter_count,
         built.architecture,
         built.dtype,
-        built.sha256,
     )
     return built
 
@@ -66,7 +71,7 @@ def upload_model_archive(built: BuiltArchive, profile: str, uncompressed: bool) 
     return artifact
 
 
-@flow(name="package-model", log_prints=True)
+@flow(name="package-model")
 def package_model(
     source: str = DEFAULT_SOURCE,
     name: str | None = None,

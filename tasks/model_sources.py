@@ -219,14 +219,14 @@ def convert_gguf(
     (~270 MB for SmolLM2-135M instead of ~540 MB) and lossless for 4-bit GGUF weights;
     the inference handler upcasts to fp32 on CPU.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     digest = sha256_file(gguf)
     root = (cache_dir or default_cache_dir()) / "converted"
     target = root / f"{digest}-{dtype}"
     if target.is_dir() and model_files(target):
         return target, digest, False
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-", dir=root))
     try:
@@ -248,13 +248,13 @@ def convert_bin_folder(folder: Path, cache_dir: Path | None = None) -> tuple[Pat
 
     Returns (folder, converted now).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     digest = _folder_fingerprint(folder)
     root = (cache_dir or default_cache_dir()) / "converted"
     target = root / f"{digest}-safetensors"
     if target.is_dir() and model_files(target):
         return target, False
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-", dir=root))
     try:

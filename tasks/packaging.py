@@ -6,26 +6,33 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import struct
 import tarfile
 import tempfile
+import zlib
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from boto3.s3.transfer import TransferConfig
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.model_sources import ModelSourceError, model_files
+from tasks.model_sources import ModelSourceError, default_cache_dir, model_files
 from tasks.s3 import (
+    SHA256_METADATA_KEY,
     LoggerLike,
     S3Uri,
+    head_object,
     object_exists,
     parse_s3_uri,
     put_bytes_if_absent,
     put_file_if_absent,
+    sha256_file,
+    stored_sha256,
+    upload_file,
 )
 from tasks.settings import Profile
 
@@ -37,11 +44,8 @@ UNCOMPRESSED_DIR = "uncompressed"
 DIGEST_CHARS = 16
 # Weights barely compress; level 1 is several times faster than 6 for about the same size.
 GZIP_LEVEL = 1
-_CHUNK = 8 * 1024 * 1024
-_SAFETENSORS_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}  # fmt: skip
+# Everything besides the files' content that decides the archive's bytes.
+ARCHIVE_FORMAT = f"docflow-tar-v1 gnu gzip-{GZIP_LEVEL} zlib-{zlib.ZLIB_RUNTIME_VERSION}"
 _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
@@ -69,8 +73,16 @@ class WeightsSummary(BaseModel):
     tensor_count: int
 
 
+class ArchiveRecord(BaseModel):
+    """What an archive built from given content turned out to be (cached so re-runs skip gzip)."""
+
+    fingerprint: str
+    sha256: str
+    bytes: int
+
+
 class BuiltArchive(BaseModel):
-    """A model.tar.gz built on local disk, ready to upload."""
+    """A model.tar.gz described by its content; ``archive_path`` is None until it is written."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -78,7 +90,8 @@ class BuiltArchive(BaseModel):
     source: str
     model_dir: str
     code_dir: str
-    archive_path: str
+    archive_path: str | None
+    fingerprint: str
     sha256: str
     bytes: int
     uncompressed_bytes: int
@@ -211,12 +224,26 @@ class _HashingWriter(io.RawIOBase):
         return len(view)
 
 
+def scan_members(members: list[tuple[str, Path]]) -> list[FileEntry]:
+    """Name, size and sha256 of every member (one read of each file)."""
+    return [FileEntry(name=n, bytes=p.stat().st_size, sha256=sha256_file(p)) for n, p in members]
+
+
+def content_fingerprint(entries: list[FileEntry]) -> str:
+    """sha256 over the archive format and every member's name, size and sha256."""
+    digest = hashlib.sha256(ARCHIVE_FORMAT.encode() + b"\n")
+    for e in entries:
+        digest.update(f"{e.name}\0{e.bytes}\0{e.sha256}\n".encode())
+    return digest.hexdigest()
+
+
 def write_archive(
     members: list[tuple[str, Path]], out: Path, level: int = GZIP_LEVEL
-) -> tuple[str, int, list[FileEntry]]:
-    """Stream ``members`` into a deterministic tar.gz at ``out``; return (sha256, bytes, entries)."""
-    entries: list[FileEntry] = []
+) -> tuple[str, int]:
+    """Stream ``members`` into a deterministic tar.gz at ``out``; return (sha256, bytes)."""
     dirs = sorted({n.rsplit("/", 1)[0] for n, _ in members if "/" in n})
+    entries: list[tuple[str, Path | None]] = [(d, None) for d in dirs]
+    entries += list(members)
     with out.open("wb") as raw:
         hashing = _HashingWriter(raw)
         # filename="" and mtime=0 keep the gzip header free of names and clocks.
@@ -226,38 +253,36 @@ def write_archive(
             ) as gz,
             tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
         ):
-            entries_in_order: list[tuple[str, Path | None]] = [(d, None) for d in dirs]
-            for name, path in sorted(entries_in_order + list(members), key=lambda m: m[0]):
+            for name, path in sorted(entries, key=lambda m: m[0]):
                 if path is None:
                     tar.addfile(_tarinfo(name, 0, directory=True))
                     continue
-                size = path.stat().st_size
-                file_digest = hashlib.sha256()
                 with path.open("rb") as fh:
-                    tar.addfile(_tarinfo(name, size), _DigestReader(fh, file_digest))
-                entries.append(FileEntry(name=name, bytes=size, sha256=file_digest.hexdigest()))
-    return hashing.digest.hexdigest(), hashing.count, entries
+                    tar.addfile(_tarinfo(name, path.stat().st_size), fh)
+    return hashing.digest.hexdigest(), hashing.count
 
 
-class _DigestReader(io.RawIOBase):
-    """A read-only file that hashes what tarfile reads from it (one pass per file)."""
+def _record_path(cache_dir: Path | None, fingerprint: str) -> Path:
+    return (cache_dir or default_cache_dir()) / "archives" / f"{fingerprint}.json"
 
-    def __init__(self, source: IO[bytes], digest: Any) -> None:
-        self.source = source
-        self.digest = digest
 
-    def readable(self) -> bool:
-        return True
+def load_record(cache_dir: Path | None, fingerprint: str) -> ArchiveRecord | None:
+    """The cached record for archives of this content, if one was built here before."""
+    path = _record_path(cache_dir, fingerprint)
+    try:
+        record = ArchiveRecord.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        return None
+    return record if record.fingerprint == fingerprint else None
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.digest.update(data)
-        return data
 
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+def save_record(cache_dir: Path | None, record: ArchiveRecord) -> None:
+    """Remember what archive this content builds to (atomic write)."""
+    path = _record_path(cache_dir, record.fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(record.model_dump_json())
+    tmp.replace(path)
 
 
 def build_archive(
@@ -267,28 +292,43 @@ def build_archive(
     source: str,
     code_dir: Path | None = None,
     work_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    reuse: bool = True,
 ) -> BuiltArchive:
-    """Build model.tar.gz for ``model_dir`` + ``code_dir`` in a fresh temp folder under ``work_dir``."""
+    """Describe (and unless a cached record already knows its sha256, build) model.tar.gz.
+
+    The tarball is written to a fresh temp folder under ``work_dir``; with ``reuse`` and a
+    record for the same content, nothing is written and ``archive_path`` is None:
+    ``upload_archive`` writes it only if S3 lacks it.
+    """
     code = (code_dir or DEFAULT_CODE_DIR).resolve()
     members = archive_members(model_dir, code)
+    entries = scan_members(members)
+    fingerprint = content_fingerprint(entries)
     config = json.loads((model_dir / "config.json").read_text())
     weights = summarize_weights(model_dir, [n for n, _ in members])
-    out_dir = Path(tempfile.mkdtemp(prefix="docflow-package-", dir=work_dir))
-    archive = out_dir / ARCHIVE_NAME
-    try:
-        digest, size, entries = write_archive(members, archive)
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
     architectures = config.get("architectures") or []
+    record = load_record(cache_dir, fingerprint) if reuse else None
+    archive: Path | None = None
+    if record is None:
+        out_dir = Path(tempfile.mkdtemp(prefix="docflow-package-", dir=work_dir))
+        archive = out_dir / ARCHIVE_NAME
+        try:
+            digest, size = write_archive(members, archive)
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        record = ArchiveRecord(fingerprint=fingerprint, sha256=digest, bytes=size)
+        save_record(cache_dir, record)
     return BuiltArchive(
         name=name,
         source=source,
         model_dir=str(model_dir),
         code_dir=str(code),
-        archive_path=str(archive),
-        sha256=digest,
-        bytes=size,
+        archive_path=str(archive) if archive else None,
+        fingerprint=fingerprint,
+        sha256=record.sha256,
+        bytes=record.bytes,
         uncompressed_bytes=sum(e.bytes for e in entries),
         files=entries,
         architecture=str(architectures[0]) if architectures else "unknown",
@@ -298,9 +338,30 @@ def build_archive(
     )
 
 
+def ensure_written(built: BuiltArchive, work_dir: Path | None = None) -> BuiltArchive:
+    """``built`` with its tarball on local disk, writing it again from the same content if needed."""
+    if built.archive_path and Path(built.archive_path).is_file():
+        return built
+    members = archive_members(Path(built.model_dir), Path(built.code_dir))
+    out_dir = Path(tempfile.mkdtemp(prefix="docflow-package-", dir=work_dir))
+    archive = out_dir / ARCHIVE_NAME
+    try:
+        digest, _ = write_archive(members, archive)
+        if digest != built.sha256:
+            raise PackagingError(
+                f"{built.model_dir} changed while packaging (sha256 {built.sha256[:16]}… became "
+                f"{digest[:16]}…); run package_model again"
+            )
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return built.model_copy(update={"archive_path": str(archive)})
+
+
 def discard_archive(built: BuiltArchive) -> None:
-    """Remove the temp folder a built archive lives in."""
-    shutil.rmtree(Path(built.archive_path).parent, ignore_errors=True)
+    """Remove the temp folder a written archive lives in (nothing when it was never written)."""
+    if built.archive_path:
+        shutil.rmtree(Path(built.archive_path).parent, ignore_errors=True)
 
 
 def artifact_prefix(profile: Profile, name: str, sha256: str) -> S3Uri:
@@ -344,16 +405,23 @@ def upload_archive(
     prefix = artifact_prefix(profile, built.name, built.sha256)
     manifest = build_manifest(built, prefix, uncompressed)
     archive_key = prefix.join(ARCHIVE_NAME).key
-    sent = put_file_if_absent(
-        client,
-        Path(built.archive_path),
-        profile.bucket,
-        archive_key,
-        sha256=built.sha256,
-        content_type="application/gzip",
-        transfer_config=transfer_config,
-        logger=logger,
-    ).bytes_uploaded
+    sent = 0
+    if stored_sha256(head_object(client, profile.bucket, archive_key)) != built.sha256:
+        written = ensure_written(built)
+        try:
+            sent += upload_file(
+                client,
+                Path(str(written.archive_path)),
+                profile.bucket,
+                archive_key,
+                metadata={SHA256_METADATA_KEY: built.sha256},
+                content_type="application/gzip",
+                transfer_config=transfer_config,
+                logger=logger,
+            )
+        finally:
+            if written is not built:
+                discard_archive(written)
     if uncompressed:
         locals_by_name = dict(archive_members(Path(built.model_dir), Path(built.code_dir)))
         for entry in built.files:
@@ -386,16 +454,22 @@ def upload_archive(
 def _put_manifest(client: Any, manifest: Manifest, where: S3Uri) -> int:
     """Write the manifest unless an equivalent one is there; keep the first run's created_at."""
     if object_exists(client, where.bucket, where.key):
-        stored = read_manifest(client, str(where))
-        merged = manifest.model_copy(
-            update={
-                "created_at": stored.created_at,
-                "uncompressed_prefix": manifest.uncompressed_prefix or stored.uncompressed_prefix,
-            }
-        )
-        if merged == stored:
-            return 0
-        manifest = merged
+        try:
+            stored = read_manifest(client, str(where))
+        except ValidationError:
+            stored = None  # written by another version: replace it
+        if stored is not None:
+            merged = manifest.model_copy(
+                update={
+                    "created_at": stored.created_at,
+                    "source": stored.source,
+                    "uncompressed_prefix": manifest.uncompressed_prefix
+                    or stored.uncompressed_prefix,
+                }
+            )
+            if merged == stored:
+                return 0
+            manifest = merged
     body = manifest.model_dump_json(indent=2).encode() + b"\n"
     return put_bytes_if_absent(
         client, body, where.bucket, where.key, content_type="application/json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +23,12 @@ from tests.flows.endpoint_helpers import profile_file
 from tests.tiny_models import make_tiny_model
 
 WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Archive records and conversions go to this test's folder, not ~/.cache/docflow."""
+    monkeypatch.setenv("DOCFLOW_CACHE_DIR", str(tmp_path / "docflow-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +53,11 @@ def s3_calls(profile_path: str) -> Iterator[Counter[str]]:
 
 
 def test_package_model_flow_uploads_once(
-    prefect_harness: None, profile: Profile, tiny_mistral: Path, tmp_path: Path
+    prefect_harness: None,
+    profile: Profile,
+    tiny_mistral: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = profile_file(profile, tmp_path)
     result = package_model(source=str(tiny_mistral), profile=path)
@@ -73,8 +84,12 @@ def test_package_model_flow_uploads_once(
         artifact.parameter_count,
     )
 
-    with s3_calls(path) as calls:
+    caplog.clear()
+    with s3_calls(path) as calls, caplog.at_level(logging.INFO):
         again = package_model(source=str(tiny_mistral), profile=path)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"uploaded 0 bytes: {artifact.model_data_url} already exists" in messages
+    assert any("not compressing it again" in m for m in messages), messages
     assert again["uploaded_bytes"] == 0
     assert again["model_data_url"] == artifact.model_data_url
     assert calls["HeadObject"] >= 1

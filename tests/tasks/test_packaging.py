@@ -63,8 +63,11 @@ def code_dir(tmp_path: Path) -> Path:
 
 
 def _build(model: Path, code: Path, work: Path, name: str = "tiny") -> BuiltArchive:
+    """Build in ``work`` with its own record cache, so the tarball is really written."""
     work.mkdir(parents=True, exist_ok=True)
-    return build_archive(model, name=name, source=str(model), code_dir=code, work_dir=work)
+    return build_archive(
+        model, name=name, source=str(model), code_dir=code, work_dir=work, cache_dir=work / "cache"
+    )
 
 
 def test_archive_holds_model_at_root_and_code_under_code(
@@ -86,6 +89,7 @@ def test_archive_holds_model_at_root_and_code_under_code(
     for entry in built.files:
         assert entry.sha256 == hashlib.sha256(files[entry.name]).hexdigest()
         assert entry.bytes == len(files[entry.name])
+    assert built.archive_path is not None
     raw = Path(built.archive_path).read_bytes()
     assert built.sha256 == hashlib.sha256(raw).hexdigest() and built.bytes == len(raw)
     assert raw[4:8] == b"\0\0\0\0"  # gzip header mtime 0
@@ -229,3 +233,41 @@ def test_gzip_stream_is_valid_and_complete(
     built = _build(tiny_model, code_dir, tmp_path / "w")
     raw = gzip.decompress(Path(built.archive_path).read_bytes())
     assert len(raw) % 512 == 0 and len(raw) >= built.uncompressed_bytes
+
+
+def test_a_rebuild_of_the_same_content_reuses_the_record_and_writes_only_if_s3_lacks_it(
+    profile: Profile, tiny_model: Path, code_dir: Path, tmp_path: Path
+) -> None:
+    work, cache = tmp_path / "w", tmp_path / "cache"
+    work.mkdir()
+    first = build_archive(tiny_model, name="tiny", source="x", code_dir=code_dir, cache_dir=cache)
+    discard_archive(first)
+    second = build_archive(
+        tiny_model, name="tiny", source="x", code_dir=code_dir, work_dir=work, cache_dir=cache
+    )
+    assert second.archive_path is None  # nothing gzipped: the record knows the sha256
+    assert (second.sha256, second.bytes, second.files) == (first.sha256, first.bytes, first.files)
+
+    s3 = aws_client("s3", profile)
+    artifact = upload_archive(s3, second, profile)  # S3 lacks it, so it is written now
+    assert artifact.uploaded_bytes > first.bytes
+    key = f"models/tiny/{first.sha256[:16]}/model.tar.gz"
+    body = s3.get_object(Bucket=profile.bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == first.sha256
+    assert upload_archive(s3, second, profile).uploaded_bytes == 0
+    assert list(work.iterdir()) == []  # the temp tarball was removed after the upload
+
+
+def test_a_record_that_no_longer_matches_the_content_is_caught(
+    profile: Profile, tiny_model: Path, code_dir: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = build_archive(tiny_model, name="tiny", source="x", code_dir=code_dir, cache_dir=cache)
+    discard_archive(first)
+    record = cache / "archives" / f"{first.fingerprint}.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "sha256": "0" * 64}))
+    stale = build_archive(tiny_model, name="tiny", source="x", code_dir=code_dir, cache_dir=cache)
+    assert stale.sha256 == "0" * 64
+    with pytest.raises(PackagingError, match="changed while packaging"):
+        upload_archive(aws_client("s3", profile), stale, profile)
