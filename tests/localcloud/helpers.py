@@ -14,7 +14,7 @@ from tasks.settings import Profile
 FAST_WAIT = {"Delay": 0.2, "MaxAttempts": 300}
 
 
-def topics_and_queue(profile: Profile) -> tuple[str, str, str]:
+def topics_and_queue(profile: Profile, filtered: bool = True) -> tuple[str, str, str]:
     """Success and error topics, both delivering raw to one new queue; returns (ok arn, err arn, queue url)."""
     sns = aws_client("sns", profile)
     sqs = aws_client("sqs", profile)
@@ -26,16 +26,11 @@ def topics_and_queue(profile: Profile) -> tuple[str, str, str]:
         "QueueArn"
     ]
     for topic in (ok, err):
-        sns.subscribe(
-            TopicArn=topic,
-            Protocol="sqs",
-            Endpoint=arn,
-            Attributes={
-                "RawMessageDelivery": "true",
-                "FilterPolicyScope": "MessageBody",
-                "FilterPolicy": json.dumps({"eventName": ["InferenceResult"]}),
-            },
-        )
+        attributes = {"RawMessageDelivery": "true"}
+        if filtered:
+            attributes["FilterPolicyScope"] = "MessageBody"
+            attributes["FilterPolicy"] = json.dumps({"eventName": ["InferenceResult"]})
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes=attributes)
     return ok, err, url
 
 
@@ -51,6 +46,7 @@ def deploy_echo(
     environment: dict[str, str] | None = None,
     wait: bool = True,
     failure_path: bool = True,
+    include_response: bool = False,
 ) -> str:
     """Upload the echo artifact, create model + config + endpoint; returns the endpoint name."""
     sm = aws_client("sagemaker", profile)
@@ -69,7 +65,15 @@ def deploy_echo(
         },
     )
     config = echo_config(
-        profile, sm, model, instances, max_concurrent, topics, asynchronous, failure_path
+        profile,
+        sm,
+        model,
+        instances,
+        max_concurrent,
+        topics,
+        asynchronous,
+        failure_path,
+        include_response,
     )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
     if wait:
@@ -86,6 +90,7 @@ def echo_config(
     topics: tuple[str, str] | None = None,
     asynchronous: bool = True,
     failure_path: bool = True,
+    include_response: bool = False,
 ) -> str:
     """An endpoint config serving ``model``; returns its name."""
     config = f"{model}-c-{uuid.uuid4().hex[:4]}"
@@ -96,6 +101,10 @@ def echo_config(
             output["S3FailurePath"] = profile.s3_uri("async-failures")
         if topics:
             output["NotificationConfig"] = {"SuccessTopic": topics[0], "ErrorTopic": topics[1]}
+            if include_response:
+                output["NotificationConfig"]["IncludeInferenceResponseIn"] = [
+                    "SUCCESS_NOTIFICATION_TOPIC"
+                ]
         kwargs["AsyncInferenceConfig"] = {
             "ClientConfig": {"MaxConcurrentInvocationsPerInstance": max_concurrent},
             "OutputConfig": output,

@@ -95,3 +95,22 @@ def test_async_success_and_model_error(profile: Profile, localcloud: Any) -> Non
     assert model_error.value.response["OriginalStatusCode"] == 500
     stats = localcloud.stats.snapshot()[name]
     assert stats["completed"] == 2 and stats["failed"] == 2 and stats["running"] == 0
+
+
+def test_test_notification_and_embedded_response(profile: Profile) -> None:
+    ok, err, queue = topics_and_queue(profile, filtered=False)
+    name = deploy_echo(profile, topics=(ok, err), include_response=True)
+    tests = receive(profile, queue, 2)
+    assert [n["eventName"] for n in tests] == ["TestNotification", "TestNotification"]
+    rt = aws_client("sagemaker-runtime", profile)
+    resp = rt.invoke_endpoint_async(
+        EndpointName=name,
+        Body=jsonl({"id": "e", "prompt": "embed me"}),
+        ContentType="application/jsonlines",
+    )
+    (note,) = receive(profile, queue, 1)
+    assert note["inferenceId"] == resp["InferenceId"]  # generated UUID when none is sent
+    assert len(resp["InferenceId"]) == 36
+    assert "responseBody" in note, note
+    assert json.loads(note["responseBody"]["content"])["text"] == "v1:EMBED ME"
+    aws_client("sagemaker", profile).delete_endpoint(EndpointName=name)
