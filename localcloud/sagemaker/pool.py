@@ -52,6 +52,7 @@ class VariantPool:
         self.active = threading.Event()
         self.closed = threading.Event()
         self._lock = threading.Lock()
+        self._top_up_lock = threading.Lock()
         self._members: list[_Slot] = []
 
     @property
@@ -139,6 +140,10 @@ class VariantPool:
 
     def _top_up(self) -> None:
         """Start instances until the pool has ``desired`` of them (retrying failed starts)."""
+        with self._top_up_lock:
+            self._top_up_locked()
+
+    def _top_up_locked(self) -> None:
         for attempt in range(5):
             with self._lock:
                 missing = self.desired - len(self._members)
@@ -158,13 +163,14 @@ class VariantPool:
 
     def scale_to(self, count: int) -> None:
         """Start or retire instances until ``count`` serve (blocks until loaded / drained)."""
-        self.desired = count
-        with self._lock:
-            current = [m for m in self._members if not m.retiring.is_set()]
-        if count > len(current):
-            self._start(count - len(current))
-        elif count < len(current):
-            self._retire(current[count:], drain=True)
+        with self._top_up_lock:
+            self.desired = count
+            with self._lock:
+                current = [m for m in self._members if not m.retiring.is_set()]
+            if count > len(current):
+                self._start(count - len(current))
+            elif count < len(current):
+                self._retire(current[count:], drain=True)
 
     def _retire(self, members: list[_Slot], drain: bool) -> None:
         """Stop members taking requests, let in-flight ones finish (if ``drain``), then kill them."""

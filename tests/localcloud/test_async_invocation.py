@@ -92,7 +92,7 @@ def test_async_success_and_model_error(profile: Profile, localcloud: Any) -> Non
             ContentType="application/jsonlines",
         )
     assert model_error.value.response["Error"]["Code"] == "ModelError"
-    assert model_error.value.response["OriginalStatusCode"] == 500
+    assert dict(model_error.value.response)["OriginalStatusCode"] == 500
     stats = localcloud.stats.snapshot()[name]
     assert stats["completed"] == 2 and stats["failed"] == 2 and stats["running"] == 0
 

@@ -19,7 +19,7 @@ from tests.localcloud.helpers import FAST_WAIT, deploy_echo, echo_config, jsonl
 def _error(call: Any, **kwargs: Any) -> dict[str, Any]:
     with pytest.raises(ClientError) as info:
         call(**kwargs)
-    error: dict[str, Any] = info.value.response["Error"]
+    error: dict[str, Any] = dict(info.value.response["Error"])
     error["status"] = info.value.response["ResponseMetadata"]["HTTPStatusCode"]
     return error
 
