@@ -38,10 +38,12 @@ def apply_endpoint_task(
 ) -> list[str]:
     """Create, update or leave the endpoint so it runs the spec's config; waits for InService."""
     spec = EndpointSpec.model_validate(spec_json)
+    actions: list[str] = []
     if current_instance_type(profile, spec.endpoint_name) not in {None, spec.instance_type}:
-        # SageMaker rejects an update that changes the instance type of a scaled variant.
-        remove_autoscaling(profile, spec.endpoint_name)
-    return apply_endpoint(profile, spec, delay_s=delay_s, max_attempts=max_attempts)
+        # SageMaker rejects an update that changes the instance type of a scaled variant;
+        # apply-autoscaling registers it again afterwards.
+        actions += remove_autoscaling(profile, spec.endpoint_name)
+    return actions + apply_endpoint(profile, spec, delay_s=delay_s, max_attempts=max_attempts)
 
 
 @task(name="apply-autoscaling")

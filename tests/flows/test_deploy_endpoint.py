@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,32 @@ def test_failed_update_keeps_the_old_model_serving(profile: Profile, tmp_path: P
 def test_missing_model_says_what_to_pass(profile: Profile, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model_data_url"):
         deploy_endpoint(profile=profile_file(profile, tmp_path), **FAST_WAIT)
+
+
+def test_new_instance_type_deregisters_scaling_around_the_update(
+    profile: Profile, tmp_path: Path
+) -> None:
+    path = profile_file(profile, tmp_path)
+    model = _echo(profile, "1")
+    deploy_endpoint(profile=path, model_data_url=model, **FAST_WAIT)
+    moved = deploy_endpoint(
+        profile=path, model_data_url=model, instance_type="ml.g5.4xlarge", **FAST_WAIT
+    )
+    actions = moved["actions"]
+    assert actions.index("DeregisterScalableTarget") < actions.index("UpdateEndpoint")
+    assert actions.index("UpdateEndpoint") < actions.index("RegisterScalableTarget")
+    config = aws_client("sagemaker", profile).describe_endpoint_config(
+        EndpointConfigName=moved["endpoint_config_name"]
+    )
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.g5.4xlarge"
+    assert invoke_once(profile, profile.endpoint_name, "moved")["text"] == "v1:MOVED"
+
+
+def test_invocation_limit_is_created_then_updated() -> None:
+    from tasks.endpoint import ensure_invocation_limit
+
+    name = f"limit-test-{uuid.uuid4().hex[:6]}"
+    assert ensure_invocation_limit(name, 3) == "created"
+    assert ensure_invocation_limit(name, 3) == "unchanged"
+    assert ensure_invocation_limit(name, 5) == "updated"
+    assert _limit(f"sagemaker:{name}").limit == 5
