@@ -42,7 +42,13 @@ def test_async_success_and_model_error(profile: Profile, localcloud: Any) -> Non
         ContentType="application/jsonlines",
         Filename="poison.out",
     )
-    notes = {n["inferenceId"]: n for n in receive(profile, queue, 2)}
+    rt.invoke_endpoint_async(
+        EndpointName=name, InputLocation=profile.s3_uri("in/missing.jsonl"), InferenceId="no-input"
+    )
+    notes = {n["inferenceId"]: n for n in receive(profile, queue, 3)}
+    unreadable = notes["no-input"]
+    assert unreadable["invocationStatus"] == "Failed"
+    assert "Failed to download input data from" in unreadable["failureReason"]
     good = notes["run1-batch1"]
     assert good["invocationStatus"] == "Completed"
     assert good["eventName"] == "InferenceResult" and good["eventSource"] == "aws:sagemaker"
@@ -94,7 +100,7 @@ def test_async_success_and_model_error(profile: Profile, localcloud: Any) -> Non
     assert model_error.value.response["Error"]["Code"] == "ModelError"
     assert dict(model_error.value.response)["OriginalStatusCode"] == 500
     stats = localcloud.stats.snapshot()[name]
-    assert stats["completed"] == 2 and stats["failed"] == 2 and stats["running"] == 0
+    assert stats["completed"] == 2 and stats["failed"] == 3 and stats["running"] == 0
 
 
 def test_test_notification_and_embedded_response(profile: Profile) -> None:
