@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.aws import aws_client
@@ -14,9 +16,28 @@ from tasks.packaging import (
     ModelArtifact,
     build_archive,
     discard_archive,
+    summary_markdown,
     upload_archive,
 )
+from tasks.s3 import require_bucket
 from tasks.settings import load_profile
+
+
+def artifact_key(name: str) -> str:
+    """A Prefect artifact key for a model name (lowercase letters, digits and dashes only)."""
+    return "model-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "unnamed")
+
+
+@task(name="check-bucket", cache_policy=NO_CACHE)
+def check_bucket(profile: str) -> str:
+    """Fail early, before any slow packaging, when the profile's bucket is not there."""
+    prof = load_profile(profile)
+    require_bucket(
+        aws_client("s3", prof),
+        prof.bucket,
+        f"create it (`aws s3 mb s3://{prof.bucket}`) or set `bucket` in profile {prof.name!r}",
+    )
+    return prof.bucket
 
 
 @task(name="resolve-model-source", cache_policy=NO_CACHE)
@@ -34,8 +55,8 @@ def resolve_model(source: str) -> ResolvedModel:
 @task(name="build-model-archive", cache_policy=NO_CACHE)
 def build_model_archive(model_dir: str, name: str, source: str) -> BuiltArchive:
     """Build the deterministic model.tar.gz (weights at the root, inference code under code/)."""
-    built = build_archive(Path(model_dir), name=name, source=source)
     logger = get_run_logger()
+    built = build_archive(Path(model_dir), name=name, source=source, logger=logger)
     if built.archive_path is None:
         logger.info(
             "content unchanged since an earlier build (sha256 %s): not compressing it again",
@@ -64,6 +85,11 @@ def upload_model_archive(built: BuiltArchive, profile: str, uncompressed: bool) 
         )
     finally:
         discard_archive(built)
+    create_markdown_artifact(
+        summary_markdown(artifact),
+        key=artifact_key(artifact.name),
+        description=f"model artifact {artifact.name}",
+    )
     if artifact.uploaded_bytes == 0:
         logger.info("uploaded 0 bytes: %s already exists", artifact.model_data_url)
     else:
@@ -89,6 +115,7 @@ def package_model(
         uncompressed: Also upload the files uncompressed (for SageMaker S3Prefix model data;
             large models start faster without untarring).
     """
+    check_bucket(profile)
     resolved = resolve_model(source)
     built = build_model_archive(resolved.path, name or default_model_name(source), source)
     artifact = upload_model_archive(built, profile, uncompressed)

@@ -7,12 +7,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import tarfile
 import tempfile
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +27,7 @@ from tasks.s3 import (
     SHA256_METADATA_KEY,
     LoggerLike,
     S3Uri,
+    TransferProgress,
     head_object,
     object_exists,
     parse_s3_uri,
@@ -46,6 +49,7 @@ DIGEST_CHARS = 16
 GZIP_LEVEL = 1
 # Everything besides the files' content that decides the archive's bytes.
 ARCHIVE_FORMAT = f"docflow-tar-v1 gnu gzip-{GZIP_LEVEL} zlib-{zlib.ZLIB_RUNTIME_VERSION}"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
@@ -237,8 +241,27 @@ def content_fingerprint(entries: list[FileEntry]) -> str:
     return digest.hexdigest()
 
 
+class _CountingReader(io.RawIOBase):
+    """A read-only file that reports how many bytes were read (for progress while compressing)."""
+
+    def __init__(self, source: IO[bytes], progress: Callable[[int], None]) -> None:
+        self.source = source
+        self.progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.progress(len(data))
+        return data
+
+
 def write_archive(
-    members: list[tuple[str, Path]], out: Path, level: int = GZIP_LEVEL
+    members: list[tuple[str, Path]],
+    out: Path,
+    level: int = GZIP_LEVEL,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[str, int]:
     """Stream ``members`` into a deterministic tar.gz at ``out``; return (sha256, bytes)."""
     dirs = sorted({n.rsplit("/", 1)[0] for n, _ in members if "/" in n})
@@ -258,8 +281,20 @@ def write_archive(
                     tar.addfile(_tarinfo(name, 0, directory=True))
                     continue
                 with path.open("rb") as fh:
-                    tar.addfile(_tarinfo(name, path.stat().st_size), fh)
+                    reader = _CountingReader(fh, progress) if progress else fh
+                    tar.addfile(_tarinfo(name, path.stat().st_size), reader)
     return hashing.digest.hexdigest(), hashing.count
+
+
+def _write_with_progress(
+    members: list[tuple[str, Path]],
+    out: Path,
+    entries: list[FileEntry],
+    logger: LoggerLike | None,
+) -> tuple[str, int]:
+    total = sum(e.bytes for e in entries)
+    with TransferProgress(total, f"compress {out.name}", logger) as bar:
+        return write_archive(members, out, progress=bar)
 
 
 def _record_path(cache_dir: Path | None, fingerprint: str) -> Path:
@@ -294,6 +329,7 @@ def build_archive(
     work_dir: Path | None = None,
     cache_dir: Path | None = None,
     reuse: bool = True,
+    logger: LoggerLike | None = None,
 ) -> BuiltArchive:
     """Describe (and unless a cached record already knows its sha256, build) model.tar.gz.
 
@@ -314,7 +350,7 @@ def build_archive(
         out_dir = Path(tempfile.mkdtemp(prefix="docflow-package-", dir=work_dir))
         archive = out_dir / ARCHIVE_NAME
         try:
-            digest, size = write_archive(members, archive)
+            digest, size = _write_with_progress(members, archive, entries, logger)
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise
@@ -338,7 +374,9 @@ def build_archive(
     )
 
 
-def ensure_written(built: BuiltArchive, work_dir: Path | None = None) -> BuiltArchive:
+def ensure_written(
+    built: BuiltArchive, work_dir: Path | None = None, logger: LoggerLike | None = None
+) -> BuiltArchive:
     """``built`` with its tarball on local disk, writing it again from the same content if needed."""
     if built.archive_path and Path(built.archive_path).is_file():
         return built
@@ -346,7 +384,7 @@ def ensure_written(built: BuiltArchive, work_dir: Path | None = None) -> BuiltAr
     out_dir = Path(tempfile.mkdtemp(prefix="docflow-package-", dir=work_dir))
     archive = out_dir / ARCHIVE_NAME
     try:
-        digest, _ = write_archive(members, archive)
+        digest, _ = _write_with_progress(members, archive, built.files, logger)
         if digest != built.sha256:
             raise PackagingError(
                 f"{built.model_dir} changed while packaging (sha256 {built.sha256[:16]}… became "
@@ -366,8 +404,11 @@ def discard_archive(built: BuiltArchive) -> None:
 
 def artifact_prefix(profile: Profile, name: str, sha256: str) -> S3Uri:
     """s3://<bucket>/<prefixes.models>/<name>/<sha256[:16]>: the content-addressed home of an artifact."""
-    if not name or "/" in name:
-        raise PackagingError(f"model name {name!r} must be non-empty and contain no '/'")
+    if not _NAME.match(name):
+        raise PackagingError(
+            f"model name {name!r} is not usable in an S3 key: use letters, digits, '.', '_' "
+            "and '-' (no '/'), starting with a letter or digit"
+        )
     return S3Uri(profile.bucket, "").join(profile.prefixes.models, name, sha256[:DIGEST_CHARS])
 
 
@@ -407,7 +448,7 @@ def upload_archive(
     archive_key = prefix.join(ARCHIVE_NAME).key
     sent = 0
     if stored_sha256(head_object(client, profile.bucket, archive_key)) != built.sha256:
-        written = ensure_written(built)
+        written = ensure_written(built, logger=logger)
         try:
             sent += upload_file(
                 client,
@@ -481,3 +522,27 @@ def read_manifest(client: Any, manifest_uri: str) -> Manifest:
     loc = parse_s3_uri(manifest_uri)
     body = client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
     return Manifest.model_validate_json(body)
+
+
+def summary_markdown(artifact: ModelArtifact) -> str:
+    """A short Markdown description of an uploaded artifact (for the Prefect UI)."""
+    sent = (
+        f"{artifact.uploaded_bytes:,} bytes uploaded"
+        if artifact.uploaded_bytes
+        else "already in S3: 0 bytes uploaded"
+    )
+    lines = [
+        f"# Model artifact `{artifact.name}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source | `{artifact.source}` |",
+        f"| architecture | {artifact.architecture} ({artifact.dtype}) |",
+        f"| parameters | {artifact.parameter_count:,} |",
+        f"| model.tar.gz | `{artifact.model_data_url}` ({artifact.bytes:,} bytes) |",
+        f"| uncompressed | `{artifact.uncompressed_prefix or '-'}` |",
+        f"| sha256 | `{artifact.sha256}` |",
+        f"| manifest | `{artifact.manifest_uri}` |",
+        f"| this run | {sent} |",
+    ]
+    return "\n".join(lines) + "\n"

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.artifacts import Artifact
 
 from flows.package_model import package_model
 from tasks.aws import aws_client
 from tasks.model_sources import ModelSourceError
 from tasks.packaging import DEFAULT_CODE_DIR, ModelArtifact, read_manifest
-from tasks.s3 import parse_s3_uri
+from tasks.s3 import BucketNotFoundError, parse_s3_uri
 from tasks.settings import Profile, load_profile
 from tests.flows.endpoint_helpers import profile_file
 from tests.tiny_models import make_tiny_model
@@ -83,6 +84,8 @@ def test_package_model_flow_uploads_once(
         artifact.sha256,
         artifact.parameter_count,
     )
+    summary = Artifact.get("model-tiny-mistral")
+    assert summary is not None and artifact.model_data_url in str(summary.data)
 
     caplog.clear()
     with s3_calls(path) as calls, caplog.at_level(logging.INFO):
@@ -122,3 +125,15 @@ def test_package_model_flow_reports_a_bad_source(
     path = profile_file(profile, tmp_path)
     with pytest.raises(ModelSourceError, match="neither an existing folder"):
         package_model(source=str(tmp_path / "missing-model"), profile=path)
+
+
+def test_package_model_flow_names_a_missing_bucket_before_packaging(
+    prefect_harness: None, profile: Profile, tiny_mistral: Path, tmp_path: Path
+) -> None:
+    missing = profile.model_copy(update={"bucket": "docflow-no-such-bucket"})
+    path = profile_file(missing, tmp_path)
+    with pytest.raises(
+        BucketNotFoundError, match=r"'docflow-no-such-bucket' does not exist; create it"
+    ):
+        package_model(source=str(tiny_mistral), profile=path)
+    assert not (tmp_path / "docflow-cache" / "archives").exists()  # nothing was built
