@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 
@@ -129,7 +130,15 @@ def test_kms_key_goes_into_the_output_config() -> None:
 @pytest.mark.parametrize(
     ("region", "instance"), [("us-east-1", "ml.g5.2xlarge"), ("eu-west-1", "ml.g5.2xlarge")]
 )
-def test_image_uri_resolves_offline_for_the_region(region: str, instance: str) -> None:
+def test_image_uri_resolves_offline_for_the_region(
+    region: str, instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network access attempted while resolving the image URI")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
     uri = resolve_image_uri(region, instance)
     assert f".dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-inference:" in uri
     assert "-gpu-" in uri
