@@ -21,8 +21,9 @@ RATE_FIELDS = (
 class FaultSettings:
     """What to break and how often (rates are probabilities in [0, 1]).
 
-    ``ttl_scale`` is a test clock knob, not a fault: RequestTTLSeconds is multiplied by it, so a
-    60 s TTL (AWS's minimum) can expire in a test within a second.
+    ``ttl_scale`` and ``autoscale_time_scale`` are test clock knobs, not faults: RequestTTLSeconds
+    (resp. autoscaling cooldowns and the scale-in wait) are multiplied by them, so a 60 s TTL
+    (AWS's minimum) can expire in a test within a second.
     """
 
     model_error_rate: float = 0.0
@@ -33,6 +34,7 @@ class FaultSettings:
     delay_notification_s: float = 0.0
     kill_instance_rate: float = 0.0
     ttl_scale: float = 1.0
+    autoscale_time_scale: float = 1.0
     seed: int = 0
 
 
@@ -88,10 +90,8 @@ class Faults:
                 raise ValueError(
                     f"{name} is a probability: use a value between 0 and 1, got {value}"
                 )
-            if name == "ttl_scale" and not 0.0 < float(value) <= 1.0:
-                raise ValueError(
-                    f"ttl_scale shrinks RequestTTLSeconds for tests: use 0 < value <= 1, got {value}"
-                )
+            if name in ("ttl_scale", "autoscale_time_scale") and not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"{name} shrinks waits for tests: use 0 < value <= 1, got {value}")
             if name == "delay_notification_s" and not 0.0 <= float(value) <= 3600.0:
                 raise ValueError(f"delay_notification_s must be between 0 and 3600, got {value}")
             clean[name] = float(value)

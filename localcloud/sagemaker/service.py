@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from localcloud.autoscaler import Autoscaler
 from localcloud.faults import Faults
 from localcloud.sagemaker.invocations import RuntimeBackend
 from localcloud.sagemaker.models import SageMakerBackend
@@ -47,13 +48,20 @@ class SageMakerService:
         )
         self.backend = SageMakerBackend(ctx)
         self.responses = SageMakerResponses(self.backend, RuntimeBackend(self.backend))
+        clients = {
+            name: session.client(name, endpoint_url=url, config=config)
+            for name in ("application-autoscaling", "cloudwatch")
+        }
+        self.autoscaler = Autoscaler(self.backend, stats, faults, clients)
+        self.autoscaler.start()
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """WSGI entry point."""
         return self.responses(environ, start_response)
 
     def shutdown(self) -> None:
-        """Stop every instance process."""
+        """Stop the autoscaler and every instance process."""
+        self.autoscaler.stop()
         self.backend.shutdown()
 
     def instance_pids(self, endpoint_name: str | None = None) -> list[int]:
