@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -77,9 +79,11 @@ def resolve_image_uri(
     pytorch_version: str = DEFAULT_PYTORCH_VERSION,
 ) -> str:
     """The Hugging Face PyTorch inference image for the region, from the SDK's bundled tables."""
-    import os
-
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    config_logger = logging.getLogger("sagemaker.config")
+    if config_logger.level == logging.NOTSET:
+        # Left unset, the SDK prints INFO lines about its config files to stdout.
+        config_logger.setLevel(logging.WARNING)
     from sagemaker import image_uris
 
     try:

@@ -14,7 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tasks.aws import aws_client
-from tasks.endpoint_spec import topic_names
+from tasks.endpoint_spec import resolve_image_uri, topic_names
 from tasks.settings import Profile, load_profile
 
 IAM_DIR = Path(__file__).resolve().parent.parent / "deployments" / "iam"
@@ -231,9 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-uri", default=None, help="image to allow pulling")
     args = parser.parse_args(argv)
     profile = load_profile(args.profile)
-    docs = render_policies(
-        profile, account=args.account or account_id(profile), image_uri=args.image_uri
+    image = (
+        args.image_uri
+        or profile.image_uri
+        or resolve_image_uri(profile.region, profile.instance_type)
     )
+    docs = render_policies(profile, account=args.account or account_id(profile), image_uri=image)
     print(json.dumps(docs, indent=2))
     return 0
 

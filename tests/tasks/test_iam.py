@@ -184,3 +184,13 @@ def test_execution_role_is_created_once_over_localcloud(profile: Profile) -> Non
 
     again_arn, again = ensure_execution_role(profile, image_uri=IMAGE)
     assert (again_arn, again) == (arn, [])
+
+
+def test_cli_prints_only_the_json_documents(capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.iam import main
+
+    assert main(["--profile", "aws", "--account", ACCOUNT]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"orchestrator", "execution", "trust"}
+    pull = {s["Sid"]: s for s in printed["execution"]["Statement"]}["PullInferenceImage"]
+    assert pull["Resource"].endswith(":repository/huggingface-pytorch-inference")
