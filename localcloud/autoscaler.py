@@ -2,11 +2,12 @@
 
 moto stores scalable targets, scaling policies and CloudWatch alarms but never acts on them. This
 loop does what AWS does for an async endpoint, once a second: it publishes the endpoint's backlog
-metrics, evaluates the alarms on them (at once, not per period), runs the step-scaling policies
-they trigger, applies target tracking on ``ApproximateBacklogSizePerInstance``, and keeps the
-instance count inside [MinCapacity, MaxCapacity]. Scale-in waits, as AWS's target tracking does,
-until the backlog has been low for max(ScaleInCooldown, 15 min); the switchboard's
-``autoscale_time_scale`` shrinks every such wait for tests.
+metrics, evaluates the alarms on them (ALARM once breaching for DatapointsToAlarm x Period),
+runs the step-scaling policies they trigger, applies target tracking on
+``ApproximateBacklogSizePerInstance`` (scale-out after 3 minutes high, scale-in after
+max(ScaleInCooldown, 15 minutes) low, as AWS's generated alarms do), and keeps the instance count
+inside [MinCapacity, MaxCapacity]. The switchboard's ``autoscale_time_scale`` shrinks every such
+wait for tests.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 NAMESPACE = "sagemaker"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 METRIC_NAMESPACE = "AWS/SageMaker"
-SCALE_IN_LOW_FOR_S = 900.0
+SCALE_IN_LOW_FOR_S = 900.0  # target tracking's scale-in alarm: 15 datapoints of 1 minute
+SCALE_OUT_HIGH_FOR_S = 180.0  # target tracking's scale-out alarm: 3 datapoints of 1 minute
 METRICS_EVERY_S = 10.0
 
 _COMPARE = {
@@ -68,6 +70,8 @@ class Backlog:
 class _VariantState:
     last_activity: float = 0.0
     low_since: float | None = None
+    high_since: float | None = None
+    breach_since: dict[str, float] = field(default_factory=dict)
     policy_last: dict[str, float] = field(default_factory=dict)
 
 
@@ -250,7 +254,12 @@ class Autoscaler:
             value = backlog.metric(str(alarm.get("MetricName")))
             compare = _COMPARE.get(str(alarm.get("ComparisonOperator")))
             if value is None or compare is None or not compare(value, float(alarm["Threshold"])):
+                state.breach_since.pop(alarm["AlarmName"], None)
                 continue
+            since = state.breach_since.setdefault(alarm["AlarmName"], now)
+            points = int(alarm.get("DatapointsToAlarm") or alarm.get("EvaluationPeriods") or 1)
+            if now - since < points * float(alarm.get("Period") or 60) * scale:
+                continue  # the alarm has not reached ALARM yet
             cooldown = float(config.get("Cooldown") or 0) * scale
             last = state.policy_last.get(policy["PolicyARN"])
             if last is not None and now - last < cooldown:
@@ -282,10 +291,16 @@ class Autoscaler:
             return None  # from zero, target tracking waits until the backlog exceeds the target
         if needed > current:
             state.low_since = None
+            if state.high_since is None:
+                state.high_since = now
             cooldown = float(config.get("ScaleOutCooldown") or 0) * scale
             if now - state.last_activity < cooldown and state.last_activity:
                 return None
+            if now - state.high_since < SCALE_OUT_HIGH_FOR_S * scale:
+                return None
+            state.high_since = None
             return needed
+        state.high_since = None
         if needed < current and not config.get("DisableScaleIn"):
             if state.low_since is None:
                 state.low_since = now
