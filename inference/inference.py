@@ -7,9 +7,11 @@ localcloud's hosting emulator; it imports only the standard library, torch and t
 Model: a causal LM saved with ``save_pretrained(safe_serialization=True)`` at the root of the
 model directory (``*.safetensors`` + ``config.json`` + tokenizer files), loaded with
 ``AutoModelForCausalLM``/``AutoTokenizer`` (Mistral, Llama and any other causal LM transformers
-knows). bf16 on a GPU, fp32 on CPU. A tokenizer without a pad token pads with its EOS token;
-padding is always on the left. The model's own generation defaults are ignored: the defaults
-below are the contract.
+knows). bf16 on a GPU (fp16 where bf16 is unsupported), fp32 on CPU. A tokenizer without a pad
+token pads with its EOS token; padding is always on the left. The model's own generation
+defaults are ignored: the defaults below are the contract. Artifacts saved by transformers 5
+also load under the 4.x of today's AWS containers (tokenizer class and ``rope_parameters`` are
+mapped back).
 
 Input (``application/jsonlines``, ``application/jsonl``, ``application/x-jsonlines`` or
 ``application/x-ndjson``; no content type means JSON Lines), one document per line::
@@ -28,7 +30,8 @@ of strings (ids ``"0"``, ``"1"``, ...).
 ``max_new_tokens`` (int >= 1, default ``$DOCFLOW_MAX_NEW_TOKENS`` or 128), ``do_sample`` (default
 false: greedy), ``temperature`` (> 0), ``top_p`` (0 < p <= 1), ``top_k`` (int >= 0),
 ``repetition_penalty`` (> 0), ``stop`` (a string or a list of strings), ``seed`` (int >= 0).
-Sampling parameters are ignored when ``do_sample`` is false. A document with ``do_sample`` and a
+When sampling, unset knobs mean plain sampling (temperature 1, top_p 1, top_k 0 = off); they
+and ``seed`` are ignored when ``do_sample`` is false. A document with ``do_sample`` and a
 ``seed`` is generated on its own, so its text depends only on its prompt, parameters and seed.
 
 Output (JSON Lines, one line per input document, in input order)::
@@ -44,9 +47,12 @@ completed a stop string when one did. ``finish_reason`` is ``stop`` (EOS or a st
 is decoded without special tokens and ends before the stop string. A document that cannot be
 run (malformed line, missing id, empty prompt, prompt too long for the context, bad
 parameters) gets an ``error`` line (id ``"line N"`` when the line has no readable id) and the
-rest of the batch completes. A body that is not UTF-8 or has an unsupported content type raises
-``ValueError`` (an async *failure*). ``Accept: application/json`` returns one JSON object for a
-single document, else a JSON array; any other accepted type returns JSON Lines.
+rest of the batch completes; a micro-batch whose generation fails is retried one document at a
+time, so only the documents that fail alone get ``generation failed`` lines. A body that is not
+UTF-8, has no documents or has an unsupported content type raises ``ValueError`` (an async
+*failure*). Accept: the JSON Lines types, ``*/*`` or none give JSON Lines;
+``application/json`` gives one JSON object for a single document, else a JSON array; anything
+else raises ``ValueError``.
 
 Environment: ``DOCFLOW_MAX_BATCH_SIZE`` (documents per micro-batch, default 8; documents are
 sorted by length and only documents with equal parameters share a micro-batch),
@@ -61,6 +67,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -282,16 +289,43 @@ def _major_version() -> int:
     return int(transformers.__version__.split(".")[0])
 
 
+def _token_text(value: Any) -> str | None:
+    """A special token as saved: a string, or an AddedToken dict with ``content``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _fast_tokenizer(model_dir: str) -> Any:
+    """Build the tokenizer from tokenizer.json + tokenizer_config.json by hand."""
+    root = Path(model_dir)
+    config_path = root / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    kwargs: dict[str, Any] = {}
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        if (token := _token_text(config.get(name))) is not None:
+            kwargs[name] = token
+    if isinstance(config.get("model_max_length"), int):
+        kwargs["model_max_length"] = config["model_max_length"]
+    extra = config.get("extra_special_tokens") or config.get("additional_special_tokens")
+    if isinstance(extra, list):
+        kwargs["additional_special_tokens"] = [t for e in extra if (t := _token_text(e))]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(root / "tokenizer.json"), **kwargs)
+    if isinstance(config.get("chat_template"), str):
+        tokenizer.chat_template = config["chat_template"]
+    return tokenizer
+
+
 def _load_tokenizer(model_dir: str) -> Any:
-    """AutoTokenizer, falling back to the fast tokenizer when the saved class is unknown here."""
+    """AutoTokenizer, or the fast tokenizer built by hand when the saved class is unknown here."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except ValueError:
         # e.g. tokenizer_class "TokenizersBackend" (saved by transformers 5) read by 4.x.
         if not (Path(model_dir) / "tokenizer.json").is_file():
             raise
-        logger.warning("AutoTokenizer failed for %s; loading tokenizer.json directly", model_dir)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir, local_files_only=True)
+        logger.warning("AutoTokenizer failed for %s; building it from tokenizer.json", model_dir)
+        tokenizer = _fast_tokenizer(model_dir)
     template = Path(model_dir) / "chat_template.jinja"
     if not getattr(tokenizer, "chat_template", None) and template.is_file():
         tokenizer.chat_template = template.read_text(encoding="utf-8")
@@ -323,7 +357,9 @@ def model_fn(model_dir: str) -> LoadedModel:
     if threads:
         torch.set_num_threads(_env_int("DOCFLOW_NUM_THREADS", 1))
     device = _device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.float32
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # transformers 5 renamed torch_dtype to dtype; the AWS container may still run 4.x.
     dtype_arg = "dtype" if _major_version() >= 5 else "torch_dtype"
     load_kwargs: dict[str, Any] = {
@@ -692,11 +728,18 @@ def _run_batch(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
         return [result for item in batch for result in _run_batch(loaded, [item])]
 
 
-def predict_fn(data: list[Entry], model: LoadedModel) -> list[dict[str, Any]]:
+def predict_fn(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> list[dict[str, Any]]:
     """Generate for every document in length-sorted micro-batches; results in input order."""
+    started = time.monotonic()
     results: list[dict[str, Any] | None] = [None] * len(data)
     runnable: list[Item] = []
-    for index, entry in enumerate(data):
+    for index, raw in enumerate(data):
+        # input_fn's entries, or plain document dicts from a caller that skipped input_fn.
+        entry = (
+            raw
+            if isinstance(raw, Document | Rejected)
+            else parse_document(raw, f"document {index + 1}")
+        )
         if isinstance(entry, Rejected):
             results[index] = {"id": entry.doc_id, "error": entry.error}
             continue
@@ -715,10 +758,21 @@ def predict_fn(data: list[Entry], model: LoadedModel) -> list[dict[str, Any]]:
             results[index] = {"id": entry.doc_id, "error": str(exc)}
             continue
         runnable.append((index, entry, ids))
-    for batch in plan_batches(runnable, model.max_batch_size):
+    batches = plan_batches(runnable, model.max_batch_size)
+    for batch in batches:
         for (index, _, _), result in zip(batch, _run_batch(model, batch), strict=True):
             results[index] = result
-    return [r for r in results if r is not None]
+    done = [r for r in results if r is not None]
+    logger.info(
+        "%d documents (%d errors) in %d micro-batches: %d prompt + %d completion tokens, %.2f s",
+        len(done),
+        sum("error" in r for r in done),
+        len(batches),
+        sum(r.get("prompt_tokens", 0) for r in done),
+        sum(r.get("completion_tokens", 0) for r in done),
+        time.monotonic() - started,
+    )
+    return done
 
 
 # ---------------------------------------------------------------------------------------------

@@ -265,3 +265,10 @@ def test_seeded_sampling_is_reproducible(loaded: Any, run: Run) -> None:
         ],
     )[0]
     assert {sample(8)["text"], sample(9)["text"], greedy["text"]} != {first["text"]}
+
+
+def test_predict_fn_takes_plain_document_dicts(handler: ModuleType, loaded: Any) -> None:
+    docs = [{"id": "a", "prompt": "Hi", "parameters": {"max_new_tokens": 2}}, {"prompt": "no id"}]
+    first, second = handler.predict_fn(docs, loaded)
+    assert first["id"] == "a" and first["completion_tokens"] <= 2
+    assert second["id"] == "document 2" and "no 'id'" in second["error"]
