@@ -103,3 +103,22 @@ def test_idle_endpoint_scales_to_zero_and_work_brings_it_back(
             ScalableDimension=DIMENSION,
         )
     sm.delete_endpoint(EndpointName=name)
+
+
+def test_step_capacity_adjustment_types() -> None:
+    from localcloud.autoscaler import step_capacity
+
+    steps = [
+        {"MetricIntervalLowerBound": 0.0, "MetricIntervalUpperBound": 5.0, "ScalingAdjustment": 1},
+        {"MetricIntervalLowerBound": 5.0, "ScalingAdjustment": 3},
+    ]
+    assert (
+        step_capacity(0, {"AdjustmentType": "ChangeInCapacity", "StepAdjustments": steps}, 0.0) == 1
+    )
+    assert (
+        step_capacity(1, {"AdjustmentType": "ChangeInCapacity", "StepAdjustments": steps}, 9.0) == 4
+    )
+    assert step_capacity(2, {"AdjustmentType": "ExactCapacity", "StepAdjustments": steps}, 1.0) == 1
+    percent = {"AdjustmentType": "PercentChangeInCapacity", "StepAdjustments": steps}
+    assert step_capacity(4, {**percent, "MinAdjustmentMagnitude": 2}, 1.0) == 6
+    assert step_capacity(4, percent, -1.0) is None
