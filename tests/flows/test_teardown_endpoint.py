@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -13,7 +14,13 @@ from localcloud.testing.artifacts import upload_echo_model
 from tasks.autoscaling import alarm_name, resource_id
 from tasks.aws import aws_client
 from tasks.settings import Profile
-from tests.flows.endpoint_helpers import FAST_WAIT, count_calls, mutations, profile_file
+from tests.flows.endpoint_helpers import (
+    FAST_WAIT,
+    count_calls,
+    invoke_once,
+    mutations,
+    profile_file,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -97,6 +104,25 @@ def test_scale_to_zero_sets_desired_count_zero_once(profile: Profile, tmp_path: 
     assert variant["DesiredInstanceCount"] == 0
     assert described["EndpointStatus"] == "InService"
     assert teardown_endpoint(profile=path, mode="scale_to_zero", **FAST_WAIT)["actions"] == []
+
+
+def test_work_brings_a_scaled_to_zero_endpoint_back(
+    profile: Profile, tmp_path: Path, localcloud: Any
+) -> None:
+    """The deployed alarm + step policy (run by localcloud's autoscaler) start an instance."""
+    path = profile_file(profile, tmp_path)
+    url = upload_echo_model(profile, profile.bucket, version="1")
+    deploy_endpoint(profile=path, model_data_url=url, **FAST_WAIT)
+    teardown_endpoint(profile=path, mode="scale_to_zero", **FAST_WAIT)
+    assert localcloud.instance_pids(profile.endpoint_name) == []
+    localcloud.faults.set(autoscale_time_scale=0.002)  # the alarm's 2 x 60 s -> 0.24 s
+    try:
+        assert invoke_once(profile, profile.endpoint_name, "wake up")["text"] == "v1:WAKE UP"
+    finally:
+        localcloud.faults.reset()
+    sm = aws_client("sagemaker", profile)
+    (variant,) = sm.describe_endpoint(EndpointName=profile.endpoint_name)["ProductionVariants"]
+    assert variant["DesiredInstanceCount"] >= 1
 
 
 def test_teardown_of_an_endpoint_that_never_existed_is_a_no_op(
