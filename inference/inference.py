@@ -672,7 +672,10 @@ def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
     stops = StopStrings(params.stop, decode, width, len(batch)) if params.stop else None
     if stops is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([stops])
-    with loaded.lock, torch.inference_mode():
+    # A seed applies to this micro-batch only: the global generator state is restored after it.
+    cuda = [loaded.device] if loaded.device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=cuda, enabled=params.seed is not None)
+    with loaded.lock, torch.inference_mode(), rng:
         if params.seed is not None:
             torch.manual_seed(params.seed)
         output = loaded.model.generate(

@@ -251,7 +251,9 @@ def test_seeded_sampling_is_reproducible(loaded: Any, run: Run) -> None:
                  for i in range(neighbours)]  # fmt: skip
         return run(loaded, [*extra, doc])[-1]
 
+    state = torch.random.get_rng_state()
     first = sample(7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the seed did not leak out
     assert sample(7) == first
     assert sample(7, neighbours=3) == first
     greedy = run(
