@@ -26,6 +26,11 @@ def _not_found(exc: ClientError) -> bool:
     )
 
 
+def _already_exists(exc: ClientError) -> bool:
+    """A concurrent deploy made it first: 'Cannot create already existing …'."""
+    return "already existing" in str(exc.response.get("Error", {}).get("Message", ""))
+
+
 def describe_endpoint(profile: Profile, name: str) -> dict[str, Any] | None:
     """DescribeEndpoint's answer, or None when there is no such endpoint."""
     try:
@@ -45,7 +50,12 @@ def ensure_model(profile: Profile, spec: EndpointSpec) -> bool:
     except ClientError as exc:
         if not _not_found(exc):
             raise
-    sm.create_model(**spec.create_model_request())
+    try:
+        sm.create_model(**spec.create_model_request())
+    except ClientError as exc:
+        if _already_exists(exc):
+            return False
+        raise
     return True
 
 
@@ -58,7 +68,12 @@ def ensure_endpoint_config(profile: Profile, spec: EndpointSpec) -> bool:
     except ClientError as exc:
         if not _not_found(exc):
             raise
-    sm.create_endpoint_config(**spec.create_endpoint_config_request())
+    try:
+        sm.create_endpoint_config(**spec.create_endpoint_config_request())
+    except ClientError as exc:
+        if _already_exists(exc):
+            return False
+        raise
     return True
 
 
