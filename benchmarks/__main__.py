@@ -7,6 +7,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(ORDER),
         help=f"comma-separated subset of {','.join(ORDER)} (default: all)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile docflow's runs with pyinstrument (text under <results-dir>/profiles/)",
+    )
+    parser.add_argument("--sizes", help="override the overhead sizes, e.g. 2000 (comma-separated)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     return parser
 
@@ -38,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the bench; exit 1 when any section failed (the others are still reported)."""
     args = build_parser().parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.sizes:
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+        cfg = replace(cfg, overhead_sizes=sizes, scaling_sizes=sizes, name=f"{cfg.name}-custom")
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(ORDER))
     if unknown:
@@ -66,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="docflow-bench-") as tmp,
         BenchEnvironment(cfg.cap) as env,
     ):
-        bench = Bench(env, cfg, Path(tmp), log)
+        profile_dir = args.results_dir / "profiles" if args.profile else None
+        bench = Bench(env, cfg, Path(tmp), log, profile_dir)
         for name in (s for s in ORDER if s in wanted):
             log(f"section {name}")
             try:

@@ -20,6 +20,9 @@ class BenchConfig:
     cap: int = 8  # the local profile's max_outstanding_invocations
     contender_timeout_s: float = 3600.0
     model_source: str = "smollm2"
+    # One torch thread for the endpoint and the model alone alike: on a shared 2-core machine,
+    # 2 OpenMP threads under load ran SmolLM2 ~13x slower than 1 (spin-waiting on busy cores).
+    model_threads: int = 1
     sections: tuple[str, ...] = field(default=("overhead", "model", "completion", "scaling"))
 
 
@@ -28,7 +31,7 @@ FULL = BenchConfig(
     overhead_sizes=(2_000, 20_000),
     scaling_sizes=(2_000, 20_000, 100_000),
     naive_budget_s=300.0,
-    model_docs=48,
+    model_docs=32,
     model_new_tokens=32,
     model_batch_size=8,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -39,9 +40,14 @@ def measure(spec_path: Path) -> dict[str, Any]:
     profile = load_profile()
     prepared = module.prepare(spec, profile)  # not timed: model loading, imports of the flow
     rss_before = current_rss_mb()
+    profile_to = os.environ.get("BENCH_PROFILE")
+    profiler = _start_profiler() if profile_to else None
     started = time.perf_counter()
     outcome = module.run(spec, profile, prepared)
     wall = time.perf_counter() - started
+    if profiler is not None and profile_to:
+        profiler.stop()
+        Path(profile_to).write_text(profiler.output_text(unicode=True, show_all=False))
     calls = counter.snapshot()
     result: dict[str, Any] = {
         "contender": spec.contender,
@@ -53,6 +59,19 @@ def measure(spec_path: Path) -> dict[str, Any]:
         "peak_rss_mb": peak_rss_mb(),
     }
     return result
+
+
+def _start_profiler() -> Any:
+    """A pyinstrument profiler of the main thread (``pip install pyinstrument`` to use --profile)."""
+    try:
+        from pyinstrument import Profiler
+    except ImportError as exc:
+        raise SystemExit(
+            "--profile needs pyinstrument: .venv/bin/pip install pyinstrument"
+        ) from exc
+    profiler = Profiler(interval=0.005)
+    profiler.start()
+    return profiler
 
 
 def main(argv: list[str]) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,20 @@ from benchmarks.harness import ratio, run_contender
 from benchmarks.metrics import percentile
 from benchmarks.spec import ContenderSpec, EndpointInfo
 
-OVERHEAD_CONTENDERS = ("docflow", "handwritten", "naive")
-
 
 class Bench:
     """One bench invocation: the shared environment, the config, and runs already made."""
 
-    def __init__(self, env: BenchEnvironment, cfg: BenchConfig, workdir: Path, log: Any) -> None:
+    def __init__(
+        self,
+        env: BenchEnvironment,
+        cfg: BenchConfig,
+        workdir: Path,
+        log: Any,
+        profile_dir: Path | None = None,
+    ) -> None:
         self.env = env
+        self.profile_dir = profile_dir
         self.cfg = cfg
         self.workdir = workdir
         self.log = log
@@ -58,9 +63,11 @@ class Bench:
             **fields,
         )
         self.log(f"{contender}: {n_docs} documents")
-        result = run_contender(
-            spec, self.env.child_env(endpoint), timeout_s=self.cfg.contender_timeout_s
-        )
+        env = self.env.child_env(endpoint)
+        if self.profile_dir is not None and contender == "docflow":
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            env["BENCH_PROFILE"] = str(self.profile_dir / f"docflow-{n_docs}-{spec.run_id}.txt")
+        result = run_contender(spec, env, timeout_s=self.cfg.contender_timeout_s)
         self.log(
             f"{contender}: {result['docs_completed']}/{n_docs} completed in {result['wall_s']:.1f} s "
             f"({result['docs_per_s']:.1f} docs/s, {result['api_calls_per_doc']:.2f} calls/doc, "
@@ -98,7 +105,7 @@ def model_efficiency(bench: Bench) -> dict[str, Any]:
     """Section 2: docflow end to end vs the same handler called in-process, SmolLM2 on CPU."""
     cfg = bench.cfg
     bench.log(f"packaging {cfg.model_source} and deploying it")
-    threads = os.cpu_count() or 1
+    threads = cfg.model_threads
     endpoint, artifact = deploy_model(bench.env, cfg.model_source, threads)
     model_dir = download_model(bench.env, artifact, bench.workdir / "model")
     corpus = bench.corpus(cfg.model_docs, min_words=10, max_words=30)
