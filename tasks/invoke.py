@@ -24,6 +24,9 @@ from tasks.aws import aws_client
 from tasks.settings import Profile
 
 CONTENT_TYPE = "application/jsonlines"
+# Prefect's shortest lease (renewed every 45 s while held): a killed run's slots return within
+# about a minute (lease + the server's 15 s repossessor loop), not the default five.
+SLOT_LEASE_S = 60
 THROTTLING_CODES = frozenset(
     {
         "Throttling",
@@ -114,16 +117,14 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
-        """Block until one call may go out."""
-        while True:
-            with self._lock:
-                now = self._clock()
-                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                wait = (1 - self._tokens) / self.rate
+        """Block until one call may go out (a call reserves its slot, then sleeps until it comes)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= 1
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
             self._sleep(wait)
 
 
@@ -301,6 +302,7 @@ class SlotPool:
                     strict=True,
                     timeout_seconds=self.acquire_timeout_s if timeout_s is None else timeout_s,
                     raise_on_lease_renewal_failure=False,
+                    lease_duration=SLOT_LEASE_S,
                 )
             )
         except TimeoutError:

@@ -29,6 +29,7 @@ class EndpointOutputs(BaseModel):
     error_topic: str
     output_path: str
     failure_path: str | None = None
+    model_artifact: str = ""
 
 
 class RunQueue(BaseModel):
@@ -115,7 +116,19 @@ def endpoint_outputs(profile: Profile, endpoint: str) -> EndpointOutputs:
         error_topic=notify["ErrorTopic"],
         output_path=output["S3OutputPath"],
         failure_path=output.get("S3FailurePath"),
+        model_artifact=_model_artifact(sm, config),
     )
+
+
+def _model_artifact(sm: Any, config: dict[str, Any]) -> str:
+    """The S3 model location of the endpoint's first variant (part of the run key)."""
+    variants = config.get("ProductionVariants") or []
+    if not variants:
+        return ""
+    model = sm.describe_model(ModelName=variants[0]["ModelName"])
+    container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+    source = (container.get("ModelDataSource") or {}).get("S3DataSource") or {}
+    return str(container.get("ModelDataUrl") or source.get("S3Uri") or "")
 
 
 def queue_policy(queue_arn: str, topic_arns: Sequence[str]) -> str:

@@ -1,0 +1,173 @@
+"""Package the model, deploy the async endpoint, process a corpus — and `docflow demo`, which runs it locally."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow
+
+from flows.deploy_endpoint import deploy_endpoint
+from flows.package_model import package_model
+from flows.process_documents import process_documents
+
+DEMO_RESULTS_DIR = "results"
+
+
+@flow(name="end-to-end")
+def end_to_end(
+    corpus: str = "datasets/sample",
+    profile: str = "local",
+    model_source: str = "smollm2",
+    endpoint: str | None = None,
+    template: Literal["summarize", "extract", "classify", "custom"] = "summarize",
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    output_dir: str | None = None,
+    output_format: Literal["parquet", "csv", "jsonl"] = "parquet",
+    environment: dict[str, str] | None = None,
+    wait_delay_s: int = 2,
+    wait_max_attempts: int = 300,
+) -> dict[str, Any]:
+    """Package → deploy → process: the whole path from a model and a corpus to a results table.
+
+    Args:
+        corpus: Local path or s3:// URI of the corpus (see process-documents).
+        profile: Deployment profile name or path.
+        model_source: What package-model packages: "smollm2" (local default), a folder, a .gguf, a hub id.
+        endpoint: Endpoint name; default: the profile's.
+        template: Prompt kind for process-documents.
+        max_new_tokens: Generation budget per document.
+        batch_size: Documents per invocation payload.
+        output_dir: Also write the results table to this local folder.
+        output_format: Results table format.
+        environment: Extra environment variables for the model container.
+        wait_delay_s: Seconds between endpoint status polls while deploying.
+        wait_max_attempts: Polls before deployment gives up.
+    """
+    artifact = package_model(source=model_source, profile=profile)
+    deployed = deploy_endpoint(
+        profile=profile,
+        model_artifact=artifact,
+        endpoint_name=endpoint,
+        environment=environment,
+        wait_delay_s=wait_delay_s,
+        wait_max_attempts=wait_max_attempts,
+    )
+    return process_documents(
+        corpus=corpus,
+        profile=profile,
+        endpoint=deployed["endpoint_name"],
+        template=template,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        output_dir=output_dir,
+        output_format=output_format,
+    )
+
+
+def _start_localcloud(stack: ExitStack) -> str:
+    """Use the localcloud at $DOCFLOW_ENDPOINT_URL, or start one in this process for the demo."""
+    url = os.environ.get("DOCFLOW_ENDPOINT_URL")
+    if url:
+        return url
+    from localcloud import LocalCloud
+
+    cloud = stack.enter_context(LocalCloud(port=0))
+    os.environ.update(cloud.environment())
+    from tasks.aws import clear_client_cache
+
+    clear_client_cache()
+    return cloud.url
+
+
+def _ensure_bucket(profile_name: str) -> None:
+    """Create the profile's bucket in localcloud if it is not there yet (a first run)."""
+    from botocore.exceptions import ClientError
+
+    from tasks.aws import aws_client
+    from tasks.settings import load_profile
+
+    prof = load_profile(profile_name)
+    s3 = aws_client("s3", prof)
+    try:
+        s3.head_bucket(Bucket=prof.bucket)
+    except ClientError:
+        s3.create_bucket(Bucket=prof.bucket)
+
+
+def print_summary(result: dict[str, Any], results_dir: Path | None) -> None:
+    """The run's counts, timings and the first generated texts, as rich tables."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    counts = Table(title=f"docflow run {result.get('run_key')}", show_header=False)
+    for name in (
+        "documents",
+        "completed",
+        "failed",
+        "rejected",
+        "batches",
+        "invocations",
+        "wall_time_s",
+        "docs_per_s",
+        "latency_p50_s",
+        "latency_p90_s",
+        "prompt_tokens",
+        "completion_tokens",
+        "estimated_cost_usd",
+    ):
+        if name in result:
+            value = result[name]
+            counts.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(counts)
+    local = result.get("local_results_path")
+    if local and Path(local).exists():
+        frame = pd.read_parquet(local) if local.endswith(".parquet") else None
+        if frame is not None:
+            rows = Table(title="first results")
+            for column in ("doc_id", "status", "text"):
+                rows.add_column(column, overflow="fold")
+            for _, row in frame.head(10).iterrows():
+                text = str(row.get("text") or row.get("reason") or "")
+                rows.add_row(str(row.get("doc_id")), str(row.get("status")), text[:160])
+            console.print(rows)
+    console.print(f"results: {result.get('results_uri')}")
+    if results_dir is not None:
+        console.print(f"local copy: {results_dir.resolve()}")
+
+
+def run_demo(corpus: str = "datasets/sample", profile: str = "local") -> int:
+    """`docflow demo`: end_to_end on localcloud with the local default model; results in ./results/."""
+    results_dir = Path(DEMO_RESULTS_DIR)
+    with ExitStack() as stack:
+        _start_localcloud(stack)
+        _ensure_bucket(profile)
+        result = end_to_end(corpus=corpus, profile=profile, output_dir=str(results_dir))
+        if results_dir.exists():
+            summary = result.get("summary_uri")
+            if summary:
+                _copy_summary(profile, summary, results_dir)
+        print_summary(result, results_dir)
+    return 0
+
+
+def _copy_summary(profile: str, summary_uri: str, results_dir: Path) -> None:
+    """Put summary.json next to the local results table."""
+    from tasks.aws import aws_client
+    from tasks.manifest import split_s3_uri
+    from tasks.settings import load_profile
+
+    bucket, key = split_s3_uri(summary_uri)
+    body = aws_client("s3", load_profile(profile)).get_object(Bucket=bucket, Key=key)["Body"]
+    with (results_dir / "summary.json").open("wb") as out:
+        shutil.copyfileobj(body, out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_demo())

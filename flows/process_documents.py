@@ -1,0 +1,310 @@
+"""Run a document corpus through the LLM on a SageMaker async endpoint and gather one row per document."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.aggregate import RunSummary, aggregate_run, summary_markdown
+from tasks.batching import compute_run_key, make_batches, validate_run_key
+from tasks.corpus import ColumnMapping, Corpus, load_corpus
+from tasks.fanout import Fanout, FanoutOptions, FanoutStats, resume_reconcile
+from tasks.invoke import InvokeSettings, require_invocation_limit, stage_payloads
+from tasks.manifest import RunManifest, load_manifest, save_manifest
+from tasks.notifications import (
+    EndpointOutputs,
+    RunQueue,
+    close_run_queue,
+    endpoint_outputs,
+    open_run_queue,
+)
+from tasks.progress import RunProgress
+from tasks.prompts import GenerationParameters, PromptTemplate
+from tasks.recovery import new_record, staged_input
+from tasks.settings import Profile, load_profile
+
+STAGE_GROUP = 256
+TABLE_ROWS = 20
+DEFAULT_TTL_S = 21600
+DEFAULT_TIMEOUT_S = 900
+
+
+@task(name="load-corpus", cache_policy=NO_CACHE)
+def load_documents(uri: str, mapping: ColumnMapping, profile: Profile) -> Corpus:
+    """Read and validate the corpus; bad rows become rejected records, never silent drops."""
+    corpus = load_corpus(uri, mapping, profile=profile)
+    get_run_logger().info(
+        "corpus %s: %d documents, %d rejected", uri, len(corpus.documents), len(corpus.rejected)
+    )
+    return corpus
+
+
+@task(name="describe-endpoint", cache_policy=NO_CACHE)
+def describe_target(profile: Profile, endpoint: str) -> EndpointOutputs:
+    """The endpoint's topics, output paths and model artifact."""
+    return endpoint_outputs(profile, endpoint)
+
+
+@task(name="prepare-manifest", cache_policy=NO_CACHE)
+def prepare_manifest(
+    profile: Profile,
+    target: EndpointOutputs,
+    run_key: str,
+    corpus: Corpus,
+    template: PromptTemplate,
+    params: GenerationParameters,
+    max_docs: int,
+    max_bytes: int,
+) -> tuple[RunManifest, bool]:
+    """Load the run's manifest to resume it, or batch the corpus, stage the payloads and save a new one."""
+    existing = load_manifest(run_key, profile)
+    if existing is not None:
+        return existing, True
+    payloads, rejected = make_batches(
+        corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
+    )
+    manifest = RunManifest(
+        run_key=run_key,
+        endpoint=target.endpoint,
+        model_artifact=target.model_artifact,
+        rejected=[*corpus.rejected, *rejected],
+    )
+    for payload in payloads:
+        manifest.add(new_record(profile, target, run_key, payload))
+    for start in range(0, len(payloads), STAGE_GROUP):
+        group = payloads[start : start + STAGE_GROUP]
+        stage_payloads(profile, [staged_input(profile, run_key, p) for p in group])
+    save_manifest(manifest, profile)
+    return manifest, False
+
+
+@task(name="open-run-queue", cache_policy=NO_CACHE)
+def open_queue(profile: Profile, target: EndpointOutputs, run_key: str) -> RunQueue:
+    """The run's queue and DLQ, subscribed to the endpoint's topics before the first invoke."""
+    return open_run_queue(profile, target, run_key)
+
+
+@task(name="close-run-queue", cache_policy=NO_CACHE)
+def close_queue(profile: Profile, queue: RunQueue) -> None:
+    """Remove the run's subscriptions and queues."""
+    close_run_queue(profile, queue)
+
+
+@task(name="aggregate-results", cache_policy=NO_CACHE)
+def aggregate(
+    manifest: RunManifest,
+    corpus: Corpus,
+    profile: Profile,
+    wall_time_s: float,
+    output_format: Literal["parquet", "csv", "jsonl"],
+    output_dir: str | None,
+) -> RunSummary:
+    """Join every output back to its input row and write results, failures and summary."""
+    return aggregate_run(
+        manifest,
+        corpus,
+        profile,
+        wall_time_s=wall_time_s,
+        output_format=output_format,
+        local_dir=output_dir,
+    )
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_artifacts(summary: RunSummary, profile: Profile, run_key: str) -> None:
+    """The markdown summary and a table of the first result rows, as Prefect artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = artifact_key(run_key)
+    create_markdown_artifact(
+        summary_markdown(summary), key=f"{key}-summary", description="process-documents summary"
+    )
+    rows = first_rows(summary, profile, TABLE_ROWS)
+    if rows:
+        create_table_artifact(rows, key=f"{key}-results", description="first result rows")
+
+
+def artifact_key(run_key: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for the run."""
+    return "docflow-" + re.sub(r"[^a-z0-9-]+", "-", run_key.lower()).strip("-")
+
+
+def first_rows(summary: RunSummary, profile: Profile, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rows of the results table, short text columns, for the table artifact."""
+    import io
+
+    import pandas as pd
+
+    from tasks.aws import aws_client
+    from tasks.manifest import split_s3_uri
+
+    if summary.local_results_path:
+        source: Any = summary.local_results_path
+    else:
+        bucket, key = split_s3_uri(summary.results_uri)
+        source = io.BytesIO(
+            aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
+        )
+    name = summary.local_results_path or summary.results_uri
+    if name.endswith(".csv"):
+        frame = pd.read_csv(source, nrows=n)
+    elif name.endswith(".jsonl"):
+        frame = pd.read_json(source, lines=True).head(n)
+    else:
+        frame = pd.read_parquet(source).head(n)
+    frame = frame.astype(object).where(frame.notna(), None)
+    rows = frame.to_dict(orient="records")
+    return [
+        {k: (v[:200] + "…" if isinstance(v, str) and len(v) > 200 else v) for k, v in row.items()}
+        for row in rows
+    ]
+
+
+def build_template(
+    template: str, fields: list[str] | None, labels: list[str] | None, custom_template: str | None
+) -> PromptTemplate:
+    """The prompt template from the flow's parameters (a clear error for an unknown kind)."""
+    kinds = ("summarize", "extract", "classify", "custom")
+    if template not in kinds:
+        raise ValueError(f"template {template!r} is unknown; use one of {list(kinds)}")
+    return PromptTemplate.model_validate(
+        {
+            "kind": template,
+            "fields": fields or [],
+            "labels": labels or [],
+            "template": custom_template,
+        }
+    )
+
+
+def default_deadline_s(ttl_s: int | None, timeout_s: int | None, max_attempts: int) -> float:
+    """Overall deadline: every attempt may wait its TTL in the queue and its timeout running."""
+    per_attempt = (ttl_s or DEFAULT_TTL_S) + (timeout_s or DEFAULT_TIMEOUT_S)
+    return float(per_attempt * max_attempts + 300)
+
+
+@flow(name="process-documents")
+def process_documents(
+    corpus: str = "datasets/sample",
+    profile: str = "local",
+    endpoint: str | None = None,
+    template: Literal["summarize", "extract", "classify", "custom"] = "summarize",
+    fields: list[str] | None = None,
+    labels: list[str] | None = None,
+    custom_template: str | None = None,
+    id_column: str = "id",
+    text_column: str = "text",
+    metadata_columns: list[str] | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    max_batch_bytes: int = 1_000_000,
+    run_key: str | None = None,
+    max_attempts: int = 3,
+    output_dir: str | None = None,
+    output_format: Literal["parquet", "csv", "jsonl"] = "parquet",
+    deadline_s: float | None = None,
+    request_ttl_s: int | None = None,
+    invocation_timeout_s: int | None = None,
+) -> dict[str, Any]:
+    """Process a corpus on the async endpoint: one result row per document, every document accounted for.
+
+    Args:
+        corpus: Local path or s3:// URI of a .jsonl/.csv/.parquet file or a folder of .txt/.md files.
+        profile: Deployment profile name (deployments/<name>.yaml) or path to one.
+        endpoint: SageMaker endpoint name; default: the profile's endpoint_name.
+        template: Prompt kind: summarize, extract (fields), classify (labels) or custom.
+        fields: Field names to extract (template=extract).
+        labels: Labels to choose from (template=classify).
+        custom_template: A template with {text} and other {metadata} placeholders (template=custom).
+        id_column: Input column holding the document id.
+        text_column: Input column holding the document text.
+        metadata_columns: Columns kept as metadata; default: all other columns.
+        max_new_tokens: Generation budget per document.
+        batch_size: Documents per invocation payload.
+        max_batch_bytes: Bytes per invocation payload.
+        run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
+        max_attempts: Invocations per batch before its documents are failed.
+        output_dir: Also write the results table here (local folder).
+        output_format: Format of the results table.
+        deadline_s: Give up on outstanding batches after this long; default from TTL and timeout.
+        request_ttl_s: RequestTTLSeconds of each invocation (60-21600); default: the service's.
+        invocation_timeout_s: InvocationTimeoutSeconds (1-3600), doubled on each re-invoke of an expired request.
+    """
+    logger = get_run_logger()
+    started = time.monotonic()
+    prof = load_profile(profile)
+    endpoint_name = endpoint or prof.endpoint_name
+    tmpl = build_template(template, fields, labels, custom_template)
+    params = GenerationParameters(max_new_tokens=max_new_tokens)
+    mapping = ColumnMapping(id=id_column, text=text_column, metadata=metadata_columns)
+
+    loaded = load_documents(corpus, mapping, prof)
+    target = describe_target(prof, endpoint_name)
+    key = validate_run_key(run_key) if run_key else None
+    key = key or compute_run_key(loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params)
+    manifest, resumed = prepare_manifest(
+        prof, target, key, loaded, tmpl, params, batch_size, max_batch_bytes
+    )
+    logger.info(
+        "run %s: %d batches, %s", key, len(manifest.batches), "resumed" if resumed else "new"
+    )
+
+    stats = FanoutStats()
+    if not manifest.is_done():
+        queue = open_queue(prof, target, key)
+        if resumed:
+            resume_reconcile(prof, manifest, target, max_attempts=max_attempts)
+        cap = require_invocation_limit(endpoint_name)
+        invoke = InvokeSettings(
+            endpoint=endpoint_name,
+            run_key=key,
+            request_ttl_s=request_ttl_s,
+            invocation_timeout_s=invocation_timeout_s,
+            rate_per_second=prof.invoke_rate_per_second,
+        )
+        options = FanoutOptions(
+            max_attempts=max_attempts,
+            expiry_s=(request_ttl_s or DEFAULT_TTL_S)
+            + (invocation_timeout_s or DEFAULT_TIMEOUT_S) * 2 ** (max_attempts - 1)
+            + 60,
+            deadline_s=deadline_s
+            or default_deadline_s(request_ttl_s, invocation_timeout_s, max_attempts),
+        )
+        documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
+        with RunProgress(documents, key=f"{artifact_key(key)}-progress") as progress:
+
+            def report(m: RunManifest) -> None:
+                counts = m.document_counts()
+                progress.update(counts["completed"] + counts["failed"])
+
+            stats = Fanout(
+                prof, manifest, target, queue, invoke, options, cap=cap, on_progress=report
+            ).run()
+        close_queue(prof, queue)
+    else:
+        save_manifest(manifest, prof)
+
+    summary = aggregate(
+        manifest, loaded, prof, time.monotonic() - started, output_format, output_dir
+    )
+    publish_artifacts(summary, prof, key)
+    if summary.failed or summary.rejected:
+        logger.warning(
+            "run %s: %d completed, %d failed, %d rejected — see %s",
+            key,
+            summary.completed,
+            summary.failed,
+            summary.rejected,
+            summary.failures_uri,
+        )
+    result = summary.model_dump(mode="json")
+    result.update(run_key=key, resumed=resumed, fanout=stats.model_dump())
+    return result
+
+
+if __name__ == "__main__":
+    process_documents()
