@@ -70,7 +70,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import transformers
@@ -112,43 +112,21 @@ class DocumentError(ValueError):
     """One document cannot be run; the message becomes its error line."""
 
 
-class Params:
+class Params(NamedTuple):
     """Validated generation parameters of one document; equal params may share a micro-batch."""
 
-    __slots__ = (
-        "max_new_tokens",
-        "do_sample",
-        "temperature",
-        "top_p",
-        "top_k",
-        "repetition_penalty",
-        "stop",
-        "seed",
-    )
-
-    def __init__(
-        self,
-        max_new_tokens: int,
-        do_sample: bool = False,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        stop: tuple[str, ...] = (),
-        seed: int | None = None,
-    ) -> None:
-        self.max_new_tokens = max_new_tokens
-        self.do_sample = do_sample
-        self.temperature = temperature
-        self.top_p = top_p
-        self.top_k = top_k
-        self.repetition_penalty = repetition_penalty
-        self.stop = stop
-        self.seed = seed
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
 
     def key(self) -> tuple[Any, ...]:
         """A hashable identity: documents with equal keys can be generated together."""
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(self)
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``model.generate`` (sampling knobs only when sampling)."""
@@ -165,23 +143,13 @@ class Params:
         return kwargs
 
 
-class Document:
+class Document(NamedTuple):
     """A parsed document: its id, chat messages (or plain prompt) and parameters."""
 
-    __slots__ = ("doc_id", "messages", "prompt", "params")
-
-    def __init__(
-        self,
-        doc_id: str,
-        params: Params,
-        *,
-        prompt: str | None = None,
-        messages: list[dict[str, str]] | None = None,
-    ) -> None:
-        self.doc_id = doc_id
-        self.params = params
-        self.prompt = prompt
-        self.messages = messages
+    doc_id: str
+    params: Params
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
 
     def chat(self) -> list[dict[str, str]]:
         """The conversation to template: the messages, or the prompt as one user turn."""
@@ -190,14 +158,11 @@ class Document:
         return [{"role": "user", "content": self.prompt or ""}]
 
 
-class Rejected:
+class Rejected(NamedTuple):
     """A line that could not be parsed into a document; it becomes an error line."""
 
-    __slots__ = ("doc_id", "error")
-
-    def __init__(self, doc_id: str, error: str) -> None:
-        self.doc_id = doc_id
-        self.error = error
+    doc_id: str
+    error: str
 
 
 class LoadedModel:
