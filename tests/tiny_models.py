@@ -27,6 +27,9 @@ SPECIALS = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>"}
 CHAT_TEMPLATES: dict[str, str] = {
     "mistral": (
         "{{ bos_token }}{% for message in messages %}"
+        "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{% endif %}"
         "{% if message['role'] == 'user' %}[INST] {{ message['content'] }} [/INST]"
         "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
         "{% else %}{{ message['content'] }}\n{% endif %}{% endfor %}"
@@ -198,6 +201,7 @@ def cached_smollm2(cache_dir: str | Path) -> Path:
     Written to a temporary folder and renamed, so concurrent test sessions never see half of it.
     """
     import hashlib
+    import inspect
     import shutil
     import tempfile
 
@@ -206,7 +210,7 @@ def cached_smollm2(cache_dir: str | Path) -> Path:
     gguf = smollm2_gguf()
     key = hashlib.sha256(
         f"{gguf.name}:{gguf.stat().st_size}:{transformers.__version__}".encode()
-        + Path(__file__).read_bytes()
+        + inspect.getsource(make_smollm2).encode()
     ).hexdigest()[:16]
     target = Path(cache_dir) / key
     if (target / "config.json").is_file():

@@ -274,3 +274,22 @@ def test_predict_fn_takes_plain_document_dicts(handler: ModuleType, loaded: Any)
     first, second = handler.predict_fn(docs, loaded)
     assert first["id"] == "a" and first["completion_tokens"] <= 2
     assert second["id"] == "document 2" and "no 'id'" in second["error"]
+
+
+def test_messages_the_chat_template_rejects_get_an_error_line(
+    loaded_models: dict[str, Any], run: Run
+) -> None:
+    # Like the real Mistral Instruct template, the tiny one insists on user/assistant turns.
+    docs = [
+        {"id": "sys", "messages": [{"role": "system", "content": "Be brief."}]},
+        {
+            "id": "ok",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "parameters": {"max_new_tokens": 2},
+        },
+    ]
+    refused, answered = run(loaded_models["mistral"], docs)
+    assert refused["id"] == "sys"
+    assert "chat template rejected the messages" in refused["error"]
+    assert "roles must alternate" in refused["error"]
+    assert answered["id"] == "ok" and answered["completion_tokens"] <= 2
