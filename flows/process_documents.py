@@ -209,6 +209,7 @@ def process_documents(
     deadline_s: float | None = None,
     request_ttl_s: int | None = None,
     invocation_timeout_s: int | None = None,
+    reconcile_every_s: float = 10.0,
 ) -> dict[str, Any]:
     """Process a corpus on the async endpoint: one result row per document, every document accounted for.
 
@@ -233,6 +234,7 @@ def process_documents(
         deadline_s: Give up on outstanding batches after this long; default from TTL and timeout.
         request_ttl_s: RequestTTLSeconds of each invocation (60-21600); default: the service's.
         invocation_timeout_s: InvocationTimeoutSeconds (1-3600), doubled on each re-invoke of an expired request.
+        reconcile_every_s: How often outstanding batches are looked up in S3 (lost notifications).
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -245,7 +247,9 @@ def process_documents(
     loaded = load_documents(corpus, mapping, prof)
     target = describe_target(prof, endpoint_name)
     key = validate_run_key(run_key) if run_key else None
-    key = key or compute_run_key(loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params)
+    key = key or compute_run_key(
+        loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params
+    )
     manifest, resumed = prepare_manifest(
         prof, target, key, loaded, tmpl, params, batch_size, max_batch_bytes
     )
@@ -268,6 +272,8 @@ def process_documents(
         )
         options = FanoutOptions(
             max_attempts=max_attempts,
+            reconcile_every_s=reconcile_every_s,
+            reconcile_after_s=min(5.0, reconcile_every_s),
             expiry_s=(request_ttl_s or DEFAULT_TTL_S)
             + (invocation_timeout_s or DEFAULT_TIMEOUT_S) * 2 ** (max_attempts - 1)
             + 60,
