@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -131,6 +132,14 @@ class Fanout:
     def run(self) -> FanoutStats:
         """Submit, wait and recover until every batch is terminal or the deadline passes."""
         logger = get_run_logger()
+        try:
+            self._loop(logger)
+        finally:
+            # Also on an error: a resumed run then starts from what this one recorded.
+            save_manifest(self.manifest, self.profile)
+        return self.stats
+
+    def _loop(self, logger: Any) -> None:
         deadline = time.monotonic() + self.options.deadline_s
         with slot_pool(self.invoke.endpoint) as slots:
             while not self.manifest.is_done():
@@ -161,8 +170,6 @@ class Fanout:
                 self._save_if_due()
                 if self.on_progress is not None:
                     self.on_progress(self.manifest)
-        save_manifest(self.manifest, self.profile)
-        return self.stats
 
     def _timeout_for(self, attempt: int) -> int | None:
         """The invocation timeout of an attempt: doubled on each re-invoke of an expired request."""

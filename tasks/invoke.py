@@ -290,8 +290,8 @@ class SlotPool:
 
     def acquire(self, batch_ids: Sequence[str], *, timeout_s: float | None = None) -> bool:
         """Take one slot per batch as one lease; False when they are not free within the timeout."""
-        from prefect.concurrency.sync import concurrency
         from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+        from prefect.concurrency.sync import concurrency
 
         stack = ExitStack()
         try:

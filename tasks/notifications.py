@@ -18,7 +18,14 @@ from tasks.manifest import split_s3_uri
 from tasks.settings import Profile
 
 MAX_QUEUE_NAME = 80
-EXPIRED_PATTERN = re.compile(r"\bexpired\b|\bTTL\b|timed out|\btimeout\b", re.IGNORECASE)
+# AWS and localcloud name the cause first ("ExpiredRequest: …", "ModelTimeoutError: …").
+EXPIRED_PATTERN = re.compile(r"expired|timeout|timed out|\bTTL\b", re.IGNORECASE)
+EXPIRED_SCAN_CHARS = 80
+
+
+def is_expiry(reason: str | None) -> bool:
+    """Whether a failure reason says the request expired (TTL) or timed out, not that the model failed."""
+    return bool(EXPIRED_PATTERN.search((reason or "")[:EXPIRED_SCAN_CHARS]))
 
 
 class EndpointOutputs(BaseModel):
@@ -58,7 +65,7 @@ class Notification(BaseModel):
     @property
     def expired(self) -> bool:
         """True when the failure says the request outlived its TTL or invocation timeout."""
-        return self.status == "failed" and bool(EXPIRED_PATTERN.search(self.failure_reason or ""))
+        return self.status == "failed" and is_expiry(self.failure_reason)
 
 
 class Received(BaseModel):
@@ -357,7 +364,7 @@ def reconcile(profile: Profile, pending: Sequence[Pending], *, workers: int = 8)
             return Outcome(
                 batch_id=item.batch_id,
                 status="failed",
-                expired=bool(EXPIRED_PATTERN.search(reason)),
+                expired=is_expiry(reason),
                 reason=reason,
                 failure_uri=item.failure_uri,
                 event_time=failed,
