@@ -79,10 +79,16 @@ class UiConfig:
 class UiState:
     """What a running `make ui` wrote down, so a second `make ui` can find it."""
 
-    pid: int
+    ui: list[float]
     api_url: str
     localcloud_url: str
+    ready: bool = False
     children: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        """The `docflow ui` process."""
+        return int(self.ui[0])
 
     @property
     def ui_url(self) -> str:
@@ -157,6 +163,7 @@ class UiStack:
         self.api_url = ""
         self.localcloud_url = ""
         self._started = time.monotonic()
+        self.state = UiState(ui=_identity(os.getpid()), api_url="", localcloud_url="")
 
     def up(self) -> UiState:
         """Start everything; on any failure stop what was started and re-raise."""
@@ -187,11 +194,15 @@ class UiStack:
             self._step(f"port {cfg.localcloud_port} is busy; localcloud takes {cloud_port}")
         self.localcloud_url = f"http://{HOST}:{cloud_port}"
         cloud_env = localcloud_env(self.localcloud_url, profile.region)
+        self.state = UiState(
+            ui=_identity(os.getpid()), api_url=self.api_url, localcloud_url=self.localcloud_url
+        )
+        self.state.save(cfg.home)
 
         # Server and localcloud start side by side; each takes seconds to import and bind.
         self._step(f"starting the Prefect server on {HOST}:{port} (PREFECT_HOME={cfg.home})")
         server = spawn_server(cfg.home, port)
-        self.children.append(server)
+        self._adopt(server)
         self._step(f"starting localcloud on {self.localcloud_url}")
         cloud = spawn(
             "localcloud",
@@ -200,7 +211,7 @@ class UiStack:
             env={**os.environ, **cloud_env, "PYTHONUNBUFFERED": "1"},
             log_path=cfg.home / "logs" / "localcloud.log",
         )
-        self.children.append(cloud)
+        self._adopt(cloud)
         wait_until(
             lambda: _localcloud_answers(self.localcloud_url),
             what=f"localcloud at {self.localcloud_url}",
@@ -226,21 +237,22 @@ class UiStack:
         )
         self._step(f"starting a worker: prefect worker start --pool {WORK_POOL}")
         worker = spawn_worker(cfg.home, env)
-        self.children.append(worker)
+        self._adopt(worker)
         self._step("deploying: prefect deploy --all")
         deployed = re.findall(r"Deployment '([^']+)' successfully", deploy_all(env))
         self._step(f"deployed {', '.join(deployed)}")
         wait_for_worker(worker)
         self._step("the worker is polling")
 
-        state = UiState(
-            pid=os.getpid(),
-            api_url=self.api_url,
-            localcloud_url=self.localcloud_url,
-            children={c.name: _identity(c.pid) for c in self.children},
-        )
-        state.save(cfg.home)
-        return state
+        self.state.ready = True
+        self.state.save(cfg.home)
+        return self.state
+
+    def _adopt(self, child: ChildProcess) -> None:
+        """Own child: stop it with the stack, and note it so a later `make ui` can clean up after a crash."""
+        self.children.append(child)
+        self.state.children[child.name] = _identity(child.pid)
+        self.state.save(self.config.home)
 
     def _configure(self, profile: Profile, cloud_env: dict[str, str]) -> BlockNames:
         """The bucket in localcloud, the work pool, the concurrency limit and the blocks."""
@@ -295,9 +307,15 @@ def _already_running(config: UiConfig, say: Printer) -> bool:
     state = UiState.load(config.home)
     if state is None:
         return False
-    if psutil.pid_exists(state.pid) and is_healthy(state.api_url):
-        say(f"docflow ui is already running (pid {state.pid}): nothing to do.")
-        say(_banner(state))
+    if _same_process(state.ui):
+        if state.ready and is_healthy(state.api_url):
+            say(f"docflow ui is already running (pid {state.pid}): nothing to do.")
+            say(_banner(state))
+        else:
+            say(
+                f"docflow ui (pid {state.pid}) is still starting, or stuck: wait for its banner, "
+                f"or stop it with `kill {state.pid}`; logs in {config.home / 'logs'}"
+            )
         return True
     for name, ident in state.children.items():
         if _same_process(ident):

@@ -38,8 +38,8 @@ def credentials_from_profile(
 ) -> AwsCredentials:
     """An AwsCredentials block: the profile's region and endpoint, keys from AWS_* in environ.
 
-    Without AWS_ACCESS_KEY_ID the block names AWS_PROFILE (or nothing) and boto3's default
-    chain finds the keys, so no secret is copied into Prefect's database by accident.
+    Without AWS_ACCESS_KEY_ID the block stores no keys, only AWS_PROFILE (if set): boto3's
+    default chain finds them where the flow runs (an instance role, SSO, ~/.aws).
     """
     env = os.environ if environ is None else environ
     key_id = env.get("AWS_ACCESS_KEY_ID")
