@@ -93,6 +93,10 @@ def resume_reconcile(
     lookups = [_pending_lookup(r, outputs, manifest.run_key) for r in outstanding]
     settled = 0
     for outcome in reconcile_batches(profile, lookups):
+        record = manifest.batches[outcome.batch_id]
+        if record.status is BatchStatus.PENDING:
+            # Its next attempt's output exists: the killed run invoked it after its last save.
+            manifest.mark(record.batch_id, BatchStatus.SUBMITTED, attempts=record.attempts + 1)
         decision = apply_outcome(manifest, outcome, max_attempts=max_attempts)
         if decision is Decision.SPLIT:
             split_failed_batch(profile, outputs, manifest, outcome.batch_id, outcome.reason or "")
