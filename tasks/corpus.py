@@ -182,7 +182,7 @@ def _text_problem(text: Any, column: str, max_doc_bytes: int) -> str | None:
     if not isinstance(text, str):
         return f"text in column {column!r} is a {type(text).__name__}, not a string"
     if not text.strip():
-        return f"empty text (column {column!r} is empty or whitespace)"
+        return f"empty text (column {column!r} is empty or whitespace); fill in the text or remove the row"
     size = len(text.encode("utf-8"))
     if size > max_doc_bytes:
         return (
@@ -295,7 +295,10 @@ def _read_s3(uri: str, profile: Profile | None) -> tuple[list[_Row], bool]:
     except CorpusError:
         raise
     except Exception as exc:  # botocore's NoSuchKey/NoSuchBucket/AccessDenied and friends
-        raise CorpusError(f"corpus {uri} cannot be read from S3: {exc}") from exc
+        raise CorpusError(
+            f"corpus {uri} cannot be read from S3: {exc}; check the bucket and key exist "
+            "and that the profile's credentials can read them"
+        ) from exc
 
 
 def _text_rows(items: Iterator[tuple[str, bytes]]) -> list[_Row]:
@@ -305,7 +308,12 @@ def _text_rows(items: Iterator[tuple[str, bytes]]) -> list[_Row]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            rows.append(_Bad(f"file {rel!r} is not valid UTF-8 ({exc.reason} at byte {exc.start})"))
+            rows.append(
+                _Bad(
+                    f"file {rel!r} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                    "re-save it as UTF-8"
+                )
+            )
             continue
         rows.append({"id": rel, "text": text.removeprefix("\ufeff"), "path": rel})
     return rows
@@ -335,7 +343,10 @@ def _jsonl_rows(data: bytes) -> list[_Row]:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             rows.append(
-                _Bad(f"line {number + 1} is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                _Bad(
+                    f"line {number + 1} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                    "re-save the file as UTF-8 or fix that line"
+                )
             )
             continue
         if not line.strip():
@@ -345,7 +356,10 @@ def _jsonl_rows(data: bytes) -> list[_Row]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             rows.append(
-                _Bad(f"line {number + 1} is not valid JSON ({exc.msg} at column {exc.colno})")
+                _Bad(
+                    f"line {number + 1} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                    "fix or remove that line"
+                )
             )
             continue
         if not isinstance(value, dict):
@@ -367,7 +381,11 @@ def _csv_rows(uri: str, data: bytes) -> list[_Row]:
     for number, record in enumerate(records):
         values = [v for v in record.values() if isinstance(v, str)]
         if any(_has_surrogates(v) for v in values):
-            rows.append(_Bad(f"CSV record {number} has bytes that are not valid UTF-8"))
+            rows.append(
+                _Bad(
+                    f"CSV record {number} has bytes that are not valid UTF-8; re-save the file as UTF-8"
+                )
+            )
             continue
         if None in record:
             rows.append(_Bad(f"CSV record {number} has more fields than the header"))
