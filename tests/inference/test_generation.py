@@ -293,3 +293,32 @@ def test_messages_the_chat_template_rejects_get_an_error_line(
     assert "chat template rejected the messages" in refused["error"]
     assert "roles must alternate" in refused["error"]
     assert answered["id"] == "ok" and answered["completion_tokens"] <= 2
+
+
+def test_sampling_knobs_reach_generation(loaded: Any, run: Run) -> None:
+    prompt = "What is the capital of France?"
+    greedy = run(loaded, [{"id": "g", "prompt": prompt, "parameters": {"max_new_tokens": 12}}])[0]
+    # top_k=1 leaves one candidate per step: sampling must reproduce greedy decoding.
+    top1 = {"max_new_tokens": 12, "do_sample": True, "top_k": 1, "temperature": 1.7, "seed": 5}
+    assert run(loaded, [{"id": "g", "prompt": prompt, "parameters": top1}])[0] == greedy
+    penalised = {"max_new_tokens": 12, "repetition_penalty": 50.0}
+    changed = run(loaded, [{"id": "g", "prompt": prompt, "parameters": penalised}])[0]
+    assert changed["text"] != greedy["text"]
+
+
+def test_plain_prompt_without_chat_template(
+    handler: ModuleType, tiny_dirs: dict[str, Path], run: Run
+) -> None:
+    fresh = handler.model_fn(str(tiny_dirs["llama"]))
+    fresh.tokenizer.chat_template = None
+    prompt = "The quick brown fox"
+    (result,) = run(fresh, [{"id": "p", "prompt": prompt, "parameters": {"max_new_tokens": 3}}])
+    assert result["prompt_tokens"] == len(fresh.tokenizer(prompt)["input_ids"])
+    doc = {
+        "id": "m",
+        "messages": [{"role": "user", "content": prompt}],
+        "parameters": {"max_new_tokens": 3},
+    }
+    (chat,) = run(fresh, [doc])
+    expected = fresh.tokenizer(f"user: {prompt}\nassistant:")["input_ids"]
+    assert chat["prompt_tokens"] == len(expected)
