@@ -44,6 +44,7 @@ class EndpointRuntime:
         self.name = name
         self.queue = RequestQueue()
         self.pools: dict[str, VariantPool] = {}
+        self._retiring: list[VariantPool] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name=f"{name}-ttl", daemon=True)
@@ -54,14 +55,21 @@ class EndpointRuntime:
     def activate(self, pools: dict[str, VariantPool]) -> None:
         """Make ``pools`` the serving ones; the previous pools drain their in-flight requests and stop."""
         with self._lock:
-            old = self.pools
+            old = list(self.pools.values())
             self.pools = pools
+            self._retiring.extend(old)
         for pool in pools.values():
             pool.active.set()
-        for pool in old.values():
+        for pool in old:
             threading.Thread(
-                target=pool.close, args=(True,), name=f"{self.name}-retire", daemon=True
+                target=self._retire, args=(pool,), name=f"{self.name}-retire", daemon=True
             ).start()
+
+    def _retire(self, pool: VariantPool) -> None:
+        pool.close(drain=True)
+        with self._lock:
+            if pool in self._retiring:
+                self._retiring.remove(pool)
 
     def capacity(self) -> int:
         """Loaded instances x slots across the active pools."""
@@ -71,14 +79,14 @@ class EndpointRuntime:
     def pids(self) -> list[int]:
         """Every live instance PID of this endpoint."""
         with self._lock:
-            pools = list(self.pools.values())
+            pools = list(self.pools.values()) + list(self._retiring)
         return [pid for p in pools for pid in p.pids()]
 
     def close(self) -> None:
         """Stop serving now: kill instances, drop queued requests."""
         self._stop.set()
         with self._lock:
-            pools = list(self.pools.values())
+            pools = list(self.pools.values()) + list(self._retiring)
             self.pools = {}
         for pool in pools:
             pool.close(drain=False)

@@ -40,6 +40,7 @@ def test_update_with_queued_requests_loses_none(profile: Profile, localcloud: An
     ok, err, queue = topics_and_queue(profile)
     name = deploy_echo(profile, version="1", max_concurrent=2, topics=(ok, err))
     sm = aws_client("sagemaker", profile)
+    old_pids = localcloud.instance_pids(name)
     first = [_invoke(profile, name, f"a{i}", sleep_s=0.3) for i in range(6)]
     uri = upload_echo_model(profile, profile.bucket, "models/v2.tar.gz", version="2")
     model = f"v2-{uuid.uuid4().hex[:6]}"
@@ -64,6 +65,11 @@ def test_update_with_queued_requests_loses_none(profile: Profile, localcloud: An
     assert versions <= {"v1:", "v2:"} and "v1:" in versions
     stats = localcloud.stats.snapshot()[name]
     assert stats["completed"] == 13 and stats["failed"] == 0
+    deadline = time.monotonic() + 10  # the old instance drained and stopped
+    while set(old_pids) & set(localcloud.instance_pids(name)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(old_pids) & set(localcloud.instance_pids(name))
+    assert len(localcloud.instance_pids(name)) == 1
     sm.delete_endpoint(EndpointName=name)
 
 
