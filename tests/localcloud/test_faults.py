@@ -139,3 +139,28 @@ def test_seeded_rates_are_reproducible(localcloud: Any, faults: Any) -> None:
     faults.set(seed=7, model_error_rate=0.5)
     assert [faults.roll("model_error_rate") for _ in range(40)] == first
     assert 5 < sum(first) < 35
+
+
+def test_every_request_ends_once_under_mixed_faults(
+    profile: Profile, localcloud: Any, faults: Any
+) -> None:
+    ok, err, queue = topics_and_queue(profile)
+    name = deploy_echo(profile, instances=2, max_concurrent=2, topics=(ok, err))
+    faults.set(seed=3, kill_instance_rate=0.1, model_error_rate=0.15)
+    ids = [f"s{i:02d}" for i in range(30)]
+    _send(profile, name, ids)
+    notes = receive(profile, queue, len(ids), timeout_s=60)
+    assert sorted(n["inferenceId"] for n in notes) == ids  # exactly one terminal event each
+    failed = [n for n in notes if n["invocationStatus"] == "Failed"]
+    counters = faults.counters()
+    assert counters["killed_instances"] >= 1 and counters["model_errors"] >= 1
+    assert len(failed) >= counters["killed_instances"] + counters["model_errors"]
+    stats = localcloud.stats.snapshot()[name]
+    assert stats["completed"] + stats["failed"] == len(ids) and stats["running"] == 0
+    assert stats["max_running"] <= 2 * 2
+    faults.reset()
+    deadline = time.monotonic() + 30  # dead instances are replaced: back to two
+    while len(localcloud.instance_pids(name)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(localcloud.instance_pids(name)) == 2
+    aws_client("sagemaker", profile).delete_endpoint(EndpointName=name)
