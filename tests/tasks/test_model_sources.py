@@ -192,6 +192,12 @@ def test_smollm2_is_converted_once_to_bf16_safetensors(converted_cache: Path) ->
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config
     assert config["architectures"] == ["LlamaForCausalLM"]
+    # Readable by transformers 4.x as well (the AWS Hugging Face inference image runs 4.51).
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 100000.0
+    assert config["torch_dtype"] == "bfloat16"
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert "<|im_start|>" in tokenizer_config["chat_template"]
     files = model_files(folder)
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
     weights = summarize_weights(folder, files)
