@@ -443,6 +443,9 @@ class SageMakerBackend:
                         100,
                     )
             ep.status, ep.modified = "Updating", time.time()
+            for w in wanted:  # DescribeEndpoint shows the new desired count at once, as AWS does
+                if "DesiredInstanceCount" in w:
+                    pools[w["VariantName"]].desired = int(w["DesiredInstanceCount"])
         threading.Thread(
             target=self._scale, args=(ep, pools, wanted), name=f"{ep.name}-scale", daemon=True
         ).start()
