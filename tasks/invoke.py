@@ -27,6 +27,8 @@ CONTENT_TYPE = "application/jsonlines"
 # Prefect's shortest lease (renewed every 45 s while held): a killed run's slots return within
 # about a minute (lease + the server's 15 s repossessor loop), not the default five.
 SLOT_LEASE_S = 60
+FREE_POLL_S = 0.2
+ACQUIRE_AFTER_CHECK_S = 5.0
 THROTTLING_CODES = frozenset(
     {
         "Throttling",
@@ -293,6 +295,9 @@ class SlotPool:
         from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
         from prefect.concurrency.sync import concurrency
 
+        wait_s = self.acquire_timeout_s if timeout_s is None else timeout_s
+        if not self._wait_for_free(len(batch_ids), wait_s):
+            return False
         stack = ExitStack()
         try:
             stack.enter_context(
@@ -300,7 +305,7 @@ class SlotPool:
                     self.name,
                     occupy=len(batch_ids),
                     strict=True,
-                    timeout_seconds=self.acquire_timeout_s if timeout_s is None else timeout_s,
+                    timeout_seconds=max(wait_s, ACQUIRE_AFTER_CHECK_S),
                     raise_on_lease_renewal_failure=False,
                     lease_duration=SLOT_LEASE_S,
                 )
@@ -318,6 +323,28 @@ class SlotPool:
         self._waves[self._next] = (stack, set(batch_ids))
         self._next += 1
         return True
+
+    def _wait_for_free(self, n: int, wait_s: float) -> bool:
+        """Poll the limit until ``n`` slots are free (True) or ``wait_s`` passes (False).
+
+        Asking the server first keeps a contended acquire out of Prefect's polling back-off, which
+        also logs every timeout as an error; a missing limit falls through to the strict acquire.
+        """
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        deadline = time.monotonic() + wait_s
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    limit = client.read_global_concurrency_limit_by_name(self.name)
+                except ObjectNotFound:
+                    return True
+                if limit.active_slots + n <= limit.limit:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(FREE_POLL_S)
 
     def release_done(self, is_done: Callable[[str], bool]) -> int:
         """Give back every lease whose batches are all done; returns the slots released."""

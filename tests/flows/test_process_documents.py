@@ -347,3 +347,42 @@ def test_bad_rows_are_reported_with_their_reasons(
     rejected = table[table["status"] == "rejected"]
     assert rejected["reason"].str.len().min() > 0
     assert any("duplicate" in r for r in rejected["reason"])
+
+
+@pytest.mark.soak
+def test_ten_thousand_documents(deployed: Callable[..., str], tmp_path: Path) -> None:
+    """10,000 documents through the echo model: a few hundred task runs, not one per document."""
+    import resource
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.process_documents import process_documents
+
+    path = deployed(cap=16, slots=8)
+    write_corpus(tmp_path / "big.jsonl", 10_000)
+    started = time.monotonic()
+    state = process_documents(
+        corpus=str(tmp_path / "big.jsonl"),
+        profile=path,
+        batch_size=32,
+        max_new_tokens=8,
+        return_state=True,
+    )
+    wall = time.monotonic() - started
+    result = state.result()
+    table = read_table(result, path)
+    assert_ledger(result, table, 10_000)
+    assert result["completed"] == 10_000
+    runs: list[Any] = []
+    flow_runs = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        while page := client.read_task_runs(flow_run_filter=flow_runs, limit=200, offset=len(runs)):
+            runs += page
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"\n10k documents: wall {wall:.1f} s, {len(runs)} task runs, {result['batches']} batches, "
+        f"{result['fanout']['waves']} waves, peak RSS of the test process {peak_mib:.0f} MiB"
+    )
+    assert len(runs) <= 300
