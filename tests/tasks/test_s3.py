@@ -88,6 +88,18 @@ def test_progress_logs_lines_when_not_a_terminal(caplog: pytest.LogCaptureFixtur
     assert lines[-1] == "upload x: 1000 of 1000 bytes (100%)"
 
 
+def test_progress_draws_a_rich_bar_on_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test-progress-tty")
+    with caplog.at_level(logging.INFO, logger="test-progress-tty"):
+        with TransferProgress(300, "upload y", logger, interactive=True) as bar:
+            for _ in range(3):
+                bar(100)
+            assert bar._progress is not None
+            assert bar._progress.tasks[0].completed == 300
+        assert bar._progress is None  # stopped on exit
+    assert caplog.records == []  # the bar replaces log lines
+
+
 def test_head_object_is_none_for_a_missing_key(profile: Profile) -> None:
     s3 = aws_client("s3", profile)
     assert head_object(s3, profile.bucket, "nope/missing.bin") is None
