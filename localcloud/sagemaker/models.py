@@ -13,7 +13,7 @@ from localcloud.sagemaker.exceptions import ValidationException
 from localcloud.sagemaker.notifications import test_notification
 from localcloud.sagemaker.pool import VariantPool
 from localcloud.sagemaker.process import ContainerSpec, InstanceStartError
-from localcloud.sagemaker.runtime import Context, EndpointRuntime
+from localcloud.sagemaker.runtime import Context, EndpointRuntime, split_s3
 from localcloud.sagemaker.validation import (
     MODEL_NAME_PATTERN,
     check_instance_type,
@@ -150,12 +150,15 @@ class SageMakerBackend:
                 uri = check_s3_uri(
                     source.get("S3Uri"), "primaryContainer.modelDataSource.s3DataSource.s3Uri"
                 )
-                if source.get("S3DataType") == "S3Prefix" and not uri.endswith("/"):
+                prefix = source.get("S3DataType") == "S3Prefix"
+                if prefix and not uri.endswith("/"):
                     raise ValidationException(
                         f"S3Uri {uri} must end with '/' when S3DataType is S3Prefix (an uncompressed model prefix)."
                     )
+                self._check_model_data(uri, prefix)
             elif container.get("ModelDataUrl"):
-                check_s3_uri(container["ModelDataUrl"], "primaryContainer.modelDataUrl")
+                uri = check_s3_uri(container["ModelDataUrl"], "primaryContainer.modelDataUrl")
+                self._check_model_data(uri, prefix=False)
         with self._lock:
             if name in self.models:
                 raise ValidationException(
@@ -164,6 +167,25 @@ class SageMakerBackend:
             record = ModelRecord(name=name, arn=self.arn("model", name), spec=copy.deepcopy(req))
             self.models[name] = record
         return {"ModelArn": record.arn}
+
+    def _check_model_data(self, uri: str, prefix: bool) -> None:
+        """CreateModel fails, as on AWS, when the model data cannot be read."""
+        bucket, key = split_s3(uri)
+        try:
+            if prefix:
+                found = self.ctx.s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+                if not found.get("KeyCount"):
+                    raise FileNotFoundError(uri)
+            else:
+                self.ctx.s3.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise ValidationException(
+                f"Could not access model data at {uri}. Please ensure that the role exists and that "
+                "its trust relationship policy allows the action 'sts:AssumeRole' for the service "
+                "principal 'sagemaker.amazonaws.com'. Also ensure that the role has 's3:GetObject' "
+                f"permissions and that the object is located in {self.region}. (Upload the model "
+                "artifact before CreateModel.)"
+            ) from exc
 
     def describe_model(self, req: dict[str, Any]) -> dict[str, Any]:
         """DescribeModel."""

@@ -89,6 +89,14 @@ def test_error_shapes(profile: Profile) -> None:
         "Cannot create already existing model"
     )
 
+    no_data = _error(
+        sm.create_model,
+        ModelName=f"m-{uuid.uuid4().hex[:8]}",
+        PrimaryContainer={"Image": "i", "ModelDataUrl": profile.s3_uri("models/absent.tar.gz")},
+    )
+    assert no_data["Code"] == "ValidationException"
+    assert no_data["Message"].startswith("Could not access model data at s3://")
+
     bad_type = _error(
         sm.create_endpoint_config,
         EndpointConfigName=f"c-{uuid.uuid4().hex[:8]}",
