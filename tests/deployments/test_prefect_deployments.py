@@ -147,6 +147,12 @@ def test_deployment_ls_lists_every_deployment_and_the_nightly_schedule_is_active
     with prefect_api(stack.state.api_url), get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("process-documents/nightly")
         other = client.read_deployment_by_name("deploy-endpoint/local")
+        deployments = [client.read_deployment_by_name(name) for name in expected]
+    # The UI renders each deployment's parameters as a form, described from the docstrings.
+    for deployment in deployments:
+        properties = (deployment.parameter_openapi_schema or {}).get("properties", {})
+        undocumented = [k for k, v in properties.items() if not v.get("description")]
+        assert properties and not undocumented, (deployment.name, undocumented)
     assert [s.active for s in nightly.schedules] == [True]
     schedule = nightly.schedules[0].schedule
     assert getattr(schedule, "cron", None) == "0 2 * * *"
@@ -254,6 +260,18 @@ def _flow_run_and_artifacts(api_url: str, run_id: UUID) -> tuple[Any, list[Any]]
     return flow_run, artifacts
 
 
+def _warnings(api_url: str, run_id: UUID) -> list[str]:
+    """Messages logged at WARNING or above by the flow run (the UI shows them in its log)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+
+    with prefect_api(api_url), get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]), level=LogFilterLevel(ge_=30))
+        )
+    return [log.message for log in logs]
+
+
 def _upload_echo_model(stack: Stack) -> str:
     """The echo model.tar.gz in the stack's localcloud, written with the saved credentials block."""
     from localcloud.testing.artifacts import upload_echo_model
@@ -297,6 +315,12 @@ def test_deployment_run_processes_documents_to_completed_with_artifacts(
     with prefect_api(stack.state.api_url):
         result = flow_run.state.result()
     assert (result["completed"], result["failed"], result["rejected"]) == (4, 1, 1), result
+    # Some documents failed: the run still completes, with a warning that says so.
+    wait_until(
+        lambda: any("1 failed" in m for m in _warnings(stack.state.api_url, run_id)),
+        what="the run's warning about its failed document",
+        timeout_s=30,
+    )
     deploy_run, _ = _flow_run_and_artifacts(stack.state.api_url, deploy_id)
     assert deploy_run.state is not None and deploy_run.state.is_completed()
 
