@@ -88,9 +88,13 @@ def compute_ledger(
 ) -> Ledger:
     """Balance a run's books: ``input_ids`` are the valid ids, ``input_rows`` every row of the input."""
     statuses = Counter(table["status"].dropna())
-    ids = Counter(str(i) for i in table["doc_id"].dropna())
-    missing = sum(1 for doc_id in set(input_ids) if ids[doc_id] == 0)
-    extra = sum(n - 1 for n in ids.values() if n > 1)
+    # One row per input row (a rejected second use of an id is a row of its own), and at most
+    # one completed-or-failed row per valid id.
+    rows = Counter(int(r) for r in table["row"].dropna())
+    outcomes = Counter(str(i) for i in table.loc[table["status"] != "rejected", "doc_id"].dropna())
+    missing = sum(1 for doc_id in set(input_ids) if outcomes[doc_id] == 0)
+    extra = sum(n - 1 for n in rows.values() if n > 1)
+    extra += sum(n - 1 for n in outcomes.values() if n > 1)
     return Ledger(
         scenario=scenario,
         load=load,

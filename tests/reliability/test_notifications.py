@@ -57,7 +57,7 @@ def test_five_percent_of_notifications_dropped(
     dep = deploy_echo(cap=8)
     ids = write_corpus(tmp_path / "c.jsonl", 800)
     localcloud.faults.set(drop_notification_rate=0.05, seed=3)
-    out = run_flow(dep, tmp_path / "c.jsonl", batch_size=BATCH)
+    out = run_flow(dep, tmp_path / "c.jsonl", batch_size=BATCH, reconcile_every_s=2)
     dropped = localcloud.faults.counters()["dropped_notifications"]
     fanout = out.result["fanout"]
     ledger = ledger_of(
@@ -86,9 +86,9 @@ def test_queue_subscribed_only_after_50_invokes(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Load: 800 documents, 100 batches of 8; nothing reaches the run's queue until 50 invokes were accepted."""
+    """Load: 480 documents, 60 batches of 8; nothing reaches the run's queue until 50 invokes were accepted."""
     dep = deploy_echo(cap=8)
-    ids = write_corpus(tmp_path / "c.jsonl", 800)
+    ids = write_corpus(tmp_path / "c.jsonl", 480)
     # A late subscription: every notification published before the 50th accepted invoke is lost.
     localcloud.faults.set(drop_notification_rate=1.0)
     accepted = probe.on_received
@@ -99,12 +99,12 @@ def test_queue_subscribed_only_after_50_invokes(
             localcloud.faults.set(drop_notification_rate=0.0)
 
     monkeypatch.setattr(probe, "on_received", subscribe_late)
-    out = run_flow(dep, tmp_path / "c.jsonl", batch_size=BATCH)
+    out = run_flow(dep, tmp_path / "c.jsonl", batch_size=BATCH, reconcile_every_s=2)
     dropped = localcloud.faults.counters()["dropped_notifications"]
     fanout = out.result["fanout"]
     ledger = ledger_of(
         "late subscription (after 50 invokes)",
-        "800 docs / 100 batches, notifications lost until invoke #50",
+        "480 docs / 60 batches, notifications lost until invoke #50",
         out,
         ids,
         localcloud=localcloud,
@@ -114,6 +114,6 @@ def test_queue_subscribed_only_after_50_invokes(
     )
     assert dropped >= 40, "most of the first 50 results finished before the subscription"
     assert ledger.balanced, ledger.line()
-    assert ledger.completed == 800
+    assert ledger.completed == 480
     assert fanout["reconciled"] >= dropped
-    assert out.result["invocations"] == 100 and probe.accepted == 100
+    assert out.result["invocations"] == 60 and probe.accepted == 60
