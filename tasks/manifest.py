@@ -179,7 +179,13 @@ def load_manifest(run_key: str, profile: Profile) -> RunManifest | None:
     try:
         body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "404"):
             return None
+        if code == "NoSuchBucket":
+            raise ManifestError(
+                f"bucket {bucket!r} (the profile's `bucket`) does not exist; create it or set "
+                "`bucket` in the profile to one docflow may write to"
+            ) from exc
         raise
     return RunManifest.from_json(body)
