@@ -12,6 +12,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from localcloud.control import ControlApp
 from localcloud.dispatch import Dispatcher
 from localcloud.faults import Faults
+from localcloud.iam_auth import IamGuard
 from localcloud.stats import Stats
 
 ACCESS_KEY = "localcloud"
@@ -33,7 +34,12 @@ class LocalCloud:
     """The embedded AWS: start it, point boto3 at ``.url`` (see ``.environment()``), stop it."""
 
     def __init__(
-        self, port: int = 0, host: str = "127.0.0.1", region: str = "us-east-1", seed: int = 0
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        region: str = "us-east-1",
+        seed: int = 0,
+        enforce_iam: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -43,6 +49,8 @@ class LocalCloud:
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._sagemaker: Any = None
+        # IAM enforcement (off by default): ``.iam.enabled = True`` or ``with .iam.enforced():``.
+        self.iam = IamGuard(_unavailable, root_access_key=ACCESS_KEY, enabled=enforce_iam)
 
     @property
     def url(self) -> str:
@@ -78,8 +86,9 @@ class LocalCloud:
             sagemaker=_unavailable,
             control=ControlApp(self.faults, self.stats, self.instances),
         )
+        self.iam.app = dispatcher
         server = make_server(
-            self.host, self.port, dispatcher, threaded=True, request_handler=_quiet_handler()
+            self.host, self.port, self.iam, threaded=True, request_handler=_quiet_handler()
         )
         self._server = server
         self._sagemaker = SageMakerService(
