@@ -26,12 +26,13 @@ SPEC_ENV = "LOCALCLOUD_INSTANCE"
 FAULT_HEADER = "X-Localcloud-Fault"
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int, model_dir: Path) -> None:
     """Exit when the emulator process goes away (polling: PR_SET_PDEATHSIG fires on the spawning *thread*'s exit)."""
 
     def watch() -> None:
         while True:
             if os.getppid() != parent_pid:
+                shutil.rmtree(model_dir, ignore_errors=True)
                 os._exit(0)
             time.sleep(0.5)
 
@@ -129,8 +130,9 @@ def main() -> int:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # the model's own prints go to stderr, never into the protocol stream
     spec = json.loads(os.environ[SPEC_ENV])
-    _die_with_parent(int(spec["parent_pid"]))
-    model_dir = Path(tempfile.mkdtemp(prefix="localcloud-model-"))
+    model_dir = Path(spec.get("model_dir") or tempfile.mkdtemp(prefix="localcloud-model-"))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _die_with_parent(int(spec["parent_pid"]), model_dir)
     try:
         from localcloud.sagemaker.handler import Handler, load_module
 

@@ -6,8 +6,10 @@ import http.client
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,8 @@ class InstanceProcess:
         self.variant = variant
         self.port: int | None = None
         self.dead = threading.Event()
+        # The emulator owns the model directory, so it is removed even when the instance is killed.
+        self.model_dir = tempfile.mkdtemp(prefix="localcloud-model-")
         env = dict(os.environ)
         env.update(aws_env)
         env.update(container.environment)
@@ -61,6 +65,7 @@ class InstanceProcess:
                 "model_data_url": container.model_data_url,
                 "s3_prefix": container.s3_prefix,
                 "parent_pid": os.getpid(),
+                "model_dir": self.model_dir,
             }
         )
         self.proc = subprocess.Popen(
@@ -157,3 +162,4 @@ class InstanceProcess:
                 self.proc.wait(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        shutil.rmtree(self.model_dir, ignore_errors=True)
