@@ -6,13 +6,20 @@ import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from localcloud.sagemaker.exceptions import ValidationException
 from localcloud.sagemaker.notifications import test_notification
 from localcloud.sagemaker.pool import VariantPool
-from localcloud.sagemaker.process import ContainerSpec, InstanceStartError
+from localcloud.sagemaker.process import InstanceStartError
+from localcloud.sagemaker.records import (
+    ACCOUNT_ID,
+    ConfigRecord,
+    EndpointRecord,
+    ModelRecord,
+    container_spec,
+    page,
+)
 from localcloud.sagemaker.runtime import Context, EndpointRuntime, split_s3
 from localcloud.sagemaker.validation import (
     MODEL_NAME_PATTERN,
@@ -24,69 +31,7 @@ from localcloud.sagemaker.validation import (
 
 log = logging.getLogger(__name__)
 
-ACCOUNT_ID = "123456789012"
-DEFAULT_MAX_CONCURRENT = 4
-
-
-@dataclass
-class ModelRecord:
-    """A CreateModel request, as stored."""
-
-    name: str
-    arn: str
-    spec: dict[str, Any]
-    created: float = field(default_factory=time.time)
-
-
-@dataclass
-class ConfigRecord:
-    """A CreateEndpointConfig request, as stored."""
-
-    name: str
-    arn: str
-    spec: dict[str, Any]
-    created: float = field(default_factory=time.time)
-
-    @property
-    def async_config(self) -> dict[str, Any] | None:
-        """The AsyncInferenceConfig, if any."""
-        value = self.spec.get("AsyncInferenceConfig")
-        return value if isinstance(value, dict) else None
-
-    @property
-    def slots(self) -> int:
-        """MaxConcurrentInvocationsPerInstance (or the default)."""
-        client = (self.async_config or {}).get("ClientConfig") or {}
-        return int(client.get("MaxConcurrentInvocationsPerInstance") or DEFAULT_MAX_CONCURRENT)
-
-
-@dataclass
-class EndpointRecord:
-    """An endpoint: its state, current config and live runtime."""
-
-    name: str
-    arn: str
-    config: ConfigRecord
-    runtime: EndpointRuntime
-    status: str = "Creating"
-    failure_reason: str | None = None
-    pending: ConfigRecord | None = None
-    pending_since: float | None = None
-    created: float = field(default_factory=time.time)
-    modified: float = field(default_factory=time.time)
-
-
-def _container_spec(model: ModelRecord) -> ContainerSpec:
-    container = model.spec.get("PrimaryContainer") or (model.spec.get("Containers") or [{}])[0]
-    env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
-    source = (container.get("ModelDataSource") or {}).get("S3DataSource") or {}
-    if source:
-        if source.get("S3DataType") == "S3Prefix" and source.get("CompressionType") == "None":
-            return ContainerSpec(model_data_url=None, s3_prefix=source["S3Uri"], environment=env)
-        return ContainerSpec(model_data_url=source["S3Uri"], s3_prefix=None, environment=env)
-    return ContainerSpec(
-        model_data_url=container.get("ModelDataUrl"), s3_prefix=None, environment=env
-    )
+__all__ = ["ACCOUNT_ID", "EndpointRecord", "SageMakerBackend"]
 
 
 class SageMakerBackend:
@@ -217,7 +162,7 @@ class SageMakerBackend:
                 {"ModelName": m.name, "ModelArn": m.arn, "CreationTime": m.created}
                 for m in self.models.values()
             ]
-        return _page(rows, req, "Models", "ModelName")
+        return page(rows, req, "Models", "ModelName")
 
     # --- endpoint configs ------------------------------------------------------------------------
 
@@ -314,7 +259,7 @@ class SageMakerBackend:
                 }
                 for c in self.configs.values()
             ]
-        return _page(rows, req, "EndpointConfigs", "EndpointConfigName")
+        return page(rows, req, "EndpointConfigs", "EndpointConfigName")
 
     # --- endpoints -------------------------------------------------------------------------------
 
@@ -348,7 +293,7 @@ class SageMakerBackend:
                 vname = variant["VariantName"]
                 pool = VariantPool(
                     variant=vname,
-                    container=_container_spec(self.get_model(variant["ModelName"])),
+                    container=container_spec(self.get_model(variant["ModelName"])),
                     instance_type=variant["InstanceType"],
                     slots=config.slots,
                     queue=ep.runtime.queue,
@@ -577,7 +522,7 @@ class SageMakerBackend:
                 for e in self.endpoints.values()
                 if not req.get("StatusEquals") or e.status == req["StatusEquals"]
             ]
-        return _page(rows, req, "Endpoints", "EndpointName")
+        return page(rows, req, "Endpoints", "EndpointName")
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -595,19 +540,3 @@ class SageMakerBackend:
         with self._lock:
             endpoints = [e for e in self.endpoints.values() if endpoint_name in (None, e.name)]
         return [pid for e in endpoints for pid in e.runtime.pids()]
-
-
-def _page(
-    rows: list[dict[str, Any]], req: dict[str, Any], key: str, name_field: str
-) -> dict[str, Any]:
-    """NameContains, SortBy (Name | CreationTime), SortOrder, MaxResults and NextToken, as List* do."""
-    if req.get("NameContains"):
-        rows = [r for r in rows if str(req["NameContains"]).lower() in r[name_field].lower()]
-    sort_key = name_field if req.get("SortBy") == "Name" else "CreationTime"
-    rows.sort(key=lambda r: r[sort_key], reverse=req.get("SortOrder", "Descending") == "Descending")
-    start = int(req.get("NextToken") or 0)
-    size = int(req.get("MaxResults") or 100)
-    out: dict[str, Any] = {key: rows[start : start + size]}
-    if start + size < len(rows):
-        out["NextToken"] = str(start + size)
-    return out
