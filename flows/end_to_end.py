@@ -133,27 +133,34 @@ def print_summary(result: dict[str, Any], results_dir: Path | None) -> None:
             rows = Table(title="first results")
             for column in ("doc_id", "status", "text"):
                 rows.add_column(column, overflow="fold")
-            for _, row in frame.head(10).iterrows():
-                text = str(row.get("text") or row.get("reason") or "")
-                rows.add_row(str(row.get("doc_id")), str(row.get("status")), text[:160])
+            for record in frame.head(10).to_dict(orient="records"):
+                text = record.get("text") if record.get("status") == "completed" else None
+                shown = text if isinstance(text, str) else str(record.get("reason") or "")
+                rows.add_row(str(record.get("doc_id")), str(record.get("status")), shown[:160])
             console.print(rows)
     console.print(f"results: {result.get('results_uri')}")
     if results_dir is not None:
         console.print(f"local copy: {results_dir.resolve()}")
 
 
-def run_demo(corpus: str = "datasets/sample", profile: str = "local") -> int:
+def run_demo(
+    corpus: str = "datasets/sample",
+    profile: str = "local",
+    model_source: str = "smollm2",
+    results_dir: str = DEMO_RESULTS_DIR,
+) -> int:
     """`docflow demo`: end_to_end on localcloud with the local default model; results in ./results/."""
-    results_dir = Path(DEMO_RESULTS_DIR)
+    out = Path(results_dir)
     with ExitStack() as stack:
         _start_localcloud(stack)
         _ensure_bucket(profile)
-        result = end_to_end(corpus=corpus, profile=profile, output_dir=str(results_dir))
-        if results_dir.exists():
-            summary = result.get("summary_uri")
-            if summary:
-                _copy_summary(profile, summary, results_dir)
-        print_summary(result, results_dir)
+        result = end_to_end(
+            corpus=corpus, profile=profile, model_source=model_source, output_dir=str(out)
+        )
+        summary = result.get("summary_uri")
+        if summary and out.exists():
+            _copy_summary(profile, summary, out)
+        print_summary(result, out)
     return 0
 
 
