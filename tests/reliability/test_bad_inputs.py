@@ -63,6 +63,8 @@ def test_bad_rows_are_rejected_with_reasons_and_the_rest_completes(
     assert ledger.completed == GOOD and ledger.rejected == 5 and ledger.failed == 0
     rejected = out.table[out.table["status"] == "rejected"]
     reasons = list(rejected["reason"])
+    for row, reason in zip(rejected["row"], reasons, strict=True):
+        print(f"[rejected] row {row}: {reason}")
     by_id = dict(zip(rejected["doc_id"].fillna(""), rejected["reason"], strict=True))
 
     def one(*needles: str) -> str:
