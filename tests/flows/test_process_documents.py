@@ -134,6 +134,16 @@ def test_happy_path(deployed: Callable[..., str], tmp_path: Path, localcloud: An
     assert (tmp_path / "out" / "results.parquet").exists()
     manifest = load_manifest(result["run_key"], load_profile(path))
     assert manifest is not None and manifest.is_done()
+    # What the user sees in Prefect: progress (finished), a results table, the markdown summary.
+    from prefect.artifacts import Artifact
+
+    key = f"docflow-{result['run_key']}"
+    progress = Artifact.get(f"{key}-progress")
+    assert progress is not None and float(progress.data) == 100.0
+    summary = Artifact.get(f"{key}-summary")
+    assert summary is not None and "40" in str(summary.data)
+    rows = Artifact.get(f"{key}-results")
+    assert rows is not None and "doc-00000" in str(rows.data)
     # The run's queue and subscriptions are gone.
     queues = aws_client("sqs", load_profile(path)).list_queues(QueueNamePrefix="docflow-")
     assert not [u for u in queues.get("QueueUrls", []) if result["run_key"] in u]
