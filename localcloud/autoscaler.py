@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localcloud.faults import Faults
-from localcloud.sagemaker.models import SageMakerBackend
+from localcloud.sagemaker.models import ACCOUNT_ID, SageMakerBackend
 from localcloud.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,16 @@ class Backlog:
             "ApproximateBacklogSizePerInstance": self.per_instance,
             "HasBacklogWithoutCapacity": self.without_capacity,
         }.get(name)
+
+
+def _may_have_targets(region: str) -> bool:
+    """Cheap in-process look at moto's store, so an idle localcloud makes no API calls (best effort)."""
+    try:
+        from moto.applicationautoscaling.models import applicationautoscaling_backends
+
+        return bool(applicationautoscaling_backends[ACCOUNT_ID][region].targets.get(DIMENSION))
+    except Exception:
+        return True
 
 
 @dataclass
@@ -141,7 +151,7 @@ class Autoscaler:
             endpoints = {
                 name: ep for name, ep in self.backend.endpoints.items() if ep.status == "InService"
             }
-        if not endpoints:
+        if not endpoints or not _may_have_targets(self.backend.region):
             return
         targets = self.aas.describe_scalable_targets(ServiceNamespace=NAMESPACE)["ScalableTargets"]
         targets = [t for t in targets if t["ScalableDimension"] == DIMENSION]
