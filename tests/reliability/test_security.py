@@ -322,3 +322,42 @@ def test_no_secret_in_logs_or_artifacts(
         assert secret_attribute.split("token=")[1] not in text, (
             f"CustomAttributes appear in {where}"
         )
+
+
+def test_orchestrator_policy_alone_deploys_and_tears_down(
+    profile: Profile, localcloud: Any, tmp_path: Path
+) -> None:
+    """Deploy (execution role, topics, model, config, endpoint, autoscaling, alarm), run 8 documents, tear
+    down: all signed by the orchestrator user; only the bucket and the model upload use the root key."""
+    from flows.deploy_endpoint import deploy_endpoint
+    from flows.teardown_endpoint import teardown_endpoint
+    from localcloud.testing.artifacts import upload_echo_model
+    from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
+
+    prof = profile.model_copy(update={"max_outstanding_invocations": 4})
+    path = profile_file(prof, tmp_path)
+    url = upload_echo_model(prof, prof.bucket, key="models/echo/v1/model.tar.gz", version="1")
+    caller = make_user(prof, orchestrator_policy(prof))
+    ids = write_corpus(tmp_path / "c.jsonl", 8)
+    with acting_as(caller, localcloud):
+        deployed = deploy_endpoint(profile=path, model_data_url=url, **FAST_WAIT)
+        outcome = run_flow(
+            Deployment(prof, path, prof.endpoint_name, url, 4),
+            tmp_path / "c.jsonl",
+            batch_size=BATCH,
+            run_key=unique_run_key(),
+        )
+        removed = teardown_endpoint(profile=path, mode="delete", **FAST_WAIT)
+    print("deploy actions:", deployed["actions"], "teardown:", removed)
+    assert denials_for(localcloud, caller) == []
+    made = set(deployed["actions"])
+    assert {
+        "CreateRole",
+        "PutRolePolicy",
+        "CreateModel",
+        "CreateEndpoint",
+        "PutMetricAlarm",
+    } <= made
+    assert "RegisterScalableTarget" in made
+    assert {"DeleteEndpoint", "DeregisterScalableTarget", "DeleteAlarms"} <= set(removed["actions"])
+    assert outcome.result["completed"] == len(ids)
