@@ -15,6 +15,7 @@ from flows.package_model import package_model
 from flows.process_documents import process_documents
 
 DEMO_RESULTS_DIR = "results"
+DEMO_SERVER_STARTUP_S = 180
 
 
 @flow(name="end-to-end")
@@ -150,8 +151,20 @@ def run_demo(
     results_dir: str = DEMO_RESULTS_DIR,
 ) -> int:
     """`docflow demo`: end_to_end on localcloud with the local default model; results in ./results/."""
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
     out = Path(results_dir)
     with ExitStack() as stack:
+        # A first run migrates Prefect's database: give the embedded server more than 20 s.
+        if PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() < DEMO_SERVER_STARTUP_S:
+            stack.enter_context(
+                temporary_settings(
+                    {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: DEMO_SERVER_STARTUP_S}
+                )
+            )
         _start_localcloud(stack)
         _ensure_bucket(profile)
         result = end_to_end(

@@ -63,6 +63,7 @@ def prepare_manifest(
     """Load the run's manifest to resume it, or batch the corpus, stage the payloads and save a new one."""
     existing = load_manifest(run_key, profile)
     if existing is not None:
+        check_resumable(existing, corpus, target.endpoint)
         return existing, True
     payloads, rejected = make_batches(
         corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
@@ -80,6 +81,19 @@ def prepare_manifest(
         stage_payloads(profile, [staged_input(profile, run_key, p) for p in group])
     save_manifest(manifest, profile)
     return manifest, False
+
+
+def check_resumable(manifest: RunManifest, corpus: Corpus, endpoint: str) -> None:
+    """A run key names one corpus on one endpoint: refuse to resume it with different inputs."""
+    batched = {d for r in manifest.batches.values() if r.parent is None for d in r.doc_ids}
+    accepted = {d.doc_id for d in corpus.documents}
+    inputs = len(batched) + len(manifest.rejected)
+    if manifest.endpoint != endpoint or not batched <= accepted or inputs != corpus.size:
+        raise ValueError(
+            f"run key {manifest.run_key!r} belongs to another run ({inputs} input rows on endpoint "
+            f"{manifest.endpoint!r}; this corpus has {corpus.size} rows for {endpoint!r}): pass a "
+            "new run_key, or leave it out to derive one from the inputs"
+        )
 
 
 @task(name="open-run-queue", cache_policy=NO_CACHE)

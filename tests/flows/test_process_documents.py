@@ -350,13 +350,17 @@ def test_bad_rows_are_reported_with_their_reasons(
     ]
     corpus = tmp_path / "bad.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
-    result, table = run(path, corpus, batch_size=4)
+    result, table = run(path, corpus, batch_size=4, run_key="badrows")
     assert_ledger(result, table, 7)
     assert result["completed"] == 2
     assert result["rejected"] == 5
     rejected = table[table["status"] == "rejected"]
     assert rejected["reason"].str.len().min() > 0
     assert any("duplicate" in r for r in rejected["reason"])
+    # A run key names one corpus: reusing it for other inputs is refused, not silently mixed.
+    write_corpus(tmp_path / "other.jsonl", 3)
+    with pytest.raises(ValueError, match="belongs to another run"):
+        run(path, tmp_path / "other.jsonl", batch_size=4, run_key="badrows")
 
 
 @pytest.mark.soak
