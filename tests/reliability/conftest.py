@@ -55,6 +55,7 @@ class EndpointProbe:
         self._lock = threading.Lock()
 
     def on_received(self, endpoint: str) -> None:
+        """localcloud accepted an invocation into ``endpoint``'s queue."""
         if endpoint != self.endpoint:
             return
         with self._lock:
@@ -62,6 +63,7 @@ class EndpointProbe:
             self.max_outstanding = max(self.max_outstanding, self.accepted - self.finished)
 
     def on_finished(self, endpoint: str, ran: bool = True) -> None:
+        """An invocation of ``endpoint`` ended (``ran``: on an instance, not expired in the queue)."""
         if endpoint != self.endpoint:
             return
         with self._lock:
@@ -70,6 +72,7 @@ class EndpointProbe:
 
     @property
     def outstanding(self) -> int:
+        """Accepted and not yet finished, now."""
         with self._lock:
             return self.accepted - self.finished
 
@@ -131,7 +134,13 @@ def deploy_echo(
         url = upload_echo_model(
             prof, prof.bucket, key=f"models/echo/v{version}/model.tar.gz", version=version
         )
-        deploy_endpoint(profile=path, model_data_url=url, environment=environment, **FAST_WAIT)
+        deploy_endpoint(
+            profile=path,
+            model_data_url=url,
+            environment=environment,
+            wait_delay_s=FAST_WAIT["wait_delay_s"],
+            wait_max_attempts=FAST_WAIT["wait_max_attempts"],
+        )
         return Deployment(prof, path, prof.endpoint_name, url, cap)
 
     return deploy
