@@ -87,9 +87,12 @@ class LocalCloud:
             control=ControlApp(self.faults, self.stats, self.instances),
         )
         self.iam.app = dispatcher
-        server = make_server(
-            self.host, self.port, self.iam, threaded=True, request_handler=_quiet_handler()
-        )
+        try:
+            server = make_server(
+                self.host, self.port, self.iam, threaded=True, request_handler=_quiet_handler()
+            )
+        except SystemExit as exc:  # werkzeug exits (instead of raising) when the port is taken
+            raise OSError(f"cannot listen on {self.host}:{self.port}: address in use") from exc
         self._server = server
         self._sagemaker = SageMakerService(
             url=self.url,

@@ -89,3 +89,15 @@ def test_server_stops_with_its_instances(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_busy_port_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from localcloud.server import serve_forever
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert serve_forever("127.0.0.1", busy.getsockname()[1]) == 1
+    assert "pick a free port with --port" in capsys.readouterr().err
