@@ -435,9 +435,9 @@ class IamGuard:
         if scope is not None and scope[0] == self.root_access_key:
             return self.app(environ, start_response)
         body = b""
-        if scope is None or scope[3].lower() != "s3":
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length and (scope is None or scope[3].lower() != "s3"):
+            body = environ["wsgi.input"].read(length)
             environ["wsgi.input"] = BytesIO(body)
         denied = self.authorize(environ, body)
         if denied is not None:

@@ -332,7 +332,7 @@ def test_orchestrator_policy_alone_deploys_and_tears_down(
     from flows.deploy_endpoint import deploy_endpoint
     from flows.teardown_endpoint import teardown_endpoint
     from localcloud.testing.artifacts import upload_echo_model
-    from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
+    from tests.flows.endpoint_helpers import profile_file
 
     prof = profile.model_copy(update={"max_outstanding_invocations": 4})
     path = profile_file(prof, tmp_path)
@@ -340,14 +340,18 @@ def test_orchestrator_policy_alone_deploys_and_tears_down(
     caller = make_user(prof, orchestrator_policy(prof))
     ids = write_corpus(tmp_path / "c.jsonl", 8)
     with acting_as(caller, localcloud):
-        deployed = deploy_endpoint(profile=path, model_data_url=url, **FAST_WAIT)
+        deployed = deploy_endpoint(
+            profile=path, model_data_url=url, wait_delay_s=1, wait_max_attempts=120
+        )
         outcome = run_flow(
             Deployment(prof, path, prof.endpoint_name, url, 4),
             tmp_path / "c.jsonl",
             batch_size=BATCH,
             run_key=unique_run_key(),
         )
-        removed = teardown_endpoint(profile=path, mode="delete", **FAST_WAIT)
+        removed = teardown_endpoint(
+            profile=path, mode="delete", wait_delay_s=1, wait_max_attempts=120
+        )
     print("deploy actions:", deployed["actions"], "teardown:", removed)
     assert denials_for(localcloud, caller) == []
     made = set(deployed["actions"])
@@ -361,3 +365,54 @@ def test_orchestrator_policy_alone_deploys_and_tears_down(
     assert "RegisterScalableTarget" in made
     assert {"DeleteEndpoint", "DeregisterScalableTarget", "DeleteAlarms"} <= set(removed["actions"])
     assert outcome.result["completed"] == len(ids)
+
+
+def test_enforcement_rejects_bad_credentials_and_honours_explicit_deny(
+    profile: Profile, localcloud: Any
+) -> None:
+    """Wrong secret, unknown key, unsigned request, explicit Deny: each refused with AWS's code."""
+    import urllib.request
+
+    import boto3
+    from botocore.exceptions import ClientError
+
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+            {
+                "Effect": "Deny",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{profile.bucket}/private/*",
+            },
+        ],
+    }
+    caller = make_user(profile, policy)
+    aws_client("s3", profile).put_object(Bucket=profile.bucket, Key="private/a", Body=b"x")
+
+    def s3(key_id: str, secret: str) -> Any:
+        session = boto3.session.Session(key_id, secret, region_name=profile.region)
+        return session.client("s3", endpoint_url=localcloud.url)
+
+    def code(call: Any) -> tuple[str, str]:
+        with pytest.raises(ClientError) as info:
+            call()
+        return info.value.response["Error"]["Code"], info.value.response["Error"]["Message"]
+
+    with localcloud.iam.enforced():
+        good = s3(caller.access_key_id, caller.secret_access_key)
+        good.put_object(Bucket=profile.bucket, Key="public/a", Body=b"x")
+        assert good.get_object(Bucket=profile.bucket, Key="public/a")["Body"].read() == b"x"
+        denied = code(lambda: good.get_object(Bucket=profile.bucket, Key="private/a"))
+        assert denied[0] == "AccessDenied" and "explicit deny" in denied[1], denied
+        assert "s3:GetObject" in denied[1]
+        wrong = s3(caller.access_key_id, "not-the-secret")
+        assert code(lambda: wrong.list_buckets())[0] == "SignatureDoesNotMatch"
+        unknown = s3("AKIAUNKNOWNUNKNOWN00", "whatever")
+        assert code(lambda: unknown.list_buckets())[0] == "InvalidAccessKeyId"
+        with pytest.raises(urllib.error.HTTPError) as unsigned:
+            urllib.request.urlopen(f"{localcloud.url}/{profile.bucket}/public/a", timeout=10)
+        assert unsigned.value.code == 403
+        assert b"MissingAuthenticationToken" in unsigned.value.read()
+    # Off again: nothing is checked, not even the signature.
+    assert wrong.get_object(Bucket=profile.bucket, Key="private/a")["Body"].read() == b"x"
