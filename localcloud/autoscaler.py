@@ -66,12 +66,21 @@ class Backlog:
         }.get(name)
 
 
-def _may_have_targets(region: str) -> bool:
+def endpoint_of(resource_id: str) -> tuple[str, str] | None:
+    """(endpoint, variant) of ``endpoint/<name>/variant/<variant>``, else None."""
+    parts = str(resource_id).split("/")
+    if len(parts) != 4 or parts[0] != "endpoint" or parts[2] != "variant":
+        return None
+    return parts[1], parts[3]
+
+
+def _may_have_targets(region: str, endpoints: set[str]) -> bool:
     """Cheap in-process look at moto's store, so an idle localcloud makes no API calls (best effort)."""
     try:
         from moto.applicationautoscaling.models import applicationautoscaling_backends
 
-        return bool(applicationautoscaling_backends[ACCOUNT_ID][region].targets.get(DIMENSION))
+        targets = applicationautoscaling_backends[ACCOUNT_ID][region].targets.get(DIMENSION) or {}
+        return any((endpoint_of(rid) or ("",))[0] in endpoints for rid in targets)
     except Exception:
         return True
 
@@ -151,10 +160,15 @@ class Autoscaler:
             endpoints = {
                 name: ep for name, ep in self.backend.endpoints.items() if ep.status == "InService"
             }
-        if not endpoints or not _may_have_targets(self.backend.region):
+        if not endpoints or not _may_have_targets(self.backend.region, set(endpoints)):
             return
         targets = self.aas.describe_scalable_targets(ServiceNamespace=NAMESPACE)["ScalableTargets"]
-        targets = [t for t in targets if t["ScalableDimension"] == DIMENSION]
+        targets = [
+            t
+            for t in targets
+            if t["ScalableDimension"] == DIMENSION
+            and (endpoint_of(t["ResourceId"]) or ("",))[0] in endpoints
+        ]
         if not targets:
             return
         policies = self.aas.describe_scaling_policies(ServiceNamespace=NAMESPACE)["ScalingPolicies"]
@@ -162,10 +176,10 @@ class Autoscaler:
         stats = self.stats.snapshot()
         publish = time.monotonic() - self._last_metrics >= METRICS_EVERY_S
         for target in targets:
-            parts = target["ResourceId"].split("/")
-            if len(parts) != 4 or parts[0] != "endpoint" or parts[2] != "variant":
+            found = endpoint_of(target["ResourceId"])
+            if found is None:
                 continue
-            name, variant = parts[1], parts[3]
+            name, variant = found
             ep = endpoints.get(name)
             pool = ep.runtime.pools.get(variant) if ep else None
             if pool is None:

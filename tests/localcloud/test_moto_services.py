@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import boto3
@@ -47,8 +48,9 @@ def test_unmodified_boto3_from_environment(localcloud: Any) -> None:
     # No endpoint_url argument: AWS_ENDPOINT_URL from the fixture's environment routes it.
     assert boto3.client("sts").get_caller_identity()["Account"] == "123456789012"
     iam = boto3.client("iam")
-    iam.create_role(RoleName="lc-test-role", AssumeRolePolicyDocument="{}")
-    assert iam.get_role(RoleName="lc-test-role")["Role"]["RoleName"] == "lc-test-role"
+    role = f"lc-test-role-{uuid.uuid4().hex[:6]}"
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument="{}")
+    assert iam.get_role(RoleName=role)["Role"]["RoleName"] == role
     cw = boto3.client("cloudwatch")
     cw.put_metric_alarm(
         AlarmName="lc-test-alarm",
@@ -71,6 +73,11 @@ def test_unmodified_boto3_from_environment(localcloud: Any) -> None:
     )
     targets = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
     assert any(t["ResourceId"] == "endpoint/lc-test/variant/AllTraffic" for t in targets)
+    aas.deregister_scalable_target(
+        ServiceNamespace="sagemaker",
+        ResourceId="endpoint/lc-test/variant/AllTraffic",
+        ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+    )
 
 
 def test_control_api_health_and_faults(localcloud: Any) -> None:
