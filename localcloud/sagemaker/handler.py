@@ -54,8 +54,9 @@ def default_output_fn(prediction: Any, accept: str | None) -> bytes:
     if isinstance(prediction, str):
         return prediction.encode("utf-8")
     media = _media(accept)
-    if media in JSONLINES_TYPES and isinstance(prediction, list):
-        return "".join(json.dumps(row) + "\n" for row in prediction).encode("utf-8")
+    if media in JSONLINES_TYPES:
+        rows = prediction if isinstance(prediction, list) else [prediction]
+        return "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8")
     if media in JSON_TYPES or media == "*/*":
         return json.dumps(prediction).encode("utf-8")
     raise UnsupportedFormatError(
