@@ -13,9 +13,11 @@ against resource ``*``; see docs/security.md for what it covers.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wrappers import Response
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+log = logging.getLogger(__name__)
 
 ACCOUNT_ID = "123456789012"
 PASS_THROUGH = ("/_localcloud/", "/moto-api/")
@@ -412,9 +415,27 @@ class IamGuard:
     def __init__(self, app: WSGIApp, *, root_access_key: str, enabled: bool = False) -> None:
         self.app = app
         self.root_access_key = root_access_key
-        self.enabled = enabled
         self.denials: deque[str] = deque(maxlen=200)
         self._lock = threading.Lock()
+        self._enabled = False
+        self.enabled = enabled
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests are checked (and SNS deliveries honour queue policies)."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        if value:
+            _install_delivery_check()
+            _GUARDS.add(self)
+        self._enabled = bool(value)
+
+    def record(self, message: str) -> None:
+        """Keep a denial message (the last 200) for tests and debugging."""
+        with self._lock:
+            self.denials.append(message)
 
     @contextmanager
     def enforced(self) -> Iterator[IamGuard]:
@@ -517,6 +538,63 @@ class IamGuard:
         return None
 
     def _deny(self, target: Target | None, code: str, message: str, status: int) -> Response:
-        with self._lock:
-            self.denials.append(f"{code}: {message}")
+        self.record(f"{code}: {message}")
         return error_response(target, code, message, status)
+
+
+# --- SNS -> SQS delivery honours the queue policy ------------------------------------------------
+
+_GUARDS: weakref.WeakSet[IamGuard] = weakref.WeakSet()
+_install_lock = threading.Lock()
+
+
+def delivery_allowed(queue_policy: str | None, queue_arn: str, topic_arn: str) -> bool:
+    """Whether a queue policy lets SNS deliver ``topic_arn``'s messages (no policy: it does not)."""
+    if not queue_policy:
+        return False
+    context = {"aws:SourceArn": topic_arn, "aws:SourceAccount": topic_arn.split(":")[4]}
+    verdict = evaluate(
+        queue_policy, "sqs:SendMessage", queue_arn, context, {"Service": "sns.amazonaws.com"}
+    )
+    return verdict is Decision.ALLOW
+
+
+def _sqs_delivery_allowed(subscription: Any) -> bool:
+    """moto delivers SNS -> SQS regardless of the queue policy; while a guard enforces, check it."""
+    enforcing = [g for g in list(_GUARDS) if g.enabled]
+    if not enforcing or subscription.protocol != "sqs":
+        return True
+    from moto.sqs.models import sqs_backends
+
+    _, _, _, region, account, name = subscription.endpoint.split(":", 5)
+    try:
+        queue = sqs_backends[account][region].get_queue(name)
+    except Exception:
+        return True  # moto reports the missing queue its own way
+    if delivery_allowed(queue.policy, queue.queue_arn, subscription.topic.arn):
+        return True
+    message = (
+        f"SNS did not deliver from {subscription.topic.arn} to {queue.queue_arn}: the queue policy "
+        "does not allow sns.amazonaws.com to sqs:SendMessage with that aws:SourceArn"
+    )
+    log.warning("localcloud: %s", message)
+    for guard in enforcing:
+        guard.record(f"AccessDenied: {message}")
+    return False
+
+
+def _install_delivery_check() -> None:
+    """Wrap moto's ``Subscription.publish`` once per process; a no-op while no guard enforces."""
+    from moto.sns.models import Subscription
+
+    with _install_lock:
+        if getattr(Subscription.publish, "_localcloud_checked", False):
+            return
+        original = Subscription.publish
+
+        def publish(self: Any, *args: Any, **kwargs: Any) -> None:
+            if _sqs_delivery_allowed(self):
+                original(self, *args, **kwargs)
+
+        publish._localcloud_checked = True  # type: ignore[attr-defined]
+        Subscription.publish = publish  # type: ignore[method-assign]

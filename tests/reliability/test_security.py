@@ -184,7 +184,8 @@ def test_each_statement_is_needed(
 
 
 def test_run_queue_admits_only_the_endpoint_topics(profile: Profile, localcloud: Any) -> None:
-    """The run queue's policy (as tasks/notifications.py writes it) evaluated for SNS deliveries."""
+    """The run queue's policy (as tasks/notifications.py writes it) admits SNS from the endpoint's
+    two topics only: evaluated directly, and honoured on delivery while IAM is enforced."""
     sns = aws_client("sns", profile)
     name = profile.endpoint_name
     success = sns.create_topic(Name=f"{name}-success")["TopicArn"]
@@ -223,6 +224,35 @@ def test_run_queue_admits_only_the_endpoint_topics(profile: Profile, localcloud:
             assert evaluate(policy, "sqs:ReceiveMessage", arn, {"aws:SourceArn": success}, SNS) is (
                 Decision.NEUTRAL
             )
+        # Delivery: subscribe the run queue to the foreign topic too (root may); while IAM is
+        # enforced the queue policy stops its messages, and the endpoint's topics still deliver.
+        foreign_sub = sns.subscribe(
+            TopicArn=foreign,
+            Protocol="sqs",
+            Endpoint=queue.queue_arn,
+            Attributes={"RawMessageDelivery": "true"},
+            ReturnSubscriptionArn=True,
+        )["SubscriptionArn"]
+        body = json.dumps(
+            {"eventName": "InferenceResult", "inferenceId": f"{queue.filter_prefix}x"}
+        )
+
+        def delivered(topic: str) -> list[str]:
+            sns.publish(TopicArn=topic, Message=body)
+            got = sqs.receive_message(QueueUrl=queue.queue_url, WaitTimeSeconds=1)
+            messages = got.get("Messages", [])
+            for m in messages:
+                sqs.delete_message(QueueUrl=queue.queue_url, ReceiptHandle=m["ReceiptHandle"])
+            return [m["Body"] for m in messages]
+
+        with localcloud.iam.enforced():
+            assert delivered(foreign) == []
+            assert delivered(success) == [body]
+            assert delivered(error) == [body]
+        assert any(foreign in d and "did not deliver" in d for d in localcloud.iam.denials)
+        # moto alone ignores queue policies: with enforcement off the foreign topic gets through.
+        assert delivered(foreign) == [body]
+        sns.unsubscribe(SubscriptionArn=foreign_sub)
     finally:
         close_run_queue(profile, queue)
 
