@@ -152,19 +152,19 @@ def run_demo(
 ) -> int:
     """`docflow demo`: end_to_end on localcloud with the local default model; results in ./results/."""
     from prefect.settings import (
+        PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,
     )
 
     out = Path(results_dir)
     with ExitStack() as stack:
-        # A first run migrates Prefect's database: give the embedded server more than 20 s.
+        # A first run migrates Prefect's database: give the embedded server more than 20 s; and
+        # the demo runs offline, so the server does not try to send telemetry.
+        wanted: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
         if PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() < DEMO_SERVER_STARTUP_S:
-            stack.enter_context(
-                temporary_settings(
-                    {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: DEMO_SERVER_STARTUP_S}
-                )
-            )
+            wanted[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = DEMO_SERVER_STARTUP_S
+        stack.enter_context(temporary_settings(wanted))
         _start_localcloud(stack)
         _ensure_bucket(profile)
         result = end_to_end(

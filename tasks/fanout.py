@@ -35,6 +35,7 @@ from tasks.recovery import (
 from tasks.settings import Profile
 
 MAX_INVOCATION_TIMEOUT_S = 3600
+RECONCILE_MAX_INTERVAL_S = 60.0
 
 
 class FanoutOptions(BaseModel):
@@ -130,6 +131,7 @@ class Fanout:
         self.on_progress = on_progress
         self.stats = FanoutStats()
         self._last_reconcile = time.monotonic()
+        self._reconcile_interval = options.reconcile_every_s
         self._last_save = time.monotonic()
         self._dirty = False
 
@@ -259,16 +261,25 @@ class Fanout:
         delete(self.profile, self.queue, [m.receipt_handle for m in messages])
 
     def _reconcile_if_due(self) -> None:
+        """Look in S3 for outstanding batches; backs off while it finds nothing (no task run each time)."""
         now = time.monotonic()
-        if now - self._last_reconcile < self.options.reconcile_every_s:
+        if now - self._last_reconcile < self._reconcile_interval:
             return
         self._last_reconcile = now
         wall_now = datetime.now(UTC)
+        found = 0
         waiting = overdue(self.manifest, now=wall_now, after_s=self.options.reconcile_after_s)
         if waiting:
             lookups = [_pending_lookup(r, self.outputs, self.manifest.run_key) for r in waiting]
-            for outcome in reconcile_batches(self.profile, lookups):
-                self.stats.reconciled += self._apply(outcome) is not Decision.IGNORED
+            for outcome in reconcile(self.profile, lookups):
+                found += self._apply(outcome) is not Decision.IGNORED
+        self.stats.reconciled += found
+        if found:
+            get_run_logger().info("reconciled %d batches from S3 (notifications missing)", found)
+            self._reconcile_interval = self.options.reconcile_every_s
+        else:
+            ceiling = max(RECONCILE_MAX_INTERVAL_S, self.options.reconcile_every_s)
+            self._reconcile_interval = min(self._reconcile_interval * 2, ceiling)
         for record in overdue(self.manifest, now=wall_now, after_s=self.options.expiry_s):
             self._apply(
                 Outcome(
