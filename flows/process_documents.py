@@ -195,6 +195,49 @@ def build_template(
     )
 
 
+def submit_and_wait(
+    profile: Profile,
+    manifest: RunManifest,
+    target: EndpointOutputs,
+    queue: RunQueue,
+    *,
+    max_attempts: int,
+    request_ttl_s: int | None,
+    invocation_timeout_s: int | None,
+    reconcile_every_s: float,
+    deadline_s: float | None,
+) -> FanoutStats:
+    """Invoke waves within the endpoint's shared cap and recover until every batch is terminal."""
+    cap = require_invocation_limit(target.endpoint)
+    invoke = InvokeSettings(
+        endpoint=target.endpoint,
+        run_key=manifest.run_key,
+        request_ttl_s=request_ttl_s,
+        invocation_timeout_s=invocation_timeout_s,
+        rate_per_second=profile.invoke_rate_per_second,
+    )
+    longest_timeout = (invocation_timeout_s or DEFAULT_TIMEOUT_S) * 2 ** (max_attempts - 1)
+    options = FanoutOptions(
+        max_attempts=max_attempts,
+        reconcile_every_s=reconcile_every_s,
+        reconcile_after_s=min(5.0, reconcile_every_s),
+        expiry_s=(request_ttl_s or DEFAULT_TTL_S) + longest_timeout + 60,
+        deadline_s=deadline_s
+        or default_deadline_s(request_ttl_s, invocation_timeout_s, max_attempts),
+    )
+    documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
+    with RunProgress(documents, key=f"{artifact_key(manifest.run_key)}-progress") as progress:
+
+        def report(m: RunManifest) -> None:
+            counts = m.document_counts()
+            progress.update(counts["completed"] + counts["failed"])
+
+        fanout = Fanout(
+            profile, manifest, target, queue, invoke, options, cap=cap, on_progress=report
+        )
+        return fanout.run()
+
+
 def default_deadline_s(ttl_s: int | None, timeout_s: int | None, max_attempts: int) -> float:
     """Overall deadline: every attempt may wait its TTL in the queue and its timeout running."""
     per_attempt = (ttl_s or DEFAULT_TTL_S) + (timeout_s or DEFAULT_TIMEOUT_S)
@@ -273,40 +316,21 @@ def process_documents(
 
     stats = FanoutStats()
     if not manifest.is_done():
-        queue = open_queue(prof, target, key)
-        if resumed:
+        queue = open_queue(prof, target, key)  # subscribed before the first invoke
+        if resumed:  # settle what finished while no one was listening
             resume_reconcile(prof, manifest, target, max_attempts=max_attempts)
-        cap = require_invocation_limit(endpoint_name)
-        invoke = InvokeSettings(
-            endpoint=endpoint_name,
-            run_key=key,
+        stats = submit_and_wait(
+            prof,
+            manifest,
+            target,
+            queue,
+            max_attempts=max_attempts,
             request_ttl_s=request_ttl_s,
             invocation_timeout_s=invocation_timeout_s,
-            rate_per_second=prof.invoke_rate_per_second,
-        )
-        options = FanoutOptions(
-            max_attempts=max_attempts,
             reconcile_every_s=reconcile_every_s,
-            reconcile_after_s=min(5.0, reconcile_every_s),
-            expiry_s=(request_ttl_s or DEFAULT_TTL_S)
-            + (invocation_timeout_s or DEFAULT_TIMEOUT_S) * 2 ** (max_attempts - 1)
-            + 60,
-            deadline_s=deadline_s
-            or default_deadline_s(request_ttl_s, invocation_timeout_s, max_attempts),
+            deadline_s=deadline_s,
         )
-        documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
-        with RunProgress(documents, key=f"{artifact_key(key)}-progress") as progress:
-
-            def report(m: RunManifest) -> None:
-                counts = m.document_counts()
-                progress.update(counts["completed"] + counts["failed"])
-
-            stats = Fanout(
-                prof, manifest, target, queue, invoke, options, cap=cap, on_progress=report
-            ).run()
         close_queue(prof, queue)
-    else:
-        save_manifest(manifest, prof)
 
     summary = aggregate(
         manifest, loaded, prof, time.monotonic() - started, output_format, output_dir
