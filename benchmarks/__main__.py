@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown sections {unknown}; choose from {list(ORDER)}", file=sys.stderr)
         return 2
+    if set(wanted) != set(ORDER) and not args.sizes:
+        cfg = replace(cfg, name=f"{cfg.name}-partial")  # keep latest-<mode>.json a complete run
     console = Console(stderr=True)
     started = time.monotonic()
 

@@ -42,9 +42,11 @@ def measure(spec_path: Path) -> dict[str, Any]:
     rss_before = current_rss_mb()
     profile_to = os.environ.get("BENCH_PROFILE")
     profiler = _start_profiler() if profile_to else None
+    cpu_before = os.times()
     started = time.perf_counter()
     outcome = module.run(spec, profile, prepared)
     wall = time.perf_counter() - started
+    cpu_after = os.times()
     if profiler is not None and profile_to:
         profiler.stop()
         Path(profile_to).write_text(profiler.output_text(unicode=True, show_all=False))
@@ -54,6 +56,7 @@ def measure(spec_path: Path) -> dict[str, Any]:
         "docs_in": spec.n_docs,
         **asdict(outcome),
         "wall_s": wall,
+        "cpu_s": (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system),
         "api_calls": calls,
         "rss_before_run_mb": rss_before,
         "peak_rss_mb": peak_rss_mb(),

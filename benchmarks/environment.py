@@ -87,6 +87,19 @@ class BenchEnvironment:
             env["DOCFLOW_ENDPOINT_NAME"] = endpoint.name
         return env
 
+    def instance_cpu_s(self, endpoint: str) -> float:
+        """CPU seconds (user + system) spent so far by the endpoint's live instance processes."""
+        import psutil
+
+        total = 0.0
+        for pid in self.cloud.instance_pids(endpoint):
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
     def new_endpoint_name(self, stem: str) -> str:
         """A fresh endpoint name, so sections never share an endpoint's queue or stats."""
         return f"bench-{stem}-{uuid.uuid4().hex[:6]}"

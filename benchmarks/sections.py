@@ -114,7 +114,10 @@ def model_efficiency(bench: Bench) -> dict[str, Any]:
     alone = bench.run(
         "model_alone", cfg.model_docs, endpoint, model_dir=str(model_dir), threads=threads, **common
     )
+    serving_before = bench.env.instance_cpu_s(endpoint.name)
     end_to_end = bench.run("docflow", cfg.model_docs, endpoint, **common)
+    # CPU the endpoint's instance processes spent serving docflow's run, next to the model alone's.
+    end_to_end["instance_cpu_s"] = bench.env.instance_cpu_s(endpoint.name) - serving_before
     return {
         "model_source": cfg.model_source,
         "artifact": artifact,
@@ -125,6 +128,7 @@ def model_efficiency(bench: Bench) -> dict[str, Any]:
         "runs": {"docflow": end_to_end, "model_alone": alone},
         "docs_per_s_ratio": ratio(end_to_end["docs_per_s"], alone["docs_per_s"]),
         "tokens_per_s_ratio": ratio(end_to_end["tokens_per_s"], alone["tokens_per_s"]),
+        "model_cpu_s_ratio": ratio(end_to_end["instance_cpu_s"], alone["cpu_s"]),
     }
 
 

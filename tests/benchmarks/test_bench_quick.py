@@ -91,6 +91,8 @@ def test_model_section_compares_end_to_end_with_the_model_alone(
     assert model["runs"]["model_alone"]["extra"]["torch_threads"] == model["torch_threads"]
     assert model["docs_per_s_ratio"] > 0
     assert model["tokens_per_s_ratio"] > 0
+    assert model["runs"]["docflow"]["instance_cpu_s"] > 0  # the endpoint really ran the model
+    assert model["model_cpu_s_ratio"] > 0
 
 
 def test_completion_delays_cover_every_batch(quick_results: dict[str, Any]) -> None:
