@@ -82,6 +82,19 @@ def _descendants(pid: int) -> set[int]:
         return set()
 
 
+def _still_running(pids: set[int]) -> list[str]:
+    """Command lines of those pids still running (zombies waiting to be reaped do not count)."""
+    running = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(f"{pid}: {' '.join(proc.cmdline())}")
+        except psutil.NoSuchProcess:
+            continue
+    return running
+
+
 def _deployments_in_yaml() -> list[str]:
     """`flow-name/deployment-name` for every deployment prefect.yaml declares."""
     spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
@@ -352,10 +365,9 @@ def test_ctrl_c_stops_everything(stack: Stack) -> None:
     assert stack.ui.popen.wait(timeout=60) == 0, stack.ui.log_tail()
     assert "stopped." in stack.ui.log_tail(5)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+    while time.monotonic() < deadline and _still_running(pids):
         time.sleep(0.2)
-    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-    assert left == [], [psutil.Process(p).cmdline() for p in left]
+    assert _still_running(pids) == []
     port = int(stack.state.api_url.rsplit(":", 1)[1].split("/")[0])
     assert port_is_free(port)
     assert not (stack.home / STATE_FILE).exists()
