@@ -117,7 +117,7 @@ def _overhead_table(section: dict[str, Any]) -> Table:
         for name, r in size["runs"].items():
             note = ""
             if r.get("extrapolated"):
-                note = f" (stopped at {r['extra']['time_budget_s']:.0f} s; all: ~{r['projected_wall_s']:,.0f} s)"
+                note = f" (stopped at {r['extra']['time_budget_s']:.0f} s budget; projected {r['projected_wall_s']:,.0f} s)"
             vs = f"docflow {_fmt(ratios[name], 2)}×" if name in ratios else ""
             table.add_row(
                 f"{int(n):,}",
