@@ -14,7 +14,8 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.config import FULL, QUICK
-from benchmarks.report import RESULTS_DIR, check_targets, git_commit, machine_info, render, save
+from benchmarks.report import RESULTS_DIR, check_targets, git_commit, machine_info, save
+from benchmarks.tables import render
 
 # Run order: the sections that reuse docflow's echo runs follow the one that makes them.
 ORDER = ("overhead", "completion", "scaling", "model")
