@@ -80,10 +80,11 @@ class _Subscription:
         self.sqs.delete_queue(QueueUrl=self.url)
 
 
-def _raise_first_error(futures: list[Future[None]]) -> None:
+def _raise_first_error(futures: list[Future[None]], stop: threading.Event) -> None:
     """Stop at once when a submission failed, instead of waiting for notifications that never come."""
     for fut in futures:
         if fut.done() and fut.exception() is not None:
+            stop.set()
             fut.result()
 
 
@@ -104,12 +105,15 @@ def run(spec: ContenderSpec, profile: Profile, prepared: None = None) -> Outcome
     lock = threading.Lock()
     totals = {"done": 0, "failed": 0, "tokens": 0}
     terminal: set[str] = set()
+    stop = threading.Event()  # set when the run gives up, so no submitter waits for a slot forever
 
     def submit(index: int, batch: list[tuple[str, str]]) -> None:
         key = f"bench/handwritten/{spec.run_id}/input/{index}.jsonl"
         body = "\n".join(payload_line(d, t, spec.parameters) for d, t in batch) + "\n"
         s3.put_object(Bucket=profile.bucket, Key=key, Body=body.encode())
-        slots.acquire()
+        while not slots.acquire(timeout=0.5):
+            if stop.is_set():
+                return
         runtime.invoke_endpoint_async(
             EndpointName=spec.endpoint.name,
             InputLocation=f"s3://{profile.bucket}/{key}",
@@ -134,7 +138,7 @@ def run(spec: ContenderSpec, profile: Profile, prepared: None = None) -> Outcome
             submitted = [submitters.submit(submit, i, b) for i, b in enumerate(batches)]
             last_event = time.monotonic()
             while len(terminal) < len(batches) and time.monotonic() - last_event < _GIVE_UP_S:
-                _raise_first_error(submitted)
+                _raise_first_error(submitted, stop)
                 messages = sub.receive()
                 for msg in messages:
                     event = json.loads(msg["Body"])
@@ -154,6 +158,7 @@ def run(spec: ContenderSpec, profile: Profile, prepared: None = None) -> Outcome
                             totals["failed"] += sizes[inference_id]
                     last_event = time.monotonic()
                 sub.delete(messages)
+            stop.set()  # a no-op when every batch was invoked
             for fut in submitted + reads:
                 fut.result()
     finally:
