@@ -160,13 +160,15 @@ class Fanout:
                 pending = [
                     r for r in self.manifest.outstanding() if r.status is BatchStatus.PENDING
                 ]
-                free = self.cap - slots.held
-                if pending and free > 0:
-                    wave = pending[: min(free, self.wave_size)]
-                    if slots.acquire(
+                # Fill this run's free share of the cap, a wave (one lease) at a time.
+                while pending and (free := self.cap - slots.held) > 0:
+                    size = min(free, self.wave_size)
+                    wave, pending = pending[:size], pending[size:]
+                    if not slots.acquire(
                         [r.batch_id for r in wave], timeout_s=0.5 if slots.held else 5
                     ):
-                        self._submit(wave)
+                        break
+                    self._submit(wave)
                 if any(r.status is BatchStatus.SUBMITTED for r in self.manifest.outstanding()):
                     self._poll()
                 self._reconcile_if_due()

@@ -309,7 +309,7 @@ def test_two_concurrent_runs_share_the_endpoint_cap(
     localcloud: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = deployed(cap=3, slots=4, environment={"ECHO_SLEEP_S": "0.05"})
+    path = deployed(cap=3, slots=4, environment={"ECHO_SLEEP_S": "0.2"})
     probe = OutstandingProbe(localcloud, load_profile(path).endpoint_name, monkeypatch)
     write_corpus(tmp_path / "a.jsonl", 24)
     (tmp_path / "b.jsonl").write_text(
