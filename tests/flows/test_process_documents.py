@@ -226,7 +226,7 @@ def test_throttled_invokes_are_retried_and_all_complete(
 ) -> None:
     path = deployed()
     write_corpus(tmp_path / "c.jsonl", 32)
-    localcloud.faults.set(throttle_rate=0.5, seed=7)
+    localcloud.faults.set(throttle_rate=0.3, seed=7)
     with InvokeCounter(path) as counter:
         result, table = run(path, tmp_path / "c.jsonl", batch_size=4)
     assert_ledger(result, table, 32)
