@@ -1,7 +1,9 @@
-"""Drive a run's batches to terminal states: waves within the shared cap, notifications, reconciliation, recovery."""
+"""Drive a run's batches to terminal states: paced within the shared cap, notifications, reconciliation, recovery."""
 
 from __future__ import annotations
 
+import queue as queue_module
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,12 +13,20 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.invoke import InvokeRequest, InvokeResult, InvokeSettings, slot_pool, submit_wave
+from tasks.invoke import (
+    CapShare,
+    InvokeRequest,
+    InvokeResult,
+    InvokeSettings,
+    cap_share,
+    submit_wave,
+)
 from tasks.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
 from tasks.notifications import (
     EndpointOutputs,
     Outcome,
     Pending,
+    Received,
     RunQueue,
     delete,
     outcome_from_notification,
@@ -36,13 +46,18 @@ from tasks.settings import Profile
 
 MAX_INVOCATION_TIMEOUT_S = 3600
 RECONCILE_MAX_INTERVAL_S = 60.0
+IDLE_WAIT_S = 0.5  # longest the loop sleeps on the inbox before checking deadline, reconcile, save
+GROW_EVERY_S = 0.5  # while holding slots, how often to ask for more of the shared cap
+POLL_ERRORS_TOLERATED = 5
 
 
 class FanoutOptions(BaseModel):
     """How hard and how long to drive a run."""
 
     max_attempts: int = Field(3, ge=1)
-    wave_size: int | None = Field(None, ge=1, description="Batches per wave; None: half the cap.")
+    wave_size: int | None = Field(
+        None, ge=1, description="Unused: slots are refilled one by one as batches end."
+    )
     poll_wait_s: int = Field(1, ge=0, le=20)
     reconcile_every_s: float = Field(10.0, gt=0)
     reconcile_after_s: float = Field(5.0, ge=0)
@@ -54,7 +69,7 @@ class FanoutOptions(BaseModel):
 class FanoutStats(BaseModel):
     """What driving the run took."""
 
-    waves: int = 0
+    waves: int = Field(0, description="Submission rounds (a refill of one or more batches).")
     invocations: int = 0
     invoke_errors: int = 0
     reconciled: int = 0
@@ -105,6 +120,85 @@ def resume_reconcile(
     return settled
 
 
+class QueuePoller:
+    """Long-polls the run's queue on a background thread so submitting never waits behind a poll.
+
+    Messages land in an inbox for the run's loop; their receipt handles come back through
+    ``ack`` once the loop has recorded their effect, and only then are they deleted.
+    """
+
+    def __init__(self, profile: Profile, run_queue: RunQueue, *, wait_s: int) -> None:
+        self.profile = profile
+        self.queue = run_queue
+        self.wait_s = wait_s
+        self.inbox: queue_module.Queue[Received] = queue_module.Queue()
+        self._acked: queue_module.Queue[str] = queue_module.Queue()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="docflow-sqs-poller", daemon=True)
+
+    def __enter__(self) -> QueuePoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # The thread ends after its current long poll (at most ``wait_s``); the run does not wait
+        # for it. Whatever that poll still takes is left undeleted and comes back after the
+        # visibility timeout, where a resumed run would see it again.
+        self._stop.set()
+        self._delete_acked()
+
+    def take(self, timeout_s: float) -> list[Received]:
+        """Messages received so far, waiting up to ``timeout_s`` for the first; raises a poller failure."""
+        if self._error is not None:
+            raise RuntimeError(f"polling the run's queue failed: {self._error}") from self._error
+        messages: list[Received] = []
+        try:
+            messages.append(
+                self.inbox.get(timeout=timeout_s) if timeout_s > 0 else self.inbox.get_nowait()
+            )
+        except queue_module.Empty:
+            return messages
+        while True:
+            try:
+                messages.append(self.inbox.get_nowait())
+            except queue_module.Empty:
+                return messages
+
+    def ack(self, receipt_handles: list[str]) -> None:
+        """Hand back messages whose effect is recorded, to be deleted."""
+        for handle in receipt_handles:
+            self._acked.put(handle)
+
+    def _delete_acked(self) -> None:
+        handles: list[str] = []
+        while True:
+            try:
+                handles.append(self._acked.get_nowait())
+            except queue_module.Empty:
+                break
+        if handles:
+            delete(self.profile, self.queue, handles)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._delete_acked()
+                received = receive(self.profile, self.queue, wait_s=self.wait_s)
+                if self._stop.is_set():
+                    return
+                for message in received:
+                    self.inbox.put(message)
+                failures = 0
+            except Exception as exc:  # surfaced to the run's loop once it keeps failing
+                failures += 1
+                if failures >= POLL_ERRORS_TOLERATED:
+                    self._error = exc
+                    return
+                self._stop.wait(min(5.0, 0.2 * 2**failures))
+
+
 class Fanout:
     """One run's wait/recover loop; counts terminal batches to know when it is done."""
 
@@ -127,12 +221,12 @@ class Fanout:
         self.invoke = invoke
         self.options = options
         self.cap = cap
-        self.wave_size = min(cap, options.wave_size or max(1, cap // 2))
         self.on_progress = on_progress
         self.stats = FanoutStats()
         self._last_reconcile = time.monotonic()
         self._reconcile_interval = options.reconcile_every_s
         self._last_save = time.monotonic()
+        self._last_grow = 0.0
         self._dirty = False
 
     def run(self) -> FanoutStats:
@@ -147,7 +241,10 @@ class Fanout:
 
     def _loop(self, logger: Any) -> None:
         deadline = time.monotonic() + self.options.deadline_s
-        with slot_pool(self.invoke.endpoint) as slots:
+        with (
+            cap_share(self.invoke.endpoint) as share,
+            QueuePoller(self.profile, self.queue, wait_s=self.options.poll_wait_s) as poller,
+        ):
             while not self.manifest.is_done():
                 if time.monotonic() > deadline:
                     self.stats.deadline_failed = fail_outstanding(
@@ -157,27 +254,34 @@ class Fanout:
                     )
                     logger.warning("deadline passed: %d batches failed", self.stats.deadline_failed)
                     break
-                pending = [
-                    r for r in self.manifest.outstanding() if r.status is BatchStatus.PENDING
-                ]
-                # Fill this run's free share of the cap, a wave (one lease) at a time.
-                while pending and (free := self.cap - slots.held) > 0:
-                    size = min(free, self.wave_size)
-                    wave, pending = pending[:size], pending[size:]
-                    if not slots.acquire(
-                        [r.batch_id for r in wave], timeout_s=0.5 if slots.held else 5
-                    ):
-                        break
-                    self._submit(wave)
-                if any(r.status is BatchStatus.SUBMITTED for r in self.manifest.outstanding()):
-                    self._poll()
+                outstanding = self.manifest.outstanding()
+                pending = [r for r in outstanding if r.status is BatchStatus.PENDING]
+                in_flight = len(outstanding) - len(pending)
+                self._size_share(share, in_flight, len(pending))
+                free = share.held - in_flight
+                if pending and free > 0:
+                    self._submit(pending[:free])
+                    continue  # record what came back, then refill or wait
+                # Nothing to submit now: wait for the next notification (or a short idle tick).
+                self._handle(poller, poller.take(IDLE_WAIT_S if in_flight else 0.05))
                 self._reconcile_if_due()
-                slots.release_done(
-                    lambda b: self.manifest.batches[b].status is not BatchStatus.SUBMITTED
-                )
                 self._save_if_due()
                 if self.on_progress is not None:
                     self.on_progress(self.manifest)
+
+    def _size_share(self, share: CapShare, in_flight: int, pending: int) -> None:
+        """Hold as much of the shared cap as the remaining work can use: grow when free, shrink at the tail."""
+        want = min(self.cap, in_flight + pending)
+        if share.held > want:
+            share.shrink_to(want)
+            return
+        if share.held >= want:
+            return
+        now = time.monotonic()
+        if share.held and now - self._last_grow < GROW_EVERY_S:
+            return
+        self._last_grow = now
+        share.grow(want - share.held, timeout_s=0 if share.held else 5)
 
     def _timeout_for(self, attempt: int) -> int | None:
         """The invocation timeout of an attempt: doubled on each re-invoke of an expired request."""
@@ -247,8 +351,8 @@ class Fanout:
             self._dirty = True
         return decision
 
-    def _poll(self) -> None:
-        messages = receive(self.profile, self.queue, wait_s=self.options.poll_wait_s)
+    def _handle(self, poller: QueuePoller, messages: list[Received]) -> None:
+        """Record what each notification says (repeats ignored), then let the poller delete them."""
         counters = self.manifest.notifications
         for message in messages:
             counters.received += 1
@@ -260,7 +364,7 @@ class Fanout:
             if self._apply(outcome_from_notification(record.batch_id, note)) is Decision.IGNORED:
                 counters.duplicates += 1
         # Deleted only now: every message's effect is in the manifest (and S3 has the objects).
-        delete(self.profile, self.queue, [m.receipt_handle for m in messages])
+        poller.ack([m.receipt_handle for m in messages])
 
     def _reconcile_if_due(self) -> None:
         """Look in S3 for outstanding batches; backs off while it finds nothing (no task run each time)."""

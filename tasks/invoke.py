@@ -257,13 +257,12 @@ def stage_payloads(profile: Profile, inputs: list[StagedInput]) -> int:
     return stage_inputs(profile, inputs)
 
 
-@task(name="submit-wave", cache_policy=NO_CACHE)
 def submit_wave(
     profile: Profile, settings: InvokeSettings, requests: list[InvokeRequest]
 ) -> list[InvokeResult]:
-    """Invoke a wave of batches (its slots of the shared cap are already held by the caller)."""
-    if not requests:
-        return []
+    """Invoke some batches whose slots the caller holds (no task run: it is called per refill)."""
+    if len(requests) <= 1:
+        return [invoke_one(profile, settings, r) for r in requests]
     with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
         return list(pool.map(lambda r: invoke_one(profile, settings, r), requests))
 
@@ -292,59 +291,19 @@ class SlotPool:
 
     def acquire(self, batch_ids: Sequence[str], *, timeout_s: float | None = None) -> bool:
         """Take one slot per batch as one lease; False when they are not free within the timeout."""
-        from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-        from prefect.concurrency.sync import concurrency
-
         wait_s = self.acquire_timeout_s if timeout_s is None else timeout_s
         if not self._wait_for_free(len(batch_ids), wait_s):
             return False
-        stack = ExitStack()
-        try:
-            stack.enter_context(
-                concurrency(
-                    self.name,
-                    occupy=len(batch_ids),
-                    strict=True,
-                    timeout_seconds=max(wait_s, ACQUIRE_AFTER_CHECK_S),
-                    raise_on_lease_renewal_failure=False,
-                    lease_duration=SLOT_LEASE_S,
-                )
-            )
-        except TimeoutError:
-            stack.close()
+        stack = enter_lease(self.name, len(batch_ids), wait_s)
+        if stack is None:
             return False
-        except ConcurrencySlotAcquisitionError as exc:
-            stack.close()
-            raise CapacityError(
-                f"global concurrency limit {self.name!r} does not exist: run the deploy-endpoint "
-                "flow (it creates the limit) or create it with "
-                f"`prefect gcl create {self.name} --limit <max outstanding invocations>` ({exc})"
-            ) from exc
         self._waves[self._next] = (stack, set(batch_ids))
         self._next += 1
         return True
 
     def _wait_for_free(self, n: int, wait_s: float) -> bool:
-        """Poll the limit until ``n`` slots are free (True) or ``wait_s`` passes (False).
-
-        Asking the server first keeps a contended acquire out of Prefect's polling back-off, which
-        also logs every timeout as an error; a missing limit falls through to the strict acquire.
-        """
-        from prefect.client.orchestration import get_client
-        from prefect.exceptions import ObjectNotFound
-
-        deadline = time.monotonic() + wait_s
-        with get_client(sync_client=True) as client:
-            while True:
-                try:
-                    limit = client.read_global_concurrency_limit_by_name(self.name)
-                except ObjectNotFound:
-                    return True
-                if limit.active_slots + n <= limit.limit:
-                    return True
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(FREE_POLL_S)
+        """Whether ``n`` slots came free within ``wait_s`` (see ``wait_for_free``)."""
+        return wait_for_free(self.name, n, wait_s) >= n
 
     def release_done(self, is_done: Callable[[str], bool]) -> int:
         """Give back every lease whose batches are all done; returns the slots released."""
@@ -371,6 +330,120 @@ def slot_pool(endpoint: str) -> Iterator[SlotPool]:
         yield pool
     finally:
         pool.close()
+
+
+def enter_lease(name: str, occupy: int, wait_s: float) -> ExitStack | None:
+    """Take ``occupy`` slots of limit ``name`` as one renewed lease (None: not free in time)."""
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    stack = ExitStack()
+    try:
+        stack.enter_context(
+            concurrency(
+                name,
+                occupy=occupy,
+                strict=True,
+                timeout_seconds=max(wait_s, ACQUIRE_AFTER_CHECK_S),
+                raise_on_lease_renewal_failure=False,
+                lease_duration=SLOT_LEASE_S,
+            )
+        )
+    except TimeoutError:
+        stack.close()
+        return None
+    except ConcurrencySlotAcquisitionError as exc:
+        stack.close()
+        raise CapacityError(
+            f"global concurrency limit {name!r} does not exist: run the deploy-endpoint "
+            "flow (it creates the limit) or create it with "
+            f"`prefect gcl create {name} --limit <max outstanding invocations>` ({exc})"
+        ) from exc
+    return stack
+
+
+def wait_for_free(name: str, n: int, wait_s: float) -> int:
+    """Poll limit ``name`` until ``n`` slots are free or ``wait_s`` passes; returns the free slots.
+
+    Asking the server first keeps a contended acquire out of Prefect's polling back-off, which
+    also logs every timeout as an error; a missing limit answers ``n`` so the strict acquire
+    that follows raises the clear error.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                limit = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                return n
+            free = int(limit.limit) - int(limit.active_slots)
+            if free >= n or time.monotonic() >= deadline:
+                return max(0, free)
+            time.sleep(FREE_POLL_S)
+
+
+class CapShare:
+    """The run's share of the endpoint's global concurrency limit, held for the run as a few leases.
+
+    Each lease is one ``strict`` acquisition of several slots, renewed while held, so concurrent
+    runs never exceed the limit between them and a killed run's slots return when its lease
+    lapses. The run paces invocations locally inside what it holds and refills a slot the moment
+    a batch ends; it takes more slots only as they come free and gives whole leases back when
+    its remaining work no longer needs them.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.name = concurrency_limit_name(endpoint)
+        self._leases: list[tuple[ExitStack, int]] = []
+
+    @property
+    def held(self) -> int:
+        """Slots this run holds now."""
+        return sum(size for _, size in self._leases)
+
+    def grow(self, n: int, *, timeout_s: float) -> int:
+        """Take up to ``n`` more slots as one lease: as many as are free once one is (within ``timeout_s``)."""
+        if n <= 0:
+            return 0
+        take = min(n, wait_for_free(self.name, 1, timeout_s))
+        if take <= 0:
+            return 0
+        stack = enter_lease(self.name, take, 0.0)
+        if stack is None:
+            return 0
+        self._leases.append((stack, take))
+        return take
+
+    def shrink_to(self, n: int) -> int:
+        """Give back whole leases while at least ``n`` slots stay held; returns the slots released."""
+        released = 0
+        for lease in sorted(self._leases, key=lambda item: item[1]):
+            stack, size = lease
+            if self.held - size < n:
+                continue
+            stack.close()
+            self._leases.remove(lease)
+            released += size
+        return released
+
+    def close(self) -> None:
+        """Give back every lease still held."""
+        for stack, _ in self._leases:
+            stack.close()
+        self._leases.clear()
+
+
+@contextmanager
+def cap_share(endpoint: str) -> Iterator[CapShare]:
+    """A CapShare that always gives its leases back, even when the run fails."""
+    share = CapShare(endpoint)
+    try:
+        yield share
+    finally:
+        share.close()
 
 
 def read_invocation_limit(endpoint: str) -> int | None:
