@@ -58,7 +58,7 @@ def ensure_invocation_limit_task(endpoint_name: str, limit: int) -> str:
     return ensure_invocation_limit(endpoint_name, limit)
 
 
-@flow(name="deploy-endpoint")
+@flow(name="deploy-endpoint", flow_run_name="deploy-{profile}")
 def deploy_endpoint(
     profile: str = "local",
     model_data_url: str | None = None,

@@ -18,7 +18,7 @@ DEMO_RESULTS_DIR = "results"
 DEMO_SERVER_STARTUP_S = 180
 
 
-@flow(name="end-to-end")
+@flow(name="end-to-end", flow_run_name="{model_source}-on-{corpus}")
 def end_to_end(
     corpus: str = "datasets/sample",
     profile: str = "local",

@@ -97,7 +97,7 @@ def upload_model_archive(built: BuiltArchive, profile: str, uncompressed: bool) 
     return artifact
 
 
-@flow(name="package-model")
+@flow(name="package-model", flow_run_name="package-{source}")
 def package_model(
     source: str = DEFAULT_SOURCE,
     name: str | None = None,

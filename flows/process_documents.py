@@ -244,7 +244,7 @@ def default_deadline_s(ttl_s: int | None, timeout_s: int | None, max_attempts: i
     return float(per_attempt * max_attempts + 300)
 
 
-@flow(name="process-documents")
+@flow(name="process-documents", flow_run_name="{template}-{corpus}")
 def process_documents(
     corpus: str = "datasets/sample",
     profile: str = "local",

@@ -55,7 +55,7 @@ def delete_endpoint_task(
     return actions
 
 
-@flow(name="teardown-endpoint")
+@flow(name="teardown-endpoint", flow_run_name="{mode}-{profile}")
 def teardown_endpoint(
     profile: str = "local",
     mode: Literal["scale_to_zero", "delete"] = "scale_to_zero",
