@@ -130,7 +130,7 @@ def aggregate(
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
 def publish_artifacts(summary: RunSummary, profile: Profile, run_key: str) -> None:
-    """The markdown summary and a table of the first result rows, as Prefect artifacts."""
+    """The markdown summary, the first result rows and, when any, the failures, as artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     key = artifact_key(run_key)
@@ -140,6 +140,14 @@ def publish_artifacts(summary: RunSummary, profile: Profile, run_key: str) -> No
     rows = first_rows(summary, profile, TABLE_ROWS)
     if rows:
         create_table_artifact(rows, key=f"{key}-results", description="first result rows")
+    if summary.failed or summary.rejected:
+        failures = read_rows(summary.failures_uri, profile, TABLE_ROWS)
+        create_table_artifact(
+            failures,
+            key=f"{key}-failures",
+            description=f"{summary.failed} failed and {summary.rejected} rejected documents "
+            f"with their reasons (first {TABLE_ROWS}; all in {summary.failures_uri})",
+        )
 
 
 def artifact_key(run_key: str) -> str:
@@ -149,6 +157,11 @@ def artifact_key(run_key: str) -> str:
 
 def first_rows(summary: RunSummary, profile: Profile, n: int) -> list[dict[str, Any]]:
     """The first ``n`` rows of the results table, short text columns, for the table artifact."""
+    return read_rows(summary.local_results_path or summary.results_uri, profile, n)
+
+
+def read_rows(location: str, profile: Profile, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rows of a Parquet/CSV/JSONL table (local path or s3://), text shortened."""
     import io
 
     import pandas as pd
@@ -156,17 +169,15 @@ def first_rows(summary: RunSummary, profile: Profile, n: int) -> list[dict[str, 
     from tasks.aws import aws_client
     from tasks.manifest import split_s3_uri
 
-    if summary.local_results_path:
-        source: Any = summary.local_results_path
-    else:
-        bucket, key = split_s3_uri(summary.results_uri)
+    source: Any = location
+    if location.startswith("s3://"):
+        bucket, key = split_s3_uri(location)
         source = io.BytesIO(
             aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
         )
-    name = summary.local_results_path or summary.results_uri
-    if name.endswith(".csv"):
+    if location.endswith(".csv"):
         frame = pd.read_csv(source, nrows=n)
-    elif name.endswith(".jsonl"):
+    elif location.endswith(".jsonl"):
         frame = pd.read_json(source, lines=True).head(n)
     else:
         frame = pd.read_parquet(source).head(n)

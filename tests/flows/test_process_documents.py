@@ -144,6 +144,7 @@ def test_happy_path(deployed: Callable[..., str], tmp_path: Path, localcloud: An
     assert summary is not None and "40" in str(summary.data)
     rows = Artifact.get(f"{key}-results")
     assert rows is not None and "doc-00000" in str(rows.data)
+    assert Artifact.get(f"{key}-failures") is None  # nothing failed, nothing to show
     # The run's queue and subscriptions are gone.
     queues = aws_client("sqs", load_profile(path)).list_queues(QueueNamePrefix="docflow-")
     assert not [u for u in queues.get("QueueUrls", []) if result["run_key"] in u]
@@ -357,6 +358,13 @@ def test_bad_rows_are_reported_with_their_reasons(
     rejected = table[table["status"] == "rejected"]
     assert rejected["reason"].str.len().min() > 0
     assert any("duplicate" in r for r in rejected["reason"])
+    # The failures artifact lists every rejected row with its reason.
+    from prefect.artifacts import Artifact
+
+    failures = Artifact.get(f"docflow-{result['run_key']}-failures")
+    assert failures is not None
+    assert str(failures.data).count('"rejected"') == 5
+    assert "duplicate" in str(failures.data)
     # A run key names one corpus: reusing it for other inputs is refused, not silently mixed.
     write_corpus(tmp_path / "other.jsonl", 3)
     with pytest.raises(ValueError, match="belongs to another run"):
