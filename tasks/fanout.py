@@ -49,6 +49,7 @@ RECONCILE_MAX_INTERVAL_S = 60.0
 IDLE_WAIT_S = 0.5  # longest the loop sleeps on the inbox before checking deadline, reconcile, save
 GROW_EVERY_S = 0.5  # while holding slots, how often to ask for more of the shared cap
 POLL_ERRORS_TOLERATED = 5
+DRAIN_WAIT_S = 0.1  # once every batch is terminal, how long to wait for late repeats to delete
 
 
 class FanoutOptions(BaseModel):
@@ -268,6 +269,9 @@ class Fanout:
                 self._save_if_due()
                 if self.on_progress is not None:
                     self.on_progress(self.manifest)
+            # Repeats are published right behind the original: take them off the queue too.
+            while messages := poller.take(DRAIN_WAIT_S):
+                self._handle(poller, messages)
 
     def _size_share(self, share: CapShare, in_flight: int, pending: int) -> None:
         """Hold as much of the shared cap as the remaining work can use: grow when free, shrink at the tail."""

@@ -29,6 +29,7 @@ CONTENT_TYPE = "application/jsonlines"
 SLOT_LEASE_S = 60
 FREE_POLL_S = 0.2
 ACQUIRE_AFTER_CHECK_S = 5.0
+EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 THROTTLING_CODES = frozenset(
     {
         "Throttling",
@@ -190,13 +191,21 @@ def stage_inputs(profile: Profile, inputs: Sequence[StagedInput], *, workers: in
     s3 = aws_client("s3", profile)
 
     def put(item: StagedInput) -> int:
+        # One conditional write per payload (If-None-Match: *) instead of a HEAD and a PUT.
         try:
-            s3.head_object(Bucket=profile.bucket, Key=item.key)
-            return 0
+            s3.put_object(
+                Bucket=profile.bucket,
+                Key=item.key,
+                Body=item.body,
+                ContentType=CONTENT_TYPE,
+                IfNoneMatch="*",
+            )
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
-                raise
-        s3.put_object(Bucket=profile.bucket, Key=item.key, Body=item.body, ContentType=CONTENT_TYPE)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code")
+            if status in (409, 412) or code in EXISTS_CODES:
+                return 0  # already there (or being written by a concurrent run)
+            raise
         return 1
 
     if not inputs:
