@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Drop Prefect events still queued for test servers that have already stopped.
+
+    Prefect's EventsWorker retries every queued event at interpreter exit, one refused
+    connection at a time: a finished session once stayed alive for hours sending ~2,500 events
+    to a stopped server. The sentinel (None) that ends a worker's loop is kept.
+    """
+    from prefect.events.worker import EventsWorker
+
+    for worker in list(EventsWorker._instances.values()):
+        kept: list[Any] = []
+        while True:
+            try:
+                item = worker._queue.get_nowait()
+            except queue.Empty:
+                break
+            worker._queue.task_done()
+            if item is None:
+                kept.append(item)
+        for item in kept:
+            worker._queue.put_nowait(item)
 
 
 @pytest.fixture(scope="session")

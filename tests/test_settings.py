@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import ProfileError, load_profile
+from tasks.settings import Profile, ProfileError, load_profile
+
+
+@pytest.fixture(autouse=True)
+def no_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped files as written: the localcloud fixture exports DOCFLOW_ENDPOINT_URL."""
+    for field in Profile.model_fields:
+        monkeypatch.delenv(f"DOCFLOW_{field.upper()}", raising=False)
 
 
 def test_shipped_profiles_load() -> None:
