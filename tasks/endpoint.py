@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
@@ -41,40 +42,39 @@ def describe_endpoint(profile: Profile, name: str) -> dict[str, Any] | None:
         raise
 
 
-def ensure_model(profile: Profile, spec: EndpointSpec) -> bool:
-    """Create the spec's Model unless it exists; True when created."""
-    sm = aws_client("sagemaker", profile)
+def _create_unless_exists(describe: Callable[[], object], create: Callable[[], object]) -> bool:
+    """Describe, and create only when SageMaker says it is not there; True when created."""
     try:
-        sm.describe_model(ModelName=spec.resource_name)
+        describe()
         return False
     except ClientError as exc:
         if not _not_found(exc):
             raise
     try:
-        sm.create_model(**spec.create_model_request())
+        create()
     except ClientError as exc:
-        if _already_exists(exc):
+        if _already_exists(exc):  # created by a concurrent deploy in between
             return False
         raise
     return True
+
+
+def ensure_model(profile: Profile, spec: EndpointSpec) -> bool:
+    """Create the spec's Model unless it exists; True when created."""
+    sm = aws_client("sagemaker", profile)
+    return _create_unless_exists(
+        lambda: sm.describe_model(ModelName=spec.resource_name),
+        lambda: sm.create_model(**spec.create_model_request()),
+    )
 
 
 def ensure_endpoint_config(profile: Profile, spec: EndpointSpec) -> bool:
     """Create the spec's EndpointConfig unless it exists; True when created."""
     sm = aws_client("sagemaker", profile)
-    try:
-        sm.describe_endpoint_config(EndpointConfigName=spec.resource_name)
-        return False
-    except ClientError as exc:
-        if not _not_found(exc):
-            raise
-    try:
-        sm.create_endpoint_config(**spec.create_endpoint_config_request())
-    except ClientError as exc:
-        if _already_exists(exc):
-            return False
-        raise
-    return True
+    return _create_unless_exists(
+        lambda: sm.describe_endpoint_config(EndpointConfigName=spec.resource_name),
+        lambda: sm.create_endpoint_config(**spec.create_endpoint_config_request()),
+    )
 
 
 def wait_in_service(
