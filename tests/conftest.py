@@ -34,9 +34,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     connection at a time: a finished session once stayed alive for hours sending ~2,500 events
     to a stopped server. The sentinel (None) that ends a worker's loop is kept.
     """
-    from prefect.events.worker import EventsWorker
+    from prefect._internal.concurrency.services import _active_services
 
-    for worker in list(EventsWorker._instances.values()):
+    # Every live queue service, including ones a harness already drained out of the cache.
+    for worker in list(_active_services):
         kept: list[Any] = []
         while True:
             try:
