@@ -180,6 +180,20 @@ class EndpointRuntime:
 
     # --- outcomes --------------------------------------------------------------------------------
 
+    def _notification(self, inv: Invocation, *, ok: bool, **outcome: Any) -> dict[str, Any]:
+        """The AWS-shaped notification for ``inv``: its request fields plus the outcome's."""
+        return inference_result(
+            region=self.ctx.region,
+            endpoint_name=self.name,
+            inference_id=inv.inference_id,
+            received=inv.received,
+            content_type=inv.content_type,
+            input_location=inv.input_location,
+            custom_attributes=inv.custom_attributes,
+            ok=ok,
+            **outcome,
+        )
+
     def _finish_ok(self, inv: Invocation, out: bytes, out_type: str) -> None:
         if inv.reply is not None:
             self.ctx.stats.finished(self.name, ok=True)
@@ -190,14 +204,8 @@ class EndpointRuntime:
         bucket, key = split_s3(inv.output_location)
         self.ctx.s3.put_object(Bucket=bucket, Key=key, Body=out, ContentType=out_type)
         self.ctx.stats.finished(self.name, ok=True)
-        message = inference_result(
-            region=self.ctx.region,
-            endpoint_name=self.name,
-            inference_id=inv.inference_id,
-            received=inv.received,
-            content_type=inv.content_type,
-            input_location=inv.input_location,
-            custom_attributes=inv.custom_attributes,
+        message = self._notification(
+            inv,
             ok=True,
             response_content_type=out_type,
             output_location=inv.output_location,
@@ -231,14 +239,8 @@ class EndpointRuntime:
         except Exception as exc:
             log.warning("localcloud: writing failure object %s failed: %s", target, exc)
         self.ctx.stats.finished(self.name, ok=False, ran=ran)
-        note = inference_result(
-            region=self.ctx.region,
-            endpoint_name=self.name,
-            inference_id=inv.inference_id,
-            received=inv.received,
-            content_type=inv.content_type,
-            input_location=inv.input_location,
-            custom_attributes=inv.custom_attributes,
+        note = self._notification(
+            inv,
             ok=False,
             failure_location=inv.failure_location if inv.failure_location_reported else None,
             failure_reason=reason,
