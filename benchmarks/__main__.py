@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="profile docflow's runs with pyinstrument (text under <results-dir>/profiles/)",
     )
     parser.add_argument("--sizes", help="override the overhead sizes, e.g. 2000 (comma-separated)")
+    parser.add_argument(
+        "--naive-budget-s",
+        type=float,
+        help="stop the naive client after this many seconds (its rate is projected; default 300, quick 15)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     return parser
 
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizes:
         sizes = tuple(int(x) for x in args.sizes.split(","))
         cfg = replace(cfg, overhead_sizes=sizes, scaling_sizes=sizes, name=f"{cfg.name}-custom")
+    if args.naive_budget_s:
+        cfg = replace(cfg, naive_budget_s=args.naive_budget_s)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(ORDER))
     if unknown:

@@ -26,6 +26,7 @@ from tasks.progress import RunProgress
 from tasks.prompts import GenerationParameters, PromptTemplate
 from tasks.recovery import new_record, staged_input
 from tasks.settings import Profile, load_profile
+from tasks.task_params import unwalked
 
 STAGE_GROUP = 256
 TABLE_ROWS = 20
@@ -78,7 +79,7 @@ def prepare_manifest(
         manifest.add(new_record(profile, target, run_key, payload))
     for start in range(0, len(payloads), STAGE_GROUP):
         group = payloads[start : start + STAGE_GROUP]
-        stage_payloads(profile, [staged_input(profile, run_key, p) for p in group])
+        stage_payloads(profile, unwalked([staged_input(profile, run_key, p) for p in group]))
     save_manifest(manifest, profile)
     return manifest, False
 
@@ -319,7 +320,7 @@ def process_documents(
         loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params
     )
     manifest, resumed = prepare_manifest(
-        prof, target, key, loaded, tmpl, params, batch_size, max_batch_bytes
+        prof, target, key, unwalked(loaded), tmpl, params, batch_size, max_batch_bytes
     )
     logger.info(
         "run %s: %d batches, %s", key, len(manifest.batches), "resumed" if resumed else "new"
@@ -344,7 +345,12 @@ def process_documents(
         close_queue(prof, queue)
 
     summary = aggregate(
-        manifest, loaded, prof, time.monotonic() - started, output_format, output_dir
+        unwalked(manifest),
+        unwalked(loaded),
+        prof,
+        time.monotonic() - started,
+        output_format,
+        output_dir,
     )
     publish_artifacts(summary, prof, key)
     if summary.failed or summary.rejected:

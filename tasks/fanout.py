@@ -43,6 +43,7 @@ from tasks.recovery import (
     split_failed_batch,
 )
 from tasks.settings import Profile
+from tasks.task_params import unwalked
 
 MAX_INVOCATION_TIMEOUT_S = 3600
 RECONCILE_MAX_INTERVAL_S = 60.0
@@ -109,7 +110,7 @@ def resume_reconcile(
         return 0
     lookups = [_pending_lookup(r, outputs, manifest.run_key) for r in outstanding]
     settled = 0
-    for outcome in reconcile_batches(profile, lookups):
+    for outcome in reconcile_batches(profile, unwalked(lookups)):
         record = manifest.batches[outcome.batch_id]
         if record.status is BatchStatus.PENDING:
             # Its next attempt's output exists: the killed run invoked it after its last save.
