@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,21 @@ class Bench:
         if self.profile_dir is not None and contender == "docflow":
             self.profile_dir.mkdir(parents=True, exist_ok=True)
             env["BENCH_PROFILE"] = str(self.profile_dir / f"docflow-{n_docs}-{spec.run_id}.txt")
+        before = self._services_cpu_s(endpoint)
         result = run_contender(spec, env, timeout_s=self.cfg.contender_timeout_s)
+        # CPU the shared services spent meanwhile: localcloud and the Prefect server (this process)
+        # and the endpoint's instances. On a 2-core machine that CPU is taken from the contender.
+        result["services_cpu_s"] = self._services_cpu_s(endpoint) - before
         self.log(
             f"{contender}: {result['docs_completed']}/{n_docs} completed in {result['wall_s']:.1f} s "
             f"({result['docs_per_s']:.1f} docs/s, {result['api_calls_per_doc']:.2f} calls/doc, "
             f"peak RSS {result['peak_rss_mb']:.0f} MiB)"
         )
         return result
+
+    def _services_cpu_s(self, endpoint: EndpointInfo) -> float:
+        own = os.times()
+        return own.user + own.system + self.env.instance_cpu_s(endpoint.name)
 
     def docflow_echo(self, n_docs: int) -> dict[str, Any]:
         """docflow on the echo endpoint at ``n_docs``; reused by the overhead, completion and scaling sections."""

@@ -10,11 +10,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.aggregate import RunSummary, aggregate_run, summary_markdown
-from tasks.batching import compute_run_key, make_batches, validate_run_key
+from tasks.batching import BatchPayload, compute_run_key, make_batches, validate_run_key
 from tasks.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.fanout import Fanout, FanoutOptions, FanoutStats, resume_reconcile
-from tasks.invoke import InvokeSettings, require_invocation_limit, stage_payloads
-from tasks.manifest import RunManifest, load_manifest, save_manifest
+from tasks.invoke import InvokeSettings, require_invocation_limit
+from tasks.manifest import BatchStatus, RunManifest, load_manifest, save_manifest
 from tasks.notifications import (
     EndpointOutputs,
     RunQueue,
@@ -24,11 +24,12 @@ from tasks.notifications import (
 )
 from tasks.progress import RunProgress
 from tasks.prompts import GenerationParameters, PromptTemplate
-from tasks.recovery import new_record, staged_input
+from tasks.recovery import new_record
 from tasks.settings import Profile, load_profile
+from tasks.spool import OutputSpool
+from tasks.staging import PayloadStager, stage_payloads
 from tasks.task_params import unwalked
 
-STAGE_GROUP = 256
 TABLE_ROWS = 20
 DEFAULT_TTL_S = 21600
 DEFAULT_TIMEOUT_S = 900
@@ -50,6 +51,24 @@ def describe_target(profile: Profile, endpoint: str) -> EndpointOutputs:
     return endpoint_outputs(profile, endpoint)
 
 
+class PreparedRun:
+    """A run's manifest, whether it was resumed, and the payloads still to be staged in S3.
+
+    The payloads are handed over once (``take_payloads``) so that the stager holds the only
+    reference and each payload's bytes are freed as soon as it is written.
+    """
+
+    def __init__(self, manifest: RunManifest, resumed: bool, payloads: list[BatchPayload]) -> None:
+        self.manifest = manifest
+        self.resumed = resumed
+        self._payloads = payloads
+
+    def take_payloads(self) -> list[BatchPayload]:
+        """The payloads to stage (empty on a second call)."""
+        payloads, self._payloads = self._payloads, []
+        return payloads
+
+
 @task(name="prepare-manifest", cache_policy=NO_CACHE)
 def prepare_manifest(
     profile: Profile,
@@ -60,12 +79,22 @@ def prepare_manifest(
     params: GenerationParameters,
     max_docs: int,
     max_bytes: int,
-) -> tuple[RunManifest, bool]:
-    """Load the run's manifest to resume it, or batch the corpus, stage the payloads and save a new one."""
+) -> PreparedRun:
+    """Load the run's manifest to resume it, or batch the corpus and save a new one.
+
+    The payloads are staged by the fan-out (``stage-payloads``) while it invokes the first ones;
+    a resumed run whose staging never finished builds them again (the same bytes, the same batch
+    ids) and stages the ones never invoked.
+    """
     existing = load_manifest(run_key, profile)
     if existing is not None:
         check_resumable(existing, corpus, target.endpoint)
-        return existing, True
+        if existing.staged:
+            return PreparedRun(existing, True, [])
+        payloads, _ = make_batches(
+            corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
+        )
+        return PreparedRun(existing, True, [p for p in payloads if never_invoked(existing, p)])
     payloads, rejected = make_batches(
         corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
     )
@@ -74,14 +103,18 @@ def prepare_manifest(
         endpoint=target.endpoint,
         model_artifact=target.model_artifact,
         rejected=[*corpus.rejected, *rejected],
+        staged=not payloads,
     )
     for payload in payloads:
         manifest.add(new_record(profile, target, run_key, payload))
-    for start in range(0, len(payloads), STAGE_GROUP):
-        group = payloads[start : start + STAGE_GROUP]
-        stage_payloads(profile, unwalked([staged_input(profile, run_key, p) for p in group]))
     save_manifest(manifest, profile)
-    return manifest, False
+    return PreparedRun(manifest, False, payloads)
+
+
+def never_invoked(manifest: RunManifest, payload: BatchPayload) -> bool:
+    """A payload whose batch is pending and was never submitted (so it may not be in S3 yet)."""
+    record = manifest.batches.get(payload.batch_id)
+    return record is not None and record.status is BatchStatus.PENDING and record.attempts == 0
 
 
 def check_resumable(manifest: RunManifest, corpus: Corpus, endpoint: str) -> None:
@@ -213,13 +246,15 @@ def submit_and_wait(
     target: EndpointOutputs,
     queue: RunQueue,
     *,
+    payloads: list[BatchPayload],
+    spool: OutputSpool | None,
     max_attempts: int,
     request_ttl_s: int | None,
     invocation_timeout_s: int | None,
     reconcile_every_s: float,
     deadline_s: float | None,
 ) -> FanoutStats:
-    """Invoke waves within the endpoint's shared cap and recover until every batch is terminal."""
+    """Stage payloads and invoke them within the endpoint's shared cap until every batch is terminal."""
     cap = require_invocation_limit(target.endpoint)
     invoke = InvokeSettings(
         endpoint=target.endpoint,
@@ -244,10 +279,28 @@ def submit_and_wait(
             counts = m.document_counts()
             progress.update(counts["completed"] + counts["failed"])
 
+        stager = PayloadStager(profile, manifest.run_key, payloads) if payloads else None
+        del payloads  # the stager holds the only reference: staged bytes are freed as it goes
         fanout = Fanout(
-            profile, manifest, target, queue, invoke, options, cap=cap, on_progress=report
+            profile,
+            manifest,
+            target,
+            queue,
+            invoke,
+            options,
+            cap=cap,
+            on_progress=report,
+            staging=stager,
+            spool=spool,
         )
-        return fanout.run()
+        if stager is None:
+            return fanout.run()
+        staging = stage_payloads.submit(unwalked(stager))
+        try:
+            return fanout.run()
+        finally:
+            stager.stop()  # a no-op once everything is staged
+            staging.wait()
 
 
 def default_deadline_s(ttl_s: int | None, timeout_s: int | None, max_attempts: int) -> float:
@@ -319,39 +372,43 @@ def process_documents(
     key = key or compute_run_key(
         loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params
     )
-    manifest, resumed = prepare_manifest(
+    prepared = prepare_manifest(
         prof, target, key, unwalked(loaded), tmpl, params, batch_size, max_batch_bytes
     )
+    manifest, resumed = prepared.manifest, prepared.resumed
     logger.info(
         "run %s: %d batches, %s", key, len(manifest.batches), "resumed" if resumed else "new"
     )
 
     stats = FanoutStats()
-    if not manifest.is_done():
-        queue = open_queue(prof, target, key)  # subscribed before the first invoke
-        if resumed:  # settle what finished while no one was listening
-            resume_reconcile(prof, manifest, target, max_attempts=max_attempts)
-        stats = submit_and_wait(
-            prof,
-            manifest,
-            target,
-            queue,
-            max_attempts=max_attempts,
-            request_ttl_s=request_ttl_s,
-            invocation_timeout_s=invocation_timeout_s,
-            reconcile_every_s=reconcile_every_s,
-            deadline_s=deadline_s,
-        )
-        close_queue(prof, queue)
+    with OutputSpool(prof) as spool:  # outputs are downloaded while the run waits for the rest
+        if not manifest.is_done():
+            queue = open_queue(prof, target, key)  # subscribed before the first invoke
+            if resumed:  # settle what finished while no one was listening
+                resume_reconcile(prof, manifest, target, max_attempts=max_attempts)
+            stats = submit_and_wait(
+                prof,
+                manifest,
+                target,
+                queue,
+                payloads=prepared.take_payloads(),
+                spool=spool,
+                max_attempts=max_attempts,
+                request_ttl_s=request_ttl_s,
+                invocation_timeout_s=invocation_timeout_s,
+                reconcile_every_s=reconcile_every_s,
+                deadline_s=deadline_s,
+            )
+            close_queue(prof, queue)
 
-    summary = aggregate(
-        unwalked(manifest),
-        unwalked(loaded),
-        prof,
-        time.monotonic() - started,
-        output_format,
-        output_dir,
-    )
+        summary = aggregate(
+            unwalked(manifest),
+            unwalked(loaded),
+            prof,
+            time.monotonic() - started,
+            output_format,
+            output_dir,
+        )
     publish_artifacts(summary, prof, key)
     if summary.failed or summary.rejected:
         logger.warning(

@@ -6,6 +6,7 @@ import queue as queue_module
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from tasks.invoke import (
     InvokeResult,
     InvokeSettings,
     cap_share,
-    submit_wave,
+    invoke_one,
 )
 from tasks.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
 from tasks.notifications import (
@@ -43,11 +44,16 @@ from tasks.recovery import (
     split_failed_batch,
 )
 from tasks.settings import Profile
+from tasks.spool import OutputSpool
+from tasks.staging import PayloadStager
 from tasks.task_params import unwalked
 
 MAX_INVOCATION_TIMEOUT_S = 3600
 RECONCILE_MAX_INTERVAL_S = 60.0
 IDLE_WAIT_S = 0.5  # longest the loop sleeps on the inbox before checking deadline, reconcile, save
+STAGING_WAIT_S = 0.01  # a slot is free but the next payload is still being staged
+PROGRESS_EVERY_S = 0.5
+STAGE_LOOKAHEAD = 64  # pending batches looked at for a staged one, beyond the free slots
 GROW_EVERY_S = 0.5  # while holding slots, how often to ask for more of the shared cap
 POLL_ERRORS_TOLERATED = 5
 DRAIN_WAIT_S = 0.1  # once every batch is terminal, how long to wait for late repeats to delete
@@ -133,7 +139,7 @@ class QueuePoller:
         self.profile = profile
         self.queue = run_queue
         self.wait_s = wait_s
-        self.inbox: queue_module.Queue[Received] = queue_module.Queue()
+        self.inbox: queue_module.Queue[Received | None] = queue_module.Queue()
         self._acked: queue_module.Queue[str] = queue_module.Queue()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -151,21 +157,28 @@ class QueuePoller:
         self._delete_acked()
 
     def take(self, timeout_s: float) -> list[Received]:
-        """Messages received so far, waiting up to ``timeout_s`` for the first; raises a poller failure."""
+        """Messages received so far, waiting up to ``timeout_s`` for the first (or a ``wake``).
+
+        Raises when polling has failed for good.
+        """
         if self._error is not None:
             raise RuntimeError(f"polling the run's queue failed: {self._error}") from self._error
-        messages: list[Received] = []
+        items: list[Received | None] = []
         try:
-            messages.append(
+            items.append(
                 self.inbox.get(timeout=timeout_s) if timeout_s > 0 else self.inbox.get_nowait()
             )
         except queue_module.Empty:
-            return messages
+            return []
         while True:
             try:
-                messages.append(self.inbox.get_nowait())
+                items.append(self.inbox.get_nowait())
             except queue_module.Empty:
-                return messages
+                return [m for m in items if m is not None]
+
+    def wake(self) -> None:
+        """End a ``take`` that is waiting now (an invocation has returned)."""
+        self.inbox.put(None)
 
     def ack(self, receipt_handles: list[str]) -> None:
         """Hand back messages whose effect is recorded, to be deleted."""
@@ -215,6 +228,8 @@ class Fanout:
         *,
         cap: int,
         on_progress: Callable[[RunManifest], None] | None = None,
+        staging: PayloadStager | None = None,
+        spool: OutputSpool | None = None,
     ) -> None:
         self.profile = profile
         self.manifest = manifest
@@ -224,7 +239,11 @@ class Fanout:
         self.options = options
         self.cap = cap
         self.on_progress = on_progress
+        self.staging = staging
+        self.spool = spool
         self.stats = FanoutStats()
+        self._last_progress = 0.0
+        self._invoking: dict[str, tuple[InvokeRequest, Future[InvokeResult]]] = {}
         self._last_reconcile = time.monotonic()
         self._reconcile_interval = options.reconcile_every_s
         self._last_save = time.monotonic()
@@ -246,33 +265,76 @@ class Fanout:
         with (
             cap_share(self.invoke.endpoint) as share,
             QueuePoller(self.profile, self.queue, wait_s=self.options.poll_wait_s) as poller,
+            ThreadPoolExecutor(self.cap, thread_name_prefix="docflow-invoke") as invoker,
         ):
-            while not self.manifest.is_done():
-                if time.monotonic() > deadline:
-                    self.stats.deadline_failed = fail_outstanding(
-                        self.manifest,
-                        f"run deadline of {self.options.deadline_s:.0f}s passed before a result "
-                        "arrived; raise deadline_s or resume the run with the same run key",
+            try:
+                while outstanding := self.manifest.outstanding():
+                    if time.monotonic() > deadline:
+                        self._record_invocations(wait=True)
+                        self.stats.deadline_failed = fail_outstanding(
+                            self.manifest,
+                            f"run deadline of {self.options.deadline_s:.0f}s passed before a "
+                            "result arrived; raise deadline_s or resume the run with the same "
+                            "run key",
+                        )
+                        logger.warning(
+                            "deadline passed: %d batches failed", self.stats.deadline_failed
+                        )
+                        break
+                    self._note_staging()
+                    self._record_invocations(wait=False)
+                    pending = [
+                        r
+                        for r in outstanding
+                        if r.status is BatchStatus.PENDING and r.batch_id not in self._invoking
+                    ]
+                    in_flight = len(outstanding) - len(pending)
+                    self._size_share(share, in_flight, len(pending))
+                    free = share.held - in_flight
+                    ready = [r for r in pending[: free + STAGE_LOOKAHEAD] if self._staged(r)]
+                    wave = ready[:free] if free > 0 else []
+                    if wave:
+                        self._submit(invoker, poller, wave)
+                    # Wait for the next notification, a returned invocation, or a short idle tick.
+                    wait_s = self._wait_s(
+                        in_flight + len(wave), free - len(wave), len(pending) - len(wave)
                     )
-                    logger.warning("deadline passed: %d batches failed", self.stats.deadline_failed)
-                    break
-                outstanding = self.manifest.outstanding()
-                pending = [r for r in outstanding if r.status is BatchStatus.PENDING]
-                in_flight = len(outstanding) - len(pending)
-                self._size_share(share, in_flight, len(pending))
-                free = share.held - in_flight
-                if pending and free > 0:
-                    self._submit(pending[:free])
-                    continue  # record what came back, then refill or wait
-                # Nothing to submit now: wait for the next notification (or a short idle tick).
-                self._handle(poller, poller.take(IDLE_WAIT_S if in_flight else 0.05))
-                self._reconcile_if_due()
-                self._save_if_due()
-                if self.on_progress is not None:
-                    self.on_progress(self.manifest)
-            # Repeats are published right behind the original: take them off the queue too.
-            while messages := poller.take(DRAIN_WAIT_S):
-                self._handle(poller, messages)
+                    self._handle(poller, poller.take(wait_s))
+                    self._reconcile_if_due()
+                    self._save_if_due()
+                    self._report_progress()
+                # Repeats are published right behind the original: take them off the queue too.
+                while messages := poller.take(DRAIN_WAIT_S):
+                    self._handle(poller, messages)
+            finally:
+                self._record_invocations(wait=True, raising=False)  # submitted stays on record
+        if self.on_progress is not None:
+            self.on_progress(self.manifest)
+
+    def _staged(self, record: BatchRecord) -> bool:
+        return self.staging is None or self.staging.is_staged(record.batch_id)
+
+    def _note_staging(self) -> None:
+        """Raise a staging failure; record in the manifest once every payload is in S3."""
+        if self.staging is None:
+            return
+        self.staging.check()
+        if self.staging.finished and not self.manifest.staged:
+            self.manifest.staged = True
+            self._dirty = True
+
+    @staticmethod
+    def _wait_s(in_flight: int, free: int, pending: int) -> float:
+        """How long to wait for a notification before looking again."""
+        if pending and free > 0:
+            return STAGING_WAIT_S  # a payload being staged will be ready in milliseconds
+        return IDLE_WAIT_S if in_flight else 0.05
+
+    def _report_progress(self) -> None:
+        now = time.monotonic()
+        if self.on_progress is not None and now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            self.on_progress(self.manifest)
 
     def _size_share(self, share: CapShare, in_flight: int, pending: int) -> None:
         """Hold as much of the shared cap as the remaining work can use: grow when free, shrink at the tail."""
@@ -295,22 +357,41 @@ class Fanout:
             return None
         return min(MAX_INVOCATION_TIMEOUT_S, base * 2 ** (attempt - 1))
 
-    def _submit(self, wave: list[BatchRecord]) -> None:
-        requests = [
-            InvokeRequest(
-                batch_id=r.batch_id,
-                inference_id=r.inference_id,
-                input_uri=r.input_uri,
-                attempt=r.attempts + 1,
-                invocation_timeout_s=self._timeout_for(r.attempts + 1),
+    def _submit(
+        self, invoker: ThreadPoolExecutor, poller: QueuePoller, wave: list[BatchRecord]
+    ) -> None:
+        """Start invoking ``wave`` on the invoker threads; each result wakes the loop."""
+        for record in wave:
+            request = InvokeRequest(
+                batch_id=record.batch_id,
+                inference_id=record.inference_id,
+                input_uri=record.input_uri,
+                attempt=record.attempts + 1,
+                invocation_timeout_s=self._timeout_for(record.attempts + 1),
             )
-            for r in wave
-        ]
-        results = submit_wave(self.profile, self.invoke, requests)
+            future = invoker.submit(invoke_one, self.profile, self.invoke, request)
+            future.add_done_callback(lambda _: poller.wake())
+            self._invoking[record.batch_id] = (request, future)
         self.stats.waves += 1
-        for request, result in zip(requests, results, strict=True):
-            self._record_submission(request, result)
-        self._dirty = True
+
+    def _record_invocations(
+        self, *, wait: bool, only: str | None = None, raising: bool = True
+    ) -> None:
+        """Record the invocations that have returned (with ``wait``, all of them or ``only`` one).
+
+        ``invoke_one`` returns errors as results; an exception here is a bug or a crash, raised
+        unless ``raising`` is off (while already unwinding from another error).
+        """
+        for batch_id, (request, future) in list(self._invoking.items()):
+            if only is not None and batch_id != only:
+                continue
+            if not wait and not future.done():
+                continue
+            del self._invoking[batch_id]
+            if not raising and future.exception() is not None:
+                continue
+            self._record_submission(request, future.result())
+            self._dirty = True
 
     def _record_submission(self, request: InvokeRequest, result: InvokeResult) -> None:
         run_key = self.manifest.run_key
@@ -344,6 +425,8 @@ class Fanout:
 
     def _apply(self, outcome: Outcome) -> Decision:
         decision = apply_outcome(self.manifest, outcome, max_attempts=self.options.max_attempts)
+        if decision is Decision.COMPLETED and self.spool is not None:
+            self.spool.fetch(self.manifest.batches[outcome.batch_id].output_uri)
         if decision is Decision.SPLIT:
             split_failed_batch(
                 self.profile, self.outputs, self.manifest, outcome.batch_id, outcome.reason or ""
@@ -366,6 +449,8 @@ class Fanout:
             if note is None or record is None:
                 counters.unknown += 1
                 continue
+            # The result can arrive before InvokeEndpointAsync's response: record that first.
+            self._record_invocations(wait=True, only=record.batch_id)
             if self._apply(outcome_from_notification(record.batch_id, note)) is Decision.IGNORED:
                 counters.duplicates += 1
         # Deleted only now: every message's effect is in the manifest (and S3 has the objects).

@@ -16,8 +16,6 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from tasks.aws import aws_client
@@ -186,32 +184,31 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def put_if_absent(profile: Profile, item: StagedInput) -> int:
+    """One conditional PUT (If-None-Match: *); 1 when written, 0 when the key already exists."""
+    try:
+        aws_client("s3", profile).put_object(
+            Bucket=profile.bucket,
+            Key=item.key,
+            Body=item.body,
+            ContentType=CONTENT_TYPE,
+            IfNoneMatch="*",
+        )
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = exc.response.get("Error", {}).get("Code")
+        if status in (409, 412) or code in EXISTS_CODES:
+            return 0  # already there (or being written by a concurrent run)
+        raise
+    return 1
+
+
 def stage_inputs(profile: Profile, inputs: Sequence[StagedInput], *, workers: int = 8) -> int:
     """Put each payload at its key unless an object is already there; returns how many were written."""
-    s3 = aws_client("s3", profile)
-
-    def put(item: StagedInput) -> int:
-        # One conditional write per payload (If-None-Match: *) instead of a HEAD and a PUT.
-        try:
-            s3.put_object(
-                Bucket=profile.bucket,
-                Key=item.key,
-                Body=item.body,
-                ContentType=CONTENT_TYPE,
-                IfNoneMatch="*",
-            )
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = exc.response.get("Error", {}).get("Code")
-            if status in (409, 412) or code in EXISTS_CODES:
-                return 0  # already there (or being written by a concurrent run)
-            raise
-        return 1
-
     if not inputs:
         return 0
     with ThreadPoolExecutor(max_workers=min(workers, len(inputs))) as pool:
-        return sum(pool.map(put, inputs))
+        return sum(pool.map(lambda item: put_if_absent(profile, item), inputs))
 
 
 def invoke_one(profile: Profile, settings: InvokeSettings, request: InvokeRequest) -> InvokeResult:
@@ -258,22 +255,6 @@ def invoke_one(profile: Profile, settings: InvokeSettings, request: InvokeReques
         failure_uri=response.get("FailureLocation"),
         submitted_at=time.time(),
     )
-
-
-@task(name="stage-payloads", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5])
-def stage_payloads(profile: Profile, inputs: list[StagedInput]) -> int:
-    """Stage a group of batch payloads in S3 (existing objects are kept); returns how many were new."""
-    return stage_inputs(profile, inputs)
-
-
-def submit_wave(
-    profile: Profile, settings: InvokeSettings, requests: list[InvokeRequest]
-) -> list[InvokeResult]:
-    """Invoke some batches whose slots the caller holds (no task run: it is called per refill)."""
-    if len(requests) <= 1:
-        return [invoke_one(profile, settings, r) for r in requests]
-    with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
-        return list(pool.map(lambda r: invoke_one(profile, settings, r), requests))
 
 
 class CapacityError(RuntimeError):

@@ -76,6 +76,11 @@ class RunManifest(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     batches: dict[str, BatchRecord] = Field(default_factory=dict)
     rejected: list[Rejected] = Field(default_factory=list)
+    staged: bool = Field(
+        True,
+        description="Every first-attempt payload is in S3 (False while a new run is staging them; "
+        "manifests written before this field existed were saved after staging).",
+    )
     notifications: NotificationCounters = Field(default_factory=NotificationCounters)
 
     def add(self, record: BatchRecord) -> None:

@@ -267,20 +267,20 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
     path = deployed(cap=4)
     prof = load_profile(path)
     write_corpus(tmp_path / "c.jsonl", 40)
-    real_submit = tasks.fanout.submit_wave
-    waves: list[int] = []
+    real_invoke = tasks.fanout.invoke_one
+    calls: list[int] = []
 
-    def crashing_submit(*args: Any, **kwargs: Any) -> Any:
-        if len(waves) == 3:
+    def crashing_invoke(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 4:
             raise RuntimeError("worker lost (simulated)")
-        waves.append(1)
-        return real_submit(*args, **kwargs)
+        return real_invoke(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.fanout, "submit_wave", crashing_submit)
+    monkeypatch.setattr(tasks.fanout, "invoke_one", crashing_invoke)
     probe = OutstandingProbe(localcloud, prof.endpoint_name, monkeypatch)
     with pytest.raises(RuntimeError, match="simulated"):
         run(path, tmp_path / "c.jsonl", batch_size=4, run_key="resume1")
-    monkeypatch.setattr(tasks.fanout, "submit_wave", real_submit)
+    monkeypatch.setattr(tasks.fanout, "invoke_one", real_invoke)
     for _ in range(100):  # what was submitted before the crash finishes meanwhile
         if probe.outstanding == 0:
             break

@@ -1,0 +1,124 @@
+"""Stage a run's batch payloads in S3 in the background, in the order the fan-out invokes them.
+
+The fan-out starts invoking as soon as the first payloads are in S3 instead of waiting for all of
+them: ``PayloadStager`` puts payloads from a few worker threads (one conditional PUT each, kept
+when the key already exists) and the fan-out only submits batches that ``is_staged``. Each
+payload's bytes are dropped once written, so the run never holds more than the unstaged rest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from functools import partial
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.batching import BatchPayload
+from tasks.invoke import call_with_backoff, describe_error, put_if_absent
+from tasks.recovery import staged_input
+from tasks.settings import Profile
+
+STAGE_WORKERS = 8
+PUT_ATTEMPTS = 4  # on top of botocore's own retries: throttling and 5xx only
+
+
+class StagingError(RuntimeError):
+    """A payload could not be put in S3; nothing of the run is lost (resume it with its run key)."""
+
+
+class PayloadStager:
+    """Puts payloads in S3 from worker threads; tells the fan-out which batches are there."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        run_key: str,
+        payloads: Iterable[BatchPayload],
+        *,
+        workers: int = STAGE_WORKERS,
+    ) -> None:
+        self.profile = profile
+        self.run_key = run_key
+        self.workers = workers
+        self._todo: deque[BatchPayload] = deque(payloads)
+        self._unstaged = {p.batch_id for p in self._todo}
+        self.total = len(self._todo)
+        self.written = 0
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def is_staged(self, batch_id: str) -> bool:
+        """Whether the batch's payload is in S3 (batches this stager was not given always are)."""
+        return batch_id not in self._unstaged
+
+    @property
+    def finished(self) -> bool:
+        """Every payload is in S3."""
+        return not self._unstaged
+
+    def check(self) -> None:
+        """Raise ``StagingError`` once a payload has failed to stage."""
+        if self.error is not None:
+            raise StagingError(self.error)
+
+    def stop(self) -> None:
+        """Ask the workers to stop after their current PUT."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Stage everything (blocking); returns how many objects were new. Raises ``StagingError``."""
+        threads = [
+            threading.Thread(target=self._work, name=f"docflow-stage-{i}", daemon=True)
+            for i in range(min(self.workers, self.total))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.check()
+        return self.written
+
+    def _next(self) -> BatchPayload | None:
+        with self._lock:
+            return self._todo.popleft() if self._todo and not self._stop.is_set() else None
+
+    def _work(self) -> None:
+        while (payload := self._next()) is not None:
+            item = staged_input(self.profile, self.run_key, payload)
+            try:
+                wrote = call_with_backoff(
+                    partial(put_if_absent, self.profile, item),
+                    max_attempts=PUT_ATTEMPTS,
+                    base_s=0.5,
+                    max_s=10.0,
+                )
+            except Exception as exc:
+                self.error = (
+                    f"staging the payload of batch {payload.batch_id} in S3 failed: "
+                    f"{describe_error(exc)}; fix the cause and run again with the same run_key "
+                    "to resume"
+                )
+                self._stop.set()
+                return
+            with self._lock:
+                self._unstaged.discard(payload.batch_id)
+                self.written += wrote
+
+
+@task(name="stage-payloads", cache_policy=NO_CACHE)
+def stage_payloads(stager: PayloadStager) -> int:
+    """Stage the run's payloads while the fan-out invokes the ones already staged."""
+    started = time.monotonic()
+    written = stager.run()
+    get_run_logger().info(
+        "staged %d payloads (%d new) in %.1f s",
+        stager.total,
+        written,
+        time.monotonic() - started,
+    )
+    return written
