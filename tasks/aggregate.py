@@ -250,30 +250,23 @@ def _meta_column(name: str, stats: _MetaStats, rejected_rows: bool) -> _Column:
     The types are the ones the pandas-built table had: ints with any null are float64, bools
     with any null are object, a column of only None is Arrow null (float64 if a key was missing).
     """
-    kinds = stats.kinds
-    if kinds == {int, float}:
-        kinds = {float}  # pandas made such a column float64
+    kinds = {float} if stats.kinds == {int, float} else stats.kinds  # pandas made it float64
     gaps = stats.nulls or stats.missing or rejected_rows
     if not kinds:
-        return (
-            _Column(name, pa.float64(), "float64")
-            if stats.missing
-            else _Column(name, pa.null(), "object")
-        )
-    if len(kinds) > 1 or kinds & {dict, list, tuple}:
-        return _Column(name, pa.large_string(), "string", as_json=True)
-    (kind,) = kinds
+        if stats.missing:
+            return _Column(name, pa.float64(), "float64")
+        return _Column(name, pa.null(), "object")
+    kind = next(iter(kinds)) if len(kinds) == 1 else None
     if kind is str:
         return _Column(name, pa.large_string(), "str")
     if kind is bool:
         return _Column(name, pa.bool_(), "object" if gaps else "bool")
-    if kind is int:
-        return (
-            _Column(name, pa.float64(), "float64") if gaps else _Column(name, pa.int64(), "int64")
-        )
-    if kind is float:
+    if kind is int and not gaps:
+        return _Column(name, pa.int64(), "int64")
+    if kind in (int, float):
         return _Column(name, pa.float64(), "float64")
-    return _Column(name, pa.large_string(), "string", as_json=True)  # datetimes, decimals, bytes
+    # Mixed types, lists and dicts; also datetimes, decimals, bytes: JSON text.
+    return _Column(name, pa.large_string(), "string", as_json=True)
 
 
 def _columns(corpus: Corpus) -> list[_Column]:
@@ -348,7 +341,11 @@ def _late_rejects(manifest: RunManifest, corpus: Corpus) -> dict[str, Rejected]:
 
 @dataclass
 class _Joiner:
-    """Turns a chunk of input rows into result rows (one dict per row, in the chunk's order)."""
+    """Turns a chunk of input rows into result rows (one dict per row, in the chunk's order).
+
+    ``outputs`` is a cache that reads each chunk's batch outputs, or (results_frame) a dict of
+    outputs already read.
+    """
 
     manifest: RunManifest
     late: dict[str, Rejected]
