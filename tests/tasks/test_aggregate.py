@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import io
 import json
+import weakref
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from tasks.aggregate import aggregate_run, results_frame, summary_markdown
+from tasks import aggregate
+from tasks.aggregate import (
+    RunSummary,
+    aggregate_run,
+    aggregate_run_with_preview,
+    results_frame,
+    summary_markdown,
+)
 from tasks.aws import aws_client
 from tasks.batching import BatchPayload, inference_id, make_batches, split_batch
 from tasks.corpus import Corpus, load_corpus
 from tasks.manifest import BatchRecord, BatchStatus, RunManifest, run_uri, split_s3_uri
 from tasks.prompts import GenerationParameters, PromptTemplate
 from tasks.settings import Profile
+from tasks.spool import OutputSpool
 
 RUN = "aggtest0001"
 T0 = datetime(2026, 11, 21, 4, 0, tzinfo=UTC)
@@ -232,3 +242,213 @@ def test_bad_output_format_is_refused(profile: Profile, tmp_path: Path) -> None:
     m = RunManifest(run_key=RUN, endpoint="e", model_artifact="m")
     with pytest.raises(ValueError, match="parquet, csv, jsonl"):
         aggregate_run(m, corpus, profile, wall_time_s=1.0, output_format="xlsx")  # type: ignore[arg-type]
+
+
+# --- streaming in chunks ------------------------------------------------------------------------
+
+CHUNK = 7
+
+
+def _chunked_corpus(tmp_path: Path) -> Corpus:
+    """32 documents with 3 bad rows between them; 'mixed' and 'score' are null in chunk 0."""
+    lines = []
+    for i in range(32):
+        doc: dict[str, object] = {"id": f"c{i:02d}", "text": f"document {i} " * 3, "n": i}
+        if i >= 10:
+            doc["mixed"] = i if i % 2 else f"s{i}"
+        if i >= 14:
+            doc["score"] = i / 4
+        lines.append(json.dumps(doc))
+    lines.insert(2, json.dumps({"id": "c01", "text": "duplicate"}))
+    lines.insert(9, json.dumps({"id": "blank", "text": " "}))
+    lines.insert(20, "{not json")
+    path = tmp_path / "chunked.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return load_corpus(str(path))
+
+
+def _chunked_scenario(profile: Profile, corpus: Corpus) -> RunManifest:
+    """Batches of 5: ok, failed, split (halves in chunks 1 and 2), output lost, ok with a long
+    text, ok, ok (2 documents)."""
+    batches, late = make_batches(
+        corpus.documents, PromptTemplate(), GenerationParameters(), max_docs=5, max_bytes=2000
+    )
+    assert [len(b.doc_ids) for b in batches] == [5] * 6 + [2] and not late
+    m = RunManifest(run_key=RUN, endpoint=profile.endpoint_name, model_artifact="s3://m")
+    m.rejected.extend(corpus.rejected)
+    records = [_record(profile, b) for b in batches]
+    for r in records:
+        m.add(r)
+    ok, failed, parent, lost, long, *rest = records
+    for r in [ok, *rest]:
+        _write_output(profile, r, [_ok(d) for d in r.doc_ids])
+        _complete(m, r, 2.0)
+    m.mark(failed.batch_id, BatchStatus.FAILED, attempts=3, reason="ClientError: model error 500")
+    m.mark(parent.batch_id, BatchStatus.SPLIT, attempts=3)
+    for half in split_batch(batches[2]):
+        record = _record(profile, half, parent.batch_id)
+        m.add(record)
+        _write_output(profile, record, [_ok(d) for d in record.doc_ids])
+        _complete(m, record, 3.0)
+    _complete(m, lost, 4.0)  # no output object
+    lines = [_ok(d) for d in long.doc_ids]
+    lines[0]["text"] = "y" * 300
+    _write_output(profile, long, lines)
+    _complete(m, long, 5.0)
+    return m
+
+
+def _aggregate_to(
+    m: RunManifest, corpus: Corpus, profile: Profile, out: Path, **kwargs: Any
+) -> tuple[RunSummary, pd.DataFrame, pd.DataFrame]:
+    summary = aggregate_run(m, corpus, profile, wall_time_s=2.0, local_dir=str(out), **kwargs)
+    body = aws_client("s3", profile).get_object(
+        Bucket=profile.bucket, Key=f"runs/{RUN}/results.parquet"
+    )["Body"]
+    table = pd.read_parquet(io.BytesIO(body.read()))
+    pd.testing.assert_frame_equal(table, pd.read_parquet(out / "results.parquet"))
+    return summary, table, pd.read_parquet(out / "failures.parquet")
+
+
+def _chunk_of(table: pd.DataFrame, doc_ids: list[str]) -> set[int]:
+    positions = table.index[table["doc_id"].isin(doc_ids)]
+    return {int(p) // CHUNK for p in positions}
+
+
+def test_chunks_give_the_same_tables_as_one_chunk(profile: Profile, tmp_path: Path) -> None:
+    corpus = _chunked_corpus(tmp_path)
+    m = _chunked_scenario(profile, corpus)
+    whole = _aggregate_to(m, corpus, profile, tmp_path / "whole", chunk_rows=10_000)
+    summary, table, failures = _aggregate_to(m, corpus, profile, tmp_path / "c", chunk_rows=CHUNK)
+
+    pd.testing.assert_frame_equal(table, whole[1])
+    pd.testing.assert_frame_equal(failures, whole[2])
+    assert summary.model_dump(exclude={"local_results_path"}) == whole[0].model_dump(
+        exclude={"local_results_path"}
+    )
+    assert len(table) == corpus.size == 35 and table["row"].tolist() == list(range(35))
+    assert (summary.completed, summary.failed, summary.rejected) == (22, 10, 3)
+    assert (summary.prompt_tokens, summary.completion_tokens) == (220, 88)
+    assert table.loc[[2, 9, 20], "status"].tolist() == ["rejected"] * 3
+    halves = [r for r in m.batches.values() if r.parent is not None]
+    assert [_chunk_of(table, h.doc_ids) for h in halves] == [{1}, {2}]
+    assert set(table.loc[table["doc_id"].isin(halves[1].doc_ids), "status"]) == {"completed"}
+    lost = list(m.batches.values())[3]
+    reasons = table.loc[table["doc_id"].isin(lost.doc_ids), "reason"]
+    assert reasons.str.contains(f"output object {lost.output_uri} could not be read").all()
+    assert summary.top_failure_reasons["ClientError: model error 500"] == 5
+    # 'mixed' holds ints and strings (JSON text); it and 'score' are all null in chunk 0.
+    assert table["mixed"].iloc[:CHUNK].isna().all() and table["score"].iloc[:CHUNK].isna().all()
+    assert table.loc[table["doc_id"] == "c10", "mixed"].item() == '"s10"'
+    assert table.loc[table["doc_id"] == "c11", "mixed"].item() == "11"
+    assert str(table["mixed"].dtype) == "string" and table["score"].dtype == "float64"
+    assert table["n"].dtype == "float64"  # ints with nulls (the rejected rows), as before
+    assert table.dtypes.to_dict() == failures.dtypes.to_dict()
+    assert failures["row"].tolist() == table.loc[table["status"] != "completed", "row"].tolist()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_chunked_text_results_match_one_chunk(profile: Profile, tmp_path: Path, fmt: str) -> None:
+    corpus = _chunked_corpus(tmp_path)
+    m = _chunked_scenario(profile, corpus)
+    texts = []
+    for chunk_rows in (10_000, CHUNK):
+        summary = aggregate_run(
+            m,
+            corpus,
+            profile,
+            wall_time_s=1.0,
+            output_format=fmt,  # type: ignore[arg-type]
+            local_dir=str(tmp_path / str(chunk_rows)),
+            chunk_rows=chunk_rows,
+        )
+        assert summary.local_results_path is not None
+        texts.append(Path(summary.local_results_path).read_text())
+    assert texts[0] == texts[1]
+    assert len(texts[1].splitlines()) == 35 + (fmt == "csv")
+
+
+def test_outputs_are_held_one_chunk_at_a_time(
+    profile: Profile, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = _chunked_corpus(tmp_path)
+    m = _chunked_scenario(profile, corpus)
+    reads: list[str] = []
+    live: set[int] = set()
+    most = 0
+    real = aggregate.read_output
+
+    def counted(record: BatchRecord, *args: Any) -> Any:
+        nonlocal most
+        output = real(record, *args)
+        reads.append(record.batch_id)
+        live.add(id(output))
+        weakref.finalize(output, live.discard, id(output))
+        most = max(most, len(live))
+        return output
+
+    monkeypatch.setattr(aggregate, "read_output", counted)
+    _, table, _ = _aggregate_to(m, corpus, profile, tmp_path / "c", chunk_rows=CHUNK)
+
+    completed = {b for b, r in m.batches.items() if r.status is BatchStatus.COMPLETED}
+    per_chunk = [
+        set(table["batch_id"].iloc[start : start + CHUNK].dropna()) & completed
+        for start in range(0, len(table), CHUNK)
+    ]
+    assert sorted(reads) == sorted(completed)  # each output read once, across chunk boundaries
+    assert most <= max(len(needed) for needed in per_chunk) < len(completed)
+    assert not live  # nothing kept after the run
+
+
+def test_spool_outputs_are_used_and_the_rest_read_from_s3(profile: Profile, tmp_path: Path) -> None:
+    corpus = _chunked_corpus(tmp_path)
+    m = _chunked_scenario(profile, corpus)
+    _, expected, expected_failures = _aggregate_to(m, corpus, profile, tmp_path / "s3")
+    completed = [r for r in m.batches.values() if r.status is BatchStatus.COMPLETED]
+    spooled = completed[::2]
+    s3 = aws_client("s3", profile)
+    with OutputSpool(profile) as spool:
+        for record in spooled:
+            spool.fetch(record.output_uri)
+        for record in spooled:
+            if spool.read(record.output_uri) is not None:  # downloaded: S3 no longer needed
+                bucket, key = split_s3_uri(record.output_uri)
+                s3.delete_object(Bucket=bucket, Key=key)
+        deleted = [
+            r
+            for r in spooled
+            if "Contents"
+            not in s3.list_objects_v2(Bucket=profile.bucket, Prefix=split_s3_uri(r.output_uri)[1])
+        ]
+        assert len(deleted) >= 2  # the lost batch's output never existed
+        _, table, failures = _aggregate_to(
+            m, corpus, profile, tmp_path / "spool", spool=spool, chunk_rows=CHUNK
+        )
+    pd.testing.assert_frame_equal(table, expected)
+    pd.testing.assert_frame_equal(failures, expected_failures)
+
+
+def test_preview_holds_the_first_rows(profile: Profile, tmp_path: Path) -> None:
+    from flows.process_documents import read_rows
+
+    corpus = _chunked_corpus(tmp_path)
+    m = _chunked_scenario(profile, corpus)
+    summary, preview = aggregate_run_with_preview(
+        m, corpus, profile, wall_time_s=1.0, local_dir=str(tmp_path), preview_rows=12, chunk_rows=5
+    )
+    assert preview.results == read_rows(str(tmp_path / "results.parquet"), profile, 12)
+    assert preview.failures == read_rows(str(tmp_path / "failures.parquet"), profile, 12)
+    assert [r["row"] for r in preview.results] == list(range(12))
+    assert len(preview.failures) == 12 and summary.failed + summary.rejected > 12
+    assert all(r["status"] != "completed" for r in preview.failures)
+    json.dumps([preview.results, preview.failures])  # JSON-friendly
+    long = [r["text"] for r in preview.results if r["text"] and r["text"].startswith("y")]
+    if not long:  # the long text is past the first 12 rows: check it in a bigger preview
+        _, bigger = aggregate_run_with_preview(
+            m, corpus, profile, wall_time_s=1.0, preview_rows=100, chunk_rows=5
+        )
+        long = [r["text"] for r in bigger.results if r["text"] and r["text"].startswith("y")]
+        assert len(bigger.results) == 35
+    assert long == ["y" * 200 + "…"]
+    _, none = aggregate_run_with_preview(m, corpus, profile, wall_time_s=1.0)
+    assert none.results == [] and none.failures == []
