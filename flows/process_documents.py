@@ -9,7 +9,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.aggregate import RunSummary, aggregate_run, summary_markdown
+from tasks.aggregate import Preview, RunSummary, aggregate_run_with_preview, summary_markdown
 from tasks.batching import BatchPayload, compute_run_key, make_batches, validate_run_key
 from tasks.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.fanout import Fanout, FanoutOptions, FanoutStats, resume_reconcile
@@ -150,20 +150,23 @@ def aggregate(
     wall_time_s: float,
     output_format: Literal["parquet", "csv", "jsonl"],
     output_dir: str | None,
-) -> RunSummary:
+    spool: OutputSpool | None,
+) -> tuple[RunSummary, Preview]:
     """Join every output back to its input row and write results, failures and summary."""
-    return aggregate_run(
+    return aggregate_run_with_preview(
         manifest,
         corpus,
         profile,
         wall_time_s=wall_time_s,
         output_format=output_format,
         local_dir=output_dir,
+        preview_rows=TABLE_ROWS,
+        spool=spool,
     )
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
-def publish_artifacts(summary: RunSummary, profile: Profile, run_key: str) -> None:
+def publish_artifacts(summary: RunSummary, preview: Preview, run_key: str) -> None:
     """The markdown summary, the first result rows and, when any, the failures, as artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -171,13 +174,13 @@ def publish_artifacts(summary: RunSummary, profile: Profile, run_key: str) -> No
     create_markdown_artifact(
         summary_markdown(summary), key=f"{key}-summary", description="process-documents summary"
     )
-    rows = first_rows(summary, profile, TABLE_ROWS)
-    if rows:
-        create_table_artifact(rows, key=f"{key}-results", description="first result rows")
-    if summary.failed or summary.rejected:
-        failures = read_rows(summary.failures_uri, profile, TABLE_ROWS)
+    if preview.results:
         create_table_artifact(
-            failures,
+            preview.results, key=f"{key}-results", description="first result rows"
+        )
+    if summary.failed or summary.rejected:
+        create_table_artifact(
+            preview.failures,
             key=f"{key}-failures",
             description=f"{summary.failed} failed and {summary.rejected} rejected documents "
             f"with their reasons (first {TABLE_ROWS}; all in {summary.failures_uri})",
@@ -187,40 +190,6 @@ def publish_artifacts(summary: RunSummary, profile: Profile, run_key: str) -> No
 def artifact_key(run_key: str) -> str:
     """A Prefect artifact key (lowercase letters, digits, dashes) for the run."""
     return "docflow-" + re.sub(r"[^a-z0-9-]+", "-", run_key.lower()).strip("-")
-
-
-def first_rows(summary: RunSummary, profile: Profile, n: int) -> list[dict[str, Any]]:
-    """The first ``n`` rows of the results table, short text columns, for the table artifact."""
-    return read_rows(summary.local_results_path or summary.results_uri, profile, n)
-
-
-def read_rows(location: str, profile: Profile, n: int) -> list[dict[str, Any]]:
-    """The first ``n`` rows of a Parquet/CSV/JSONL table (local path or s3://), text shortened."""
-    import io
-
-    import pandas as pd
-
-    from tasks.aws import aws_client
-    from tasks.manifest import split_s3_uri
-
-    source: Any = location
-    if location.startswith("s3://"):
-        bucket, key = split_s3_uri(location)
-        source = io.BytesIO(
-            aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
-        )
-    if location.endswith(".csv"):
-        frame = pd.read_csv(source, nrows=n)
-    elif location.endswith(".jsonl"):
-        frame = pd.read_json(source, lines=True).head(n)
-    else:
-        frame = pd.read_parquet(source).head(n)
-    frame = frame.astype(object).where(frame.notna(), None)
-    rows = frame.to_dict(orient="records")
-    return [
-        {k: (v[:200] + "…" if isinstance(v, str) and len(v) > 200 else v) for k, v in row.items()}
-        for row in rows
-    ]
 
 
 def build_template(
@@ -401,15 +370,16 @@ def process_documents(
             )
             close_queue(prof, queue)
 
-        summary = aggregate(
+        summary, preview = aggregate(
             unwalked(manifest),
             unwalked(loaded),
             prof,
             time.monotonic() - started,
             output_format,
             output_dir,
+            unwalked(spool),
         )
-    publish_artifacts(summary, prof, key)
+    publish_artifacts(summary, unwalked(preview), key)
     if summary.failed or summary.rejected:
         logger.warning(
             "run %s: %d completed, %d failed, %d rejected — see %s",
