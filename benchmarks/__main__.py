@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="stop the naive client after this many seconds (its rate is projected; default 300, quick 15)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="runs of docflow and the hand-written client per size; the median is reported",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     return parser
 
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizes:
         sizes = tuple(int(x) for x in args.sizes.split(","))
         cfg = replace(cfg, overhead_sizes=sizes, scaling_sizes=sizes, name=f"{cfg.name}-custom")
+    if args.repeat:
+        cfg = replace(cfg, repeat=args.repeat)
     if args.naive_budget_s:
         cfg = replace(cfg, naive_budget_s=args.naive_budget_s)
     wanted = [s.strip() for s in args.sections.split(",") if s.strip()]

@@ -23,6 +23,9 @@ class BenchConfig:
     # One torch thread for the endpoint and the model alone alike: on a shared 2-core machine,
     # 2 OpenMP threads under load ran SmolLM2 ~13x slower than 1 (spin-waiting on busy cores).
     model_threads: int = 1
+    # Runs of docflow and the hand-written client per size, interleaved; the median is reported
+    # (the naive client runs once: it is tens of times slower and stopped by its budget anyway).
+    repeat: int = 3
     sections: tuple[str, ...] = field(default=("overhead", "model", "completion", "scaling"))
 
 
@@ -45,6 +48,7 @@ QUICK = BenchConfig(
     model_new_tokens=8,
     model_batch_size=4,
     contender_timeout_s=600.0,
+    repeat=1,
 )
 
 TARGETS = {

@@ -22,6 +22,7 @@ CONTENDERS = {
     "handwritten": "benchmarks.handwritten_client",
     "docflow": "benchmarks.docflow_client",
     "model_alone": "benchmarks.model_alone",
+    "prefect_floor": "benchmarks.prefect_floor",
 }
 
 

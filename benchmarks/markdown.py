@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.report import floor_note
 from benchmarks.report import fmt as _fmt
 
 
@@ -40,6 +41,8 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['wall_s'])} | {r['docs_completed']:,} | "
                     f"{_fmt(ratios.get(name), 2) + '×' if name in ratios else ''} |"
                 )
+        if note := floor_note(o):
+            lines += ["", note[0].upper() + note[1:] + "."]
     if "model" in results:
         md = results["model"]
         lines += [

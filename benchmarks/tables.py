@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.report import floor_note
 from benchmarks.report import fmt as _fmt
 
 
@@ -59,6 +60,7 @@ def _overhead_table(section: dict[str, Any]) -> Table:
                 f"{r['docs_completed']:,}/{r['docs_in']:,}",
                 vs,
             )
+    table.caption = floor_note(section)
     return table
 
 

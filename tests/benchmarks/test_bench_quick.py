@@ -74,8 +74,18 @@ def test_overhead_counts_every_document_and_computes_ratios(quick_results: dict[
             runs["docflow"]["api_calls"]["by_op"].get("sagemaker-runtime.InvokeEndpointAsync", 0)
             > 0
         )
-        for key in ("docflow_vs_naive", "docflow_vs_handwritten"):
+        for key in (
+            "docflow_vs_naive",
+            "docflow_vs_handwritten",
+            "docflow_without_prefect_floor_vs_handwritten",
+        ):
             assert size[key] is not None and size[key] > 0
+        for name in ("docflow", "handwritten"):
+            assert len(runs[name]["repeats_docs_per_s"]) == quick_results["overhead"]["repeat"]
+    # An empty flow run on the same Prefect server: a real run, shorter than docflow's smallest.
+    floor = quick_results["overhead"]["prefect_floor_s"]
+    first = next(iter(sizes.values()))["runs"]["docflow"]
+    assert 0 < floor < first["wall_s"]
 
 
 def test_model_section_compares_end_to_end_with_the_model_alone(
