@@ -304,6 +304,52 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
     assert counter.total == 10 - len(done_before)
 
 
+def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
+    deployed: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payloads are staged while the first batches run; a staging failure loses nothing.
+
+    The 6th payload's PUT is denied: the run stops with the reason, its manifest says staging
+    never finished, and the same run key then stages what is missing (the same bytes, rebuilt
+    from the corpus), invokes only what was never invoked and accounts for all 60 documents.
+    """
+    from botocore.exceptions import ClientError
+
+    import tasks.staging
+
+    path = deployed(cap=2, slots=1, environment={"ECHO_SLEEP_S": "0.05"})
+    prof = load_profile(path)
+    write_corpus(tmp_path / "c.jsonl", 60)
+    real_put = tasks.staging.put_if_absent
+    puts: list[str] = []
+
+    def denied_put(profile: Profile, item: Any) -> int:
+        puts.append(item.key)
+        if len(puts) == 6:
+            error = {"Error": {"Code": "AccessDenied", "Message": "simulated"}}
+            raise ClientError(error, "PutObject")  # type: ignore[arg-type]
+        return real_put(profile, item)
+
+    monkeypatch.setattr(tasks.staging, "put_if_absent", denied_put)
+    with InvokeCounter(path) as first, pytest.raises(Exception, match="AccessDenied"):
+        run(path, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
+    monkeypatch.setattr(tasks.staging, "put_if_absent", real_put)
+    interrupted = load_manifest("stage1", prof)
+    assert interrupted is not None and not interrupted.staged
+    assert 0 < first.total < 15, "invocations should have started before staging ended"
+
+    with InvokeCounter(path) as second:
+        result, table = run(path, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
+    assert result["resumed"] is True
+    assert_ledger(result, table, 60)
+    assert result["completed"] == 60
+    finished = load_manifest("stage1", prof)
+    assert finished is not None and finished.staged
+    # Every batch was invoked once over the two runs (those of the first finished meanwhile).
+    assert set(first.by_id).isdisjoint(second.by_id)
+    assert first.total + second.total == 15
+
+
 def test_two_concurrent_runs_share_the_endpoint_cap(
     deployed: Callable[..., str],
     tmp_path: Path,
