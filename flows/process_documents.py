@@ -94,7 +94,9 @@ def prepare_manifest(
         payloads, _ = make_batches(
             corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
         )
-        return PreparedRun(existing, True, [p for p in payloads if never_invoked(existing, p)])
+        missing = [p for p in payloads if never_invoked(existing, p)]
+        existing.staged = not missing  # every batch left was invoked once, so it is in S3
+        return PreparedRun(existing, True, missing)
     payloads, rejected = make_batches(
         corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
     )

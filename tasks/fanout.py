@@ -323,10 +323,10 @@ class Fanout:
             self.manifest.staged = True
             self._dirty = True
 
-    @staticmethod
-    def _wait_s(in_flight: int, free: int, pending: int) -> float:
+    def _wait_s(self, in_flight: int, free: int, pending: int) -> float:
         """How long to wait for a notification before looking again."""
-        if pending and free > 0:
+        staging = self.staging is not None and not self.staging.finished
+        if staging and pending and free > 0:
             return STAGING_WAIT_S  # a payload being staged will be ready in milliseconds
         return IDLE_WAIT_S if in_flight else 0.05
 
