@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
@@ -170,23 +169,8 @@ def run_demo(
         result = end_to_end(
             corpus=corpus, profile=profile, model_source=model_source, output_dir=str(out)
         )
-        summary = result.get("summary_uri")
-        if summary and out.exists():
-            _copy_summary(profile, summary, out)
         print_summary(result, out)
     return 0
-
-
-def _copy_summary(profile: str, summary_uri: str, results_dir: Path) -> None:
-    """Put summary.json next to the local results table."""
-    from tasks.aws import aws_client
-    from tasks.manifest import split_s3_uri
-    from tasks.settings import load_profile
-
-    bucket, key = split_s3_uri(summary_uri)
-    body = aws_client("s3", load_profile(profile)).get_object(Bucket=bucket, Key=key)["Body"]
-    with (results_dir / "summary.json").open("wb") as out:
-        shutil.copyfileobj(body, out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.aggregate import Preview, RunSummary, aggregate_run_with_preview, summary_markdown
+from tasks.aggregate import Preview, RunSummary, aggregate_run, summary_markdown
 from tasks.batching import BatchPayload, compute_run_key, make_batches, validate_run_key
 from tasks.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.fanout import Fanout, FanoutOptions, FanoutStats, resume_reconcile
@@ -155,7 +155,7 @@ def aggregate(
     spool: OutputSpool | None,
 ) -> tuple[RunSummary, Preview]:
     """Join every output back to its input row and write results, failures and summary."""
-    return aggregate_run_with_preview(
+    return aggregate_run(
         manifest,
         corpus,
         profile,
@@ -370,6 +370,8 @@ def process_documents(
                 reconcile_every_s=reconcile_every_s,
                 deadline_s=deadline_s,
             )
+            # Not in a finally: a failed run keeps its queue, so resuming it with the same run
+            # key still receives the results of what it had in flight.
             close_queue(prof, queue)
 
         summary, preview = aggregate(

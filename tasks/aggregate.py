@@ -311,15 +311,13 @@ def _chunks(corpus: Corpus, chunk_rows: int) -> Iterator[list[Document | Rejecte
         ]
 
 
-def _leaves(manifest: RunManifest, doc_ids: set[str]) -> dict[str, BatchRecord]:
-    """The leaf batch of each of ``doc_ids``: a non-split batch, a completed one preferred."""
+def _leaves(manifest: RunManifest) -> dict[str, BatchRecord]:
+    """The leaf batch of each batched document: a non-split batch, a completed one preferred."""
     leaf_of: dict[str, BatchRecord] = {}
     for record in manifest.batches.values():
         if record.status is BatchStatus.SPLIT:
             continue
         for doc_id in record.doc_ids:
-            if doc_id not in doc_ids:
-                continue
             known = leaf_of.get(doc_id)
             if known is None or (
                 record.status is BatchStatus.COMPLETED and known.status is not BatchStatus.COMPLETED
@@ -343,31 +341,30 @@ def _late_rejects(manifest: RunManifest, corpus: Corpus) -> dict[str, Rejected]:
 class _Joiner:
     """Turns a chunk of input rows into result rows (one dict per row, in the chunk's order).
 
-    ``outputs`` is a cache that reads each chunk's batch outputs, or (results_frame) a dict of
-    outputs already read.
+    ``leaves`` maps each batched document to its leaf batch (found once for the whole run);
+    ``outputs`` reads each chunk's batch outputs.
     """
 
     manifest: RunManifest
     late: dict[str, Rejected]
-    outputs: _OutputCache | dict[str, _Output]
+    leaves: dict[str, BatchRecord]
+    outputs: _OutputCache
 
     def rows(self, chunk: list[Document | Rejected]) -> list[dict[str, Any]]:
         """Result rows of ``chunk``; reads the outputs of its documents' completed batches."""
-        docs = {e.doc_id for e in chunk if isinstance(e, Document)}
-        leaves = _leaves(self.manifest, docs)
-        outputs = self._outputs(list(leaves.values()))
+        leaves = {e.doc_id: self.leaves.get(e.doc_id) for e in chunk if isinstance(e, Document)}
+        completed = {
+            r.batch_id: r
+            for r in leaves.values()
+            if r is not None and r.status is BatchStatus.COMPLETED
+        }
+        outputs = self.outputs.for_chunk(list(completed.values()))
         return [
-            self._document(e, leaves.get(e.doc_id), outputs)
+            self._document(e, leaves[e.doc_id], outputs)
             if isinstance(e, Document)
             else {"row": e.row, "doc_id": e.doc_id, "status": "rejected", "reason": e.reason}
             for e in chunk
         ]
-
-    def _outputs(self, leaves: list[BatchRecord]) -> dict[str, _Output]:
-        if not isinstance(self.outputs, _OutputCache):
-            return self.outputs
-        completed = {r.batch_id: r for r in leaves if r.status is BatchStatus.COMPLETED}
-        return self.outputs.for_chunk(list(completed.values()))
 
     def _document(
         self, doc: Document, leaf: BatchRecord | None, outputs: dict[str, _Output]
@@ -524,23 +521,7 @@ def _shorten(value: Any) -> Any:
 # --- the aggregation --------------------------------------------------------------------------
 
 
-def results_frame(
-    manifest: RunManifest, corpus: Corpus, outputs: dict[str, _Output]
-) -> pd.DataFrame:
-    """One row per input row: completed, failed or rejected, with the reason and the metadata.
-
-    The whole table in memory (for tests and small corpora); the run itself streams it.
-    """
-    columns = _columns(corpus)
-    schema = _schema(columns)
-    joiner = _Joiner(manifest, _late_rejects(manifest, corpus), outputs)
-    tables = [
-        _to_table(joiner.rows(chunk), columns, schema) for chunk in _chunks(corpus, CHUNK_ROWS)
-    ]
-    return pa.concat_tables(tables).to_pandas()
-
-
-def aggregate_run_with_preview(
+def aggregate_run(
     manifest: RunManifest,
     corpus: Corpus,
     profile: Profile,
@@ -563,7 +544,9 @@ def aggregate_run_with_preview(
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
     columns = _columns(corpus)
     schema = _schema(columns)
-    joiner = _Joiner(manifest, _late_rejects(manifest, corpus), _OutputCache(profile, spool))
+    joiner = _Joiner(
+        manifest, _late_rejects(manifest, corpus), _leaves(manifest), _OutputCache(profile, spool)
+    )
     totals, preview = _Totals(), Preview()
     with tempfile.TemporaryDirectory(prefix="docflow-aggregate-") as tmp:
         files = _TableFiles(Path(tmp), schema, output_format)
@@ -582,31 +565,6 @@ def aggregate_run_with_preview(
         )
         _publish(files.folder, [*files.names(), "summary.json"], profile, manifest, local_dir)
     return summary, preview
-
-
-def aggregate_run(
-    manifest: RunManifest,
-    corpus: Corpus,
-    profile: Profile,
-    *,
-    wall_time_s: float,
-    output_format: OutputFormat = "parquet",
-    local_dir: str | None = None,
-    spool: OutputSpool | None = None,
-    chunk_rows: int = CHUNK_ROWS,
-) -> RunSummary:
-    """Write results, failures.parquet and summary.json under runs/<run_key>/ (and local_dir)."""
-    summary, _ = aggregate_run_with_preview(
-        manifest,
-        corpus,
-        profile,
-        wall_time_s=wall_time_s,
-        output_format=output_format,
-        local_dir=local_dir,
-        spool=spool,
-        chunk_rows=chunk_rows,
-    )
-    return summary
 
 
 def _check_rows(manifest: RunManifest, corpus: Corpus, totals: _Totals) -> None:

@@ -53,6 +53,9 @@ RECONCILE_MAX_INTERVAL_S = 60.0
 IDLE_WAIT_S = 0.5  # longest the loop sleeps on the inbox before checking deadline, reconcile, save
 STAGING_WAIT_S = 0.01  # a slot is free but the next payload is still being staged
 PROGRESS_EVERY_S = 0.5
+# Invocations return in milliseconds and are paced by invoke_rate_per_second: a larger cap
+# needs more slots held, not more threads (botocore's connection pool is 64).
+MAX_INVOKER_THREADS = 32
 STAGE_LOOKAHEAD = 64  # pending batches looked at for a staged one, beyond the free slots
 GROW_EVERY_S = 0.5  # while holding slots, how often to ask for more of the shared cap
 POLL_ERRORS_TOLERATED = 5
@@ -63,9 +66,6 @@ class FanoutOptions(BaseModel):
     """How hard and how long to drive a run."""
 
     max_attempts: int = Field(3, ge=1)
-    wave_size: int | None = Field(
-        None, ge=1, description="Unused: slots are refilled one by one as batches end."
-    )
     poll_wait_s: int = Field(1, ge=0, le=20)
     reconcile_every_s: float = Field(10.0, gt=0)
     reconcile_after_s: float = Field(5.0, ge=0)
@@ -265,7 +265,9 @@ class Fanout:
         with (
             cap_share(self.invoke.endpoint) as share,
             QueuePoller(self.profile, self.queue, wait_s=self.options.poll_wait_s) as poller,
-            ThreadPoolExecutor(self.cap, thread_name_prefix="docflow-invoke") as invoker,
+            ThreadPoolExecutor(
+                min(self.cap, MAX_INVOKER_THREADS), thread_name_prefix="docflow-invoke"
+            ) as invoker,
         ):
             try:
                 while outstanding := self.manifest.outstanding():
@@ -374,22 +376,25 @@ class Fanout:
             self._invoking[record.batch_id] = (request, future)
         self.stats.waves += 1
 
-    def _record_invocations(
-        self, *, wait: bool, only: str | None = None, raising: bool = True
-    ) -> None:
-        """Record the invocations that have returned (with ``wait``, all of them or ``only`` one).
+    def _record_invocations(self, *, wait: bool, raising: bool = True) -> None:
+        """Record the invocations that have returned (with ``wait``, all of them).
 
         ``invoke_one`` returns errors as results; an exception here is a bug or a crash, raised
         unless ``raising`` is off (while already unwinding from another error).
         """
-        for batch_id, (request, future) in list(self._invoking.items()):
-            if only is not None and batch_id != only:
-                continue
+        for batch_id, (_, future) in list(self._invoking.items()):
             if not wait and not future.done():
                 continue
-            del self._invoking[batch_id]
             if not raising and future.exception() is not None:
+                del self._invoking[batch_id]
                 continue
+            self._record_invocation(batch_id)
+
+    def _record_invocation(self, batch_id: str) -> None:
+        """Wait for the batch's InvokeEndpointAsync (if it is under way) and record its result."""
+        invoking = self._invoking.pop(batch_id, None)
+        if invoking is not None:
+            request, future = invoking
             self._record_submission(request, future.result())
             self._dirty = True
 
@@ -450,7 +455,7 @@ class Fanout:
                 counters.unknown += 1
                 continue
             # The result can arrive before InvokeEndpointAsync's response: record that first.
-            self._record_invocations(wait=True, only=record.batch_id)
+            self._record_invocation(record.batch_id)
             if self._apply(outcome_from_notification(record.batch_id, note)) is Decision.IGNORED:
                 counters.duplicates += 1
         # Deleted only now: every message's effect is in the manifest (and S3 has the objects).

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import (
@@ -26,6 +27,7 @@ CONTENT_TYPE = "application/jsonlines"
 # about a minute (lease + the server's 15 s repossessor loop), not the default five.
 SLOT_LEASE_S = 60
 FREE_POLL_S = 0.2
+PUT_ATTEMPTS = 4  # staging PUTs, on top of botocore's own retries: throttling and 5xx only
 ACQUIRE_AFTER_CHECK_S = 5.0
 EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 THROTTLING_CODES = frozenset(
@@ -203,12 +205,24 @@ def put_if_absent(profile: Profile, item: StagedInput) -> int:
     return 1
 
 
+def put_with_retries(profile: Profile, item: StagedInput) -> int:
+    """``put_if_absent``, retrying throttling and 5xx answers beyond botocore's own retries."""
+    return int(
+        call_with_backoff(
+            partial(put_if_absent, profile, item),
+            max_attempts=PUT_ATTEMPTS,
+            base_s=0.5,
+            max_s=10.0,
+        )
+    )
+
+
 def stage_inputs(profile: Profile, inputs: Sequence[StagedInput], *, workers: int = 8) -> int:
     """Put each payload at its key unless an object is already there; returns how many were written."""
     if not inputs:
         return 0
     with ThreadPoolExecutor(max_workers=min(workers, len(inputs))) as pool:
-        return sum(pool.map(lambda item: put_if_absent(profile, item), inputs))
+        return sum(pool.map(partial(put_with_retries, profile), inputs))
 
 
 def invoke_one(profile: Profile, settings: InvokeSettings, request: InvokeRequest) -> InvokeResult:
@@ -259,67 +273,6 @@ def invoke_one(profile: Profile, settings: InvokeSettings, request: InvokeReques
 
 class CapacityError(RuntimeError):
     """The endpoint's shared concurrency limit is missing; the message says how to create it."""
-
-
-class SlotPool:
-    """Holds leases on the endpoint's global concurrency limit, one lease per wave of invocations.
-
-    A wave's slots are taken at once (``occupy=n``) and given back when all its batches are done,
-    so concurrent runs on one endpoint never have more than the limit outstanding between them.
-    """
-
-    def __init__(self, endpoint: str, *, acquire_timeout_s: float = 1.0) -> None:
-        self.name = concurrency_limit_name(endpoint)
-        self.acquire_timeout_s = acquire_timeout_s
-        self._waves: dict[int, tuple[ExitStack, set[str]]] = {}
-        self._next = 0
-
-    @property
-    def held(self) -> int:
-        """Slots held by this run now."""
-        return sum(len(batches) for _, batches in self._waves.values())
-
-    def acquire(self, batch_ids: Sequence[str], *, timeout_s: float | None = None) -> bool:
-        """Take one slot per batch as one lease; False when they are not free within the timeout."""
-        wait_s = self.acquire_timeout_s if timeout_s is None else timeout_s
-        if not self._wait_for_free(len(batch_ids), wait_s):
-            return False
-        stack = enter_lease(self.name, len(batch_ids), wait_s)
-        if stack is None:
-            return False
-        self._waves[self._next] = (stack, set(batch_ids))
-        self._next += 1
-        return True
-
-    def _wait_for_free(self, n: int, wait_s: float) -> bool:
-        """Whether ``n`` slots came free within ``wait_s`` (see ``wait_for_free``)."""
-        return wait_for_free(self.name, n, wait_s) >= n
-
-    def release_done(self, is_done: Callable[[str], bool]) -> int:
-        """Give back every lease whose batches are all done; returns the slots released."""
-        released = 0
-        for wave_id, (stack, batches) in list(self._waves.items()):
-            if all(is_done(b) for b in batches):
-                stack.close()
-                released += len(batches)
-                del self._waves[wave_id]
-        return released
-
-    def close(self) -> None:
-        """Give back every lease still held."""
-        for stack, _ in self._waves.values():
-            stack.close()
-        self._waves.clear()
-
-
-@contextmanager
-def slot_pool(endpoint: str) -> Iterator[SlotPool]:
-    """A SlotPool that always gives its leases back, even when the run fails."""
-    pool = SlotPool(endpoint)
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 def enter_lease(name: str, occupy: int, wait_s: float) -> ExitStack | None:

@@ -12,18 +12,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from functools import partial
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.batching import BatchPayload
-from tasks.invoke import call_with_backoff, describe_error, put_if_absent
+from tasks.invoke import describe_error, put_with_retries
 from tasks.recovery import staged_input
 from tasks.settings import Profile
 
 STAGE_WORKERS = 8
-PUT_ATTEMPTS = 4  # on top of botocore's own retries: throttling and 5xx only
 
 
 class StagingError(RuntimeError):
@@ -91,12 +89,7 @@ class PayloadStager:
         while (payload := self._next()) is not None:
             item = staged_input(self.profile, self.run_key, payload)
             try:
-                wrote = call_with_backoff(
-                    partial(put_if_absent, self.profile, item),
-                    max_attempts=PUT_ATTEMPTS,
-                    base_s=0.5,
-                    max_s=10.0,
-                )
+                wrote = put_with_retries(self.profile, item)
             except Exception as exc:
                 self.error = (
                     f"staging the payload of batch {payload.batch_id} in S3 failed: "
