@@ -85,7 +85,7 @@ class Bench:
         return own.user + own.system + self.env.instance_cpu_s(endpoint.name)
 
     def docflow_echo(self, n_docs: int) -> dict[str, Any]:
-        """docflow on the echo endpoint at ``n_docs``; reused by the overhead, completion and scaling sections."""
+        """docflow on the echo endpoint at ``n_docs`` (the overhead section's median run when it ran)."""
         if n_docs not in self.docflow_runs:
             self.docflow_runs[n_docs] = self.run("docflow", n_docs, self.echo)
         return self.docflow_runs[n_docs]
@@ -107,13 +107,14 @@ def overhead(bench: Bench) -> dict[str, Any]:
             "handwritten": handwritten,
             "naive": bench.run("naive", n, bench.echo, time_budget_s=bench.cfg.naive_budget_s),
         }
-        without_floor = n / max(docflow["wall_s"] - floor["wall_s"], 1e-9)
+        beyond_floor_s = docflow["wall_s"] - floor["wall_s"]
+        without_floor = n / beyond_floor_s if beyond_floor_s > 0 else None
         sizes[str(n)] = {
             "runs": runs,
             "docflow_vs_naive": ratio(docflow["docs_per_s"], runs["naive"]["docs_per_s"]),
             "docflow_vs_handwritten": ratio(docflow["docs_per_s"], handwritten["docs_per_s"]),
-            "docflow_without_prefect_floor_vs_handwritten": ratio(
-                without_floor, handwritten["docs_per_s"]
+            "docflow_without_prefect_floor_vs_handwritten": (
+                None if without_floor is None else ratio(without_floor, handwritten["docs_per_s"])
             ),
         }
     return {

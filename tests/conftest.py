@@ -77,6 +77,14 @@ def localcloud() -> Iterator[Any]:
 
 
 @pytest.fixture
+def faults(localcloud: Any) -> Iterator[Any]:
+    """localcloud's fault switchboard, off at the start and the end of the test (the session shares it)."""
+    localcloud.faults.reset()
+    yield localcloud.faults
+    localcloud.faults.reset()
+
+
+@pytest.fixture
 def profile(localcloud: Any) -> Profile:
     """A local profile with its own bucket and endpoint name, so tests never share state."""
     suffix = uuid.uuid4().hex[:8]

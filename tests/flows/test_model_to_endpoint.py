@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,9 @@ def _invoke(profile: Profile, documents: list[dict[str, Any]]) -> list[dict[str,
     return [json.loads(line) for line in text.splitlines()]
 
 
-def _package_and_deploy(profile: Profile, tmp_path: Path, source: str) -> dict[str, Any]:
+@contextmanager
+def _package_and_deploy(profile: Profile, tmp_path: Path, source: str) -> Iterator[dict[str, Any]]:
+    """Package ``source``, deploy it, and delete the endpoint afterwards even when the test fails."""
     path = profile_file(profile, tmp_path)
     artifact = package_model(source=source, profile=path)
     assert artifact["model_data_url"].startswith(profile.s3_uri("models/"))
@@ -57,7 +61,10 @@ def _package_and_deploy(profile: Profile, tmp_path: Path, source: str) -> dict[s
         profile=path, model_artifact=artifact, environment=MODEL_ENV, **FAST_WAIT
     )
     assert "CreateEndpoint" in deployed["actions"]
-    return {"path": path, "artifact": artifact}
+    try:
+        yield {"path": path, "artifact": artifact}
+    finally:  # the model-serving instance process would otherwise live for the whole session
+        teardown_endpoint(profile=path, mode="delete", **FAST_WAIT)
 
 
 @pytest.mark.parametrize("arch", ["mistral", "llama"])
@@ -65,45 +72,46 @@ def test_tiny_model_answers_through_the_async_endpoint(
     arch: str, profile: Profile, tmp_path: Path
 ) -> None:
     model_dir = make_tiny_model(tmp_path / f"tiny-{arch}", arch)  # type: ignore[arg-type]
-    deployed = _package_and_deploy(profile, tmp_path, str(model_dir))
-    assert deployed["artifact"]["architecture"].lower().startswith(arch)
-    prompts = {"a": "Summarise: the cat sat on the mat.", "b": "Hello there, how are you today?"}
-    lines = _invoke(
-        profile,
-        [
-            {"id": doc_id, "prompt": prompt, "parameters": {"max_new_tokens": 6}}
-            for doc_id, prompt in prompts.items()
-        ],
-    )
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    assert [line["id"] for line in lines] == ["a", "b"]
-    for line in lines:
-        expected_prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompts[line["id"]]}],
-            tokenize=True,
-            add_generation_prompt=True,
+    with _package_and_deploy(profile, tmp_path, str(model_dir)) as deployed:
+        assert deployed["artifact"]["architecture"].lower().startswith(arch)
+        prompts = {
+            "a": "Summarise: the cat sat on the mat.",
+            "b": "Hello there, how are you today?",
+        }
+        lines = _invoke(
+            profile,
+            [
+                {"id": doc_id, "prompt": prompt, "parameters": {"max_new_tokens": 6}}
+                for doc_id, prompt in prompts.items()
+            ],
         )
-        if not isinstance(expected_prompt, list):  # transformers 5 returns a BatchEncoding
-            expected_prompt = expected_prompt["input_ids"]
-        assert line["prompt_tokens"] == len(expected_prompt)
-        assert 1 <= line["completion_tokens"] <= 6
-        assert line["finish_reason"] in ("stop", "length")
-        if line["finish_reason"] == "length":
-            assert line["completion_tokens"] == 6
-        assert isinstance(line["text"], str)
-    teardown_endpoint(profile=deployed["path"], mode="delete", **FAST_WAIT)
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        assert [line["id"] for line in lines] == ["a", "b"]
+        for line in lines:
+            expected_prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompts[line["id"]]}],
+                tokenize=True,
+                add_generation_prompt=True,
+            )
+            if not isinstance(expected_prompt, list):  # transformers 5 returns a BatchEncoding
+                expected_prompt = expected_prompt["input_ids"]
+            assert line["prompt_tokens"] == len(expected_prompt)
+            assert 1 <= line["completion_tokens"] <= 6
+            assert line["finish_reason"] in ("stop", "length")
+            if line["finish_reason"] == "length":
+                assert line["completion_tokens"] == 6
+            assert isinstance(line["text"], str)
 
 
 def test_smollm2_answers_sensibly_through_the_async_endpoint(
     profile: Profile, tmp_path: Path
 ) -> None:
-    deployed = _package_and_deploy(profile, tmp_path, "smollm2")
-    question = "What is the capital of France? Answer in one short sentence."
-    [line] = _invoke(
-        profile, [{"id": "q", "prompt": question, "parameters": {"max_new_tokens": 24}}]
-    )
-    assert line["id"] == "q"
-    assert line["completion_tokens"] > 0 and line["prompt_tokens"] > 5
-    assert "Paris" in line["text"], line
-    teardown_endpoint(profile=deployed["path"], mode="delete", **FAST_WAIT)
+    with _package_and_deploy(profile, tmp_path, "smollm2"):
+        question = "What is the capital of France? Answer in one short sentence."
+        [line] = _invoke(
+            profile, [{"id": "q", "prompt": question, "parameters": {"max_new_tokens": 24}}]
+        )
+        assert line["id"] == "q"
+        assert line["completion_tokens"] > 0 and line["prompt_tokens"] > 5
+        assert "Paris" in line["text"], line

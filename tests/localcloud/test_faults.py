@@ -16,14 +16,6 @@ from tasks.settings import Profile
 from tests.localcloud.helpers import deploy_echo, jsonl, receive, topics_and_queue
 
 
-@pytest.fixture
-def faults(localcloud: Any) -> Any:
-    """The switchboard, reset before and after the test."""
-    localcloud.faults.reset()
-    yield localcloud.faults
-    localcloud.faults.reset()
-
-
 def _send(profile: Profile, name: str, ids: list[str]) -> None:
     rt = aws_client("sagemaker-runtime", profile)
     for doc_id in ids:

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,11 @@ class EndpointProbe:
         self.not_run = 0
         self.max_outstanding = 0
         self._lock = threading.Lock()
+        self._triggers: dict[int, Callable[[], None]] = {}
+
+    def when_accepted(self, n: int, action: Callable[[], None]) -> None:
+        """Call ``action`` once, as the ``n``-th invocation is accepted (under the count's lock)."""
+        self._triggers[n] = action
 
     def on_received(self, endpoint: str) -> None:
         """localcloud accepted an invocation into ``endpoint``'s queue."""
@@ -61,6 +66,9 @@ class EndpointProbe:
         with self._lock:
             self.accepted += 1
             self.max_outstanding = max(self.max_outstanding, self.accepted - self.finished)
+            action = self._triggers.pop(self.accepted, None)
+            if action is not None:
+                action()
 
     def on_finished(self, endpoint: str, ran: bool = True) -> None:
         """An invocation of ``endpoint`` ended (``ran``: on an instance, not expired in the queue)."""
@@ -78,11 +86,8 @@ class EndpointProbe:
 
 
 @pytest.fixture(autouse=True)
-def clean_faults(localcloud: Any) -> Iterator[None]:
-    """Every reliability test starts and ends with the switchboard off (it is shared by the session)."""
-    localcloud.faults.reset()
-    yield
-    localcloud.faults.reset()
+def _faults_off(faults: Any) -> None:
+    """Every reliability test starts and ends with the fault switchboard off."""
 
 
 @pytest.fixture

@@ -84,21 +84,13 @@ def test_queue_subscribed_only_after_50_invokes(
     probe: EndpointProbe,
     localcloud: Any,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Load: 480 documents, 60 batches of 8; nothing reaches the run's queue until 50 invokes were accepted."""
     dep = deploy_echo(cap=8)
     ids = write_corpus(tmp_path / "c.jsonl", 480)
     # A late subscription: every notification published before the 50th accepted invoke is lost.
     localcloud.faults.set(drop_notification_rate=1.0)
-    accepted = probe.on_received
-
-    def subscribe_late(endpoint: str) -> None:
-        accepted(endpoint)
-        if endpoint == dep.endpoint and probe.accepted == 50:
-            localcloud.faults.set(drop_notification_rate=0.0)
-
-    monkeypatch.setattr(probe, "on_received", subscribe_late)
+    probe.when_accepted(50, lambda: localcloud.faults.set(drop_notification_rate=0.0))
     out = run_flow(dep, tmp_path / "c.jsonl", batch_size=BATCH, reconcile_every_s=2)
     dropped = localcloud.faults.counters()["dropped_notifications"]
     fanout = out.result["fanout"]
@@ -113,6 +105,7 @@ def test_queue_subscribed_only_after_50_invokes(
         reconciled=fanout["reconciled"],
     )
     assert dropped >= 40, "most of the first 50 results finished before the subscription"
+    assert dropped <= 50 and out.result["notifications_received"] >= 10, "the subscription began"
     assert ledger.balanced, ledger.line()
     assert ledger.completed == 480
     assert fanout["reconciled"] >= dropped

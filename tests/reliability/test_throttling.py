@@ -124,18 +124,12 @@ def test_validation_errors_are_never_retried(
     ids = write_corpus(tmp_path / "c.jsonl", 320)
     localcloud.faults.set(throttle_rate=0.2, seed=5)
     ten = threading.Event()
-    accepted = probe.on_received
-
-    def watch(endpoint: str) -> None:
-        accepted(endpoint)
-        if probe.accepted == 10:
-            ten.set()
+    probe.when_accepted(10, ten.set)
 
     def delete_endpoint() -> None:
         if ten.wait(120):
             aws_client("sagemaker", dep.profile).delete_endpoint(EndpointName=dep.endpoint)
 
-    probe.on_received = watch  # type: ignore[method-assign]
     deleter = threading.Thread(target=delete_endpoint, daemon=True)
     deleter.start()
     with count_sends(dep) as sends:

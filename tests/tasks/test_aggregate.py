@@ -16,8 +16,6 @@ from tasks import aggregate
 from tasks.aggregate import (
     RunSummary,
     aggregate_run,
-    aggregate_run_with_preview,
-    results_frame,
     summary_markdown,
 )
 from tasks.aws import aws_client
@@ -124,7 +122,9 @@ def test_every_input_row_gets_exactly_one_outcome(profile: Profile, tmp_path: Pa
     corpus = _corpus(tmp_path)
     assert corpus.size == 33 and len(corpus.documents) == 31
     m = _scenario(profile, corpus)
-    summary = aggregate_run(m, corpus, profile, wall_time_s=12.0, local_dir=str(tmp_path / "out"))
+    summary, _ = aggregate_run(
+        m, corpus, profile, wall_time_s=12.0, local_dir=str(tmp_path / "out")
+    )
 
     assert summary.documents == 33 == summary.completed + summary.failed + summary.rejected
     assert (summary.completed, summary.failed, summary.rejected) == (10, 20, 3)
@@ -182,7 +182,7 @@ def test_every_input_row_gets_exactly_one_outcome(profile: Profile, tmp_path: Pa
 def test_csv_and_jsonl_on_request(profile: Profile, tmp_path: Path, fmt: str) -> None:
     corpus = _corpus(tmp_path)
     m = _scenario(profile, corpus)
-    summary = aggregate_run(
+    summary, _ = aggregate_run(
         m,
         corpus,
         profile,
@@ -203,16 +203,26 @@ def test_csv_and_jsonl_on_request(profile: Profile, tmp_path: Path, fmt: str) ->
     assert aws_client("s3", profile).head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
 
 
-def test_documents_missing_from_the_manifest_fail_with_a_reason(tmp_path: Path) -> None:
+def _results_table(
+    manifest: RunManifest, corpus: Corpus, profile: Profile, tmp_path: Path
+) -> pd.DataFrame:
+    """What aggregate_run writes as results.parquet, read back."""
+    aggregate_run(manifest, corpus, profile, wall_time_s=1.0, local_dir=str(tmp_path / "out"))
+    return pd.read_parquet(tmp_path / "out" / "results.parquet")
+
+
+def test_documents_missing_from_the_manifest_fail_with_a_reason(
+    profile: Profile, tmp_path: Path
+) -> None:
     corpus = _corpus(tmp_path)
     m = RunManifest(run_key=RUN, endpoint="e", model_artifact="m")
-    table = results_frame(m, corpus, {})
+    table = _results_table(m, corpus, profile, tmp_path)
     assert len(table) == corpus.size
     assert (table["status"] == "failed").sum() == len(corpus.documents)
     assert table.loc[table["status"] == "failed", "reason"].str.contains("in no batch").all()
 
 
-def test_mixed_metadata_types_are_stored_as_json_text(tmp_path: Path) -> None:
+def test_mixed_metadata_types_are_stored_as_json_text(profile: Profile, tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
     rows = [
         {"id": "a", "text": "t", "tags": ["x", "y"], "status": "draft"},
@@ -220,7 +230,9 @@ def test_mixed_metadata_types_are_stored_as_json_text(tmp_path: Path) -> None:
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     corpus = load_corpus(str(path))
-    table = results_frame(RunManifest(run_key=RUN, endpoint="e", model_artifact="m"), corpus, {})
+    table = _results_table(
+        RunManifest(run_key=RUN, endpoint="e", model_artifact="m"), corpus, profile, tmp_path
+    )
     assert table["tags"].tolist() == ['["x", "y"]', '"z"']
     assert table["metadata_status"].tolist() == ["draft", "final"]  # clashes with a result column
     table.to_parquet(tmp_path / "t.parquet")
@@ -228,7 +240,7 @@ def test_mixed_metadata_types_are_stored_as_json_text(tmp_path: Path) -> None:
 
 def test_summary_markdown_has_the_numbers(profile: Profile, tmp_path: Path) -> None:
     corpus = _corpus(tmp_path)
-    summary = aggregate_run(_scenario(profile, corpus), corpus, profile, wall_time_s=12.0)
+    summary, _ = aggregate_run(_scenario(profile, corpus), corpus, profile, wall_time_s=12.0)
     text = summary_markdown(summary)
     assert "| 33 | 10 | 20 | 3 |" in text
     assert "4.50 s" in text and "100 / 40" in text
@@ -301,7 +313,7 @@ def _chunked_scenario(profile: Profile, corpus: Corpus) -> RunManifest:
 def _aggregate_to(
     m: RunManifest, corpus: Corpus, profile: Profile, out: Path, **kwargs: Any
 ) -> tuple[RunSummary, pd.DataFrame, pd.DataFrame]:
-    summary = aggregate_run(m, corpus, profile, wall_time_s=2.0, local_dir=str(out), **kwargs)
+    summary, _ = aggregate_run(m, corpus, profile, wall_time_s=2.0, local_dir=str(out), **kwargs)
     body = aws_client("s3", profile).get_object(
         Bucket=profile.bucket, Key=f"runs/{RUN}/results.parquet"
     )["Body"]
@@ -353,7 +365,7 @@ def test_chunked_text_results_match_one_chunk(profile: Profile, tmp_path: Path, 
     m = _chunked_scenario(profile, corpus)
     texts = []
     for chunk_rows in (10_000, CHUNK):
-        summary = aggregate_run(
+        summary, _ = aggregate_run(
             m,
             corpus,
             profile,
@@ -432,7 +444,7 @@ def test_preview_holds_the_first_rows(profile: Profile, tmp_path: Path) -> None:
 
     corpus = _chunked_corpus(tmp_path)
     m = _chunked_scenario(profile, corpus)
-    summary, preview = aggregate_run_with_preview(
+    summary, preview = aggregate_run(
         m, corpus, profile, wall_time_s=1.0, local_dir=str(tmp_path), preview_rows=12, chunk_rows=5
     )
     assert preview.results == read_rows(str(tmp_path / "results.parquet"), 12)
@@ -441,15 +453,12 @@ def test_preview_holds_the_first_rows(profile: Profile, tmp_path: Path) -> None:
     assert len(preview.failures) == 12 and summary.failed + summary.rejected > 12
     assert all(r["status"] != "completed" for r in preview.failures)
     json.dumps([preview.results, preview.failures])  # JSON-friendly
-    long = [r["text"] for r in preview.results if r["text"] and r["text"].startswith("y")]
-    if not long:  # the long text is past the first 12 rows: check it in a bigger preview
-        _, bigger = aggregate_run_with_preview(
-            m, corpus, profile, wall_time_s=1.0, preview_rows=100, chunk_rows=5
-        )
-        long = [r["text"] for r in bigger.results if r["text"] and r["text"].startswith("y")]
-        assert len(bigger.results) == 35
+    # The long text is past the first 12 rows: it is checked in a bigger preview.
+    _, bigger = aggregate_run(m, corpus, profile, wall_time_s=1.0, preview_rows=100, chunk_rows=5)
+    assert len(bigger.results) == 35
+    long = [r["text"] for r in bigger.results if r["text"] and r["text"].startswith("y")]
     assert long == ["y" * 200 + "…"]
-    _, none = aggregate_run_with_preview(m, corpus, profile, wall_time_s=1.0)
+    _, none = aggregate_run(m, corpus, profile, wall_time_s=1.0)
     assert none.results == [] and none.failures == []
 
 

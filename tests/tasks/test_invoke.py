@@ -12,8 +12,8 @@ from botocore.exceptions import ClientError
 from tasks.aws import aws_client
 from tasks.invoke import (
     CapacityError,
+    CapShare,
     RateLimiter,
-    SlotPool,
     StagedInput,
     backoff_delay,
     call_with_backoff,
@@ -140,27 +140,25 @@ def _limit(endpoint: str, limit: int) -> None:
     ensure_invocation_limit(endpoint, limit)
 
 
-def test_slot_pool_shares_the_cap_between_runs(prefect_harness: Any) -> None:
+def test_cap_shares_split_the_endpoint_cap_between_runs(prefect_harness: Any) -> None:
     endpoint = f"cap-{uuid.uuid4().hex[:8]}"
     _limit(endpoint, 3)
     assert require_invocation_limit(endpoint) == 3
-    run_a, run_b = SlotPool(endpoint), SlotPool(endpoint)
+    run_a, run_b = CapShare(endpoint), CapShare(endpoint)
     try:
-        assert run_a.acquire(["a1", "a2"])
+        assert run_a.grow(2, timeout_s=0) == 2
         assert run_a.held == 2
-        # Only one slot is left for the second run.
-        assert not run_b.acquire(["b1", "b2"], timeout_s=0.5)
-        assert run_b.acquire(["b1"], timeout_s=2)
-        assert not run_a.acquire(["a3"], timeout_s=0.5)
-        done = {"a1"}
-        assert run_a.release_done(done.__contains__) == 0  # a2 still outstanding
-        done.add("a2")
-        assert run_a.release_done(done.__contains__) == 2
-        assert run_b.acquire(["b2", "b3"], timeout_s=2)
+        # Only one slot is left for the second run: it takes what is free, not what it asked for.
+        assert run_b.grow(2, timeout_s=0.5) == 1
+        assert run_a.grow(1, timeout_s=0.5) == 0
+        assert run_a.shrink_to(1) == 0  # leases go back whole: 2 cannot become 1
+        assert run_a.shrink_to(0) == 2
+        assert run_b.grow(2, timeout_s=2) == 2
         assert run_b.held == 3
     finally:
         run_a.close()
         run_b.close()
+    assert run_a.held == run_b.held == 0
 
 
 def test_a_missing_limit_is_a_clear_error(prefect_harness: Any) -> None:
@@ -169,4 +167,4 @@ def test_a_missing_limit_is_a_clear_error(prefect_harness: Any) -> None:
     with pytest.raises(CapacityError, match="deploy-endpoint"):
         require_invocation_limit(endpoint)
     with pytest.raises(CapacityError, match=f"sagemaker:{endpoint}"):
-        SlotPool(endpoint).acquire(["b1"], timeout_s=1)
+        CapShare(endpoint).grow(1, timeout_s=1)
