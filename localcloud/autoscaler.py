@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localcloud.faults import Faults
-from localcloud.sagemaker.models import ACCOUNT_ID, SageMakerBackend
+from localcloud.sagemaker.models import SageMakerBackend
+from localcloud.sagemaker.records import ACCOUNT_ID
 from localcloud.stats import Stats
 
 log = logging.getLogger(__name__)

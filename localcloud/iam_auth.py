@@ -31,10 +31,11 @@ from xml.sax.saxutils import escape
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wrappers import Response
 
+from localcloud.sagemaker.records import ACCOUNT_ID
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 log = logging.getLogger(__name__)
 
-ACCOUNT_ID = "123456789012"
 PASS_THROUGH = ("/_localcloud/", "/moto-api/")
 # Signing names whose IAM action prefix differs.
 IAM_PREFIX = {"monitoring": "cloudwatch"}
@@ -429,7 +430,8 @@ class IamGuard:
     def enabled(self, value: bool) -> None:
         if value:
             _install_delivery_check()
-            _GUARDS.add(self)
+            with _install_lock:  # SNS delivery threads iterate the set under the same lock
+                _GUARDS.add(self)
         self._enabled = bool(value)
 
     def record(self, message: str) -> None:
@@ -561,7 +563,8 @@ def delivery_allowed(queue_policy: str | None, queue_arn: str, topic_arn: str) -
 
 def _sqs_delivery_allowed(subscription: Any) -> bool:
     """moto delivers SNS -> SQS regardless of the queue policy; while a guard enforces, check it."""
-    enforcing = [g for g in list(_GUARDS) if g.enabled]
+    with _install_lock:
+        enforcing = [g for g in _GUARDS if g.enabled]
     if not enforcing or subscription.protocol != "sqs":
         return True
     from moto.sqs.models import sqs_backends

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from localcloud.sagemaker.exceptions import ModelError, ServiceUnavailable, ValidationError
-from localcloud.sagemaker.models import ACCOUNT_ID, EndpointRecord, SageMakerBackend
+from localcloud.sagemaker.models import SageMakerBackend
 from localcloud.sagemaker.queue import Invocation
+from localcloud.sagemaker.records import ACCOUNT_ID, EndpointRecord
 
 MAX_INLINE_BODY = 128_000
 REALTIME_LIMIT_S = 60.0

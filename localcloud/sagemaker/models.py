@@ -31,8 +31,6 @@ from localcloud.sagemaker.validation import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACCOUNT_ID", "EndpointRecord", "SageMakerBackend"]
-
 
 class SageMakerBackend:
     """The control plane: resources in memory, endpoints backed by real instance processes."""
