@@ -12,7 +12,7 @@ from benchmarks.spec import EndpointInfo
 
 def endpoint_info(profile: Any, name: str) -> EndpointInfo:
     """Read the output paths and topics of a deployed endpoint from its endpoint config."""
-    from tasks.aws import aws_client
+    from tasks.aws.clients import aws_client
 
     sm = aws_client("sagemaker", profile)
     config_name = sm.describe_endpoint(EndpointName=name)["EndpointConfigName"]
@@ -38,10 +38,10 @@ def deploy(
     environment: dict[str, str] | None = None,
 ) -> EndpointInfo:
     """Topics, execution role, model, config, endpoint InService and the shared invocation cap."""
-    from tasks.endpoint import apply_endpoint, ensure_invocation_limit
-    from tasks.endpoint_spec import build_endpoint_spec
-    from tasks.iam import ensure_execution_role
-    from tasks.topics import ensure_endpoint_topics
+    from tasks.aws.iam import ensure_execution_role
+    from tasks.endpoint.deploy import apply_endpoint, ensure_invocation_limit
+    from tasks.endpoint.spec import build_endpoint_spec
+    from tasks.endpoint.topics import ensure_endpoint_topics
 
     profile = env.profile.model_copy(update={"endpoint_name": name})
     topics = ensure_endpoint_topics(profile, name)
@@ -87,7 +87,7 @@ def deploy_model(
 
 def download_model(env: BenchEnvironment, artifact: dict[str, Any], target: Path) -> Path:
     """Fetch the packaged model.tar.gz and unpack it, as an endpoint instance would."""
-    from tasks.aws import aws_client
+    from tasks.aws.clients import aws_client
 
     url = str(artifact.get("model_data_url") or "")
     if not url.endswith(".tar.gz"):

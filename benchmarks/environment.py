@@ -33,7 +33,7 @@ class BenchEnvironment:
             os.environ.update(self._overrides())
             self._stack.callback(self._restore_environ)
             self._start_prefect()
-            from tasks.aws import aws_client, clear_client_cache
+            from tasks.aws.clients import aws_client, clear_client_cache
             from tasks.settings import load_profile
 
             clear_client_cache()

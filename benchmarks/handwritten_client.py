@@ -12,7 +12,7 @@ from typing import Any
 from benchmarks.corpus import chunk, payload_line, read_corpus
 from benchmarks.s3uri import count_results, split
 from benchmarks.spec import ContenderSpec, Outcome
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 
 _WAIT_S = 20  # SQS long poll

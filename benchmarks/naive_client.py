@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 from benchmarks.corpus import payload_line, read_corpus
 from benchmarks.s3uri import count_results, split
 from benchmarks.spec import ContenderSpec, Outcome
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 
 # A document whose output has not appeared after this long is counted as failed.

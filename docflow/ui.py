@@ -43,7 +43,7 @@ from docflow.prefect_server import (
 )
 
 if TYPE_CHECKING:
-    from tasks.blocks import BlockNames
+    from tasks.aws.blocks import BlockNames
     from tasks.settings import Profile
 
 DEFAULT_LOCALCLOUD_PORT = 4566
@@ -256,9 +256,9 @@ class UiStack:
 
     def _configure(self, profile: Profile, cloud_env: dict[str, str]) -> BlockNames:
         """The bucket in localcloud, the work pool, the concurrency limit and the blocks."""
-        from tasks.aws import aws_client, clear_client_cache
-        from tasks.blocks import RESULTS_FOLDER, describe_credentials, save_blocks
-        from tasks.invoke import concurrency_limit_name
+        from tasks.aws.blocks import RESULTS_FOLDER, describe_credentials, save_blocks
+        from tasks.aws.clients import aws_client, clear_client_cache
+        from tasks.endpoint.spec import concurrency_limit_name
 
         os.environ.update(cloud_env)
         clear_client_cache()

@@ -6,17 +6,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from tasks.autoscaling import apply_autoscaling, remove_autoscaling
-from tasks.endpoint import apply_endpoint, current_instance_type, ensure_invocation_limit
-from tasks.endpoint_spec import (
+from tasks.aws.iam import ensure_execution_role
+from tasks.endpoint.autoscaling import apply_autoscaling, remove_autoscaling
+from tasks.endpoint.deploy import apply_endpoint, current_instance_type, ensure_invocation_limit
+from tasks.endpoint.spec import (
     EndpointSpec,
     build_endpoint_spec,
     resolve_image_uri,
     validate_endpoint_name,
 )
-from tasks.iam import ensure_execution_role
+from tasks.endpoint.topics import ensure_endpoint_topics
 from tasks.settings import Profile, load_profile
-from tasks.topics import ensure_endpoint_topics
 
 
 @task(name="ensure-topics")

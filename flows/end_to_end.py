@@ -78,7 +78,7 @@ def _start_localcloud(stack: ExitStack) -> str:
 
     cloud = stack.enter_context(LocalCloud(port=0))
     os.environ.update(cloud.environment())
-    from tasks.aws import clear_client_cache
+    from tasks.aws.clients import clear_client_cache
 
     clear_client_cache()
     return cloud.url
@@ -88,7 +88,7 @@ def _ensure_bucket(profile_name: str) -> None:
     """Create the profile's bucket in localcloud if it is not there yet (a first run)."""
     from botocore.exceptions import ClientError
 
-    from tasks.aws import aws_client
+    from tasks.aws.clients import aws_client
     from tasks.settings import load_profile
 
     prof = load_profile(profile_name)

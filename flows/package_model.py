@@ -9,9 +9,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.aws import aws_client
-from tasks.model_sources import DEFAULT_SOURCE, ResolvedModel, default_model_name, resolve_source
-from tasks.packaging import (
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import require_bucket
+from tasks.model.packaging import (
     BuiltArchive,
     ModelArtifact,
     build_archive,
@@ -19,7 +19,7 @@ from tasks.packaging import (
     summary_markdown,
     upload_archive,
 )
-from tasks.s3 import require_bucket
+from tasks.model.sources import DEFAULT_SOURCE, ResolvedModel, default_model_name, resolve_source
 from tasks.settings import load_profile
 
 

@@ -9,26 +9,27 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.aggregate import Preview, RunSummary, aggregate_run, summary_markdown
-from tasks.batching import BatchPayload, compute_run_key, make_batches, validate_run_key
-from tasks.corpus import ColumnMapping, Corpus, load_corpus
-from tasks.fanout import Fanout, FanoutOptions, FanoutStats, resume_reconcile
-from tasks.invoke import InvokeSettings, require_invocation_limit
-from tasks.manifest import BatchStatus, RunManifest, load_manifest, save_manifest
-from tasks.notifications import (
+from tasks.run.aggregate import Preview, RunSummary, aggregate_run, summary_markdown
+from tasks.run.batching import BatchPayload, compute_run_key, make_batches
+from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
+from tasks.run.driver import Fanout, FanoutOptions, FanoutStats, resume_reconcile
+from tasks.run.invoke import InvokeSettings, require_invocation_limit
+from tasks.run.layout import validate_run_key
+from tasks.run.manifest import BatchStatus, RunManifest, load_manifest, save_manifest
+from tasks.run.notifications import (
     EndpointOutputs,
     RunQueue,
     close_run_queue,
     endpoint_outputs,
     open_run_queue,
 )
-from tasks.progress import RunProgress
-from tasks.prompts import GenerationParameters, PromptTemplate
-from tasks.recovery import new_record
+from tasks.run.outcomes import new_record
+from tasks.run.progress import RunProgress
+from tasks.run.prompts import GenerationParameters, PromptTemplate
+from tasks.run.quoting import unwalked
+from tasks.run.spool import OutputSpool
+from tasks.run.staging import PayloadStager, stage_payloads
 from tasks.settings import Profile, load_profile
-from tasks.spool import OutputSpool
-from tasks.staging import PayloadStager, stage_payloads
-from tasks.task_params import unwalked
 
 TABLE_ROWS = 20
 DEFAULT_TTL_S = 21600

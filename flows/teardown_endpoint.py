@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 
-from tasks.autoscaling import remove_autoscaling
-from tasks.endpoint import (
+from tasks.endpoint.autoscaling import remove_autoscaling
+from tasks.endpoint.deploy import (
     delete_endpoint,
     delete_endpoint_resources,
     describe_endpoint,
@@ -15,7 +15,7 @@ from tasks.endpoint import (
     wait_deleted,
     wait_in_service,
 )
-from tasks.endpoint_spec import validate_endpoint_name
+from tasks.endpoint.spec import validate_endpoint_name
 from tasks.settings import Profile, load_profile
 
 KEPT = (

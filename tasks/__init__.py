@@ -1,1 +1,1 @@
-"""Building blocks of the docflow flows: one module per concern, pure helpers plus thin tasks."""
+"""Building blocks of the docflow flows, one package per domain: ``aws`` (clients and AWS plumbing), ``model`` (sources and packaging), ``endpoint`` (deploy, topics, autoscaling) and ``run`` (one document run); ``settings`` holds the deployment profiles."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tasks.aws import aws_client, clear_client_cache
+from tasks.aws.clients import aws_client, clear_client_cache
 from tasks.settings import Profile, load_profile
 
 

@@ -42,7 +42,7 @@ def _s3_client(profile_or_client: Any) -> Any:
     """Accept a docflow Profile or a ready boto3 S3 client."""
     if hasattr(profile_or_client, "put_object"):
         return profile_or_client
-    from tasks.aws import aws_client
+    from tasks.aws.clients import aws_client
 
     return aws_client("s3", profile_or_client)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 
 # Fast polling for localcloud; the flows' defaults (30 s x 120) are AWS's.

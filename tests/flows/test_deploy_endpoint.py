@@ -10,9 +10,9 @@ import pytest
 
 from flows.deploy_endpoint import deploy_endpoint
 from localcloud.testing.artifacts import upload_echo_model
-from tasks.autoscaling import alarm_name, policy_names, resource_id
-from tasks.aws import aws_client
-from tasks.endpoint import EndpointDeployError
+from tasks.aws.clients import aws_client
+from tasks.endpoint.autoscaling import alarm_name, policy_names, resource_id
+from tasks.endpoint.deploy import EndpointDeployError
 from tasks.settings import Profile
 from tests.flows.endpoint_helpers import (
     FAST_WAIT,
@@ -150,7 +150,7 @@ def test_new_instance_type_deregisters_scaling_around_the_update(
 
 
 def test_invocation_limit_is_created_then_updated() -> None:
-    from tasks.endpoint import ensure_invocation_limit
+    from tasks.endpoint.deploy import ensure_invocation_limit
 
     name = f"limit-test-{uuid.uuid4().hex[:6]}"
     assert ensure_invocation_limit(name, 3) == "created"

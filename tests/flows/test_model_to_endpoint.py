@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 from flows.deploy_endpoint import deploy_endpoint
 from flows.package_model import package_model
 from flows.teardown_endpoint import teardown_endpoint
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.tiny_models import make_tiny_model

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from localcloud.testing.artifacts import upload_echo_model
-from tasks.aws import aws_client
-from tasks.manifest import load_manifest, split_s3_uri
+from tasks.aws.clients import aws_client
+from tasks.run.manifest import load_manifest, split_s3_uri
 from tasks.settings import Autoscaling, Profile, load_profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 
@@ -256,12 +256,12 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
 ) -> None:
     import time
 
-    import tasks.fanout
+    import tasks.run.driver
 
     path = deployed(cap=4)
     prof = load_profile(path)
     write_corpus(tmp_path / "c.jsonl", 40)
-    real_invoke = tasks.fanout.invoke_one
+    real_invoke = tasks.run.driver.invoke_one
     calls: list[int] = []
 
     def crashing_invoke(*args: Any, **kwargs: Any) -> Any:
@@ -270,11 +270,11 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
             raise RuntimeError("worker lost (simulated)")
         return real_invoke(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.fanout, "invoke_one", crashing_invoke)
+    monkeypatch.setattr(tasks.run.driver, "invoke_one", crashing_invoke)
     probe = OutstandingProbe(localcloud, prof.endpoint_name, monkeypatch)
     with pytest.raises(RuntimeError, match="simulated"):
         run(path, tmp_path / "c.jsonl", batch_size=4, run_key="resume1")
-    monkeypatch.setattr(tasks.fanout, "invoke_one", real_invoke)
+    monkeypatch.setattr(tasks.run.driver, "invoke_one", real_invoke)
     for _ in range(100):  # what was submitted before the crash finishes meanwhile
         if probe.outstanding == 0:
             break
@@ -310,12 +310,12 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
     """
     from botocore.exceptions import ClientError
 
-    import tasks.staging
+    import tasks.run.staging
 
     path = deployed(cap=2, slots=1, environment={"ECHO_SLEEP_S": "0.05"})
     prof = load_profile(path)
     write_corpus(tmp_path / "c.jsonl", 60)
-    real_put = tasks.staging.put_with_retries
+    real_put = tasks.run.staging.put_with_retries
     puts: list[str] = []
 
     def denied_put(profile: Profile, item: Any) -> int:
@@ -325,10 +325,10 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
             raise ClientError(error, "PutObject")  # type: ignore[arg-type]
         return real_put(profile, item)
 
-    monkeypatch.setattr(tasks.staging, "put_with_retries", denied_put)
+    monkeypatch.setattr(tasks.run.staging, "put_with_retries", denied_put)
     with InvokeCounter(path) as first, pytest.raises(Exception, match="AccessDenied"):
         run(path, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
-    monkeypatch.setattr(tasks.staging, "put_with_retries", real_put)
+    monkeypatch.setattr(tasks.run.staging, "put_with_retries", real_put)
     interrupted = load_manifest("stage1", prof)
     assert interrupted is not None and not interrupted.staged
     assert 0 < first.total < 15, "invocations should have started before staging ended"

@@ -11,8 +11,8 @@ from botocore.exceptions import ClientError
 from flows.deploy_endpoint import deploy_endpoint
 from flows.teardown_endpoint import teardown_endpoint
 from localcloud.testing.artifacts import upload_echo_model
-from tasks.autoscaling import alarm_name, resource_id
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
+from tasks.endpoint.autoscaling import alarm_name, resource_id
 from tasks.settings import Profile
 from tests.flows.endpoint_helpers import (
     FAST_WAIT,

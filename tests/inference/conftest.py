@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tasks.model_sources import resolve_source
+from tasks.model.sources import resolve_source
 from tests.tiny_models import Arch, make_tiny_model
 
 HANDLER_PATH = Path(__file__).resolve().parents[2] / "inference" / "inference.py"

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 from tests.localcloud.helpers import deploy_echo, jsonl, receive, topics_and_queue
 

@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError, WaiterError
 
 from localcloud.testing.artifacts import upload_echo_model, upload_echo_prefix
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 from tests.localcloud.helpers import FAST_WAIT, deploy_echo, echo_config, jsonl
 

@@ -11,7 +11,7 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 from tests.localcloud.helpers import deploy_echo, jsonl, receive, topics_and_queue
 

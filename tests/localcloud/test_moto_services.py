@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import requests
 
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 import requests
 
-from tasks.aws import aws_client, clear_client_cache
+from tasks.aws.clients import aws_client, clear_client_cache
 from tasks.settings import load_profile
 from tests.localcloud.helpers import deploy_echo
 

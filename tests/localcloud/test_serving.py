@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from localcloud.testing.artifacts import upload_echo_model
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 from tests.localcloud.helpers import (
     FAST_WAIT,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.aws import aws_client
-from tasks.manifest import split_s3_uri
+from tasks.aws.clients import aws_client
+from tasks.run.manifest import split_s3_uri
 from tasks.settings import Profile
 
 LEDGERS: list[Ledger] = []

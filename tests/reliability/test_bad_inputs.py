@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tests.reliability.conftest import (
     Deployment,
     EndpointProbe,

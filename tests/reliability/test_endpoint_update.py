@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from localcloud.testing.artifacts import upload_echo_model
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tests.reliability.conftest import Deployment, EndpointProbe, ledger_of, run_flow, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

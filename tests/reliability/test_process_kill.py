@@ -90,7 +90,7 @@ def free_slots_of_killed_run(endpoint: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
-    from tasks.invoke import concurrency_limit_name
+    from tasks.endpoint.spec import concurrency_limit_name
 
     name = concurrency_limit_name(endpoint)
     with get_client(sync_client=True) as client:

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from localcloud.iam_auth import Decision, evaluate
-from tasks.aws import aws_client, clear_client_cache
-from tasks.iam import account_id, render_policies
-from tasks.notifications import EndpointOutputs, close_run_queue, open_run_queue
+from tasks.aws.clients import aws_client, clear_client_cache
+from tasks.aws.iam import account_id, render_policies
+from tasks.run.notifications import EndpointOutputs, close_run_queue, open_run_queue
 from tasks.settings import Profile, load_profile
 from tests.reliability.conftest import (
     Deployment,
@@ -184,7 +184,7 @@ def test_each_statement_is_needed(
 
 
 def test_run_queue_admits_only_the_endpoint_topics(profile: Profile, localcloud: Any) -> None:
-    """The run queue's policy (as tasks/notifications.py writes it) admits SNS from the endpoint's
+    """The run queue's policy (as tasks/run/notifications.py writes it) admits SNS from the endpoint's
     two topics only: evaluated directly, and honoured on delivery while IAM is enforced."""
     sns = aws_client("sns", profile)
     name = profile.endpoint_name

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
 from tasks.settings import load_profile
 from tests.reliability.conftest import Deployment, EndpointProbe, ledger_of, run_flow, write_corpus
 

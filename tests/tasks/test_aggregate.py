@@ -12,19 +12,21 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tasks import aggregate
-from tasks.aggregate import (
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import split_s3_uri
+from tasks.run import aggregate
+from tasks.run.aggregate import (
     RunSummary,
     aggregate_run,
     summary_markdown,
 )
-from tasks.aws import aws_client
-from tasks.batching import BatchPayload, inference_id, make_batches, split_batch
-from tasks.corpus import Corpus, load_corpus
-from tasks.manifest import BatchRecord, BatchStatus, RunManifest, run_uri, split_s3_uri
-from tasks.prompts import GenerationParameters, PromptTemplate
+from tasks.run.batching import BatchPayload, make_batches, split_batch
+from tasks.run.corpus import Corpus, load_corpus
+from tasks.run.layout import inference_id, run_uri
+from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
+from tasks.run.prompts import GenerationParameters, PromptTemplate
+from tasks.run.spool import OutputSpool
 from tasks.settings import Profile
-from tasks.spool import OutputSpool
 
 RUN = "aggtest0001"
 T0 = datetime(2026, 11, 21, 4, 0, tzinfo=UTC)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.autoscaling import (
+from tasks.aws.clients import aws_client
+from tasks.endpoint.autoscaling import (
     DIMENSION,
     alarm_name,
     apply_autoscaling,
@@ -15,7 +16,6 @@ from tasks.autoscaling import (
     step_scaling_policy,
     target_tracking_policy,
 )
-from tasks.aws import aws_client
 from tasks.settings import Autoscaling, Profile
 
 

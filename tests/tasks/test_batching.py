@@ -6,17 +6,15 @@ import json
 
 import pytest
 
-from tasks.batching import (
+from tasks.run.batching import (
     batch_id_for,
     compute_run_key,
-    inference_id,
-    inference_prefix,
     make_batches,
     split_batch,
-    validate_run_key,
 )
-from tasks.corpus import Document
-from tasks.prompts import GenerationParameters, PromptTemplate, TemplateError
+from tasks.run.corpus import Document
+from tasks.run.layout import inference_id, inference_prefix, validate_run_key
+from tasks.run.prompts import GenerationParameters, PromptTemplate, TemplateError
 
 TEMPLATE = PromptTemplate()
 PARAMS = GenerationParameters(max_new_tokens=32)

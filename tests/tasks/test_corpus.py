@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.aws import aws_client
-from tasks.corpus import ColumnMapping, CorpusError, Document, corpus_fingerprint, load_corpus
+from tasks.aws.clients import aws_client
+from tasks.run.corpus import ColumnMapping, CorpusError, Document, corpus_fingerprint, load_corpus
 from tasks.settings import Profile
 
 REPO = Path(__file__).resolve().parents[2]

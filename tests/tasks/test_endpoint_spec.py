@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from tasks.endpoint_spec import (
+from tasks.endpoint.spec import (
     EndpointSpec,
     EndpointSpecError,
     build_endpoint_spec,

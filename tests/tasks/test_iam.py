@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tasks.aws import aws_client
-from tasks.iam import (
+from tasks.aws.clients import aws_client
+from tasks.aws.iam import (
     ACTIONS_WITHOUT_RESOURCE,
     IamError,
     ensure_execution_role,
@@ -187,7 +187,7 @@ def test_execution_role_is_created_once_over_localcloud(profile: Profile) -> Non
 
 
 def test_cli_prints_only_the_json_documents(capsys: pytest.CaptureFixture[str]) -> None:
-    from tasks.iam import main
+    from tasks.aws.iam import main
 
     assert main(["--profile", "aws", "--account", ACCOUNT]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -1,4 +1,4 @@
-"""tasks.invoke: rate limit, backoff that never retries validation errors, staging, the shared cap."""
+"""tasks.run.invoke: rate limit, backoff that never retries validation errors, staging, the shared cap."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.aws import aws_client
-from tasks.invoke import (
+from tasks.aws.clients import aws_client
+from tasks.run.invoke import (
     CapacityError,
     CapShare,
     RateLimiter,
@@ -135,7 +135,7 @@ def test_staging_skips_objects_that_exist(profile: Profile) -> None:
 
 
 def _limit(endpoint: str, limit: int) -> None:
-    from tasks.endpoint import ensure_invocation_limit
+    from tasks.endpoint.deploy import ensure_invocation_limit
 
     ensure_invocation_limit(endpoint, limit)
 

@@ -6,16 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tasks.batching import inference_id
-from tasks.corpus import Rejected
-from tasks.manifest import (
+from tasks.run.corpus import Rejected
+from tasks.run.layout import inference_id, manifest_uri, run_uri
+from tasks.run.manifest import (
     BatchRecord,
     BatchStatus,
     ManifestError,
     RunManifest,
     load_manifest,
-    manifest_uri,
-    run_uri,
     save_manifest,
 )
 from tasks.settings import Profile, load_profile

@@ -1,4 +1,4 @@
-"""tasks.model_sources: folders, the SmolLM2 GGUF (converted once), hub ids that fail fast offline."""
+"""tasks.model.sources: folders, the SmolLM2 GGUF (converted once), hub ids that fail fast offline."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.model_sources import (
+from tasks.model.packaging import summarize_weights
+from tasks.model.sources import (
     ModelSourceError,
     SourceKind,
     classify_source,
@@ -19,7 +20,6 @@ from tasks.model_sources import (
     resolve_source,
     smollm2_gguf_path,
 )
-from tasks.packaging import summarize_weights
 from tests.tiny_models import make_tiny_model
 
 HUB_ID = "mistralai/Mistral-7B-Instruct-v0.3"

@@ -1,4 +1,4 @@
-"""tasks.notifications: the run's queue on the endpoint topics, parsing AWS's JSON, reconciliation in S3."""
+"""tasks.run.notifications: the run's queue on the endpoint topics, parsing AWS's JSON, reconciliation in S3."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import time
 import uuid
 from typing import Any
 
-from tasks.aws import aws_client
-from tasks.notifications import (
+from tasks.aws.clients import aws_client
+from tasks.run.layout import queue_name
+from tasks.run.notifications import (
     EndpointOutputs,
     Pending,
     close_run_queue,
@@ -16,7 +17,6 @@ from tasks.notifications import (
     is_expiry,
     open_run_queue,
     parse_notification,
-    queue_name,
     receive,
     reconcile,
 )

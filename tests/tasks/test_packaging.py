@@ -1,4 +1,4 @@
-"""tasks.packaging: deterministic model.tar.gz (unit) and content-addressed upload to localcloud."""
+"""tasks.model.packaging: deterministic model.tar.gz (unit) and content-addressed upload to localcloud."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.aws import aws_client
-from tasks.packaging import (
+from tasks.aws.clients import aws_client
+from tasks.model.packaging import (
     DEFAULT_CODE_DIR,
     BuiltArchive,
     PackagingError,

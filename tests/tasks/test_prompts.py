@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tasks.corpus import Document
-from tasks.prompts import GenerationParameters, PromptTemplate, TemplateError
+from tasks.run.corpus import Document
+from tasks.run.prompts import GenerationParameters, PromptTemplate, TemplateError
 
 DOC = Document(doc_id="t-1", text="The printer jams on page two.", metadata={"source": "ticket"})
 

@@ -1,4 +1,4 @@
-"""tasks.recovery: each batch ends once; failures retry (bounded), split down to the poison, or fail."""
+"""tasks.run.outcomes: each batch ends once; failures retry (bounded), split down to the poison, or fail."""
 
 from __future__ import annotations
 
@@ -6,24 +6,23 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tasks.aws import aws_client
-from tasks.batching import make_batches
-from tasks.corpus import Document
-from tasks.invoke import stage_inputs
-from tasks.manifest import BatchStatus, RunManifest, split_s3_uri
-from tasks.notifications import EndpointOutputs, Outcome
-from tasks.prompts import GenerationParameters, PromptTemplate
-from tasks.recovery import (
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import split_s3_uri
+from tasks.run.batching import make_batches
+from tasks.run.corpus import Document
+from tasks.run.invoke import stage_inputs
+from tasks.run.manifest import BatchStatus, RunManifest
+from tasks.run.notifications import EndpointOutputs, Outcome
+from tasks.run.outcomes import (
     Decision,
     apply_outcome,
-    expected_failure_uri,
-    expected_output_uri,
     fail_outstanding,
     new_record,
     overdue,
     split_failed_batch,
     staged_input,
 )
+from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.settings import Profile, load_profile
 
 OUTPUTS = EndpointOutputs(
@@ -49,8 +48,8 @@ def submitted(manifest: RunManifest, batch_id: str, attempt: int = 1) -> None:
         batch_id,
         BatchStatus.SUBMITTED,
         attempts=attempt,
-        output_uri=expected_output_uri(OUTPUTS, "run1", batch_id, attempt),
-        failure_uri=expected_failure_uri(OUTPUTS, "run1", batch_id, attempt),
+        output_uri=OUTPUTS.output_uri("run1", batch_id, attempt),
+        failure_uri=OUTPUTS.failure_uri("run1", batch_id, attempt),
         submitted_at=datetime.now(UTC),
     )
 
@@ -61,11 +60,8 @@ def local() -> Profile:
 
 
 def test_locations_follow_the_attempt() -> None:
-    assert expected_output_uri(OUTPUTS, "run1", "b1", 2) == "s3://bkt/async-outputs/run1/b1.a2.out"
-    assert (
-        expected_failure_uri(OUTPUTS, "run1", "b1", 2)
-        == "s3://bkt/async-failures/run1/b1.a2-error.out"
-    )
+    assert OUTPUTS.output_uri("run1", "b1", 2) == "s3://bkt/async-outputs/run1/b1.a2.out"
+    assert OUTPUTS.failure_uri("run1", "b1", 2) == "s3://bkt/async-failures/run1/b1.a2-error.out"
 
 
 def test_completion_is_recorded_once(local: Profile) -> None:
@@ -108,7 +104,7 @@ def test_a_failure_of_an_earlier_attempt_is_ignored(local: Profile) -> None:
         batch_id=batch_id,
         status="failed",
         reason="late",
-        failure_uri=expected_failure_uri(OUTPUTS, "run1", batch_id, 1),
+        failure_uri=OUTPUTS.failure_uri("run1", batch_id, 1),
     )
     assert apply_outcome(manifest, stale, max_attempts=3) is Decision.IGNORED
     assert manifest.batches[batch_id].status is BatchStatus.SUBMITTED

@@ -1,4 +1,4 @@
-"""tasks.s3: URI parsing and progress (unit), HEAD and skip-if-present uploads over HTTP to localcloud."""
+"""tasks.aws.s3: URI parsing and progress (unit), HEAD and skip-if-present uploads over HTTP to localcloud."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from tasks.aws import aws_client
-from tasks.s3 import (
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import (
     BucketNotFoundError,
     MiB,
     S3Uri,

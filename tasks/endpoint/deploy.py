@@ -8,8 +8,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from tasks.aws import aws_client
-from tasks.endpoint_spec import HASH_LENGTH, VARIANT_NAME, EndpointSpec, resource_head
+from tasks.aws.clients import aws_client
+from tasks.endpoint.spec import HASH_LENGTH, VARIANT_NAME, EndpointSpec, resource_head
 from tasks.settings import Profile
 
 IN_PROGRESS = {"Creating", "Updating", "SystemUpdating", "RollingBack"}

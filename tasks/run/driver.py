@@ -14,7 +14,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.invoke import (
+from tasks.run.invoke import (
     CapShare,
     InvokeRequest,
     InvokeResult,
@@ -22,8 +22,8 @@ from tasks.invoke import (
     cap_share,
     invoke_one,
 )
-from tasks.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
-from tasks.notifications import (
+from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
+from tasks.run.notifications import (
     EndpointOutputs,
     Outcome,
     Pending,
@@ -34,19 +34,17 @@ from tasks.notifications import (
     receive,
     reconcile,
 )
-from tasks.recovery import (
+from tasks.run.outcomes import (
     Decision,
     apply_outcome,
-    expected_failure_uri,
-    expected_output_uri,
     fail_outstanding,
     overdue,
     split_failed_batch,
 )
+from tasks.run.quoting import unwalked
+from tasks.run.spool import OutputSpool
+from tasks.run.staging import PayloadStager
 from tasks.settings import Profile
-from tasks.spool import OutputSpool
-from tasks.staging import PayloadStager
-from tasks.task_params import unwalked
 
 MAX_INVOCATION_TIMEOUT_S = 3600
 RECONCILE_MAX_INTERVAL_S = 60.0
@@ -102,7 +100,7 @@ def _pending_lookup(record: BatchRecord, outputs: EndpointOutputs, run_key: str)
     attempt = record.attempts + 1
     return Pending(
         batch_id=record.batch_id,
-        output_uri=expected_output_uri(outputs, run_key, record.batch_id, attempt),
+        output_uri=outputs.output_uri(run_key, record.batch_id, attempt),
         failure_uri=None,
     )
 
@@ -407,9 +405,9 @@ class Fanout:
                 BatchStatus.SUBMITTED,
                 attempts=request.attempt,
                 output_uri=result.output_uri
-                or expected_output_uri(self.outputs, run_key, request.batch_id, request.attempt),
+                or self.outputs.output_uri(run_key, request.batch_id, request.attempt),
                 failure_uri=result.failure_uri
-                or expected_failure_uri(self.outputs, run_key, request.batch_id, request.attempt),
+                or self.outputs.failure_uri(run_key, request.batch_id, request.attempt),
                 submitted_at=datetime.fromtimestamp(result.submitted_at or time.time(), UTC),
             )
             return

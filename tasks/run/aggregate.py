@@ -25,12 +25,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from tasks.corpus import Corpus, Document, Rejected
-from tasks.manifest import BatchRecord, BatchStatus, RunManifest, run_uri, split_s3_uri
+from tasks.aws.s3 import split_s3_uri
+from tasks.run.corpus import Corpus, Document, Rejected
+from tasks.run.layout import run_uri
+from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
 from tasks.settings import Profile
 
 if TYPE_CHECKING:
-    from tasks.spool import OutputSpool
+    from tasks.run.spool import OutputSpool
 
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 COLUMNS = [
@@ -107,7 +109,7 @@ def read_output(record: BatchRecord, profile: Profile, spool: OutputSpool | None
 
 def _output_body(uri: str, profile: Profile, spool: OutputSpool | None) -> bytes:
     """The object's bytes: from the spool when it has them, else S3 GetObject."""
-    from tasks.aws import aws_client
+    from tasks.aws.clients import aws_client
 
     if spool is not None:
         try:
@@ -627,7 +629,7 @@ def _publish(
     folder: Path, names: list[str], profile: Profile, manifest: RunManifest, local_dir: str | None
 ) -> None:
     """Upload the files from disk (managed transfer) and copy them to ``local_dir``."""
-    from tasks.aws import aws_client
+    from tasks.aws.clients import aws_client
 
     s3 = aws_client("s3", profile)
     for name in names:

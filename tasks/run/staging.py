@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.batching import BatchPayload
-from tasks.invoke import describe_error, put_with_retries
-from tasks.recovery import staged_input
+from tasks.run.batching import BatchPayload
+from tasks.run.invoke import describe_error, put_with_retries
+from tasks.run.outcomes import staged_input
 from tasks.settings import Profile
 
 STAGE_WORKERS = 8

@@ -6,8 +6,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tasks.aws import aws_client
-from tasks.endpoint_spec import VARIANT_NAME
+from tasks.aws.clients import aws_client
+from tasks.endpoint.spec import VARIANT_NAME
 from tasks.settings import Autoscaling, Profile
 
 NAMESPACE = "sagemaker"

@@ -64,6 +64,14 @@ def parse_s3_uri(uri: str) -> S3Uri:
     return S3Uri(bucket, key)
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an ``s3://bucket/key`` URI naming an object; S3UriError otherwise."""
+    parsed = parse_s3_uri(uri)
+    if not parsed.key:
+        raise S3UriError(f"{uri!r} is not an s3://bucket/key URI")
+    return parsed.bucket, parsed.key
+
+
 def s3_uri(bucket: str, key: str) -> str:
     """The ``s3://bucket/key`` string for a bucket and key."""
     return str(S3Uri(bucket, key.lstrip("/")))

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.corpus import Document, Rejected
-from tasks.prompts import GenerationParameters, PromptTemplate, TemplateError
+from tasks.run.corpus import Document, Rejected
+from tasks.run.layout import BATCH_ID_CHARS, RUN_KEY_CHARS
+from tasks.run.prompts import GenerationParameters, PromptTemplate, TemplateError
 
-BATCH_ID_CHARS = 16
-RUN_KEY_CHARS = 12
-MAX_INFERENCE_ID = 64
-# A user-named run key may not contain "-": "<key>-" must never prefix another run's ids.
-_RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*$")
-MAX_RUN_KEY = MAX_INFERENCE_ID - 1 - BATCH_ID_CHARS
 _LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
@@ -144,27 +138,3 @@ def compute_run_key(
         separators=(",", ":"),
     )
     return hashlib.sha256(material.encode("utf-8")).hexdigest()[:RUN_KEY_CHARS]
-
-
-def validate_run_key(run_key: str) -> str:
-    """Check a user-named run key; ValueError says what a valid one looks like."""
-    if not _RUN_KEY.match(run_key) or len(run_key) > MAX_RUN_KEY:
-        raise ValueError(
-            f"run key {run_key!r} is invalid: use 1-{MAX_RUN_KEY} letters, digits, '_' or '.', "
-            "starting with a letter or digit (no '-': it separates the run key from the batch id)"
-        )
-    return run_key
-
-
-def inference_id(run_key: str, batch_id: str) -> str:
-    """The InferenceId of a batch: "<run_key>-<batch_id>" (≤ 64 chars; "<run_key>-" is the filter)."""
-    validate_run_key(run_key)
-    value = f"{run_key}-{batch_id}"
-    if len(value) > MAX_INFERENCE_ID:
-        raise ValueError(f"inference id {value!r} is over {MAX_INFERENCE_ID} characters")
-    return value
-
-
-def inference_prefix(run_key: str) -> str:
-    """The prefix every InferenceId of this run starts with (the notification filter)."""
-    return f"{validate_run_key(run_key)}-"

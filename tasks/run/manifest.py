@@ -8,7 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.corpus import Rejected
+from tasks.aws.s3 import split_s3_uri
+from tasks.run.corpus import Rejected
+from tasks.run.layout import batch_id_of, manifest_uri
 from tasks.settings import Profile
 
 
@@ -89,7 +91,7 @@ class RunManifest(BaseModel):
 
     def by_inference_id(self, inference_id: str) -> BatchRecord | None:
         """The batch with this InferenceId, if the run has one."""
-        batch_id = inference_id.rpartition("-")[2]
+        batch_id = batch_id_of(inference_id)
         record = self.batches.get(batch_id)
         if record is not None and record.inference_id == inference_id:
             return record
@@ -146,27 +148,9 @@ class RunManifest(BaseModel):
 _SETTABLE = sorted(set(BatchRecord.model_fields) - {"batch_id", "status"})
 
 
-def run_uri(profile: Profile, run_key: str, *parts: str) -> str:
-    """s3://bucket/<prefixes.runs>/<run_key>/<parts…> — where everything a run writes lives."""
-    return profile.s3_uri(profile.prefixes.runs, run_key, *parts)
-
-
-def manifest_uri(profile: Profile, run_key: str) -> str:
-    """s3://bucket/<prefixes.runs>/<run_key>/manifest.json."""
-    return run_uri(profile, run_key, "manifest.json")
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key) of an s3:// URI; ValueError for anything else."""
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
-
-
 def save_manifest(manifest: RunManifest, profile: Profile) -> None:
     """Write the manifest to S3 (overwriting the previous version)."""
-    from tasks.aws import aws_client
+    from tasks.aws.clients import aws_client
 
     bucket, key = split_s3_uri(manifest_uri(profile, manifest.run_key))
     aws_client("s3", profile).put_object(
@@ -178,7 +162,7 @@ def load_manifest(run_key: str, profile: Profile) -> RunManifest | None:
     """The run's manifest from S3, or None when the run has none yet."""
     from botocore.exceptions import ClientError
 
-    from tasks.aws import aws_client
+    from tasks.aws.clients import aws_client
 
     bucket, key = split_s3_uri(manifest_uri(profile, run_key))
     try:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
-from tasks.aws import aws_client
-from tasks.endpoint_spec import topic_names
-from tasks.iam import account_id
+from tasks.aws.clients import aws_client
+from tasks.aws.iam import account_id
+from tasks.endpoint.spec import topic_names
 from tasks.settings import Profile
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -13,11 +12,12 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from tasks.aws import aws_client
-from tasks.manifest import split_s3_uri
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import split_s3_uri
+from tasks.run import layout
+from tasks.run.layout import inference_prefix, queue_name
 from tasks.settings import Profile
 
-MAX_QUEUE_NAME = 80
 # AWS and localcloud name the cause first ("ExpiredRequest: …", "ModelTimeoutError: …").
 EXPIRED_PATTERN = re.compile(r"expired|timeout|timed out|\bTTL\b", re.IGNORECASE)
 EXPIRED_SCAN_CHARS = 80
@@ -37,6 +37,14 @@ class EndpointOutputs(BaseModel):
     output_path: str
     failure_path: str | None = None
     model_artifact: str = ""
+
+    def output_uri(self, run_key: str, batch_id: str, attempt: int) -> str:
+        """Where attempt ``attempt`` of a batch writes its result."""
+        return layout.output_uri(self.output_path, run_key, batch_id, attempt)
+
+    def failure_uri(self, run_key: str, batch_id: str, attempt: int) -> str:
+        """Where attempt ``attempt`` of a batch writes its failure (the output path when unset)."""
+        return layout.failure_uri(self.failure_path or self.output_path, run_key, batch_id, attempt)
 
 
 class RunQueue(BaseModel):
@@ -87,16 +95,6 @@ class Outcome(BaseModel):
     event_time: datetime | None = None
     received_time: datetime | None = None
     source: Literal["notification", "reconcile"] = "notification"
-
-
-def queue_name(endpoint: str, run_key: str, suffix: str = "") -> str:
-    """``docflow-<endpoint>-<run_key>[suffix]``, shortened with a hash to SQS's 80 characters."""
-    name = f"docflow-{endpoint}-{run_key}{suffix}"
-    if len(name) <= MAX_QUEUE_NAME:
-        return name
-    digest = hashlib.sha256(endpoint.encode()).hexdigest()[:8]
-    room = MAX_QUEUE_NAME - len(f"docflow--{digest}-{run_key}{suffix}")
-    return f"docflow-{endpoint[:room]}-{digest}-{run_key}{suffix}"
 
 
 def endpoint_outputs(profile: Profile, endpoint: str) -> EndpointOutputs:
@@ -192,7 +190,7 @@ def open_run_queue(
         },
     )
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": queue_policy(arn, topics)})
-    prefix = f"{run_key}-"
+    prefix = inference_prefix(run_key)
     subscriptions = []
     for topic in topics:
         sub = sns.subscribe(

@@ -219,6 +219,11 @@ def resource_name(endpoint_name: str, digest: str) -> str:
     return f"{resource_head(endpoint_name)}-{digest[:HASH_LENGTH]}"
 
 
+def concurrency_limit_name(endpoint_name: str) -> str:
+    """The Prefect global concurrency limit shared by every run on the endpoint: ``sagemaker:<endpoint>``."""
+    return f"sagemaker:{endpoint_name}"
+
+
 def topic_names(endpoint_name: str) -> tuple[str, str]:
     """The success and error SNS topic names of an endpoint."""
     return f"{endpoint_name}-success", f"{endpoint_name}-error"

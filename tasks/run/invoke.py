@@ -19,7 +19,9 @@ from botocore.exceptions import (
 )
 from pydantic import BaseModel
 
-from tasks.aws import aws_client
+from tasks.aws.clients import aws_client
+from tasks.endpoint.spec import concurrency_limit_name
+from tasks.run.layout import output_filename
 from tasks.settings import Profile
 
 CONTENT_TYPE = "application/jsonlines"
@@ -86,16 +88,6 @@ class InvokeSettings(BaseModel):
     base_delay_s: float = 0.2
     max_delay_s: float = 10.0
     rate_per_second: float = 20.0
-
-
-def concurrency_limit_name(endpoint: str) -> str:
-    """The Prefect global concurrency limit shared by every run on ``endpoint``."""
-    return f"sagemaker:{endpoint}"
-
-
-def output_filename(batch_id: str, attempt: int) -> str:
-    """Deterministic output object name for one attempt (the key is S3OutputPath/<run_key>/<this>)."""
-    return f"{batch_id}.a{attempt}.out"
 
 
 class RateLimiter:

@@ -13,11 +13,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tasks.aws import aws_client
-from tasks.endpoint_spec import resolve_image_uri, topic_names
+from tasks.aws.clients import aws_client
+from tasks.endpoint.spec import resolve_image_uri, topic_names
 from tasks.settings import Profile, load_profile
 
-IAM_DIR = Path(__file__).resolve().parent.parent / "deployments" / "iam"
+IAM_DIR = Path(__file__).resolve().parents[2] / "deployments" / "iam"
 ORCHESTRATOR_POLICY = "orchestrator-policy.json"
 EXECUTION_POLICY = "execution-role-policy.json"
 EXECUTION_TRUST = "execution-role-trust.json"
@@ -225,7 +225,7 @@ def ensure_execution_role(
 
 def main(argv: list[str] | None = None) -> int:
     """Print the rendered policy documents for a profile (review them before applying)."""
-    parser = argparse.ArgumentParser(prog="python -m tasks.iam", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tasks.aws.iam", description=main.__doc__)
     parser.add_argument("--profile", default=None, help="profile name or YAML path")
     parser.add_argument("--account", default=None, help="account id (default: STS)")
     parser.add_argument("--image-uri", default=None, help="image to allow pulling")

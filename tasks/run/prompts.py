@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
-    from tasks.corpus import Document
+    from tasks.run.corpus import Document
 
 
 class TemplateError(ValueError):

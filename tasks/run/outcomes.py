@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from tasks.aws import aws_client
-from tasks.batching import BatchPayload, inference_id, split_batch
-from tasks.invoke import StagedInput, output_filename, stage_inputs
-from tasks.manifest import BatchRecord, BatchStatus, RunManifest, run_uri, split_s3_uri
-from tasks.notifications import EndpointOutputs, Outcome
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import split_s3_uri
+from tasks.run import layout
+from tasks.run.batching import BatchPayload, split_batch
+from tasks.run.invoke import StagedInput, stage_inputs
+from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
+from tasks.run.notifications import EndpointOutputs, Outcome
 from tasks.settings import Profile
 
 
@@ -21,27 +23,6 @@ class Decision(StrEnum):
     SPLIT = "split"
     FAILED = "failed"
     IGNORED = "ignored"
-
-
-def input_key(profile: Profile, run_key: str, batch_id: str) -> str:
-    """Key of a batch's staged payload: <prefixes.runs>/<run_key>/inputs/<batch_id>.jsonl."""
-    return split_s3_uri(run_uri(profile, run_key, "inputs", f"{batch_id}.jsonl"))[1]
-
-
-def expected_output_uri(outputs: EndpointOutputs, run_key: str, batch_id: str, attempt: int) -> str:
-    """Where attempt ``attempt`` of a batch writes its result: S3OutputPath/<run_key>/<filename>."""
-    return "/".join(
-        [outputs.output_path.rstrip("/"), run_key, output_filename(batch_id, max(1, attempt))]
-    )
-
-
-def expected_failure_uri(
-    outputs: EndpointOutputs, run_key: str, batch_id: str, attempt: int
-) -> str:
-    """Where attempt ``attempt`` of a batch writes a failure: S3FailurePath/<run_key>/<stem>-error.out."""
-    base = (outputs.failure_path or outputs.output_path).rstrip("/")
-    stem = output_filename(batch_id, max(1, attempt)).removesuffix(".out")
-    return "/".join([base, run_key, f"{stem}-error.out"])
 
 
 def new_record(
@@ -56,17 +37,17 @@ def new_record(
     return BatchRecord(
         batch_id=payload.batch_id,
         doc_ids=list(payload.doc_ids),
-        input_uri=profile.s3_uri(input_key(profile, run_key, payload.batch_id)),
-        output_uri=expected_output_uri(outputs, run_key, payload.batch_id, 1),
-        failure_uri=expected_failure_uri(outputs, run_key, payload.batch_id, 1),
-        inference_id=inference_id(run_key, payload.batch_id),
+        input_uri=profile.s3_uri(layout.input_key(profile, run_key, payload.batch_id)),
+        output_uri=outputs.output_uri(run_key, payload.batch_id, 1),
+        failure_uri=outputs.failure_uri(run_key, payload.batch_id, 1),
+        inference_id=layout.inference_id(run_key, payload.batch_id),
         parent=parent,
     )
 
 
 def staged_input(profile: Profile, run_key: str, payload: BatchPayload) -> StagedInput:
     """The S3 object a payload is staged as."""
-    return StagedInput(key=input_key(profile, run_key, payload.batch_id), body=payload.body)
+    return StagedInput(key=layout.input_key(profile, run_key, payload.batch_id), body=payload.body)
 
 
 def _is_stale_failure(record: BatchRecord, outcome: Outcome) -> bool:

@@ -22,8 +22,7 @@ from typing import IO, Any
 from boto3.s3.transfer import TransferConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.model_sources import ModelSourceError, default_cache_dir, model_files
-from tasks.s3 import (
+from tasks.aws.s3 import (
     SHA256_METADATA_KEY,
     LoggerLike,
     S3Uri,
@@ -37,9 +36,10 @@ from tasks.s3 import (
     stored_sha256,
     upload_file,
 )
+from tasks.model.sources import ModelSourceError, default_cache_dir, model_files
 from tasks.settings import Profile
 
-DEFAULT_CODE_DIR = Path(__file__).resolve().parent.parent / "inference"
+DEFAULT_CODE_DIR = Path(__file__).resolve().parents[2] / "inference"
 CODE_REQUIRED = ("inference.py", "requirements.txt")
 ARCHIVE_NAME = "model.tar.gz"
 MANIFEST_NAME = "manifest.json"

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
-from tasks.manifest import split_s3_uri
+from tasks.aws.s3 import split_s3_uri
 from tasks.settings import Profile
 
 SPOOL_WORKERS = 4
@@ -63,7 +63,7 @@ class OutputSpool:
         return self.path_for(uri).read_bytes()
 
     def _download(self, uri: str) -> bool:
-        from tasks.aws import aws_client
+        from tasks.aws.clients import aws_client
 
         target = self.path_for(uri)
         partial = target.with_suffix(".part")

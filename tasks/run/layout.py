@@ -1,0 +1,101 @@
+"""Every name a run gives to things outside itself, in one place.
+
+A run lives under ``s3://<bucket>/<prefixes.runs>/<run key>/``: ``manifest.json``,
+``inputs/<batch id>.jsonl`` (the staged payloads) and what aggregation writes (``results.*``,
+``failures.*``, ``summary.json``). The endpoint writes attempt ``n`` of a batch to
+``<S3OutputPath>/<run key>/<batch id>.a<n>.out`` (a failure to
+``<S3FailurePath>/<run key>/<batch id>.a<n>-error.out``). Its InferenceId is
+``<run key>-<batch id>``; ``<run key>-`` is the prefix the run's queue filters on. The run's SQS
+queues are ``docflow-<endpoint>-<run key>[suffix]`` and its Prefect artifacts
+``docflow-<run key>-<kind>``. Nothing else in docflow writes these formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from tasks.aws.s3 import split_s3_uri
+from tasks.settings import Profile
+
+BATCH_ID_CHARS = 16
+RUN_KEY_CHARS = 12
+MAX_INFERENCE_ID = 64
+MAX_QUEUE_NAME = 80
+# A user-named run key may not contain "-": "<key>-" must never prefix another run's ids.
+_RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*$")
+MAX_RUN_KEY = MAX_INFERENCE_ID - 1 - BATCH_ID_CHARS
+
+
+def validate_run_key(run_key: str) -> str:
+    """Check a user-named run key; ValueError says what a valid one looks like."""
+    if not _RUN_KEY.match(run_key) or len(run_key) > MAX_RUN_KEY:
+        raise ValueError(
+            f"run_key {run_key!r} is invalid: use 1-{MAX_RUN_KEY} letters, digits, '_' or '.', "
+            "starting with a letter or digit (no '-': it separates the run key from the batch id)"
+        )
+    return run_key
+
+
+def run_uri(profile: Profile, run_key: str, *parts: str) -> str:
+    """s3://bucket/<prefixes.runs>/<run_key>/<parts…> — where everything a run writes lives."""
+    return profile.s3_uri(profile.prefixes.runs, run_key, *parts)
+
+
+def manifest_uri(profile: Profile, run_key: str) -> str:
+    """s3://bucket/<prefixes.runs>/<run_key>/manifest.json."""
+    return run_uri(profile, run_key, "manifest.json")
+
+
+def input_key(profile: Profile, run_key: str, batch_id: str) -> str:
+    """Key of a batch's staged payload: <prefixes.runs>/<run_key>/inputs/<batch_id>.jsonl."""
+    return split_s3_uri(run_uri(profile, run_key, "inputs", f"{batch_id}.jsonl"))[1]
+
+
+def output_filename(batch_id: str, attempt: int) -> str:
+    """The output object name of one attempt (the key is S3OutputPath/<run_key>/<this>)."""
+    return f"{batch_id}.a{max(1, attempt)}.out"
+
+
+def output_uri(output_path: str, run_key: str, batch_id: str, attempt: int) -> str:
+    """Where attempt ``attempt`` of a batch writes its result: S3OutputPath/<run_key>/<filename>."""
+    return "/".join([output_path.rstrip("/"), run_key, output_filename(batch_id, attempt)])
+
+
+def failure_uri(failure_path: str, run_key: str, batch_id: str, attempt: int) -> str:
+    """Where attempt ``attempt`` of a batch writes a failure: S3FailurePath/<run_key>/<stem>-error.out."""
+    stem = output_filename(batch_id, attempt).removesuffix(".out")
+    return "/".join([failure_path.rstrip("/"), run_key, f"{stem}-error.out"])
+
+
+def inference_id(run_key: str, batch_id: str) -> str:
+    """The InferenceId of a batch: "<run_key>-<batch_id>" (≤ 64 chars)."""
+    value = f"{inference_prefix(run_key)}{batch_id}"
+    if len(value) > MAX_INFERENCE_ID:
+        raise ValueError(f"inference id {value!r} is over {MAX_INFERENCE_ID} characters")
+    return value
+
+
+def inference_prefix(run_key: str) -> str:
+    """The prefix every InferenceId of this run starts with (the notification filter)."""
+    return f"{validate_run_key(run_key)}-"
+
+
+def batch_id_of(inference_id: str) -> str:
+    """The batch id an InferenceId names (the part after the run key)."""
+    return inference_id.rpartition("-")[2]
+
+
+def queue_name(endpoint: str, run_key: str, suffix: str = "") -> str:
+    """``docflow-<endpoint>-<run_key>[suffix]``, shortened with a hash to SQS's 80 characters."""
+    name = f"docflow-{endpoint}-{run_key}{suffix}"
+    if len(name) <= MAX_QUEUE_NAME:
+        return name
+    digest = hashlib.sha256(endpoint.encode()).hexdigest()[:8]
+    room = MAX_QUEUE_NAME - len(f"docflow--{digest}-{run_key}{suffix}")
+    return f"docflow-{endpoint[:room]}-{digest}-{run_key}{suffix}"
+
+
+def artifact_key(run_key: str, kind: str) -> str:
+    """The Prefect artifact key of a run's ``kind`` (lowercase letters, digits, dashes)."""
+    return "docflow-" + re.sub(r"[^a-z0-9-]+", "-", f"{run_key}-{kind}".lower()).strip("-")
