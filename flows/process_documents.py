@@ -9,11 +9,12 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.aws.sagemaker_runtime import InvokeSettings
 from tasks.run.aggregate import Preview, RunSummary, aggregate_run, summary_markdown
 from tasks.run.batching import BatchPayload, compute_run_key, make_batches
+from tasks.run.capacity import require_invocation_limit
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.driver import Fanout, FanoutOptions, FanoutStats, resume_reconcile
-from tasks.run.invoke import InvokeSettings, require_invocation_limit
 from tasks.run.layout import validate_run_key
 from tasks.run.manifest import BatchStatus, RunManifest, load_manifest, save_manifest
 from tasks.run.notifications import (

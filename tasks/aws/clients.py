@@ -14,6 +14,11 @@ from botocore.config import Config
 
 from tasks.settings import Profile, load_profile
 
+# Attempts of one AWS call (botocore standard mode: throttling, 5xx and connection errors, with
+# jittered exponential backoff). This is the only per-call retry layer in docflow; 8 keeps a call
+# going through a 20 % throttling rate with a chance of about 3 in a million of giving up.
+AWS_CALL_ATTEMPTS = 8
+
 _lock = threading.Lock()
 _sessions: dict[tuple[str | None, str], boto3.session.Session] = {}
 _clients: dict[tuple[Any, ...], Any] = {}
@@ -23,7 +28,7 @@ def client_config(profile: Profile, *, read_timeout_s: float | None = None) -> C
     """Standard retries and explicit timeouts for every client docflow makes."""
     return Config(
         region_name=profile.region,
-        retries={"mode": "standard", "max_attempts": 5},
+        retries={"mode": "standard", "total_max_attempts": AWS_CALL_ATTEMPTS},
         connect_timeout=profile.connect_timeout_s,
         read_timeout=read_timeout_s or profile.read_timeout_s,
         max_pool_connections=64,

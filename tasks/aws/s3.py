@@ -16,6 +16,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 SHA256_METADATA_KEY = "sha256"
+# What S3 (and moto) answer a conditional PUT whose key already exists.
+EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 MiB = 1024 * 1024
 DEFAULT_TRANSFER_CONFIG = TransferConfig(
     multipart_threshold=64 * MiB,
@@ -203,6 +205,22 @@ class TransferProgress:
             self._progress = None
 
 
+def put_object_if_absent(
+    client: Any, bucket: str, key: str, body: bytes, content_type: str | None = None
+) -> bool:
+    """One conditional PUT (``If-None-Match: *``): True when written, False when the key exists."""
+    extra: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = exc.response.get("Error", {}).get("Code")
+        if status in (409, 412) or code in EXISTS_CODES:
+            return False  # already there (or being written by a concurrent writer)
+        raise
+    return True
+
+
 @dataclass(frozen=True)
 class PutResult:
     """What a skip-if-present put did: where, how many bytes it sent, and whether it skipped."""
@@ -276,7 +294,7 @@ def put_file_if_absent(
     return PutResult(uri, digest, sent, False)
 
 
-def put_bytes_if_absent(
+def put_bytes_unless_same(
     client: Any,
     body: bytes,
     bucket: str,
@@ -309,4 +327,4 @@ def put_content_addressed(
     """Store ``body`` at ``<prefix>/<sha256[:digest_chars]><suffix>``; an existing copy is not resent."""
     digest = hashlib.sha256(body).hexdigest()
     key = "/".join(p for p in (prefix.strip("/"), f"{digest[:digest_chars]}{suffix}") if p)
-    return put_bytes_if_absent(client, body, bucket, key, content_type=content_type)
+    return put_bytes_unless_same(client, body, bucket, key, content_type=content_type)

@@ -9,7 +9,13 @@ from typing import Any
 from botocore.exceptions import ClientError, WaiterError
 
 from tasks.aws.clients import aws_client
-from tasks.endpoint.spec import HASH_LENGTH, VARIANT_NAME, EndpointSpec, resource_head
+from tasks.endpoint.spec import (
+    HASH_LENGTH,
+    VARIANT_NAME,
+    EndpointSpec,
+    concurrency_limit_name,
+    resource_head,
+)
 from tasks.settings import Profile
 
 IN_PROGRESS = {"Creating", "Updating", "SystemUpdating", "RollingBack"}
@@ -264,7 +270,7 @@ def ensure_invocation_limit(endpoint: str, limit: int) -> str:
     )
     from prefect.exceptions import ObjectNotFound
 
-    name = f"sagemaker:{endpoint}"
+    name = concurrency_limit_name(endpoint)
     with get_client(sync_client=True) as client:
         try:
             existing = client.read_global_concurrency_limit_by_name(name)

@@ -30,7 +30,7 @@ from tasks.aws.s3 import (
     head_object,
     object_exists,
     parse_s3_uri,
-    put_bytes_if_absent,
+    put_bytes_unless_same,
     put_file_if_absent,
     sha256_file,
     stored_sha256,
@@ -512,7 +512,7 @@ def _put_manifest(client: Any, manifest: Manifest, where: S3Uri) -> int:
                 return 0
             manifest = merged
     body = manifest.model_dump_json(indent=2).encode() + b"\n"
-    return put_bytes_if_absent(
+    return put_bytes_unless_same(
         client, body, where.bucket, where.key, content_type="application/json"
     ).bytes_uploaded
 

@@ -14,14 +14,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.run.invoke import (
-    CapShare,
-    InvokeRequest,
-    InvokeResult,
-    InvokeSettings,
-    cap_share,
-    invoke_one,
-)
+from tasks.aws.sagemaker_runtime import InvokeRequest, InvokeResult, InvokeSettings, invoke_one
+from tasks.run.capacity import CapShare, cap_share
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
 from tasks.run.notifications import (
     EndpointOutputs,

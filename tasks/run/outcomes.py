@@ -9,9 +9,9 @@ from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run import layout
 from tasks.run.batching import BatchPayload, split_batch
-from tasks.run.invoke import StagedInput, stage_inputs
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
 from tasks.run.notifications import EndpointOutputs, Outcome
+from tasks.run.staging import stage_inputs, staged_input
 from tasks.settings import Profile
 
 
@@ -43,11 +43,6 @@ def new_record(
         inference_id=layout.inference_id(run_key, payload.batch_id),
         parent=parent,
     )
-
-
-def staged_input(profile: Profile, run_key: str, payload: BatchPayload) -> StagedInput:
-    """The S3 object a payload is staged as."""
-    return StagedInput(key=layout.input_key(profile, run_key, payload.batch_id), body=payload.body)
 
 
 def _is_stale_failure(record: BatchRecord, outcome: Outcome) -> bool:

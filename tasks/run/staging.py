@@ -11,17 +11,49 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import put_object_if_absent
+from tasks.aws.sagemaker_runtime import CONTENT_TYPE, describe_error
 from tasks.run.batching import BatchPayload
-from tasks.run.invoke import describe_error, put_with_retries
-from tasks.run.outcomes import staged_input
+from tasks.run.layout import input_key
 from tasks.settings import Profile
 
 STAGE_WORKERS = 8
+
+
+class StagedInput(BaseModel):
+    """One payload to put at an S3 key (skipped when the key already exists)."""
+
+    key: str
+    body: bytes
+
+
+def staged_input(profile: Profile, run_key: str, payload: BatchPayload) -> StagedInput:
+    """The S3 object a payload is staged as."""
+    return StagedInput(key=input_key(profile, run_key, payload.batch_id), body=payload.body)
+
+
+def put_staged(profile: Profile, item: StagedInput) -> int:
+    """One conditional PUT of a payload; 1 when written, 0 when the key already holds one."""
+    client = aws_client("s3", profile)
+    written = put_object_if_absent(client, profile.bucket, item.key, item.body, CONTENT_TYPE)
+    return int(written)
+
+
+def stage_inputs(profile: Profile, inputs: Sequence[StagedInput], *, workers: int = 8) -> int:
+    """Put each payload at its key unless an object is already there; returns how many were written."""
+    if not inputs:
+        return 0
+    with ThreadPoolExecutor(max_workers=min(workers, len(inputs))) as pool:
+        return sum(pool.map(partial(put_staged, profile), inputs))
 
 
 class StagingError(RuntimeError):
@@ -89,7 +121,7 @@ class PayloadStager:
         while (payload := self._next()) is not None:
             item = staged_input(self.profile, self.run_key, payload)
             try:
-                wrote = put_with_retries(self.profile, item)
+                wrote = put_staged(self.profile, item)
             except Exception as exc:
                 self.error = (
                     f"staging the payload of batch {payload.batch_id} in S3 failed: "

@@ -315,7 +315,7 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
     path = deployed(cap=2, slots=1, environment={"ECHO_SLEEP_S": "0.05"})
     prof = load_profile(path)
     write_corpus(tmp_path / "c.jsonl", 60)
-    real_put = tasks.run.staging.put_with_retries
+    real_put = tasks.run.staging.put_staged
     puts: list[str] = []
 
     def denied_put(profile: Profile, item: Any) -> int:
@@ -325,10 +325,10 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
             raise ClientError(error, "PutObject")  # type: ignore[arg-type]
         return real_put(profile, item)
 
-    monkeypatch.setattr(tasks.run.staging, "put_with_retries", denied_put)
+    monkeypatch.setattr(tasks.run.staging, "put_staged", denied_put)
     with InvokeCounter(path) as first, pytest.raises(Exception, match="AccessDenied"):
         run(path, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
-    monkeypatch.setattr(tasks.run.staging, "put_with_retries", real_put)
+    monkeypatch.setattr(tasks.run.staging, "put_staged", real_put)
     interrupted = load_manifest("stage1", prof)
     assert interrupted is not None and not interrupted.staged
     assert 0 < first.total < 15, "invocations should have started before staging ended"

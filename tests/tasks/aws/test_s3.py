@@ -21,7 +21,7 @@ from tasks.aws.s3 import (
     head_object,
     object_exists,
     parse_s3_uri,
-    put_bytes_if_absent,
+    put_bytes_unless_same,
     put_content_addressed,
     put_file_if_absent,
     require_bucket,
@@ -172,5 +172,5 @@ def test_put_bytes_and_content_addressed_put_skip_existing(profile: Profile) -> 
     assert first.bytes_uploaded == len(body)
     again = put_content_addressed(s3, body, profile.bucket, "runs/r1/inputs", suffix=".jsonl")
     assert (again.uri, again.bytes_uploaded, again.skipped) == (first.uri, 0, True)
-    direct = put_bytes_if_absent(s3, body, profile.bucket, parse_s3_uri(first.uri).key)
+    direct = put_bytes_unless_same(s3, body, profile.bucket, parse_s3_uri(first.uri).key)
     assert direct.bytes_uploaded == 0

@@ -46,14 +46,14 @@ def test_stager_stages_in_order_and_reports_each_payload_as_it_lands(
     profile: Profile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    real_put = tasks.run.staging.put_with_retries
+    real_put = tasks.run.staging.put_staged
 
     def slow_after_first_two(prof: Profile, item: Any) -> int:
         if not item.key.endswith(("b000.jsonl", "b001.jsonl")):
             release.wait(10)
         return real_put(prof, item)
 
-    monkeypatch.setattr(tasks.run.staging, "put_with_retries", slow_after_first_two)
+    monkeypatch.setattr(tasks.run.staging, "put_staged", slow_after_first_two)
     stager = PayloadStager(profile, "stg2", payloads(6), workers=2)
     thread = threading.Thread(target=stager.run)
     thread.start()
@@ -73,7 +73,7 @@ def test_stager_stages_in_order_and_reports_each_payload_as_it_lands(
 def test_a_denied_put_stops_staging_with_the_reason(
     profile: Profile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_put = tasks.run.staging.put_with_retries
+    real_put = tasks.run.staging.put_staged
 
     def deny_b002(prof: Profile, item: Any) -> int:
         if item.key.endswith("b002.jsonl"):
@@ -81,7 +81,7 @@ def test_a_denied_put_stops_staging_with_the_reason(
             raise ClientError(error, "PutObject")  # type: ignore[arg-type]
         return real_put(prof, item)
 
-    monkeypatch.setattr(tasks.run.staging, "put_with_retries", deny_b002)
+    monkeypatch.setattr(tasks.run.staging, "put_staged", deny_b002)
     stager = PayloadStager(profile, "stg3", payloads(40), workers=1)
     with pytest.raises(StagingError, match=r"b002 .*AccessDenied: no s3:PutObject.*same run_key"):
         stager.run()

@@ -10,7 +10,6 @@ from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.batching import make_batches
 from tasks.run.corpus import Document
-from tasks.run.invoke import stage_inputs
 from tasks.run.manifest import BatchStatus, RunManifest
 from tasks.run.notifications import EndpointOutputs, Outcome
 from tasks.run.outcomes import (
@@ -20,9 +19,9 @@ from tasks.run.outcomes import (
     new_record,
     overdue,
     split_failed_batch,
-    staged_input,
 )
 from tasks.run.prompts import GenerationParameters, PromptTemplate
+from tasks.run.staging import stage_inputs, staged_input
 from tasks.settings import Profile, load_profile
 
 OUTPUTS = EndpointOutputs(

@@ -12,7 +12,7 @@ from tasks.aws.clients import aws_client
 from tasks.run.corpus import ColumnMapping, CorpusError, Document, corpus_fingerprint, load_corpus
 from tasks.settings import Profile
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 GOOD = [
     {"id": "n-1", "text": "Council approves the new bridge.", "source": "news", "lang": "en"},
