@@ -64,10 +64,11 @@ def deploy(
 def deploy_echo(env: BenchEnvironment) -> EndpointInfo:
     """The instant echo model (localcloud/testing) on a fresh endpoint."""
     from localcloud.testing.artifacts import upload_echo_model
+    from tasks.aws.clients import aws_client
 
     name = env.new_endpoint_name("echo")
     model_url = upload_echo_model(
-        env.profile, env.profile.bucket, key=f"models/{name}/model.tar.gz"
+        aws_client("s3", env.profile), env.profile.bucket, key=f"models/{name}/model.tar.gz"
     )
     return deploy(env, name, model_url)
 

@@ -34,11 +34,12 @@ class BenchEnvironment:
             self._stack.callback(self._restore_environ)
             self._start_prefect()
             from tasks.aws.clients import aws_client, clear_client_cache
+            from tasks.aws.s3 import ensure_bucket
             from tasks.settings import load_profile
 
             clear_client_cache()
             self.profile = load_profile()
-            aws_client("s3", self.profile).create_bucket(Bucket=BUCKET)
+            ensure_bucket(aws_client("s3", self.profile), BUCKET)
         except BaseException:
             self._stack.close()
             raise

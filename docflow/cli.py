@@ -13,7 +13,7 @@ def _local_up(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from flows.end_to_end import run_demo
+    from docflow.demo import run_demo
 
     return run_demo(corpus=args.corpus)
 

@@ -121,19 +121,6 @@ def _same_process(ident: list[float]) -> bool:
         return False
 
 
-def localcloud_env(url: str, region: str) -> dict[str, str]:
-    """What boto3 and docflow need to reach localcloud (its dummy credentials included)."""
-    from localcloud.cloud import ACCESS_KEY, SECRET_KEY
-
-    return {
-        "AWS_ENDPOINT_URL": url,
-        "DOCFLOW_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_DEFAULT_REGION": region,
-    }
-
-
 def _localcloud_answers(url: str) -> bool:
     """True when localcloud's control API answers."""
     try:
@@ -193,7 +180,9 @@ class UiStack:
         if cloud_port != cfg.localcloud_port:
             self._step(f"port {cfg.localcloud_port} is busy; localcloud takes {cloud_port}")
         self.localcloud_url = f"http://{HOST}:{cloud_port}"
-        cloud_env = localcloud_env(self.localcloud_url, profile.region)
+        from localcloud.cloud import localcloud_environment
+
+        cloud_env = localcloud_environment(self.localcloud_url, profile.region)
         self.state = UiState(
             ui=_identity(os.getpid()), api_url=self.api_url, localcloud_url=self.localcloud_url
         )
@@ -258,13 +247,12 @@ class UiStack:
         """The bucket in localcloud, the work pool, the concurrency limit and the blocks."""
         from tasks.aws.blocks import RESULTS_FOLDER, describe_credentials, save_blocks
         from tasks.aws.clients import aws_client, clear_client_cache
+        from tasks.aws.s3 import ensure_bucket
         from tasks.endpoint.spec import concurrency_limit_name
 
         os.environ.update(cloud_env)
         clear_client_cache()
-        s3 = aws_client("s3", profile)
-        if profile.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-            s3.create_bucket(Bucket=profile.bucket)
+        if ensure_bucket(aws_client("s3", profile), profile.bucket):
             self._step(f"created bucket s3://{profile.bucket} in localcloud")
         if ensure_work_pool(self.api_url):
             self._step(f"created work pool {WORK_POOL!r} (type process)")

@@ -11,14 +11,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import require_bucket
-from tasks.model.packaging import (
-    BuiltArchive,
-    ModelArtifact,
-    build_archive,
-    discard_archive,
-    summary_markdown,
-    upload_archive,
-)
+from tasks.model.archive import BuiltArchive, build_archive, discard_archive
+from tasks.model.packaging import ModelArtifact, summary_markdown, upload_archive
 from tasks.model.sources import DEFAULT_SOURCE, ResolvedModel, default_model_name, resolve_source
 from tasks.settings import load_profile
 

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.aws.sagemaker_runtime import InvokeSettings
 from tasks.run.aggregate import Preview, RunSummary, aggregate_run, summary_markdown
-from tasks.run.batching import BatchPayload, compute_run_key, make_batches
-from tasks.run.capacity import require_invocation_limit
+from tasks.run.batching import compute_run_key
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
-from tasks.run.driver import Fanout, FanoutOptions, FanoutStats, resume_reconcile
-from tasks.run.layout import validate_run_key
-from tasks.run.manifest import BatchStatus, RunManifest, load_manifest, save_manifest
+from tasks.run.driver import DriveStats, drive_run
+from tasks.run.layout import artifact_key, validate_run_key
+from tasks.run.manifest import RunManifest
 from tasks.run.notifications import (
     EndpointOutputs,
     RunQueue,
@@ -24,17 +21,15 @@ from tasks.run.notifications import (
     endpoint_outputs,
     open_run_queue,
 )
-from tasks.run.outcomes import new_record
-from tasks.run.progress import RunProgress
+from tasks.run.policy import DriveOptions
+from tasks.run.prepare import prepare_manifest
 from tasks.run.prompts import GenerationParameters, PromptTemplate
-from tasks.run.quoting import unwalked
+from tasks.run.quoting import quoted
+from tasks.run.reconcile import resume_reconcile
 from tasks.run.spool import OutputSpool
-from tasks.run.staging import PayloadStager, stage_payloads
 from tasks.settings import Profile, load_profile
 
 TABLE_ROWS = 20
-DEFAULT_TTL_S = 21600
-DEFAULT_TIMEOUT_S = 900
 
 
 @task(name="load-corpus", cache_policy=NO_CACHE)
@@ -51,87 +46,6 @@ def load_documents(uri: str, mapping: ColumnMapping, profile: Profile) -> Corpus
 def describe_target(profile: Profile, endpoint: str) -> EndpointOutputs:
     """The endpoint's topics, output paths and model artifact."""
     return endpoint_outputs(profile, endpoint)
-
-
-class PreparedRun:
-    """A run's manifest, whether it was resumed, and the payloads still to be staged in S3.
-
-    The payloads are handed over once (``take_payloads``) so that the stager holds the only
-    reference and each payload's bytes are freed as soon as it is written.
-    """
-
-    def __init__(self, manifest: RunManifest, resumed: bool, payloads: list[BatchPayload]) -> None:
-        self.manifest = manifest
-        self.resumed = resumed
-        self._payloads = payloads
-
-    def take_payloads(self) -> list[BatchPayload]:
-        """The payloads to stage (empty on a second call)."""
-        payloads, self._payloads = self._payloads, []
-        return payloads
-
-
-@task(name="prepare-manifest", cache_policy=NO_CACHE)
-def prepare_manifest(
-    profile: Profile,
-    target: EndpointOutputs,
-    run_key: str,
-    corpus: Corpus,
-    template: PromptTemplate,
-    params: GenerationParameters,
-    max_docs: int,
-    max_bytes: int,
-) -> PreparedRun:
-    """Load the run's manifest to resume it, or batch the corpus and save a new one.
-
-    The payloads are staged by the fan-out (``stage-payloads``) while it invokes the first ones;
-    a resumed run whose staging never finished builds them again (the same bytes, the same batch
-    ids) and stages the ones never invoked.
-    """
-    existing = load_manifest(run_key, profile)
-    if existing is not None:
-        check_resumable(existing, corpus, target.endpoint)
-        if existing.staged:
-            return PreparedRun(existing, True, [])
-        payloads, _ = make_batches(
-            corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
-        )
-        missing = [p for p in payloads if never_invoked(existing, p)]
-        existing.staged = not missing  # every batch left was invoked once, so it is in S3
-        return PreparedRun(existing, True, missing)
-    payloads, rejected = make_batches(
-        corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
-    )
-    manifest = RunManifest(
-        run_key=run_key,
-        endpoint=target.endpoint,
-        model_artifact=target.model_artifact,
-        rejected=[*corpus.rejected, *rejected],
-        staged=not payloads,
-    )
-    for payload in payloads:
-        manifest.add(new_record(profile, target, run_key, payload))
-    save_manifest(manifest, profile)
-    return PreparedRun(manifest, False, payloads)
-
-
-def never_invoked(manifest: RunManifest, payload: BatchPayload) -> bool:
-    """A payload whose batch is pending and was never submitted (so it may not be in S3 yet)."""
-    record = manifest.batches.get(payload.batch_id)
-    return record is not None and record.status is BatchStatus.PENDING and record.attempts == 0
-
-
-def check_resumable(manifest: RunManifest, corpus: Corpus, endpoint: str) -> None:
-    """A run key names one corpus on one endpoint: refuse to resume it with different inputs."""
-    batched = {d for r in manifest.batches.values() if r.parent is None for d in r.doc_ids}
-    accepted = {d.doc_id for d in corpus.documents}
-    inputs = len(batched) + len(manifest.rejected)
-    if manifest.endpoint != endpoint or not batched <= accepted or inputs != corpus.size:
-        raise ValueError(
-            f"run key {manifest.run_key!r} belongs to another run ({inputs} input rows on endpoint "
-            f"{manifest.endpoint!r}; this corpus has {corpus.size} rows for {endpoint!r}): pass a "
-            "new run_key, or leave it out to derive one from the inputs"
-        )
 
 
 @task(name="open-run-queue", cache_policy=NO_CACHE)
@@ -174,26 +88,22 @@ def publish_artifacts(summary: RunSummary, preview: Preview, run_key: str) -> No
     """The markdown summary, the first result rows and, when any, the failures, as artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    key = artifact_key(run_key)
     create_markdown_artifact(
-        summary_markdown(summary), key=f"{key}-summary", description="process-documents summary"
+        summary_markdown(summary),
+        key=artifact_key(run_key, "summary"),
+        description="process-documents summary",
     )
     if preview.results:
         create_table_artifact(
-            preview.results, key=f"{key}-results", description="first result rows"
+            preview.results, key=artifact_key(run_key, "results"), description="first result rows"
         )
     if summary.failed or summary.rejected:
         create_table_artifact(
             preview.failures,
-            key=f"{key}-failures",
+            key=artifact_key(run_key, "failures"),
             description=f"{summary.failed} failed and {summary.rejected} rejected documents "
             f"with their reasons (first {TABLE_ROWS}; all in {summary.failures_uri})",
         )
-
-
-def artifact_key(run_key: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits, dashes) for the run."""
-    return "docflow-" + re.sub(r"[^a-z0-9-]+", "-", run_key.lower()).strip("-")
 
 
 def build_template(
@@ -211,75 +121,6 @@ def build_template(
             "template": custom_template,
         }
     )
-
-
-def submit_and_wait(
-    profile: Profile,
-    manifest: RunManifest,
-    target: EndpointOutputs,
-    queue: RunQueue,
-    *,
-    payloads: list[BatchPayload],
-    spool: OutputSpool | None,
-    max_attempts: int,
-    request_ttl_s: int | None,
-    invocation_timeout_s: int | None,
-    reconcile_every_s: float,
-    deadline_s: float | None,
-) -> FanoutStats:
-    """Stage payloads and invoke them within the endpoint's shared cap until every batch is terminal."""
-    cap = require_invocation_limit(target.endpoint)
-    invoke = InvokeSettings(
-        endpoint=target.endpoint,
-        run_key=manifest.run_key,
-        request_ttl_s=request_ttl_s,
-        invocation_timeout_s=invocation_timeout_s,
-        rate_per_second=profile.invoke_rate_per_second,
-    )
-    longest_timeout = (invocation_timeout_s or DEFAULT_TIMEOUT_S) * 2 ** (max_attempts - 1)
-    options = FanoutOptions(
-        max_attempts=max_attempts,
-        reconcile_every_s=reconcile_every_s,
-        reconcile_after_s=min(5.0, reconcile_every_s),
-        expiry_s=(request_ttl_s or DEFAULT_TTL_S) + longest_timeout + 60,
-        deadline_s=deadline_s
-        or default_deadline_s(request_ttl_s, invocation_timeout_s, max_attempts),
-    )
-    documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
-    with RunProgress(documents, key=f"{artifact_key(manifest.run_key)}-progress") as progress:
-
-        def report(m: RunManifest) -> None:
-            counts = m.document_counts()
-            progress.update(counts["completed"] + counts["failed"])
-
-        stager = PayloadStager(profile, manifest.run_key, payloads) if payloads else None
-        del payloads  # the stager holds the only reference: staged bytes are freed as it goes
-        fanout = Fanout(
-            profile,
-            manifest,
-            target,
-            queue,
-            invoke,
-            options,
-            cap=cap,
-            on_progress=report,
-            staging=stager,
-            spool=spool,
-        )
-        if stager is None:
-            return fanout.run()
-        staging = stage_payloads.submit(unwalked(stager))
-        try:
-            return fanout.run()
-        finally:
-            stager.stop()  # a no-op once everything is staged
-            staging.wait()
-
-
-def default_deadline_s(ttl_s: int | None, timeout_s: int | None, max_attempts: int) -> float:
-    """Overall deadline: every attempt may wait its TTL in the queue and its timeout running."""
-    per_attempt = (ttl_s or DEFAULT_TTL_S) + (timeout_s or DEFAULT_TIMEOUT_S)
-    return float(per_attempt * max_attempts + 300)
 
 
 @flow(name="process-documents", flow_run_name="{template}-{corpus}")
@@ -346,46 +187,51 @@ def process_documents(
         loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params
     )
     prepared = prepare_manifest(
-        prof, target, key, unwalked(loaded), tmpl, params, batch_size, max_batch_bytes
+        prof, target, key, quoted(loaded), tmpl, params, batch_size, max_batch_bytes
     )
     manifest, resumed = prepared.manifest, prepared.resumed
     logger.info(
         "run %s: %d batches, %s", key, len(manifest.batches), "resumed" if resumed else "new"
     )
 
-    stats = FanoutStats()
+    stats = DriveStats()
     with OutputSpool(prof) as spool:  # outputs are downloaded while the run waits for the rest
         if not manifest.is_done():
             queue = open_queue(prof, target, key)  # subscribed before the first invoke
             if resumed:  # settle what finished while no one was listening
                 resume_reconcile(prof, manifest, target, max_attempts=max_attempts)
-            stats = submit_and_wait(
-                prof,
-                manifest,
-                target,
-                queue,
-                payloads=prepared.take_payloads(),
-                spool=spool,
+            options = DriveOptions.from_parameters(
                 max_attempts=max_attempts,
                 request_ttl_s=request_ttl_s,
                 invocation_timeout_s=invocation_timeout_s,
                 reconcile_every_s=reconcile_every_s,
                 deadline_s=deadline_s,
             )
+            stats = drive_run(
+                prof,
+                quoted(manifest),
+                target,
+                queue,
+                options,
+                payloads=quoted(prepared.take_payloads()),
+                spool=quoted(spool),
+                request_ttl_s=request_ttl_s,
+                invocation_timeout_s=invocation_timeout_s,
+            )
             # Not in a finally: a failed run keeps its queue, so resuming it with the same run
             # key still receives the results of what it had in flight.
             close_queue(prof, queue)
 
         summary, preview = aggregate(
-            unwalked(manifest),
-            unwalked(loaded),
+            quoted(manifest),
+            quoted(loaded),
             prof,
             time.monotonic() - started,
             output_format,
             output_dir,
-            unwalked(spool),
+            quoted(spool),
         )
-    publish_artifacts(summary, unwalked(preview), key)
+    publish_artifacts(summary, quoted(preview), key)
     if summary.failed or summary.rejected:
         logger.warning(
             "run %s: %d completed, %d failed, %d rejected — see %s",

@@ -9,14 +9,12 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from localcloud.accounts import ACCESS_KEY, SECRET_KEY
 from localcloud.control import ControlApp
 from localcloud.dispatch import Dispatcher
 from localcloud.faults import Faults
-from localcloud.iam_auth import IamGuard
+from localcloud.iam.guard import IamGuard
 from localcloud.stats import Stats
-
-ACCESS_KEY = "localcloud"
-SECRET_KEY = "localcloud"
 
 
 def _quiet_handler() -> type:
@@ -28,6 +26,17 @@ def _quiet_handler() -> type:
             """Silence the per-request access log."""
 
     return QuietHandler
+
+
+def localcloud_environment(url: str, region: str) -> dict[str, str]:
+    """What unmodified boto3 clients and docflow need to reach the localcloud at ``url``."""
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "DOCFLOW_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": region,
+    }
 
 
 class LocalCloud:
@@ -63,13 +72,7 @@ class LocalCloud:
 
     def environment(self) -> dict[str, str]:
         """The environment variables that point unmodified boto3 clients (and docflow) here."""
-        return {
-            "AWS_ENDPOINT_URL": self.url,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_DEFAULT_REGION": self.region,
-            "DOCFLOW_ENDPOINT_URL": self.url,
-        }
+        return localcloud_environment(self.url, self.region)
 
     def start(self) -> LocalCloud:
         """Bind the port and serve in a background thread; returns self."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import uuid
@@ -35,6 +36,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     to a stopped server. The sentinel (None) that ends a worker's loop is kept.
     """
     from prefect._internal.concurrency.services import _active_services
+
+    # Every test server has stopped by now: the event clients' reconnect attempts at exit
+    # ("Unable to connect ... websocket", with a traceback each) say nothing a user can act on.
+    for name in ("prefect.events.clients", "prefect._internal.concurrency"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     # Every live queue service, including ones a harness already drained out of the cache.
     for worker in list(_active_services):

@@ -8,10 +8,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+from localcloud.accounts import ACCOUNT_ID
 from localcloud.sagemaker.exceptions import ModelError, ServiceUnavailable, ValidationError
 from localcloud.sagemaker.models import SageMakerBackend
 from localcloud.sagemaker.queue import Invocation
-from localcloud.sagemaker.records import ACCOUNT_ID, EndpointRecord
+from localcloud.sagemaker.records import EndpointRecord
 
 MAX_INLINE_BODY = 128_000
 REALTIME_LIMIT_S = 60.0

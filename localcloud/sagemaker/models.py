@@ -8,12 +8,12 @@ import threading
 import time
 from typing import Any
 
+from localcloud.accounts import ACCOUNT_ID
 from localcloud.sagemaker.exceptions import ValidationException
 from localcloud.sagemaker.notifications import test_notification
 from localcloud.sagemaker.pool import VariantPool
 from localcloud.sagemaker.process import InstanceStartError
 from localcloud.sagemaker.records import (
-    ACCOUNT_ID,
     ConfigRecord,
     EndpointRecord,
     ModelRecord,

@@ -53,6 +53,8 @@ class InstanceProcess:
         # The emulator owns the model directory, so it is removed even when the instance is killed.
         self.model_dir = tempfile.mkdtemp(prefix="localcloud-model-")
         env = dict(os.environ)
+        # An instance's stderr is the user's terminal: no per-instance weight-loading bars.
+        env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         env.update(aws_env)
         env.update(container.environment)
         env["PYTHONPATH"] = os.pathsep.join(

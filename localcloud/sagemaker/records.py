@@ -9,7 +9,6 @@ from typing import Any
 from localcloud.sagemaker.process import ContainerSpec
 from localcloud.sagemaker.runtime import EndpointRuntime
 
-ACCOUNT_ID = "123456789012"
 DEFAULT_MAX_CONCURRENT = 4
 
 

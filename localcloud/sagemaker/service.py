@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from localcloud.autoscaler import Autoscaler
+from localcloud.applicationautoscaling.autoscaler import Autoscaler
 from localcloud.faults import Faults
 from localcloud.sagemaker.invocations import RuntimeBackend
 from localcloud.sagemaker.models import SageMakerBackend

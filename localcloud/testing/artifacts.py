@@ -38,38 +38,26 @@ def build_echo_artifact(version: str | None = None, env_fail: bool = False) -> b
     return buffer.getvalue()
 
 
-def _s3_client(profile_or_client: Any) -> Any:
-    """Accept a docflow Profile or a ready boto3 S3 client."""
-    if hasattr(profile_or_client, "put_object"):
-        return profile_or_client
-    from tasks.aws.clients import aws_client
-
-    return aws_client("s3", profile_or_client)
-
-
 def upload_echo_model(
-    profile_or_client: Any,
+    s3: Any,
     bucket: str,
     key: str = "models/echo/model.tar.gz",
     version: str | None = None,
     env_fail: bool = False,
 ) -> str:
-    """Upload the echo model.tar.gz to ``s3://bucket/key``; returns that URI (a ``ModelDataUrl``)."""
-    _s3_client(profile_or_client).put_object(
-        Bucket=bucket, Key=key, Body=build_echo_artifact(version, env_fail)
-    )
+    """Upload the echo model.tar.gz with the boto3 S3 client ``s3``; returns its URI (a ``ModelDataUrl``)."""
+    s3.put_object(Bucket=bucket, Key=key, Body=build_echo_artifact(version, env_fail))
     return f"s3://{bucket}/{key}"
 
 
 def upload_echo_prefix(
-    profile_or_client: Any,
+    s3: Any,
     bucket: str,
     prefix: str = "models/echo-uncompressed",
     version: str | None = None,
     env_fail: bool = False,
 ) -> str:
     """Upload the echo model uncompressed under a prefix; returns ``s3://bucket/prefix/`` (``S3Prefix``)."""
-    s3 = _s3_client(profile_or_client)
     prefix = prefix.strip("/")
     for name, data in echo_model_files(version, env_fail).items():
         s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)

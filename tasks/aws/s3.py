@@ -115,6 +115,18 @@ def require_bucket(client: Any, bucket: str, hint: str = "") -> None:
         raise BucketNotFoundError(f"S3 bucket {bucket!r} {what}; {advice}") from exc
 
 
+def ensure_bucket(client: Any, bucket: str) -> bool:
+    """Create ``bucket`` unless it exists (a first local run); True when it was created."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+            raise
+        client.create_bucket(Bucket=bucket)
+        return True
+    return False
+
+
 def object_exists(client: Any, bucket: str, key: str) -> bool:
     """Whether ``s3://bucket/key`` exists."""
     return head_object(client, bucket, key) is not None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue as queue_module
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,18 +13,16 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from tasks.aws.sagemaker_runtime import InvokeRequest, InvokeResult, InvokeSettings, invoke_one
-from tasks.run.capacity import CapShare, cap_share
+from tasks.run.batching import BatchPayload
+from tasks.run.capacity import CapShare, cap_share, require_invocation_limit
+from tasks.run.layout import artifact_key
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
 from tasks.run.notifications import (
     EndpointOutputs,
     Outcome,
-    Pending,
     Received,
     RunQueue,
-    delete,
     outcome_from_notification,
-    receive,
-    reconcile,
 )
 from tasks.run.outcomes import (
     Decision,
@@ -35,38 +31,17 @@ from tasks.run.outcomes import (
     overdue,
     split_failed_batch,
 )
-from tasks.run.quoting import unwalked
+from tasks.run.policy import POLLING, DriveOptions
+from tasks.run.poller import QueuePoller
+from tasks.run.progress import RunProgress
+from tasks.run.quoting import quoted
+from tasks.run.reconcile import look_up_results, result_lookup
 from tasks.run.spool import OutputSpool
-from tasks.run.staging import PayloadStager
+from tasks.run.staging import PayloadStager, stage_payloads
 from tasks.settings import Profile
 
-MAX_INVOCATION_TIMEOUT_S = 3600
-RECONCILE_MAX_INTERVAL_S = 60.0
-IDLE_WAIT_S = 0.5  # longest the loop sleeps on the inbox before checking deadline, reconcile, save
-STAGING_WAIT_S = 0.01  # a slot is free but the next payload is still being staged
-PROGRESS_EVERY_S = 0.5
-# Invocations return in milliseconds and are paced by invoke_rate_per_second: a larger cap
-# needs more slots held, not more threads (botocore's connection pool is 64).
-MAX_INVOKER_THREADS = 32
-STAGE_LOOKAHEAD = 64  # pending batches looked at for a staged one, beyond the free slots
-GROW_EVERY_S = 0.5  # while holding slots, how often to ask for more of the shared cap
-POLL_ERRORS_TOLERATED = 5
-DRAIN_WAIT_S = 0.1  # once every batch is terminal, how long to wait for late repeats to delete
 
-
-class FanoutOptions(BaseModel):
-    """How hard and how long to drive a run."""
-
-    max_attempts: int = Field(3, ge=1)
-    poll_wait_s: int = Field(1, ge=0, le=20)
-    reconcile_every_s: float = Field(10.0, gt=0)
-    reconcile_after_s: float = Field(5.0, ge=0)
-    save_every_s: float = Field(10.0, gt=0)
-    expiry_s: float = Field(21600 + 900 + 60, gt=0)
-    deadline_s: float = Field((21600 + 900) * 3 + 300, gt=0)
-
-
-class FanoutStats(BaseModel):
+class DriveStats(BaseModel):
     """What driving the run took."""
 
     waves: int = Field(0, description="Submission rounds (a refill of one or more batches).")
@@ -79,135 +54,8 @@ class FanoutStats(BaseModel):
     deadline_failed: int = 0
 
 
-@task(name="reconcile-batches", cache_policy=NO_CACHE)
-def reconcile_batches(profile: Profile, pending: list[Pending]) -> list[Outcome]:
-    """Look up submitted batches' output and failure objects in S3 (notifications can be lost)."""
-    return reconcile(profile, pending)
-
-
-def _pending_lookup(record: BatchRecord, outputs: EndpointOutputs, run_key: str) -> Pending:
-    """Where a batch's result would be: its recorded locations, or the next attempt's for a pending one."""
-    if record.status is BatchStatus.SUBMITTED:
-        return Pending(
-            batch_id=record.batch_id, output_uri=record.output_uri, failure_uri=record.failure_uri
-        )
-    attempt = record.attempts + 1
-    return Pending(
-        batch_id=record.batch_id,
-        output_uri=outputs.output_uri(run_key, record.batch_id, attempt),
-        failure_uri=None,
-    )
-
-
-def resume_reconcile(
-    profile: Profile, manifest: RunManifest, outputs: EndpointOutputs, *, max_attempts: int
-) -> int:
-    """Before invoking anything on a resumed run, settle its unfinished batches from S3."""
-    outstanding = manifest.outstanding()
-    if not outstanding:
-        return 0
-    lookups = [_pending_lookup(r, outputs, manifest.run_key) for r in outstanding]
-    settled = 0
-    for outcome in reconcile_batches(profile, unwalked(lookups)):
-        record = manifest.batches[outcome.batch_id]
-        if record.status is BatchStatus.PENDING:
-            # Its next attempt's output exists: the killed run invoked it after its last save.
-            manifest.mark(record.batch_id, BatchStatus.SUBMITTED, attempts=record.attempts + 1)
-        decision = apply_outcome(manifest, outcome, max_attempts=max_attempts)
-        if decision is Decision.SPLIT:
-            split_failed_batch(profile, outputs, manifest, outcome.batch_id, outcome.reason or "")
-        settled += decision is not Decision.IGNORED
-    return settled
-
-
-class QueuePoller:
-    """Long-polls the run's queue on a background thread so submitting never waits behind a poll.
-
-    Messages land in an inbox for the run's loop; their receipt handles come back through
-    ``ack`` once the loop has recorded their effect, and only then are they deleted.
-    """
-
-    def __init__(self, profile: Profile, run_queue: RunQueue, *, wait_s: int) -> None:
-        self.profile = profile
-        self.queue = run_queue
-        self.wait_s = wait_s
-        self.inbox: queue_module.Queue[Received | None] = queue_module.Queue()
-        self._acked: queue_module.Queue[str] = queue_module.Queue()
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="docflow-sqs-poller", daemon=True)
-
-    def __enter__(self) -> QueuePoller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # The thread ends after its current long poll (at most ``wait_s``); the run does not wait
-        # for it. Whatever that poll still takes is left undeleted and comes back after the
-        # visibility timeout, where a resumed run would see it again.
-        self._stop.set()
-        self._delete_acked()
-
-    def take(self, timeout_s: float) -> list[Received]:
-        """Messages received so far, waiting up to ``timeout_s`` for the first (or a ``wake``).
-
-        Raises when polling has failed for good.
-        """
-        if self._error is not None:
-            raise RuntimeError(f"polling the run's queue failed: {self._error}") from self._error
-        items: list[Received | None] = []
-        try:
-            items.append(
-                self.inbox.get(timeout=timeout_s) if timeout_s > 0 else self.inbox.get_nowait()
-            )
-        except queue_module.Empty:
-            return []
-        while True:
-            try:
-                items.append(self.inbox.get_nowait())
-            except queue_module.Empty:
-                return [m for m in items if m is not None]
-
-    def wake(self) -> None:
-        """End a ``take`` that is waiting now (an invocation has returned)."""
-        self.inbox.put(None)
-
-    def ack(self, receipt_handles: list[str]) -> None:
-        """Hand back messages whose effect is recorded, to be deleted."""
-        for handle in receipt_handles:
-            self._acked.put(handle)
-
-    def _delete_acked(self) -> None:
-        handles: list[str] = []
-        while True:
-            try:
-                handles.append(self._acked.get_nowait())
-            except queue_module.Empty:
-                break
-        if handles:
-            delete(self.profile, self.queue, handles)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self._delete_acked()
-                received = receive(self.profile, self.queue, wait_s=self.wait_s)
-                if self._stop.is_set():
-                    return
-                for message in received:
-                    self.inbox.put(message)
-                failures = 0
-            except Exception as exc:  # surfaced to the run's loop once it keeps failing
-                failures += 1
-                if failures >= POLL_ERRORS_TOLERATED:
-                    self._error = exc
-                    return
-                self._stop.wait(min(5.0, 0.2 * 2**failures))
-
-
-class Fanout:
-    """One run's wait/recover loop; counts terminal batches to know when it is done."""
+class RunDriver:
+    """One run's submit/wait/recover loop; counts terminal batches to know when it is done."""
 
     def __init__(
         self,
@@ -216,7 +64,7 @@ class Fanout:
         outputs: EndpointOutputs,
         queue: RunQueue,
         invoke: InvokeSettings,
-        options: FanoutOptions,
+        options: DriveOptions,
         *,
         cap: int,
         on_progress: Callable[[RunManifest], None] | None = None,
@@ -233,7 +81,7 @@ class Fanout:
         self.on_progress = on_progress
         self.staging = staging
         self.spool = spool
-        self.stats = FanoutStats()
+        self.stats = DriveStats()
         self._last_progress = 0.0
         self._invoking: dict[str, tuple[InvokeRequest, Future[InvokeResult]]] = {}
         self._last_reconcile = time.monotonic()
@@ -242,7 +90,7 @@ class Fanout:
         self._last_grow = 0.0
         self._dirty = False
 
-    def run(self) -> FanoutStats:
+    def run(self) -> DriveStats:
         """Submit, wait and recover until every batch is terminal or the deadline passes."""
         logger = get_run_logger()
         try:
@@ -258,7 +106,7 @@ class Fanout:
             cap_share(self.invoke.endpoint) as share,
             QueuePoller(self.profile, self.queue, wait_s=self.options.poll_wait_s) as poller,
             ThreadPoolExecutor(
-                min(self.cap, MAX_INVOKER_THREADS), thread_name_prefix="docflow-invoke"
+                min(self.cap, POLLING.max_invoker_threads), thread_name_prefix="docflow-invoke"
             ) as invoker,
         ):
             try:
@@ -285,7 +133,9 @@ class Fanout:
                     in_flight = len(outstanding) - len(pending)
                     self._size_share(share, in_flight, len(pending))
                     free = share.held - in_flight
-                    ready = [r for r in pending[: free + STAGE_LOOKAHEAD] if self._staged(r)]
+                    ready = [
+                        r for r in pending[: free + POLLING.stage_lookahead] if self._staged(r)
+                    ]
                     wave = ready[:free] if free > 0 else []
                     if wave:
                         self._submit(invoker, poller, wave)
@@ -298,7 +148,7 @@ class Fanout:
                     self._save_if_due()
                     self._report_progress()
                 # Repeats are published right behind the original: take them off the queue too.
-                while messages := poller.take(DRAIN_WAIT_S):
+                while messages := poller.take(POLLING.drain_wait_s):
                     self._handle(poller, messages)
             finally:
                 self._record_invocations(wait=True, raising=False)  # submitted stays on record
@@ -321,12 +171,12 @@ class Fanout:
         """How long to wait for a notification before looking again."""
         staging = self.staging is not None and not self.staging.finished
         if staging and pending and free > 0:
-            return STAGING_WAIT_S  # a payload being staged will be ready in milliseconds
-        return IDLE_WAIT_S if in_flight else 0.05
+            return POLLING.staging_wait_s  # a payload being staged will be ready in milliseconds
+        return POLLING.idle_wait_s if in_flight else POLLING.busy_wait_s
 
     def _report_progress(self) -> None:
         now = time.monotonic()
-        if self.on_progress is not None and now - self._last_progress >= PROGRESS_EVERY_S:
+        if self.on_progress is not None and now - self._last_progress >= POLLING.progress_every_s:
             self._last_progress = now
             self.on_progress(self.manifest)
 
@@ -339,17 +189,10 @@ class Fanout:
         if share.held >= want:
             return
         now = time.monotonic()
-        if share.held and now - self._last_grow < GROW_EVERY_S:
+        if share.held and now - self._last_grow < POLLING.grow_every_s:
             return
         self._last_grow = now
-        share.grow(want - share.held, timeout_s=0 if share.held else 5)
-
-    def _timeout_for(self, attempt: int) -> int | None:
-        """The invocation timeout of an attempt: doubled on each re-invoke of an expired request."""
-        base = self.invoke.invocation_timeout_s
-        if base is None:
-            return None
-        return min(MAX_INVOCATION_TIMEOUT_S, base * 2 ** (attempt - 1))
+        share.grow(want - share.held, timeout_s=0 if share.held else POLLING.first_grow_wait_s)
 
     def _submit(
         self, invoker: ThreadPoolExecutor, poller: QueuePoller, wave: list[BatchRecord]
@@ -361,7 +204,9 @@ class Fanout:
                 inference_id=record.inference_id,
                 input_uri=record.input_uri,
                 attempt=record.attempts + 1,
-                invocation_timeout_s=self._timeout_for(record.attempts + 1),
+                invocation_timeout_s=self.options.timeout_for(
+                    self.invoke.invocation_timeout_s, record.attempts + 1
+                ),
             )
             future = invoker.submit(invoke_one, self.profile, self.invoke, request)
             future.add_done_callback(lambda _: poller.wake())
@@ -463,15 +308,15 @@ class Fanout:
         found = 0
         waiting = overdue(self.manifest, now=wall_now, after_s=self.options.reconcile_after_s)
         if waiting:
-            lookups = [_pending_lookup(r, self.outputs, self.manifest.run_key) for r in waiting]
-            for outcome in reconcile(self.profile, lookups):
+            lookups = [result_lookup(r, self.outputs, self.manifest.run_key) for r in waiting]
+            for outcome in look_up_results(self.profile, lookups):
                 found += self._apply(outcome) is not Decision.IGNORED
         self.stats.reconciled += found
         if found:
             get_run_logger().info("reconciled %d batches from S3 (notifications missing)", found)
             self._reconcile_interval = self.options.reconcile_every_s
         else:
-            ceiling = max(RECONCILE_MAX_INTERVAL_S, self.options.reconcile_every_s)
+            ceiling = max(POLLING.reconcile_max_interval_s, self.options.reconcile_every_s)
             self._reconcile_interval = min(self._reconcile_interval * 2, ceiling)
         for record in overdue(self.manifest, now=wall_now, after_s=self.options.expiry_s):
             self._apply(
@@ -491,3 +336,56 @@ class Fanout:
             save_manifest(self.manifest, self.profile)
             self._last_save = now
             self._dirty = False
+
+
+@task(name="drive-run", cache_policy=NO_CACHE)
+def drive_run(
+    profile: Profile,
+    manifest: RunManifest,
+    target: EndpointOutputs,
+    queue: RunQueue,
+    options: DriveOptions,
+    *,
+    payloads: list[BatchPayload],
+    spool: OutputSpool | None,
+    request_ttl_s: int | None,
+    invocation_timeout_s: int | None,
+) -> DriveStats:
+    """Stage payloads and invoke them within the endpoint's shared cap until every batch is terminal."""
+    cap = require_invocation_limit(target.endpoint)
+    invoke = InvokeSettings(
+        endpoint=target.endpoint,
+        run_key=manifest.run_key,
+        request_ttl_s=request_ttl_s,
+        invocation_timeout_s=invocation_timeout_s,
+        rate_per_second=profile.invoke_rate_per_second,
+    )
+    documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
+    with RunProgress(documents, key=artifact_key(manifest.run_key, "progress")) as progress:
+
+        def report(m: RunManifest) -> None:
+            counts = m.document_counts()
+            progress.update(counts["completed"] + counts["failed"])
+
+        stager = PayloadStager(profile, manifest.run_key, payloads) if payloads else None
+        del payloads  # the stager holds the only reference: staged bytes are freed as it goes
+        driver = RunDriver(
+            profile,
+            manifest,
+            target,
+            queue,
+            invoke,
+            options,
+            cap=cap,
+            on_progress=report,
+            staging=stager,
+            spool=spool,
+        )
+        if stager is None:
+            return driver.run()
+        staging = stage_payloads.submit(quoted(stager))
+        try:
+            return driver.run()
+        finally:
+            stager.stop()  # a no-op once everything is staged
+            staging.wait()

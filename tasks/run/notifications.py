@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -13,7 +12,6 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from tasks.aws.clients import aws_client
-from tasks.aws.s3 import split_s3_uri
 from tasks.run import layout
 from tasks.run.layout import inference_prefix, queue_name
 from tasks.settings import Profile
@@ -311,66 +309,3 @@ def outcome_from_notification(batch_id: str, note: Notification) -> Outcome:
         event_time=note.event_time,
         received_time=note.received_time,
     )
-
-
-def _head(s3: Any, uri: str | None) -> datetime | None:
-    """LastModified of the object at ``uri``, or None when there is none."""
-    if not uri:
-        return None
-    bucket, key = split_s3_uri(uri)
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-            return None
-        raise
-    modified = head.get("LastModified")
-    return modified if isinstance(modified, datetime) else None
-
-
-def _read_reason(s3: Any, uri: str, limit: int = 2000) -> str:
-    bucket, key = split_s3_uri(uri)
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(limit)
-    return body.decode("utf-8", errors="replace").strip() or "failure object is empty"
-
-
-class Pending(BaseModel):
-    """A submitted batch to look up in S3: where its output and failure objects would be."""
-
-    batch_id: str
-    output_uri: str | None
-    failure_uri: str | None
-
-
-def reconcile(profile: Profile, pending: Sequence[Pending], *, workers: int = 8) -> list[Outcome]:
-    """Outcomes for submitted batches whose output or failure object already exists in S3."""
-    s3 = aws_client("s3", profile)
-
-    def look(item: Pending) -> Outcome | None:
-        done = _head(s3, item.output_uri)
-        if done is not None:
-            return Outcome(
-                batch_id=item.batch_id,
-                status="completed",
-                output_uri=item.output_uri,
-                event_time=done,
-                source="reconcile",
-            )
-        failed = _head(s3, item.failure_uri)
-        if failed is not None and item.failure_uri:
-            reason = _read_reason(s3, item.failure_uri)
-            return Outcome(
-                batch_id=item.batch_id,
-                status="failed",
-                expired=is_expiry(reason),
-                reason=reason,
-                failure_uri=item.failure_uri,
-                event_time=failed,
-                source="reconcile",
-            )
-        return None
-
-    if not pending:
-        return []
-    with ThreadPoolExecutor(max_workers=min(workers, len(pending))) as pool:
-        return [o for o in pool.map(look, pending) if o is not None]

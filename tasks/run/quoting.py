@@ -9,7 +9,7 @@ from prefect.utilities.annotations import quote
 T = TypeVar("T")
 
 
-def unwalked(value: T) -> T:
+def quoted(value: T) -> T:
     """``value`` wrapped in Prefect's ``quote``, typed as itself.
 
     Prefect visits every task parameter recursively, looking for futures to wait on and copying

@@ -27,7 +27,10 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def _echo(profile: Profile, version: str) -> str:
     return upload_echo_model(
-        profile, profile.bucket, key=f"models/echo/v{version}/model.tar.gz", version=version
+        aws_client("s3", profile),
+        profile.bucket,
+        key=f"models/echo/v{version}/model.tar.gz",
+        version=version,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from flows.end_to_end import run_demo
+from docflow.demo import run_demo
 from tasks.settings import Autoscaling, Profile
 from tests.flows.endpoint_helpers import profile_file
 from tests.tiny_models import make_tiny_model

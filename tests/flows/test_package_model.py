@@ -17,7 +17,8 @@ from prefect.artifacts import Artifact
 from flows.package_model import package_model
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import BucketNotFoundError, parse_s3_uri
-from tasks.model.packaging import DEFAULT_CODE_DIR, ModelArtifact, read_manifest
+from tasks.model.archive import DEFAULT_CODE_DIR
+from tasks.model.packaging import ModelArtifact, read_manifest
 from tasks.model.sources import ModelSourceError
 from tasks.settings import Profile, load_profile
 from tests.flows.endpoint_helpers import profile_file

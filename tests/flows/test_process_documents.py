@@ -38,7 +38,9 @@ def deployed(profile: Profile, tmp_path: Path) -> Callable[..., str]:
             }
         )
         path = profile_file(prof, tmp_path)
-        url = upload_echo_model(prof, prof.bucket, key="models/echo/v1/model.tar.gz", version=None)
+        url = upload_echo_model(
+            aws_client("s3", prof), prof.bucket, key="models/echo/v1/model.tar.gz", version=None
+        )
         deploy_endpoint(profile=path, model_data_url=url, environment=environment, **FAST_WAIT)
         return path
 

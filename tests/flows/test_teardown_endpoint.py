@@ -30,7 +30,10 @@ def _deploy_two_versions(profile: Profile, path: str) -> list[str]:
     names = []
     for version in ("1", "2"):
         url = upload_echo_model(
-            profile, profile.bucket, key=f"models/echo/v{version}/model.tar.gz", version=version
+            aws_client("s3", profile),
+            profile.bucket,
+            key=f"models/echo/v{version}/model.tar.gz",
+            version=version,
         )
         names.append(deploy_endpoint(profile=path, model_data_url=url, **FAST_WAIT)["model_name"])
     return names
@@ -92,7 +95,7 @@ def test_delete_removes_endpoint_configs_models_and_scaling_but_keeps_data(
 
 def test_scale_to_zero_sets_desired_count_zero_once(profile: Profile, tmp_path: Path) -> None:
     path = profile_file(profile, tmp_path)
-    url = upload_echo_model(profile, profile.bucket, version="1")
+    url = upload_echo_model(aws_client("s3", profile), profile.bucket, version="1")
     deploy_endpoint(profile=path, model_data_url=url, **FAST_WAIT)
 
     result = teardown_endpoint(profile=path, mode="scale_to_zero", **FAST_WAIT)
@@ -111,7 +114,7 @@ def test_work_brings_a_scaled_to_zero_endpoint_back(
 ) -> None:
     """The deployed alarm + step policy (run by localcloud's autoscaler) start an instance."""
     path = profile_file(profile, tmp_path)
-    url = upload_echo_model(profile, profile.bucket, version="1")
+    url = upload_echo_model(aws_client("s3", profile), profile.bucket, version="1")
     deploy_endpoint(profile=path, model_data_url=url, **FAST_WAIT)
     teardown_endpoint(profile=path, mode="scale_to_zero", **FAST_WAIT)
     assert localcloud.instance_pids(profile.endpoint_name) == []

@@ -52,7 +52,10 @@ def deploy_echo(
     sm = aws_client("sagemaker", profile)
     name = name or profile.endpoint_name
     model_uri = upload_echo_model(
-        profile, profile.bucket, f"models/{name}-v{version}.tar.gz", version=version
+        aws_client("s3", profile),
+        profile.bucket,
+        f"models/{name}-v{version}.tar.gz",
+        version=version,
     )
     model = f"{name}-m{version}-{uuid.uuid4().hex[:4]}"
     sm.create_model(

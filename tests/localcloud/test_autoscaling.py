@@ -106,7 +106,7 @@ def test_idle_endpoint_scales_to_zero_and_work_brings_it_back(
 
 
 def test_step_capacity_adjustment_types() -> None:
-    from localcloud.autoscaler import step_capacity
+    from localcloud.applicationautoscaling.autoscaler import step_capacity
 
     steps = [
         {"MetricIntervalLowerBound": 0.0, "MetricIntervalUpperBound": 5.0, "ScalingAdjustment": 1},

@@ -79,7 +79,7 @@ def test_lifecycle_waiters_list_and_delete_stops_processes(
 def test_error_shapes(profile: Profile) -> None:
     sm = aws_client("sagemaker", profile)
     rt = aws_client("sagemaker-runtime", profile)
-    uri = upload_echo_model(profile, profile.bucket, "models/e.tar.gz")
+    uri = upload_echo_model(aws_client("s3", profile), profile.bucket, "models/e.tar.gz")
     model = f"m-{uuid.uuid4().hex[:8]}"
     sm.create_model(ModelName=model, PrimaryContainer={"Image": "i", "ModelDataUrl": uri})
     dup = _error(
@@ -187,7 +187,9 @@ def test_model_fn_failure_fails_endpoint_and_update_keeps_old_config(profile: Pr
 
     # Uncompressed S3Prefix model (ModelDataSource) serves; then an update to a model that cannot load.
     name = profile.endpoint_name
-    prefix = upload_echo_prefix(profile, profile.bucket, "models/raw", version="7")
+    prefix = upload_echo_prefix(
+        aws_client("s3", profile), profile.bucket, "models/raw", version="7"
+    )
     model = f"raw-{uuid.uuid4().hex[:6]}"
     sm.create_model(
         ModelName=model,
@@ -213,7 +215,9 @@ def test_model_fn_failure_fails_endpoint_and_update_keeps_old_config(profile: Pr
         ].read()
     )
 
-    bad_uri = upload_echo_model(profile, profile.bucket, "models/bad.tar.gz", env_fail=True)
+    bad_uri = upload_echo_model(
+        aws_client("s3", profile), profile.bucket, "models/bad.tar.gz", env_fail=True
+    )
     bad_model = f"bad-{uuid.uuid4().hex[:6]}"
     sm.create_model(ModelName=bad_model, PrimaryContainer={"Image": "i", "ModelDataUrl": bad_uri})
     sm.update_endpoint(

@@ -42,7 +42,9 @@ def test_update_with_queued_requests_loses_none(profile: Profile, localcloud: An
     sm = aws_client("sagemaker", profile)
     old_pids = localcloud.instance_pids(name)
     first = [_invoke(profile, name, f"a{i}", sleep_s=0.3) for i in range(6)]
-    uri = upload_echo_model(profile, profile.bucket, "models/v2.tar.gz", version="2")
+    uri = upload_echo_model(
+        aws_client("s3", profile), profile.bucket, "models/v2.tar.gz", version="2"
+    )
     model = f"v2-{uuid.uuid4().hex[:6]}"
     sm.create_model(ModelName=model, PrimaryContainer={"Image": "echo", "ModelDataUrl": uri})
     config = echo_config(profile, sm, model, max_concurrent=2, topics=(ok, err))

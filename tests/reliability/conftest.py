@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from localcloud.testing.artifacts import upload_echo_model
+from tasks.aws.clients import aws_client
 from tasks.settings import Autoscaling, Profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.reliability.ledger import LEDGERS, Ledger, compute_ledger, read_results, record
@@ -137,7 +138,10 @@ def deploy_echo(
         )
         path = profile_file(prof, tmp_path)
         url = upload_echo_model(
-            prof, prof.bucket, key=f"models/echo/v{version}/model.tar.gz", version=version
+            aws_client("s3", prof),
+            prof.bucket,
+            key=f"models/echo/v{version}/model.tar.gz",
+            version=version,
         )
         deploy_endpoint(
             profile=path,

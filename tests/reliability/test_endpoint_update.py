@@ -51,7 +51,10 @@ def test_update_endpoint_mid_run(
     """Load: 800 documents, 100 batches of 8 at 10 ms a document; v1 -> v2 after 30 invokes."""
     dep = deploy_echo(cap=8, slots=2, environment={"ECHO_SLEEP_S": "0.01"})
     v2 = upload_echo_model(
-        dep.profile, dep.profile.bucket, key="models/echo/v2/model.tar.gz", version="2"
+        aws_client("s3", dep.profile),
+        dep.profile.bucket,
+        key="models/echo/v2/model.tar.gz",
+        version="2",
     )
     ids = write_corpus(tmp_path / "c.jsonl", DOCS)
     timeline: dict[str, Any] = {}

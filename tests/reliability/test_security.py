@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from localcloud.iam_auth import Decision, evaluate
+from localcloud.iam.policy import Decision, evaluate
 from tasks.aws.clients import aws_client, clear_client_cache
 from tasks.aws.iam import account_id, render_policies
 from tasks.run.notifications import EndpointOutputs, close_run_queue, open_run_queue
@@ -366,7 +366,9 @@ def test_orchestrator_policy_alone_deploys_and_tears_down(
 
     prof = profile.model_copy(update={"max_outstanding_invocations": 4})
     path = profile_file(prof, tmp_path)
-    url = upload_echo_model(prof, prof.bucket, key="models/echo/v1/model.tar.gz", version="1")
+    url = upload_echo_model(
+        aws_client("s3", prof), prof.bucket, key="models/echo/v1/model.tar.gz", version="1"
+    )
     caller = make_user(prof, orchestrator_policy(prof))
     ids = write_corpus(tmp_path / "c.jsonl", 8)
     with acting_as(caller, localcloud):

@@ -151,3 +151,15 @@ def test_retries_are_bounded_and_the_batch_is_left_retryable(
     # One layer retries a call: botocore's attempts, not botocore's times a hand-written loop's.
     assert runtime.sends == AWS_CALL_ATTEMPTS
     assert result.error is not None and result.retryable is True
+
+
+def test_backoff_between_attempts_is_exponential_with_full_jitter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = ScriptedRuntime(monkeypatch, [(503, "ServiceUnavailable")])
+    runtime.invoke(monkeypatch)
+    assert len(runtime.slept) == AWS_CALL_ATTEMPTS - 1
+    # botocore standard mode: uniform(0, min(20 s, 2 ** attempt)) before each retry.
+    for attempt, delay in enumerate(runtime.slept):
+        assert 0 <= delay <= min(20.0, 2.0 ** (attempt + 1)), (attempt, delay)
+    assert len(set(runtime.slept)) > 1  # jittered, not a fixed schedule

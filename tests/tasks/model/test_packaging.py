@@ -14,18 +14,16 @@ from pathlib import Path
 import pytest
 
 from tasks.aws.clients import aws_client
-from tasks.model.packaging import (
+from tasks.model.archive import (
     DEFAULT_CODE_DIR,
     BuiltArchive,
     PackagingError,
     archive_members,
-    artifact_prefix,
     build_archive,
     discard_archive,
-    read_manifest,
     summarize_weights,
-    upload_archive,
 )
+from tasks.model.packaging import artifact_prefix, read_manifest, upload_archive
 from tasks.settings import Prefixes, Profile, load_profile
 from tests.tiny_models import make_tiny_model
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.model.packaging import summarize_weights
+from tasks.model.archive import summarize_weights
 from tasks.model.sources import (
     ModelSourceError,
     SourceKind,

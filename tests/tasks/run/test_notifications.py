@@ -1,4 +1,4 @@
-"""tasks.run.notifications: the run's queue on the endpoint topics, parsing AWS's JSON, reconciliation in S3."""
+"""tasks.run.notifications: the run's queue on the endpoint topics, parsing AWS's JSON."""
 
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ from tasks.aws.clients import aws_client
 from tasks.run.layout import queue_name
 from tasks.run.notifications import (
     EndpointOutputs,
-    Pending,
     close_run_queue,
     delete,
     is_expiry,
     open_run_queue,
     parse_notification,
     receive,
-    reconcile,
 )
 from tasks.settings import Profile
 
@@ -170,27 +168,3 @@ def test_reopening_a_run_queue_reuses_it(profile: Profile) -> None:
         assert again.queue_url == first.queue_url
     finally:
         close_run_queue(profile, first)
-
-
-def test_reconcile_finds_outputs_and_failures(profile: Profile) -> None:
-    s3 = aws_client("s3", profile)
-    s3.put_object(Bucket=profile.bucket, Key="async-outputs/r/a.a1.out", Body=b'{"id":"1"}\n')
-    s3.put_object(
-        Bucket=profile.bucket,
-        Key="async-failures/r/b.a1-error.out",
-        Body=b"ExpiredRequest: the request waited longer than RequestTTLSeconds",
-    )
-    pending = [
-        Pending(
-            batch_id=name,
-            output_uri=profile.s3_uri(f"async-outputs/r/{name}.a1.out"),
-            failure_uri=profile.s3_uri(f"async-failures/r/{name}.a1-error.out"),
-        )
-        for name in ("a", "b", "c")
-    ]
-    outcomes = {o.batch_id: o for o in reconcile(profile, pending)}
-    assert set(outcomes) == {"a", "b"}
-    assert outcomes["a"].status == "completed" and outcomes["a"].source == "reconcile"
-    assert outcomes["a"].event_time is not None
-    assert outcomes["b"].status == "failed" and outcomes["b"].expired
-    assert "RequestTTLSeconds" in (outcomes["b"].reason or "")

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from localcloud.accounts import ACCOUNT_ID
 from localcloud.faults import Faults
 from localcloud.sagemaker.models import SageMakerBackend
-from localcloud.sagemaker.records import ACCOUNT_ID
 from localcloud.stats import Stats
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,95 @@
+"""Start or resume a run: load its manifest, or batch the corpus and save a new one."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.run.batching import BatchPayload, make_batches
+from tasks.run.corpus import Corpus
+from tasks.run.manifest import BatchStatus, RunManifest, load_manifest, save_manifest
+from tasks.run.notifications import EndpointOutputs
+from tasks.run.outcomes import new_record
+from tasks.run.prompts import GenerationParameters, PromptTemplate
+from tasks.settings import Profile
+
+
+class PreparedRun:
+    """A run's manifest, whether it was resumed, and the payloads still to be staged in S3.
+
+    The payloads are handed over once (``take_payloads``) so that the stager holds the only
+    reference and each payload's bytes are freed as soon as it is written.
+    """
+
+    def __init__(self, manifest: RunManifest, resumed: bool, payloads: list[BatchPayload]) -> None:
+        self.manifest = manifest
+        self.resumed = resumed
+        self._payloads = payloads
+
+    def take_payloads(self) -> list[BatchPayload]:
+        """The payloads to stage (empty on a second call)."""
+        payloads, self._payloads = self._payloads, []
+        return payloads
+
+
+@task(name="prepare-manifest", cache_policy=NO_CACHE)
+def prepare_manifest(
+    profile: Profile,
+    target: EndpointOutputs,
+    run_key: str,
+    corpus: Corpus,
+    template: PromptTemplate,
+    params: GenerationParameters,
+    max_docs: int,
+    max_bytes: int,
+) -> PreparedRun:
+    """Load the run's manifest to resume it, or batch the corpus and save a new one.
+
+    The payloads are staged by the fan-out (``stage-payloads``) while it invokes the first ones;
+    a resumed run whose staging never finished builds them again (the same bytes, the same batch
+    ids) and stages the ones never invoked.
+    """
+    existing = load_manifest(run_key, profile)
+    if existing is not None:
+        check_resumable(existing, corpus, target.endpoint)
+        if existing.staged:
+            return PreparedRun(existing, True, [])
+        payloads, _ = make_batches(
+            corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
+        )
+        missing = [p for p in payloads if never_invoked(existing, p)]
+        existing.staged = not missing  # every batch left was invoked once, so it is in S3
+        return PreparedRun(existing, True, missing)
+    payloads, rejected = make_batches(
+        corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
+    )
+    manifest = RunManifest(
+        run_key=run_key,
+        endpoint=target.endpoint,
+        model_artifact=target.model_artifact,
+        rejected=[*corpus.rejected, *rejected],
+        staged=not payloads,
+    )
+    for payload in payloads:
+        manifest.add(new_record(profile, target, run_key, payload))
+    save_manifest(manifest, profile)
+    return PreparedRun(manifest, False, payloads)
+
+
+def never_invoked(manifest: RunManifest, payload: BatchPayload) -> bool:
+    """A payload whose batch is pending and was never submitted (so it may not be in S3 yet)."""
+    record = manifest.batches.get(payload.batch_id)
+    return record is not None and record.status is BatchStatus.PENDING and record.attempts == 0
+
+
+def check_resumable(manifest: RunManifest, corpus: Corpus, endpoint: str) -> None:
+    """A run key names one corpus on one endpoint: refuse to resume it with different inputs."""
+    batched = {d for r in manifest.batches.values() if r.parent is None for d in r.doc_ids}
+    accepted = {d.doc_id for d in corpus.documents}
+    inputs = len(batched) + len(manifest.rejected)
+    if manifest.endpoint != endpoint or not batched <= accepted or inputs != corpus.size:
+        raise ValueError(
+            f"run key {manifest.run_key!r} belongs to another run ({inputs} input rows on endpoint "
+            f"{manifest.endpoint!r}; this corpus has {corpus.size} rows for {endpoint!r}): pass a "
+            "new run_key, or leave it out to derive one from the inputs"
+        )
