@@ -8,7 +8,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.run.aggregate import Preview, RunSummary, aggregate_run, summary_markdown
+from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.batching import compute_run_key
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.driver import DriveStats, drive_run
@@ -27,6 +27,7 @@ from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import resume_reconcile
 from tasks.run.spool import OutputSpool
+from tasks.run.summary import RunSummary, summary_markdown
 from tasks.settings import Profile, load_profile
 
 TABLE_ROWS = 20

@@ -32,10 +32,11 @@ def localcloud_environment(url: str, region: str) -> dict[str, str]:
     """What unmodified boto3 clients and docflow need to reach the localcloud at ``url``."""
     return {
         "AWS_ENDPOINT_URL": url,
-        "DOCFLOW_ENDPOINT_URL": url,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_DEFAULT_REGION": region,
+        # Last: `localcloud` prints these as export lines, and readers stop at this one.
+        "DOCFLOW_ENDPOINT_URL": url,
     }
 
 

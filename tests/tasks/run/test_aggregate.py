@@ -14,18 +14,15 @@ import pytest
 
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-from tasks.run import aggregate
-from tasks.run.aggregate import (
-    RunSummary,
-    aggregate_run,
-    summary_markdown,
-)
+from tasks.run import outputs
+from tasks.run.aggregate import aggregate_run
 from tasks.run.batching import BatchPayload, make_batches, split_batch
 from tasks.run.corpus import Corpus, load_corpus
 from tasks.run.layout import inference_id, run_uri
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
 from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.spool import OutputSpool
+from tasks.run.summary import RunSummary, summary_markdown
 from tasks.settings import Profile
 
 RUN = "aggtest0001"
@@ -390,7 +387,7 @@ def test_outputs_are_held_one_chunk_at_a_time(
     reads: list[str] = []
     live: set[int] = set()
     most = 0
-    real = aggregate.read_output
+    real = outputs.read_output
 
     def counted(record: BatchRecord, *args: Any) -> Any:
         nonlocal most
@@ -401,7 +398,7 @@ def test_outputs_are_held_one_chunk_at_a_time(
         most = max(most, len(live))
         return output
 
-    monkeypatch.setattr(aggregate, "read_output", counted)
+    monkeypatch.setattr(outputs, "read_output", counted)
     _, table, _ = _aggregate_to(m, corpus, profile, tmp_path / "c", chunk_rows=CHUNK)
 
     completed = {b for b, r in m.batches.items() if r.status is BatchStatus.COMPLETED}
