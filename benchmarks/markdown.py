@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.report import floor_note
-from benchmarks.report import fmt as _fmt
+from benchmarks.formatting import floor_note
+from benchmarks.formatting import fmt as _fmt
 
 
 def markdown(results: dict[str, Any]) -> str:

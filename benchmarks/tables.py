@@ -7,8 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.report import floor_note
-from benchmarks.report import fmt as _fmt
+from benchmarks.formatting import floor_note
+from benchmarks.formatting import fmt as _fmt
 
 
 def render(results: dict[str, Any], console: Console | None = None) -> None:

@@ -191,17 +191,6 @@ def wait_for_server(child: ChildProcess, port: int, *, timeout_s: float = 90.0) 
     )
 
 
-def start_server(home: Path, port: int, *, timeout_s: float = 90.0) -> ChildProcess:
-    """spawn_server, then wait for health; a server that never answers is stopped."""
-    child = spawn_server(home, port)
-    try:
-        wait_for_server(child, port, timeout_s=timeout_s)
-    except BaseException:
-        child.stop()
-        raise
-    return child
-
-
 @contextlib.contextmanager
 def prefect_api(api_url: str) -> Iterator[None]:
     """Point this process's Prefect client (and blocks) at api_url for the duration."""

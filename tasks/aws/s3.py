@@ -324,19 +324,3 @@ def put_bytes_unless_same(
         Bucket=bucket, Key=key, Body=body, Metadata={SHA256_METADATA_KEY: digest}, **extra
     )
     return PutResult(uri, digest, len(body), False)
-
-
-def put_content_addressed(
-    client: Any,
-    body: bytes,
-    bucket: str,
-    prefix: str,
-    *,
-    suffix: str = "",
-    digest_chars: int = 16,
-    content_type: str | None = None,
-) -> PutResult:
-    """Store ``body`` at ``<prefix>/<sha256[:digest_chars]><suffix>``; an existing copy is not resent."""
-    digest = hashlib.sha256(body).hexdigest()
-    key = "/".join(p for p in (prefix.strip("/"), f"{digest[:digest_chars]}{suffix}") if p)
-    return put_bytes_unless_same(client, body, bucket, key, content_type=content_type)

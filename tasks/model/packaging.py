@@ -39,8 +39,11 @@ UNCOMPRESSED_DIR = "uncompressed"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class Manifest(BaseModel):
-    """The small JSON document stored next to model.tar.gz that says what is inside."""
+class ArtifactManifest(BaseModel):
+    """The model artifact's manifest.json, stored next to model.tar.gz: what is inside it.
+
+    Not the run's manifest (``tasks.run.manifest.RunManifest``, the state of a document run).
+    """
 
     name: str
     source: str
@@ -87,11 +90,11 @@ def artifact_prefix(profile: Profile, name: str, sha256: str) -> S3Uri:
     return S3Uri(profile.bucket, "").join(profile.prefixes.models, name, sha256[:DIGEST_CHARS])
 
 
-def build_manifest(
+def build_artifact_manifest(
     built: BuiltArchive, prefix: S3Uri, uncompressed: bool, created_at: datetime | None = None
-) -> Manifest:
+) -> ArtifactManifest:
     """The manifest for an archive stored under ``prefix``."""
-    return Manifest(
+    return ArtifactManifest(
         name=built.name,
         source=built.source,
         architecture=built.architecture,
@@ -119,7 +122,7 @@ def upload_archive(
 ) -> ModelArtifact:
     """Upload the archive (and optionally its files uncompressed) and the manifest, skipping what exists."""
     prefix = artifact_prefix(profile, built.name, built.sha256)
-    manifest = build_manifest(built, prefix, uncompressed)
+    manifest = build_artifact_manifest(built, prefix, uncompressed)
     archive_key = prefix.join(ARCHIVE_NAME).key
     sent = 0
     if stored_sha256(head_object(client, profile.bucket, archive_key)) != built.sha256:
@@ -151,7 +154,7 @@ def upload_archive(
                 logger=logger,
             ).bytes_uploaded
     manifest_key = prefix.join(MANIFEST_NAME)
-    sent += _put_manifest(client, manifest, manifest_key)
+    sent += _put_artifact_manifest(client, manifest, manifest_key)
     return ModelArtifact(
         name=built.name,
         source=built.source,
@@ -167,11 +170,11 @@ def upload_archive(
     )
 
 
-def _put_manifest(client: Any, manifest: Manifest, where: S3Uri) -> int:
+def _put_artifact_manifest(client: Any, manifest: ArtifactManifest, where: S3Uri) -> int:
     """Write the manifest unless an equivalent one is there; keep the first run's created_at."""
     if object_exists(client, where.bucket, where.key):
         try:
-            stored = read_manifest(client, str(where))
+            stored = read_artifact_manifest(client, str(where))
         except ValidationError:
             stored = None  # written by another version: replace it
         if stored is not None:
@@ -192,11 +195,11 @@ def _put_manifest(client: Any, manifest: Manifest, where: S3Uri) -> int:
     ).bytes_uploaded
 
 
-def read_manifest(client: Any, manifest_uri: str) -> Manifest:
+def read_artifact_manifest(client: Any, manifest_uri: str) -> ArtifactManifest:
     """Load a manifest back from S3."""
     loc = parse_s3_uri(manifest_uri)
     body = client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
-    return Manifest.model_validate_json(body)
+    return ArtifactManifest.model_validate_json(body)
 
 
 def summary_markdown(artifact: ModelArtifact) -> str:

@@ -90,8 +90,3 @@ class RunProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-
-    @property
-    def artifact_id(self) -> UUID | None:
-        """The Prefect progress artifact's id (None outside a run)."""
-        return self._artifact_id

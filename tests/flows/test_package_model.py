@@ -18,7 +18,7 @@ from flows.package_model import package_model
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import BucketNotFoundError, parse_s3_uri
 from tasks.model.archive import DEFAULT_CODE_DIR
-from tasks.model.packaging import ModelArtifact, read_manifest
+from tasks.model.packaging import ModelArtifact, read_artifact_manifest
 from tasks.model.sources import ModelSourceError
 from tasks.settings import Profile, load_profile
 from tests.flows.endpoint_helpers import profile_file
@@ -80,7 +80,7 @@ def test_package_model_flow_uploads_once(
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert {"code/inference.py", "code/requirements.txt"} <= names
     assert shipped == (DEFAULT_CODE_DIR / "inference.py").read_bytes()
-    manifest = read_manifest(s3, artifact.manifest_uri)
+    manifest = read_artifact_manifest(s3, artifact.manifest_uri)
     assert (manifest.sha256, manifest.parameter_count) == (
         artifact.sha256,
         artifact.parameter_count,

@@ -22,8 +22,8 @@ from tasks.aws.s3 import (
     object_exists,
     parse_s3_uri,
     put_bytes_unless_same,
-    put_content_addressed,
     put_file_if_absent,
+    put_object_if_absent,
     require_bucket,
     s3_uri,
     sha256_file,
@@ -163,14 +163,22 @@ def test_large_upload_is_multipart_and_concurrent(profile: Profile, tmp_path: Pa
     assert again.bytes_uploaded == 0
 
 
-def test_put_bytes_and_content_addressed_put_skip_existing(profile: Profile) -> None:
+def test_put_bytes_skips_an_object_with_the_same_content(profile: Profile) -> None:
     s3 = aws_client("s3", profile)
     body = b'{"id": "doc-1", "prompt": "hi"}\n'
-    first = put_content_addressed(s3, body, profile.bucket, "runs/r1/inputs", suffix=".jsonl")
+    first = put_bytes_unless_same(s3, body, profile.bucket, "runs/r1/inputs/a.jsonl")
     digest = hashlib.sha256(body).hexdigest()
-    assert first.uri == f"s3://{profile.bucket}/runs/r1/inputs/{digest[:16]}.jsonl"
+    assert first.uri == f"s3://{profile.bucket}/runs/r1/inputs/a.jsonl" and first.sha256 == digest
     assert first.bytes_uploaded == len(body)
-    again = put_content_addressed(s3, body, profile.bucket, "runs/r1/inputs", suffix=".jsonl")
+    again = put_bytes_unless_same(s3, body, profile.bucket, "runs/r1/inputs/a.jsonl")
     assert (again.uri, again.bytes_uploaded, again.skipped) == (first.uri, 0, True)
-    direct = put_bytes_unless_same(s3, body, profile.bucket, parse_s3_uri(first.uri).key)
-    assert direct.bytes_uploaded == 0
+    changed = put_bytes_unless_same(s3, body + b"\n", profile.bucket, "runs/r1/inputs/a.jsonl")
+    assert changed.bytes_uploaded == len(body) + 1 and not changed.skipped
+
+
+def test_put_object_if_absent_never_overwrites(profile: Profile) -> None:
+    s3 = aws_client("s3", profile)
+    assert put_object_if_absent(s3, profile.bucket, "runs/r1/x.jsonl", b"one\n") is True
+    assert put_object_if_absent(s3, profile.bucket, "runs/r1/x.jsonl", b"two\n") is False
+    body = s3.get_object(Bucket=profile.bucket, Key="runs/r1/x.jsonl")["Body"].read()
+    assert body == b"one\n"

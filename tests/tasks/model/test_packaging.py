@@ -23,7 +23,7 @@ from tasks.model.archive import (
     discard_archive,
     summarize_weights,
 )
-from tasks.model.packaging import artifact_prefix, read_manifest, upload_archive
+from tasks.model.packaging import artifact_prefix, read_artifact_manifest, upload_archive
 from tasks.settings import Prefixes, Profile, load_profile
 from tests.tiny_models import make_tiny_model
 
@@ -185,7 +185,7 @@ def test_upload_is_idempotent_and_the_manifest_describes_the_artifact(
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
         assert "code/inference.py" in tar.getnames() and "model.safetensors" in tar.getnames()
 
-    manifest = read_manifest(s3, artifact.manifest_uri)
+    manifest = read_artifact_manifest(s3, artifact.manifest_uri)
     assert manifest.sha256 == built.sha256 and manifest.bytes == built.bytes
     assert manifest.architecture == "MistralForCausalLM" and manifest.dtype == "float32"
     assert manifest.parameter_count == built.parameter_count > 0
@@ -196,7 +196,7 @@ def test_upload_is_idempotent_and_the_manifest_describes_the_artifact(
     again = upload_archive(s3, _build(tiny_model, code_dir, tmp_path / "w2"), profile)
     assert again.uploaded_bytes == 0
     assert again.model_copy(update={"uploaded_bytes": artifact.uploaded_bytes}) == artifact
-    assert read_manifest(s3, artifact.manifest_uri).created_at == manifest.created_at
+    assert read_artifact_manifest(s3, artifact.manifest_uri).created_at == manifest.created_at
 
 
 def test_uncompressed_layout_mirrors_the_archive(
