@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 
 from tasks.aws.iam import ensure_execution_role
+from tasks.aws.sagemaker_runtime import DEFAULT_INVOCATION_TIMEOUT_S
 from tasks.endpoint.autoscaling import apply_autoscaling, remove_autoscaling
 from tasks.endpoint.deploy import apply_endpoint, current_instance_type, ensure_invocation_limit
 from tasks.endpoint.spec import (
@@ -68,7 +69,7 @@ def deploy_endpoint(
     instance_type: str | None = None,
     instance_count: int | None = None,
     max_concurrent_invocations_per_instance: int | None = None,
-    invocation_timeout_s: int = 900,
+    invocation_timeout_s: int = DEFAULT_INVOCATION_TIMEOUT_S,
     environment: dict[str, str] | None = None,
     create_role: bool = False,
     wait_delay_s: int = 30,

@@ -6,13 +6,17 @@ import logging
 import os
 import queue
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from localcloud.testing.artifacts import upload_echo_model
 from tasks.aws.clients import aws_client, clear_client_cache
-from tasks.settings import Profile, load_profile
+from tasks.settings import Autoscaling, Profile, load_profile
+from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
+from tests.runs import Deployment, EndpointProbe
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -113,3 +117,67 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def probe(localcloud: Any, profile: Profile, monkeypatch: pytest.MonkeyPatch) -> EndpointProbe:
+    """Counts the test endpoint's accepted and finished requests as localcloud records them."""
+    stats = localcloud.stats
+    watcher = EndpointProbe(profile.endpoint_name)
+    received, finished = stats.received, stats.finished
+
+    def on_received(endpoint: str) -> None:
+        received(endpoint)
+        watcher.on_received(endpoint)
+
+    def on_finished(endpoint: str, ok: bool, ran: bool = True) -> None:
+        finished(endpoint, ok, ran)
+        watcher.on_finished(endpoint, ran)
+
+    monkeypatch.setattr(stats, "received", on_received)
+    monkeypatch.setattr(stats, "finished", on_finished)
+    return watcher
+
+
+@pytest.fixture
+def deploy_echo(
+    profile: Profile, tmp_path: Path, prefect_harness: None
+) -> Callable[..., Deployment]:
+    """Deploy the echo model to the test's endpoint (no autoscaling); returns a Deployment."""
+    from flows.deploy_endpoint import deploy_endpoint
+
+    def deploy(
+        *,
+        version: str = "1",
+        slots: int = 2,
+        instances: int = 1,
+        cap: int = 8,
+        environment: dict[str, str] | None = None,
+        rate: float = 200.0,
+    ) -> Deployment:
+        prof = profile.model_copy(
+            update={
+                "autoscaling": Autoscaling(enabled=False),
+                "max_outstanding_invocations": cap,
+                "max_concurrent_invocations_per_instance": slots,
+                "instance_count": instances,
+                "invoke_rate_per_second": rate,
+            }
+        )
+        path = profile_file(prof, tmp_path)
+        url = upload_echo_model(
+            aws_client("s3", prof),
+            prof.bucket,
+            key=f"models/echo/v{version}/model.tar.gz",
+            version=version,
+        )
+        deploy_endpoint(
+            profile=path,
+            model_data_url=url,
+            environment=environment,
+            wait_delay_s=FAST_WAIT["wait_delay_s"],
+            wait_max_attempts=FAST_WAIT["wait_max_attempts"],
+        )
+        return Deployment(prof, path, prof.endpoint_name, url, cap)
+
+    return deploy

@@ -30,6 +30,10 @@ from tasks.run.layout import output_filename
 from tasks.settings import Profile
 
 CONTENT_TYPE = "application/jsonlines"
+# The service's defaults and bounds for an async invocation (AWS-FACTS.md).
+DEFAULT_REQUEST_TTL_S = 21600
+DEFAULT_INVOCATION_TIMEOUT_S = 900
+MAX_INVOCATION_TIMEOUT_S = 3600
 THROTTLING_CODES = frozenset(
     {
         "Throttling",

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.aws.sagemaker_runtime import DEFAULT_INVOCATION_TIMEOUT_S, MAX_INVOCATION_TIMEOUT_S
 from tasks.settings import Profile
 
 # The Hugging Face PyTorch inference DLC the sagemaker SDK knows offline (bundled JSON).
@@ -120,7 +121,9 @@ class EndpointSpec(BaseModel):
     s3_output_path: str
     s3_failure_path: str
     kms_key_id: str | None = None
-    invocation_timeout_s: int = Field(900, ge=1, le=3600)
+    invocation_timeout_s: int = Field(
+        DEFAULT_INVOCATION_TIMEOUT_S, ge=1, le=MAX_INVOCATION_TIMEOUT_S
+    )
     environment: dict[str, str] = Field(default_factory=dict)
     success_topic_arn: str
     error_topic_arn: str
@@ -241,7 +244,7 @@ def build_endpoint_spec(
     instance_type: str | None = None,
     instance_count: int | None = None,
     max_concurrent_invocations_per_instance: int | None = None,
-    invocation_timeout_s: int = 900,
+    invocation_timeout_s: int = DEFAULT_INVOCATION_TIMEOUT_S,
     environment: Mapping[str, str] | None = None,
 ) -> EndpointSpec:
     """The spec from the profile, overridden by whatever the flow was given."""

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-# AWS's own defaults when a run does not set RequestTTLSeconds / InvocationTimeoutSeconds.
-DEFAULT_TTL_S = 21600
-DEFAULT_TIMEOUT_S = 900
-MAX_INVOCATION_TIMEOUT_S = 3600
+from tasks.aws.sagemaker_runtime import (
+    DEFAULT_INVOCATION_TIMEOUT_S,
+    DEFAULT_REQUEST_TTL_S,
+    MAX_INVOCATION_TIMEOUT_S,
+)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,10 @@ class DriveOptions(BaseModel):
     reconcile_every_s: float = Field(10.0, gt=0)
     reconcile_after_s: float = Field(5.0, ge=0)
     save_every_s: float = Field(10.0, gt=0)
-    expiry_s: float = Field(DEFAULT_TTL_S + DEFAULT_TIMEOUT_S + 60, gt=0)
-    deadline_s: float = Field((DEFAULT_TTL_S + DEFAULT_TIMEOUT_S) * 3 + 300, gt=0)
+    expiry_s: float = Field(DEFAULT_REQUEST_TTL_S + DEFAULT_INVOCATION_TIMEOUT_S + 60, gt=0)
+    deadline_s: float = Field(
+        (DEFAULT_REQUEST_TTL_S + DEFAULT_INVOCATION_TIMEOUT_S) * 3 + 300, gt=0
+    )
 
     @classmethod
     def from_parameters(
@@ -67,8 +70,8 @@ class DriveOptions(BaseModel):
         deadline_s: float | None,
     ) -> DriveOptions:
         """The options a run's flow parameters mean (every default spelled out here)."""
-        ttl_s = request_ttl_s or DEFAULT_TTL_S
-        timeout_s = invocation_timeout_s or DEFAULT_TIMEOUT_S
+        ttl_s = request_ttl_s or DEFAULT_REQUEST_TTL_S
+        timeout_s = invocation_timeout_s or DEFAULT_INVOCATION_TIMEOUT_S
         longest_timeout = timeout_s * 2 ** (max_attempts - 1)
         # Every attempt may wait its TTL in the queue and its timeout running.
         default_deadline = float((ttl_s + timeout_s) * max_attempts + 300)

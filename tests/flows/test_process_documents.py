@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from collections.abc import Callable
@@ -13,55 +12,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from localcloud.testing.artifacts import upload_echo_model
 from tasks.aws.clients import aws_client
-from tasks.run.manifest import load_manifest, split_s3_uri
-from tasks.settings import Autoscaling, Profile, load_profile
-from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
+from tasks.aws.s3 import split_s3_uri
+from tasks.run.manifest import load_manifest
+from tasks.settings import Profile, load_profile
+from tests.reliability.ledger import read_results
+from tests.runs import Deployment, InvokeCounter, run_flow, write_corpus
 
 # faults: every test starts and ends with localcloud's fault switchboard off.
 pytestmark = pytest.mark.usefixtures("prefect_harness", "faults")
-
-
-@pytest.fixture
-def deployed(profile: Profile, tmp_path: Path) -> Callable[..., str]:
-    """Deploy the echo model with the deploy-endpoint flow; returns the profile file flows are given."""
-    from flows.deploy_endpoint import deploy_endpoint
-
-    def deploy(*, cap: int = 8, slots: int = 2, environment: dict[str, str] | None = None) -> str:
-        prof = profile.model_copy(
-            update={
-                "autoscaling": Autoscaling(enabled=False),
-                "max_outstanding_invocations": cap,
-                "max_concurrent_invocations_per_instance": slots,
-                "invoke_rate_per_second": 200.0,
-            }
-        )
-        path = profile_file(prof, tmp_path)
-        url = upload_echo_model(
-            aws_client("s3", prof), prof.bucket, key="models/echo/v1/model.tar.gz", version=None
-        )
-        deploy_endpoint(profile=path, model_data_url=url, environment=environment, **FAST_WAIT)
-        return path
-
-    return deploy
-
-
-def write_corpus(path: Path, n: int, *, poison: frozenset[int] = frozenset()) -> list[str]:
-    """A JSONL corpus of ``n`` short documents; indexes in ``poison`` carry ``__POISON__``."""
-    ids = [f"doc-{i:05d}" for i in range(n)]
-    with path.open("w", encoding="utf-8") as fh:
-        for i, doc_id in enumerate(ids):
-            text = " ".join(f"w{i}x{j}" for j in range(5)) + (" __POISON__" if i in poison else "")
-            fh.write(json.dumps({"id": doc_id, "text": text, "topic": f"t{i % 3}"}) + "\n")
-    return ids
-
-
-def read_table(result: dict[str, Any], profile_path: str) -> pd.DataFrame:
-    """The run's results.parquet, read back from S3."""
-    bucket, key = split_s3_uri(result["results_uri"])
-    body = aws_client("s3", load_profile(profile_path)).get_object(Bucket=bucket, Key=key)
-    return pd.read_parquet(io.BytesIO(body["Body"].read()))
 
 
 def assert_ledger(result: dict[str, Any], table: pd.DataFrame, input_rows: int) -> None:
@@ -74,50 +33,21 @@ def assert_ledger(result: dict[str, Any], table: pd.DataFrame, input_rows: int) 
     assert set(table["status"]) <= {"completed", "failed", "rejected"}
 
 
-class InvokeCounter:
-    """Counts InvokeEndpointAsync calls per InferenceId that the service accepted (boto event hook)."""
-
-    def __init__(self, profile_path: str) -> None:
-        self.client = aws_client("sagemaker-runtime", load_profile(profile_path))
-        self.by_id: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> InvokeCounter:
-        self.client.meta.events.register(
-            "after-call.sagemaker-runtime.InvokeEndpointAsync", self._count
-        )
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.client.meta.events.unregister(
-            "after-call.sagemaker-runtime.InvokeEndpointAsync", self._count
-        )
-
-    def _count(self, http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
-        if http_response.status_code < 300:
-            with self._lock:
-                key = parsed["InferenceId"]
-                self.by_id[key] = self.by_id.get(key, 0) + 1
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_id.values())
+def run(dep: Deployment, corpus: Path, **params: Any) -> tuple[dict[str, Any], pd.DataFrame]:
+    """process_documents on the deployment: its returned summary and its results table."""
+    outcome = run_flow(dep, corpus, **params)
+    return outcome.result, outcome.table
 
 
-def run(path: str, corpus: Path, **params: Any) -> tuple[dict[str, Any], pd.DataFrame]:
-    from flows.process_documents import process_documents
-
-    params.setdefault("max_new_tokens", 16)
-    result = process_documents(corpus=str(corpus), profile=path, **params)
-    return result, read_table(result, path)
-
-
-def test_happy_path(deployed: Callable[..., str], tmp_path: Path, localcloud: Any) -> None:
-    path = deployed()
+def test_happy_path(
+    deploy_echo: Callable[..., Deployment], tmp_path: Path, localcloud: Any
+) -> None:
+    dep = deploy_echo()
+    path = dep.profile_path
     ids = write_corpus(tmp_path / "c.jsonl", 40)
     with InvokeCounter(path) as counter:
         result, table = run(
-            path, tmp_path / "c.jsonl", batch_size=8, output_dir=str(tmp_path / "out")
+            dep, tmp_path / "c.jsonl", batch_size=8, output_dir=str(tmp_path / "out")
         )
     assert_ledger(result, table, 40)
     assert result["completed"] == 40
@@ -175,12 +105,12 @@ class OutstandingProbe:
 
 
 def test_every_notification_duplicated_gives_one_row_per_document(
-    deployed: Callable[..., str], tmp_path: Path, localcloud: Any
+    deploy_echo: Callable[..., Deployment], tmp_path: Path, localcloud: Any
 ) -> None:
-    path = deployed()
+    dep = deploy_echo()
     write_corpus(tmp_path / "c.jsonl", 24)
     localcloud.faults.set(duplicate_notification_rate=1.0)
-    result, table = run(path, tmp_path / "c.jsonl", batch_size=4)
+    result, table = run(dep, tmp_path / "c.jsonl", batch_size=4)
     assert_ledger(result, table, 24)
     assert result["completed"] == 24
     assert localcloud.faults.counters()["duplicated_notifications"] >= 6
@@ -189,12 +119,12 @@ def test_every_notification_duplicated_gives_one_row_per_document(
 
 
 def test_dropped_notifications_are_recovered_from_s3(
-    deployed: Callable[..., str], tmp_path: Path, localcloud: Any
+    deploy_echo: Callable[..., Deployment], tmp_path: Path, localcloud: Any
 ) -> None:
-    path = deployed()
+    dep = deploy_echo()
     write_corpus(tmp_path / "c.jsonl", 16)
     localcloud.faults.set(drop_notification_rate=1.0)
-    result, table = run(path, tmp_path / "c.jsonl", batch_size=4, reconcile_every_s=1.0)
+    result, table = run(dep, tmp_path / "c.jsonl", batch_size=4, reconcile_every_s=1.0)
     assert_ledger(result, table, 16)
     assert result["completed"] == 16
     assert result["notifications_received"] == 0
@@ -203,11 +133,11 @@ def test_dropped_notifications_are_recovered_from_s3(
 
 
 def test_a_poison_document_is_isolated_and_the_rest_complete(
-    deployed: Callable[..., str], tmp_path: Path
+    deploy_echo: Callable[..., Deployment], tmp_path: Path
 ) -> None:
-    path = deployed()
+    dep = deploy_echo()
     ids = write_corpus(tmp_path / "c.jsonl", 16, poison=frozenset({5}))
-    result, table = run(path, tmp_path / "c.jsonl", batch_size=16, max_attempts=2)
+    result, table = run(dep, tmp_path / "c.jsonl", batch_size=16, max_attempts=2)
     assert_ledger(result, table, 16)
     assert result["completed"] == 15
     assert result["failed"] == 1
@@ -219,13 +149,14 @@ def test_a_poison_document_is_isolated_and_the_rest_complete(
 
 
 def test_throttled_invokes_are_retried_and_all_complete(
-    deployed: Callable[..., str], tmp_path: Path, localcloud: Any
+    deploy_echo: Callable[..., Deployment], tmp_path: Path, localcloud: Any
 ) -> None:
-    path = deployed()
+    dep = deploy_echo()
+    path = dep.profile_path
     write_corpus(tmp_path / "c.jsonl", 32)
     localcloud.faults.set(throttle_rate=0.3, seed=7)
     with InvokeCounter(path) as counter:
-        result, table = run(path, tmp_path / "c.jsonl", batch_size=4)
+        result, table = run(dep, tmp_path / "c.jsonl", batch_size=4)
     assert_ledger(result, table, 32)
     assert result["completed"] == 32
     assert localcloud.faults.counters()["throttled"] > 0
@@ -235,12 +166,12 @@ def test_throttled_invokes_are_retried_and_all_complete(
 
 
 def test_expired_requests_are_reinvoked(
-    deployed: Callable[..., str], tmp_path: Path, localcloud: Any
+    deploy_echo: Callable[..., Deployment], tmp_path: Path, localcloud: Any
 ) -> None:
-    path = deployed(cap=6, slots=1, environment={"ECHO_SLEEP_S": "0.1"})
+    dep = deploy_echo(cap=6, slots=1, environment={"ECHO_SLEEP_S": "0.1"})
     write_corpus(tmp_path / "c.jsonl", 24)
     localcloud.faults.set(ttl_scale=0.01)  # RequestTTLSeconds=60 lasts 0.6 s
-    result, table = run(path, tmp_path / "c.jsonl", batch_size=2, request_ttl_s=60, max_attempts=6)
+    result, table = run(dep, tmp_path / "c.jsonl", batch_size=2, request_ttl_s=60, max_attempts=6)
     assert_ledger(result, table, 24)
     fanout = result["fanout"]
     assert fanout["expired"] >= 1
@@ -251,7 +182,7 @@ def test_expired_requests_are_reinvoked(
 
 
 def test_resume_after_an_interruption_invokes_no_completed_batch_again(
-    deployed: Callable[..., str],
+    deploy_echo: Callable[..., Deployment],
     tmp_path: Path,
     localcloud: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -260,7 +191,9 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
 
     import tasks.run.driver
 
-    path = deployed(cap=4)
+    dep = deploy_echo(cap=4)
+
+    path = dep.profile_path
     prof = load_profile(path)
     write_corpus(tmp_path / "c.jsonl", 40)
     real_invoke = tasks.run.driver.invoke_one
@@ -275,7 +208,7 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
     monkeypatch.setattr(tasks.run.driver, "invoke_one", crashing_invoke)
     probe = OutstandingProbe(localcloud, prof.endpoint_name, monkeypatch)
     with pytest.raises(RuntimeError, match="simulated"):
-        run(path, tmp_path / "c.jsonl", batch_size=4, run_key="resume1")
+        run(dep, tmp_path / "c.jsonl", batch_size=4, run_key="resume1")
     monkeypatch.setattr(tasks.run.driver, "invoke_one", real_invoke)
     for _ in range(100):  # what was submitted before the crash finishes meanwhile
         if probe.outstanding == 0:
@@ -293,7 +226,7 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
     assert done_before, "no batch completed before the interruption"
 
     with InvokeCounter(path) as counter:
-        result, table = run(path, tmp_path / "c.jsonl", batch_size=4, run_key="resume1")
+        result, table = run(dep, tmp_path / "c.jsonl", batch_size=4, run_key="resume1")
     assert result["resumed"] is True
     assert_ledger(result, table, 40)
     assert result["completed"] == 40
@@ -302,7 +235,7 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
 
 
 def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
-    deployed: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    deploy_echo: Callable[..., Deployment], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Payloads are staged while the first batches run; a staging failure loses nothing.
 
@@ -314,7 +247,9 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
 
     import tasks.run.staging
 
-    path = deployed(cap=2, slots=1, environment={"ECHO_SLEEP_S": "0.05"})
+    dep = deploy_echo(cap=2, slots=1, environment={"ECHO_SLEEP_S": "0.05"})
+
+    path = dep.profile_path
     prof = load_profile(path)
     write_corpus(tmp_path / "c.jsonl", 60)
     real_put = tasks.run.staging.put_staged
@@ -329,14 +264,14 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
 
     monkeypatch.setattr(tasks.run.staging, "put_staged", denied_put)
     with InvokeCounter(path) as first, pytest.raises(Exception, match="AccessDenied"):
-        run(path, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
+        run(dep, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
     monkeypatch.setattr(tasks.run.staging, "put_staged", real_put)
     interrupted = load_manifest("stage1", prof)
     assert interrupted is not None and not interrupted.staged
     assert 0 < first.total < 15, "invocations should have started before staging ended"
 
     with InvokeCounter(path) as second:
-        result, table = run(path, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
+        result, table = run(dep, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
     assert result["resumed"] is True
     assert_ledger(result, table, 60)
     assert result["completed"] == 60
@@ -348,12 +283,13 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
 
 
 def test_two_concurrent_runs_share_the_endpoint_cap(
-    deployed: Callable[..., str],
+    deploy_echo: Callable[..., Deployment],
     tmp_path: Path,
     localcloud: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = deployed(cap=3, slots=4, environment={"ECHO_SLEEP_S": "0.2"})
+    dep = deploy_echo(cap=3, slots=4, environment={"ECHO_SLEEP_S": "0.2"})
+    path = dep.profile_path
     probe = OutstandingProbe(localcloud, load_profile(path).endpoint_name, monkeypatch)
     write_corpus(tmp_path / "a.jsonl", 24)
     (tmp_path / "b.jsonl").write_text(
@@ -374,9 +310,9 @@ def test_two_concurrent_runs_share_the_endpoint_cap(
 
 
 def test_bad_rows_are_reported_with_their_reasons(
-    deployed: Callable[..., str], tmp_path: Path
+    deploy_echo: Callable[..., Deployment], tmp_path: Path
 ) -> None:
-    path = deployed()
+    dep = deploy_echo()
     rows = [
         {"id": "ok-1", "text": "a fine document"},
         {"id": "", "text": "no id here"},
@@ -387,7 +323,7 @@ def test_bad_rows_are_reported_with_their_reasons(
     ]
     corpus = tmp_path / "bad.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
-    result, table = run(path, corpus, batch_size=4, run_key="badrows")
+    result, table = run(dep, corpus, batch_size=4, run_key="badrows")
     assert_ledger(result, table, 7)
     assert result["completed"] == 2
     assert result["rejected"] == 5
@@ -404,11 +340,11 @@ def test_bad_rows_are_reported_with_their_reasons(
     # A run key names one corpus: reusing it for other inputs is refused, not silently mixed.
     write_corpus(tmp_path / "other.jsonl", 3)
     with pytest.raises(ValueError, match="belongs to another run"):
-        run(path, tmp_path / "other.jsonl", batch_size=4, run_key="badrows")
+        run(dep, tmp_path / "other.jsonl", batch_size=4, run_key="badrows")
 
 
 @pytest.mark.soak
-def test_ten_thousand_documents(deployed: Callable[..., str], tmp_path: Path) -> None:
+def test_ten_thousand_documents(deploy_echo: Callable[..., Deployment], tmp_path: Path) -> None:
     """10,000 documents through the echo model: a few hundred task runs, not one per document."""
     import resource
     import time
@@ -418,7 +354,9 @@ def test_ten_thousand_documents(deployed: Callable[..., str], tmp_path: Path) ->
 
     from flows.process_documents import process_documents
 
-    path = deployed(cap=16, slots=8)
+    dep = deploy_echo(cap=16, slots=8)
+
+    path = dep.profile_path
     write_corpus(tmp_path / "big.jsonl", 10_000)
     started = time.monotonic()
     state = process_documents(
@@ -430,7 +368,7 @@ def test_ten_thousand_documents(deployed: Callable[..., str], tmp_path: Path) ->
     )
     wall = time.monotonic() - started
     result = state.result()
-    table = read_table(result, path)
+    table = read_results(result, dep.profile)
     assert_ledger(result, table, 10_000)
     assert result["completed"] == 10_000
     runs: list[Any] = []

@@ -6,13 +6,16 @@ import io
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from tasks.aws.clients import aws_client
-from tasks.run.manifest import split_s3_uri
+from tasks.aws.s3 import split_s3_uri
 from tasks.settings import Profile
+
+if TYPE_CHECKING:
+    from tests.runs import RunOutcome
 
 LEDGERS: list[Ledger] = []
 
@@ -119,3 +122,31 @@ def record(ledger: Ledger) -> Ledger:
     print("[ledger-json] " + json.dumps(ledger.as_dict(), default=str))
     LEDGERS.append(ledger)
     return ledger
+
+
+def ledger_of(
+    scenario: str,
+    load: str,
+    outcome: RunOutcome,
+    ids: list[str],
+    *,
+    localcloud: Any,
+    endpoint: str,
+    input_rows: int | None = None,
+    **notes: Any,
+) -> Ledger:
+    """Compute, print and keep the ledger of a run."""
+    stats = localcloud.stats.snapshot().get(endpoint, {})
+    return record(
+        compute_ledger(
+            scenario,
+            load,
+            input_ids=ids,
+            input_rows=len(ids) if input_rows is None else input_rows,
+            result=outcome.result,
+            table=outcome.table,
+            endpoint_stats=stats,
+            wall_s=outcome.wall_s,
+            **notes,
+        )
+    )

@@ -9,13 +9,8 @@ from typing import Any
 import pytest
 
 from tasks.aws.clients import aws_client
-from tests.reliability.conftest import (
-    Deployment,
-    EndpointProbe,
-    ledger_of,
-    run_flow,
-    write_corpus,
-)
+from tests.reliability.ledger import ledger_of
+from tests.runs import Deployment, EndpointProbe, run_flow, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

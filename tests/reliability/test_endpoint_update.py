@@ -11,7 +11,8 @@ import pytest
 
 from localcloud.testing.artifacts import upload_echo_model
 from tasks.aws.clients import aws_client
-from tests.reliability.conftest import Deployment, EndpointProbe, ledger_of, run_flow, write_corpus
+from tests.reliability.ledger import ledger_of
+from tests.runs import Deployment, EndpointProbe, run_flow, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.conftest import EndpointProbe, RunOutcome, ledger_of, write_corpus
-from tests.reliability.ledger import read_results
+from tests.reliability.ledger import ledger_of, read_results
 from tests.reliability.test_process_kill import finish, start_flow
+from tests.runs import EndpointProbe, RunOutcome, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.conftest import EndpointProbe, ledger_of, run_flow, write_corpus
+from tests.reliability.ledger import ledger_of
+from tests.runs import EndpointProbe, run_flow, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -13,15 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.conftest import (
-    Deployment,
-    EndpointProbe,
-    RunOutcome,
-    ledger_of,
-    unique_run_key,
-    write_corpus,
-)
-from tests.reliability.ledger import read_results
+from tests.reliability.ledger import ledger_of, read_results
+from tests.runs import Deployment, EndpointProbe, RunOutcome, unique_run_key, write_corpus
 
 DOCS = 2000
 BATCH = 16

@@ -22,14 +22,8 @@ from tasks.aws.clients import aws_client, clear_client_cache
 from tasks.aws.iam import account_id, render_policies
 from tasks.run.notifications import EndpointOutputs, close_run_queue, open_run_queue
 from tasks.settings import Profile, load_profile
-from tests.reliability.conftest import (
-    Deployment,
-    ledger_of,
-    read_results,
-    run_flow,
-    unique_run_key,
-    write_corpus,
-)
+from tests.reliability.ledger import ledger_of, read_results
+from tests.runs import Deployment, run_flow, unique_run_key, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

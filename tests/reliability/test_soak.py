@@ -10,21 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.conftest import (
-    EndpointProbe,
-    RunOutcome,
-    ledger_of,
-    run_flow,
-    unique_run_key,
-    write_corpus,
-)
-from tests.reliability.ledger import read_results
+from tests.reliability.ledger import ledger_of, read_results
 from tests.reliability.test_process_kill import (
     finish,
     free_slots_of_killed_run,
     kill_at,
     start_flow,
 )
+from tests.runs import EndpointProbe, RunOutcome, run_flow, unique_run_key, write_corpus
 
 pytestmark = [pytest.mark.soak, pytest.mark.usefixtures("prefect_harness")]
 

@@ -13,7 +13,8 @@ import pytest
 
 from tasks.aws.clients import aws_client
 from tasks.settings import load_profile
-from tests.reliability.conftest import Deployment, EndpointProbe, ledger_of, run_flow, write_corpus
+from tests.reliability.ledger import ledger_of
+from tests.runs import Deployment, EndpointProbe, run_flow, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
