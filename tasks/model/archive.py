@@ -25,7 +25,7 @@ from tasks.aws.s3 import (
     TransferProgress,
     sha256_file,
 )
-from tasks.model.sources import ModelSourceError, default_cache_dir, model_files
+from tasks.model.folder import ModelSourceError, default_cache_dir, model_files
 
 DEFAULT_CODE_DIR = Path(__file__).resolve().parents[2] / "inference"
 

@@ -18,8 +18,8 @@ from flows.package_model import package_model
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import BucketNotFoundError, parse_s3_uri
 from tasks.model.archive import DEFAULT_CODE_DIR
+from tasks.model.folder import ModelSourceError
 from tasks.model.packaging import ModelArtifact, read_artifact_manifest
-from tasks.model.sources import ModelSourceError
 from tasks.settings import Profile, load_profile
 from tests.flows.endpoint_helpers import profile_file
 from tests.tiny_models import make_tiny_model

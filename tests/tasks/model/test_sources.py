@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from tasks.model.archive import summarize_weights
+from tasks.model.folder import ModelSourceError, model_files
 from tasks.model.sources import (
-    ModelSourceError,
     SourceKind,
     classify_source,
     default_model_name,
-    model_files,
     resolve_hub,
     resolve_source,
     smollm2_gguf_path,
