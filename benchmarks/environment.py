@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import uuid
 from contextlib import ExitStack
-from types import TracebackType
 from typing import Any
 
 from benchmarks.spec import EndpointInfo
@@ -45,12 +44,7 @@ class BenchEnvironment:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
 
     def _overrides(self) -> dict[str, str]:

@@ -13,7 +13,6 @@ import hashlib
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 
 from tasks.aws.s3 import split_s3_uri
 from tasks.settings import Profile
@@ -33,12 +32,7 @@ class OutputSpool:
     def __enter__(self) -> OutputSpool:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
