@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.artifacts import artifact_key
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import require_bucket
 from tasks.model.archive import BuiltArchive, build_archive, discard_archive
-from tasks.model.packaging import ModelArtifact, summary_markdown, upload_archive
+from tasks.model.packaging import ModelArtifact, artifact_markdown, upload_archive
 from tasks.model.sources import DEFAULT_SOURCE, ResolvedModel, default_model_name, resolve_source
 from tasks.settings import load_profile
-
-
-def artifact_key(name: str) -> str:
-    """A Prefect artifact key for a model name (lowercase letters, digits and dashes only)."""
-    return "model-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "unnamed")
 
 
 @task(name="check-bucket", cache_policy=NO_CACHE)
@@ -80,8 +75,8 @@ def upload_model_archive(built: BuiltArchive, profile: str, uncompressed: bool) 
     finally:
         discard_archive(built)
     create_markdown_artifact(
-        summary_markdown(artifact),
-        key=artifact_key(artifact.name),
+        artifact_markdown(artifact),
+        key=artifact_key("model", artifact.name),
         description=f"model artifact {artifact.name}",
     )
     if artifact.uploaded_bytes == 0:

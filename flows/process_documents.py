@@ -12,7 +12,7 @@ from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.batching import compute_run_key
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.driver import DriveStats, drive_run
-from tasks.run.layout import artifact_key, validate_run_key
+from tasks.run.layout import run_artifact_key, validate_run_key
 from tasks.run.manifest import RunManifest
 from tasks.run.notifications import (
     EndpointOutputs,
@@ -91,17 +91,19 @@ def publish_artifacts(summary: RunSummary, preview: Preview, run_key: str) -> No
 
     create_markdown_artifact(
         summary_markdown(summary),
-        key=artifact_key(run_key, "summary"),
+        key=run_artifact_key(run_key, "summary"),
         description="process-documents summary",
     )
     if preview.results:
         create_table_artifact(
-            preview.results, key=artifact_key(run_key, "results"), description="first result rows"
+            preview.results,
+            key=run_artifact_key(run_key, "results"),
+            description="first result rows",
         )
     if summary.failed or summary.rejected:
         create_table_artifact(
             preview.failures,
-            key=artifact_key(run_key, "failures"),
+            key=run_artifact_key(run_key, "failures"),
             description=f"{summary.failed} failed and {summary.rejected} rejected documents "
             f"with their reasons (first {TABLE_ROWS}; all in {summary.failures_uri})",
         )

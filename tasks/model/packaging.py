@@ -202,7 +202,7 @@ def read_artifact_manifest(client: Any, manifest_uri: str) -> ArtifactManifest:
     return ArtifactManifest.model_validate_json(body)
 
 
-def summary_markdown(artifact: ModelArtifact) -> str:
+def artifact_markdown(artifact: ModelArtifact) -> str:
     """A short Markdown description of an uploaded artifact (for the Prefect UI)."""
     sent = (
         f"{artifact.uploaded_bytes:,} bytes uploaded"

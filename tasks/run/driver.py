@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from tasks.aws.sagemaker_runtime import InvokeRequest, InvokeResult, InvokeSettings, invoke_one
 from tasks.run.batching import BatchPayload
 from tasks.run.capacity import CapShare, cap_share, require_invocation_limit
-from tasks.run.layout import artifact_key
+from tasks.run.layout import run_artifact_key
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
 from tasks.run.notifications import (
     EndpointOutputs,
@@ -361,7 +361,7 @@ def drive_run(
         rate_per_second=profile.invoke_rate_per_second,
     )
     documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
-    with RunProgress(documents, key=artifact_key(manifest.run_key, "progress")) as progress:
+    with RunProgress(documents, key=run_artifact_key(manifest.run_key, "progress")) as progress:
 
         def report(m: RunManifest) -> None:
             counts = m.document_counts()

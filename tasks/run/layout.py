@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from tasks.artifacts import artifact_key
 from tasks.aws.s3 import split_s3_uri
 from tasks.settings import Profile
 
@@ -96,6 +97,6 @@ def queue_name(endpoint: str, run_key: str, suffix: str = "") -> str:
     return f"docflow-{endpoint[:room]}-{digest}-{run_key}{suffix}"
 
 
-def artifact_key(run_key: str, kind: str) -> str:
-    """The Prefect artifact key of a run's ``kind`` (lowercase letters, digits, dashes)."""
-    return "docflow-" + re.sub(r"[^a-z0-9-]+", "-", f"{run_key}-{kind}".lower()).strip("-")
+def run_artifact_key(run_key: str, kind: str) -> str:
+    """The Prefect artifact key of a run's ``kind`` (summary, results, failures, progress)."""
+    return artifact_key("docflow", run_key, kind)
