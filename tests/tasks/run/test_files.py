@@ -1,0 +1,159 @@
+"""Folder corpora of real files: every file read or rejected once, with its text or its reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import documents as make
+from tasks.aws import aws_client
+from tasks.corpus import load_corpus
+from tasks.run.extract import decode_text, extract
+from tasks.settings import Profile
+
+# File -> a sentence its extracted text must contain.
+KNOWN = {
+    "reports/annual.pdf": "The bridge opened to traffic in May after two years of work.",
+    "reports/q3/memo.docx": "Revenue rose by twelve percent in the third quarter.",
+    "web/story.html": "The river festival drew forty thousand visitors this weekend.",
+    "mail/minutes.eml": "Please send your comments on the draft before Friday noon.",
+    "notes/readme.md": "Markdown notes keep their headings and lists.",
+    "text/utf8.txt": "Zoë paid 12 € for crème brûlée in Kraków.",
+    "text/latin1.txt": "Le café était déjà fermé à minuit, dit-il à sa sœur.".replace("œ", "oe"),
+    "text/utf16.txt": "Die Straße nach Köln war gesperrt, sagte der Fahrer.",
+}
+# File -> words its rejection reason must contain.
+REJECTED = {
+    "reports/locked.pdf": ("encrypted PDF", "`corpus`"),
+    "scans/scan.pdf": ("no text layer; OCR is not supported", "`corpus`"),
+    "bin/blob.bin": ("unsupported type .bin", "`corpus`"),
+    "text/empty.txt": ("is empty (0 bytes)", "`corpus`"),
+    "text/binary.txt": ("binary, not text", "`corpus`"),
+    "web/blank.html": ("no text after extraction", "`corpus`"),
+}
+
+
+def mixed_folder(root: Path) -> Path:
+    """One real file of each kind, in nested folders, plus every kind of file that is rejected."""
+    files = {
+        "reports/annual.pdf": make.pdf_bytes(
+            KNOWN["reports/annual.pdf"], pages=3, title="Annual report", author="City Council"
+        ),
+        "reports/q3/memo.docx": make.docx_bytes(
+            KNOWN["reports/q3/memo.docx"], title="Q3 memo", author="Finance"
+        ),
+        "web/story.html": make.html_bytes(KNOWN["web/story.html"], title="River festival"),
+        "mail/minutes.eml": make.eml_bytes(
+            KNOWN["mail/minutes.eml"], subject="Draft minutes", sender="ann@example.org"
+        ),
+        "notes/readme.md": make.markdown_bytes(KNOWN["notes/readme.md"], title="Notes"),
+        "text/utf8.txt": make.text_bytes(KNOWN["text/utf8.txt"], "utf-8"),
+        "text/latin1.txt": make.text_bytes(KNOWN["text/latin1.txt"], "latin-1"),
+        "text/utf16.txt": make.text_bytes(KNOWN["text/utf16.txt"], "utf-16"),
+        "reports/locked.pdf": make.pdf_bytes("Secret numbers.", user_password="open-sesame"),
+        "scans/scan.pdf": make.scanned_pdf_bytes(),
+        "bin/blob.bin": bytes(range(256)) * 4,
+        "text/empty.txt": b"",
+        "text/binary.txt": b"\x00\x01\x02\x03binary\x00\xff\xfe\x00" * 8 + b"\x89PNG",
+        "web/blank.html": b"<html><head><title>x</title></head><body><nav></nav></body></html>",
+    }
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def test_every_file_of_a_mixed_folder_is_read_or_rejected_once(tmp_path: Path) -> None:
+    folder = mixed_folder(tmp_path / "corpus")
+    corpus = load_corpus(str(folder))
+    read = {d.doc_id: d for d in corpus.documents}
+    rejected = {r.doc_id: r for r in corpus.rejected}
+    ids = [d.doc_id for d in corpus.documents] + [r.doc_id for r in corpus.rejected]
+    assert sorted(ids) == sorted([*KNOWN, *REJECTED])  # every file exactly once
+    assert corpus.size == len(KNOWN) + len(REJECTED)
+    for name, sentence in KNOWN.items():
+        assert sentence in " ".join(read[name].text.split()), (name, read[name].text[:300])
+    for name, needles in REJECTED.items():
+        for needle in needles:
+            assert needle in rejected[name].reason, (name, rejected[name].reason)
+    # Rows are numbered from 1 in file-name order and are unique: the results table's key.
+    rows = sorted([d.row for d in corpus.documents] + [r.row for r in corpus.rejected])
+    assert rows == list(range(1, corpus.size + 1))
+
+
+def test_format_metadata_becomes_columns(tmp_path: Path) -> None:
+    folder = mixed_folder(tmp_path / "corpus")
+    docs = {d.doc_id: d.metadata for d in load_corpus(str(folder)).documents}
+    pdf = docs["reports/annual.pdf"]
+    assert (pdf["format"], pdf["title"], pdf["author"], pdf["pages"]) == (
+        "pdf",
+        "Annual report",
+        "City Council",
+        3,
+    )
+    assert pdf["path"] == "reports/annual.pdf"
+    assert pdf["bytes"] == (folder / "reports/annual.pdf").stat().st_size
+    assert len(pdf["sha256"]) == 64
+    memo = docs["reports/q3/memo.docx"]
+    assert (memo["format"], memo["title"], memo["author"]) == ("docx", "Q3 memo", "Finance")
+    mail = docs["mail/minutes.eml"]
+    assert (mail["title"], mail["author"]) == ("Draft minutes", "ann@example.org")
+    assert mail["date"].startswith("Wed, 04 Mar 2026 09:30")
+    assert docs["web/story.html"]["title"] == "River festival"
+    assert docs["notes/readme.md"]["title"] == "Notes"
+    # Every document has the same columns, so the results table has one schema.
+    assert len({tuple(sorted(m)) for m in docs.values()}) == 1
+
+
+def test_html_keeps_the_article_and_drops_navigation() -> None:
+    text = extract("page.html", make.html_bytes("The main story sentence.")).text
+    assert "The main story sentence." in text
+    for boilerplate in ("Menu section", "Site banner", "Copyright notice"):
+        assert boilerplate not in text
+
+
+def test_eml_with_an_html_body() -> None:
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["Subject"], message["From"] = "Offer", "shop@example.org"
+    message.set_content(
+        "<html><body><p>Half price on all kettles until Sunday.</p></body></html>", subtype="html"
+    )
+    extracted = extract("offer.eml", bytes(message))
+    assert "Half price on all kettles until Sunday." in extracted.text
+    assert "<p>" not in extracted.text and extracted.title == "Offer"
+
+
+@pytest.mark.parametrize(
+    "encoding", ["utf-8", "utf-8-sig", "latin-1", "cp1252", "utf-16", "utf-16-le"]
+)
+def test_plain_text_in_common_encodings(encoding: str) -> None:
+    sentence = "Le garçon a payé ses crêpes à la fête de Noël."
+    assert sentence in decode_text("a.txt", make.text_bytes(sentence, encoding))
+
+
+def test_a_folder_of_table_files_names_the_other_files(tmp_path: Path) -> None:
+    (tmp_path / "docs.jsonl").write_text('{"id": "a", "text": "one"}\n')
+    (tmp_path / "README.md").write_text("# about this data\n")
+    corpus = load_corpus(str(tmp_path))
+    assert [d.doc_id for d in corpus.documents] == ["a"] and corpus.rejected == []
+    assert len(corpus.ignored) == 1 and "'README.md' was not read" in corpus.ignored[0]
+    assert "`corpus`" in corpus.ignored[0]
+
+
+def test_an_s3_prefix_is_read_like_a_folder(profile: Profile, tmp_path: Path) -> None:
+    folder = mixed_folder(tmp_path / "corpus")
+    s3 = aws_client("s3", profile)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = f"corpora/mixed/{path.relative_to(folder).as_posix()}"
+        s3.put_object(Bucket=profile.bucket, Key=key, Body=path.read_bytes())
+    corpus = load_corpus(f"s3://{profile.bucket}/corpora/mixed/", profile=profile)
+    local = load_corpus(str(folder))
+    assert [d.doc_id for d in corpus.documents] == [d.doc_id for d in local.documents]
+    assert [(r.doc_id, r.reason) for r in corpus.rejected] == [
+        (r.doc_id, r.reason) for r in local.rejected
+    ]
+    assert corpus.fingerprint == local.fingerprint
