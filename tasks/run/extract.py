@@ -234,10 +234,16 @@ def _text(name: str, data: bytes) -> Extracted:
 
 def decode_text(name: str, data: bytes) -> str:
     """Text in UTF-8 (with or without BOM), UTF-16 (BOM or not) or a legacy 8-bit encoding."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8", errors="replace")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16", errors="replace")
+    for bom, encoding in (
+        (b"\xef\xbb\xbf", "utf-8-sig"),
+        (b"\xff\xfe", "utf-16"),
+        (b"\xfe\xff", "utf-16"),
+    ):
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                break  # not what its first bytes claim: look at it as bytes
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
