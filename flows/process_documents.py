@@ -221,7 +221,8 @@ def build_template(
             }
         )
     except ValidationError as exc:
-        raise ValueError(one_sentence(exc)) from None
+        whole = "custom_template" if template == "custom" else "template"
+        raise ValueError(one_sentence(exc, whole=whole)) from None
 
 
 def submit_and_wait(

@@ -10,15 +10,20 @@ from pydantic import ValidationError
 FLOW_PARAMETERS = {"kind": "template", "template": "custom_template"}
 
 
-def one_sentence(exc: ValidationError, parameters: dict[str, str] | None = None) -> str:
-    """A pydantic ValidationError as one sentence naming the flow parameters involved."""
+def one_sentence(
+    exc: ValidationError, parameters: dict[str, str] | None = None, whole: str | None = None
+) -> str:
+    """A pydantic ValidationError as one sentence naming the flow parameters involved.
+
+    ``whole``: the parameter to name for an error about the model as a whole (no field).
+    """
     names = {**FLOW_PARAMETERS, **(parameters or {})}
     parts = []
     for error in exc.errors():
         message = str(error.get("msg", "")).removeprefix("Value error, ")
         loc = [str(p) for p in error.get("loc", ())]
-        if loc:
-            field = names.get(loc[0], loc[0])
+        field = names.get(loc[0], loc[0]) if loc else whole
+        if field:
             message = f"{field}: {message}"
         parts.append(message)
     return "; ".join(parts)
