@@ -106,3 +106,29 @@ def test_an_s3_prefix_is_read_like_a_folder(profile: Profile, tmp_path: Path) ->
         (r.doc_id, r.reason) for r in local.rejected
     ]
     assert corpus.fingerprint == local.fingerprint
+
+
+def test_files_are_read_one_at_a_time() -> None:
+    """A folder's files are read as its rows are consumed, never all at once."""
+    from tasks.run.files import read_documents
+
+    reads: list[str] = []
+
+    def read(name: str) -> bytes:
+        reads.append(name)
+        return make.text_bytes(f"Document {name}.")
+
+    names = [f"d{i}.txt" for i in range(5)] + ["video.mp4"]
+    files = read_documents(names, read)
+    assert next(files).text is not None and reads == ["d0.txt"]
+    rest = list(files)
+    assert reads == names[:5]  # the unsupported file is rejected without being read
+    assert rest[-1].reason is not None and "unsupported type .mp4" in rest[-1].reason
+
+
+def test_extraction_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.extraction import main
+
+    assert main(["--files", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "pdf (3 pages)" in out and "all formats" in out and "files/s" in out
