@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.run.extract import supported
 from tasks.run.files import (
     DATA_SUFFIXES,
     FileDocument,
@@ -300,6 +301,8 @@ def _read_rows(uri: str, profile: Profile | None) -> tuple[Iterable[_Row], bool]
         raise CorpusError(
             f"corpus {uri} does not exist; give a path or s3:// URI to a {', '.join(SUPPORTED)}"
         )
+    if path.is_file() and supported(path.name):  # one document: a folder of one file
+        return _folder_rows(uri, [path.name], lambda rel: (path.parent / rel).read_bytes())
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -360,6 +363,11 @@ def _read_s3(uri: str, profile: Profile | None) -> tuple[Iterable[_Row], bool]:
         if suffix in _DATA_SUFFIXES:
             prefix = ""
             return _parse(uri, suffix, read(key)), False
+        if supported(key):  # one document: a folder of one object (which must exist)
+            s3.head_object(Bucket=bucket, Key=key)
+            prefix, _, name = key.rpartition("/")
+            prefix = prefix + "/" if prefix else ""
+            return _folder_rows(uri, [name], read)
         prefix = key if not key or key.endswith("/") else key + "/"
         names: list[str] = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):

@@ -132,3 +132,20 @@ def test_extraction_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--files", "2"]) == 0
     out = capsys.readouterr().out
     assert "pdf (3 pages)" in out and "all formats" in out and "files/s" in out
+
+
+def test_a_single_document_file_is_a_corpus_of_one(profile: Profile, tmp_path: Path) -> None:
+    path = tmp_path / "report.pdf"
+    path.write_bytes(make.pdf_bytes("One report on its own.", pages=2))
+    corpus = load_corpus(str(path))
+    assert [(d.doc_id, d.row, d.metadata["pages"]) for d in corpus.documents] == [
+        ("report.pdf", 1, 2)
+    ]
+    s3 = aws_client("s3", profile)
+    s3.put_object(Bucket=profile.bucket, Key="one/report.pdf", Body=path.read_bytes())
+    remote = load_corpus(f"s3://{profile.bucket}/one/report.pdf", profile=profile)
+    assert remote.fingerprint == corpus.fingerprint
+    from tasks.corpus import CorpusError
+
+    with pytest.raises(CorpusError, match="cannot be read from S3"):
+        load_corpus(f"s3://{profile.bucket}/one/missing.pdf", profile=profile)
