@@ -58,3 +58,12 @@ def process_run_name() -> str:
     parameters = flow_run.parameters
     template = parameters.get("template", "summarize")
     return f"{template}-{short_corpus_name(str(parameters.get('corpus', 'corpus')))}"
+
+
+def end_to_end_run_name() -> str:
+    """end-to-end run name: ``<model>-on-<corpus>``, each the last part of its path."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    model = short_corpus_name(str(parameters.get("model_source", "model")))
+    return f"{model}-on-{short_corpus_name(str(parameters.get('corpus', 'corpus')))}"
