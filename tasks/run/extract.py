@@ -152,8 +152,8 @@ def _docx(name: str, data: bytes) -> Extracted:
     except Exception as exc:  # zipfile.BadZipFile, KeyError, lxml errors
         if data.startswith(b"\xd0\xcf\x11\xe0"):  # an OLE container: encrypted (or legacy .doc)
             raise Unreadable(
-                f"file {name!r} is an encrypted (password-protected) Word file; save an "
-                f"unencrypted copy {REMOVE}"
+                f"file {name!r} is an encrypted (password-protected) Word file, or an old .doc "
+                f"renamed .docx; save it as an unencrypted .docx {REMOVE}"
             ) from exc
         raise Unreadable(f"file {name!r} is not a readable DOCX ({exc}); {MOVE}") from exc
     parts = [p.text for p in document.paragraphs]

@@ -149,3 +149,28 @@ def test_a_single_document_file_is_a_corpus_of_one(profile: Profile, tmp_path: P
 
     with pytest.raises(CorpusError, match="cannot be read from S3"):
         load_corpus(f"s3://{profile.bucket}/one/missing.pdf", profile=profile)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "words"),
+    [
+        ("damaged.pdf", b"%PDF-1.4\n1 0 obj garbage", "is not a readable PDF"),
+        (
+            "locked.docx",
+            b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(512),
+            "encrypted (password-protected) Word",
+        ),
+        ("damaged.docx", b"PK\x03\x04 not really a zip", "is not a readable DOCX"),
+        ("noheaders.eml", b"\n\njust a body", "is not an e-mail"),
+        ("legacy.doc", b"\xd0\xcf\x11\xe0", "unsupported type .doc"),
+        ("README", b"no suffix", "unsupported type (no suffix)"),
+    ],
+)
+def test_damaged_and_unknown_files_are_rejected_with_their_reason(
+    name: str, data: bytes, words: str
+) -> None:
+    from tasks.run.files import read_document
+
+    file = read_document(name, lambda _: data)
+    assert file.text is None and file.reason is not None
+    assert words in file.reason and "`corpus`" in file.reason, file.reason
