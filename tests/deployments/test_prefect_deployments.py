@@ -322,7 +322,7 @@ def test_deployment_run_processes_documents_to_completed_with_artifacts(
     flow_run, artifacts = _flow_run_and_artifacts(stack.state.api_url, run_id)
     assert flow_run.state is not None and flow_run.state.is_completed()
     assert flow_run.deployment_id is not None
-    assert flow_run.name == f"summarize-{corpus}"  # the UI timeline says what it worked on
+    assert flow_run.name == f"summarize-{corpus.name}"  # short: the last part of the path
     kinds = {a.type for a in artifacts}
     assert {"progress", "table", "markdown"} <= kinds, [(a.key, a.type) for a in artifacts]
     # The flow's return value was persisted through the S3Bucket block into localcloud.
