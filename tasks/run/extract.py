@@ -234,8 +234,20 @@ def _eml(name: str, data: bytes) -> Extracted:
         format="eml",
         title=_header(message, "subject"),
         author=_header(message, "from"),
-        date=_header(message, "date"),
+        date=_iso_date(_header(message, "date")),
     )
+
+
+def _iso_date(value: str | None) -> str | None:
+    """An e-mail Date header as ISO 8601, like the other formats' dates (as written if odd)."""
+    from email.utils import parsedate_to_datetime
+
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).isoformat()
+    except (TypeError, ValueError):
+        return value
 
 
 def _header(message: EmailMessage, key: str) -> str | None:
