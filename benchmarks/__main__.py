@@ -49,12 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs of docflow and the hand-written client per size; the median is reported",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes")
+    parser.add_argument(
+        "--extraction",
+        action="store_true",
+        help="only time text extraction per format on generated files (benchmarks/extraction.py)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; exit 1 when any section failed (the others are still reported)."""
     args = build_parser().parse_args(argv)
+    if args.extraction:
+        from benchmarks.extraction import main as extraction
+
+        return extraction(["--files", "10" if args.quick else "50"])
     cfg = QUICK if args.quick else FULL
     if args.sizes:
         sizes = tuple(int(x) for x in args.sizes.split(","))

@@ -9,9 +9,10 @@ from prefect import flow
 from flows.deploy_endpoint import deploy_endpoint
 from flows.package_model import package_model
 from flows.process_documents import process_documents
+from tasks.run.messages import end_to_end_run_name
 
 
-@flow(name="end-to-end", flow_run_name="{model_source}-on-{corpus}")
+@flow(name="end-to-end", flow_run_name=end_to_end_run_name)
 def end_to_end(
     corpus: str = "datasets/sample",
     profile: str = "local",

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
 
 from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.batching import compute_run_key
@@ -14,6 +15,7 @@ from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.driver import DriveStats, drive_run
 from tasks.run.layout import run_artifact_key, validate_run_key
 from tasks.run.manifest import RunManifest
+from tasks.run.messages import one_sentence, process_run_name, template_problem
 from tasks.run.notifications import (
     EndpointOutputs,
     RunQueue,
@@ -34,12 +36,17 @@ TABLE_ROWS = 20
 
 
 @task(name="load-corpus", cache_policy=NO_CACHE)
-def load_documents(uri: str, mapping: ColumnMapping, profile: Profile) -> Corpus:
+def load_documents(
+    uri: str, mapping: ColumnMapping, profile: Profile, max_doc_bytes: int = 100_000
+) -> Corpus:
     """Read and validate the corpus; bad rows become rejected records, never silent drops."""
-    corpus = load_corpus(uri, mapping, profile=profile)
-    get_run_logger().info(
+    corpus = load_corpus(uri, mapping, profile=profile, max_doc_bytes=max_doc_bytes)
+    logger = get_run_logger()
+    logger.info(
         "corpus %s: %d documents, %d rejected", uri, len(corpus.documents), len(corpus.rejected)
     )
+    for reason in corpus.ignored:
+        logger.warning("corpus %s: %s", uri, reason)
     return corpus
 
 
@@ -116,17 +123,24 @@ def build_template(
     kinds = ("summarize", "extract", "classify", "custom")
     if template not in kinds:
         raise ValueError(f"template {template!r} is unknown; use one of {list(kinds)}")
-    return PromptTemplate.model_validate(
-        {
-            "kind": template,
-            "fields": fields or [],
-            "labels": labels or [],
-            "template": custom_template,
-        }
-    )
+    problem = template_problem(template, fields, labels, custom_template)
+    if problem:
+        raise ValueError(problem)
+    try:
+        return PromptTemplate.model_validate(
+            {
+                "kind": template,
+                "fields": fields or [],
+                "labels": labels or [],
+                "template": custom_template,
+            }
+        )
+    except ValidationError as exc:
+        whole = "custom_template" if template == "custom" else "template"
+        raise ValueError(one_sentence(exc, whole=whole)) from None
 
 
-@flow(name="process-documents", flow_run_name="{template}-{corpus}")
+@flow(name="process-documents", flow_run_name=process_run_name)
 def process_documents(
     corpus: str = "datasets/sample",
     profile: str = "local",
@@ -139,6 +153,7 @@ def process_documents(
     text_column: str = "text",
     metadata_columns: list[str] | None = None,
     max_new_tokens: int = 128,
+    max_doc_bytes: int = 100_000,
     batch_size: int = 16,
     max_batch_bytes: int = 1_000_000,
     run_key: str | None = None,
@@ -153,7 +168,8 @@ def process_documents(
     """Process a corpus on the async endpoint: one result row per document, every document accounted for.
 
     Args:
-        corpus: Local path or s3:// URI of a .jsonl/.csv/.parquet file or a folder of .txt/.md files.
+        corpus: Local path or s3:// URI of a .jsonl/.csv/.parquet file, or a folder (prefix) of
+            documents (.pdf .docx .html .eml .md .txt; every other file is rejected with its reason).
         profile: Deployment profile name (deployments/<name>.yaml) or path to one.
         endpoint: SageMaker endpoint name; default: the profile's endpoint_name.
         template: Prompt kind: summarize, extract (fields), classify (labels) or custom.
@@ -164,6 +180,7 @@ def process_documents(
         text_column: Input column holding the document text.
         metadata_columns: Columns kept as metadata; default: all other columns.
         max_new_tokens: Generation budget per document.
+        max_doc_bytes: Longest document text (UTF-8 bytes); longer ones are rejected.
         batch_size: Documents per invocation payload.
         max_batch_bytes: Bytes per invocation payload.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
@@ -183,7 +200,7 @@ def process_documents(
     params = GenerationParameters(max_new_tokens=max_new_tokens)
     mapping = ColumnMapping(id=id_column, text=text_column, metadata=metadata_columns)
 
-    loaded = load_documents(corpus, mapping, prof)
+    loaded = load_documents(corpus, mapping, prof, max_doc_bytes)
     target = describe_target(prof, endpoint_name)
     key = validate_run_key(run_key) if run_key else None
     key = key or compute_run_key(

@@ -1,26 +1,27 @@
-"""Load a corpus (JSONL, CSV, Parquet, folder of .txt/.md; local or s3://) into validated documents."""
+"""Load a corpus (JSONL, CSV, Parquet, folder of documents; local or s3://) into validated documents."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.run.extract import supported
+from tasks.run.files import (
+    DATA_SUFFIXES,
+    FileDocument,
+    is_data_file,
+    local_names,
+    not_read_beside_data,
+    read_documents,
+)
+from tasks.run.tables import SUPPORTED, BadRow, CorpusError, Row, parse_table
 from tasks.settings import Profile
-
-SUPPORTED = (".jsonl", ".csv", ".parquet", "folder of .txt/.md or of data files")
-_TEXT_SUFFIXES = (".txt", ".md")
-_DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
-
-
-class CorpusError(ValueError):
-    """The corpus source itself is unusable (missing, unreadable, empty, wrong columns)."""
 
 
 class Document(BaseModel):
@@ -61,21 +62,13 @@ class Corpus(BaseModel):
     fingerprint: str
     documents: list[Document]
     rejected: list[Rejected]
+    # Files beside the table files of a folder (a README): not rows, each named with its reason.
+    ignored: list[str] = Field(default_factory=list)
 
     @property
     def size(self) -> int:
         """Input rows: accepted plus rejected."""
         return len(self.documents) + len(self.rejected)
-
-
-class _Bad:
-    """A row that failed before it had columns (bad bytes, bad JSON)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-_Row = dict[str, Any] | _Bad
 
 
 def corpus_fingerprint(documents: list[Document]) -> str:
@@ -104,39 +97,53 @@ def load_corpus(
     """Read and validate a corpus; bad rows become Rejected, only an unusable source raises.
 
     ``uri``: a local path or s3:// URI of a .jsonl, .csv or .parquet file, or of a folder (prefix)
-    holding such files (read in name order) or else .txt/.md files (id = relative path).
+    holding such files (read in name order) or else documents: every file, recursively, is one
+    row (id = relative path), read and extracted one at a time (``tasks.run.files``).
+    Rows are numbered from 1 (``Document.row``/``Rejected.row``; a JSONL row is its line).
     """
     mapping = mapping or ColumnMapping()
     if max_doc_bytes < 1:
-        raise CorpusError(f"max_doc_bytes must be at least 1, got {max_doc_bytes}")
-    rows, is_folder = _read_rows(uri, profile)
-    if not rows:
         raise CorpusError(
-            f"corpus {uri} has no rows; point it at a non-empty {', '.join(SUPPORTED)}"
+            f"max_doc_bytes must be at least 1, got {max_doc_bytes}; set the flow parameter "
+            "max_doc_bytes to the largest document text in bytes"
         )
+    rows, is_folder = _read_rows(uri, profile)
+    ignored: list[str] = []
     if is_folder:
-        mapping = ColumnMapping()  # text files: id = relative path, text = content
+        mapping = ColumnMapping()  # document files: id = relative path, text = extracted text
     else:
-        _check_columns(uri, rows, mapping)
+        table = list(rows)
+        ignored = [r.reason for r in table if isinstance(r, BadRow) and r.ignored]
+        rows = table = [r for r in table if not (isinstance(r, BadRow) and r.ignored)]
+        if not table:
+            raise CorpusError(
+                f"corpus {uri} has no rows; point it at a non-empty {', '.join(SUPPORTED)}"
+            )
+        _check_columns(uri, table, mapping)
     documents, rejected = validate_rows(rows, mapping, max_doc_bytes=max_doc_bytes)
     return Corpus(
         source=uri,
         fingerprint=corpus_fingerprint(documents),
         documents=documents,
         rejected=rejected,
+        ignored=ignored,
     )
 
 
 def validate_rows(
-    rows: list[_Row], mapping: ColumnMapping, *, max_doc_bytes: int
+    rows: Iterable[Row], mapping: ColumnMapping, *, max_doc_bytes: int
 ) -> tuple[list[Document], list[Rejected]]:
-    """Turn raw rows into documents, each bad row into exactly one Rejected with its reason."""
+    """Turn raw rows into documents, each bad row into exactly one Rejected with its reason.
+
+    Rows are numbered from 1; ``row`` is the results table's unique key (ids may repeat there).
+    """
     documents: list[Document] = []
     rejected: list[Rejected] = []
     seen: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        if isinstance(row, _Bad):
-            rejected.append(Rejected(row=index, reason=row.reason))
+    for index, row in enumerate(rows, start=1):
+        if isinstance(row, BadRow):
+            doc_id = row.doc_id or _readable_id(row.raw, mapping.id)
+            rejected.append(Rejected(doc_id=doc_id, row=index, reason=row.reason))
             continue
         doc_id, problem = _doc_id(row.get(mapping.id), mapping.id)
         if doc_id is None:
@@ -146,7 +153,9 @@ def validate_rows(
         reason = _text_problem(text, mapping.text, max_doc_bytes)
         if reason is None and doc_id in seen:
             reason = (
-                f"duplicate id {doc_id!r}: row {seen[doc_id]} already has it; ids must be unique"
+                f"duplicate id {doc_id!r}: row {seen[doc_id]} already has it (the first "
+                f"occurrence is kept); ids must be unique: fix the column {mapping.id!r} or set "
+                "the flow parameter id_column to a unique column"
             )
         if reason is not None:
             rejected.append(Rejected(doc_id=doc_id, row=index, reason=reason))
@@ -159,35 +168,65 @@ def validate_rows(
     return documents, rejected
 
 
+def _readable_id(raw: str | None, column: str) -> str | None:
+    """The id of a broken JSONL line when its ``"<column>": <string or integer>`` pair is intact."""
+    if not raw:
+        return None
+    match = re.search(rf'"{re.escape(column)}"\s*:\s*("(?:[^"\\\n]|\\.)*"|-?\d+)(?=\s*[,}}])', raw)
+    if match is None:
+        return None
+    try:
+        value = json.loads(match.group(1))
+    except json.JSONDecodeError:
+        return None
+    doc_id, _ = _doc_id(value, column)
+    return doc_id
+
+
 def _doc_id(value: Any, column: str) -> tuple[str | None, str]:
     """The id as a string, or None and the reason it is unusable."""
     if isinstance(value, bool):
-        return None, f"id in column {column!r} is a boolean ({value}); use a string or integer"
+        return None, (
+            f"id in column {column!r} is a boolean ({value}); use a string or integer, or set "
+            "the flow parameter id_column to another column"
+        )
     if isinstance(value, int):
         return str(value), ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value)), ""
     if value is None or (isinstance(value, str) and not value.strip()):
-        return None, f"missing id (column {column!r} is absent or empty)"
+        return None, (
+            f"missing id (column {column!r} is absent or empty); fill it in, or set the flow "
+            "parameter id_column to the column that holds the ids"
+        )
     if isinstance(value, str):
         return value.strip(), ""
     kind = type(value).__name__
-    return None, f"id in column {column!r} is a {kind}; use a string or integer"
+    return None, (
+        f"id in column {column!r} is a {kind}; use a string or integer, or set the flow "
+        "parameter id_column to another column"
+    )
 
 
 def _text_problem(text: Any, column: str, max_doc_bytes: int) -> str | None:
     """Why the text cannot be used, or None when it can."""
     if text is None:
-        return f"missing text (column {column!r} is absent or null)"
+        return (
+            f"missing text (column {column!r} is absent or null); fill it in, or set the flow "
+            "parameter text_column to the column that holds the text"
+        )
     if not isinstance(text, str):
-        return f"text in column {column!r} is a {type(text).__name__}, not a string"
+        return (
+            f"text in column {column!r} is a {type(text).__name__}, not a string; set the flow "
+            "parameter text_column to the column that holds the text"
+        )
     if not text.strip():
         return f"empty text (column {column!r} is empty or whitespace); fill in the text or remove the row"
     size = len(text.encode("utf-8"))
     if size > max_doc_bytes:
         return (
             f"text is {size} bytes, over max_doc_bytes={max_doc_bytes}; "
-            "split the document or raise max_doc_bytes"
+            "split the document or raise the flow parameter max_doc_bytes"
         )
     return None
 
@@ -199,7 +238,7 @@ def _metadata(row: dict[str, Any], mapping: ColumnMapping) -> dict[str, Any]:
     return {k: row.get(k) for k in mapping.metadata}
 
 
-def _check_columns(uri: str, rows: list[_Row], mapping: ColumnMapping) -> None:
+def _check_columns(uri: str, rows: list[Row], mapping: ColumnMapping) -> None:
     """A mapping column that no row has is a usage error, not a bad row."""
     present: set[str] = set()
     for row in rows:
@@ -212,34 +251,32 @@ def _check_columns(uri: str, rows: list[_Row], mapping: ColumnMapping) -> None:
     if missing:
         raise CorpusError(
             f"corpus {uri} has no column {', '.join(repr(c) for c in missing)}; its columns are "
-            f"{sorted(present)}; pass ColumnMapping(id=..., text=..., metadata=[...]) to map them"
+            f"{sorted(present)}; set the flow parameters id_column, text_column (and "
+            "metadata_columns) to the columns that hold the id, the text (and the metadata)"
         )
 
 
 # --- reading sources -------------------------------------------------------------------------
 
 
-def _read_rows(uri: str, profile: Profile | None) -> tuple[list[_Row], bool]:
-    """Raw rows of the source and whether they come from text files (id = relative path)."""
+def _read_rows(uri: str, profile: Profile | None) -> tuple[Iterable[Row], bool]:
+    """Raw rows of the source and whether they come from document files (id = relative path)."""
     if uri.startswith("s3://"):
         return _read_s3(uri, profile)
     path = Path(uri).expanduser()
     if path.is_dir():
-        files = {
-            p.relative_to(path).as_posix(): p
-            for p in path.rglob("*")
-            if p.is_file() and not _hidden(p.relative_to(path).parts)
-        }
-        return _folder_rows(uri, list(files), lambda rel: files[rel].read_bytes())
+        return _folder_rows(uri, local_names(path), lambda rel: (path / rel).read_bytes())
     if not path.exists():
         raise CorpusError(
             f"corpus {uri} does not exist; give a path or s3:// URI to a {', '.join(SUPPORTED)}"
         )
+    if path.is_file() and supported(path.name):  # one document: a folder of one file
+        return _folder_rows(uri, [path.name], lambda rel: (path.parent / rel).read_bytes())
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CorpusError(f"corpus {uri} cannot be read: {exc}") from exc
-    return _parse(uri, path.suffix.lower(), data), False
+    return parse_table(uri, path.suffix.lower(), data), False
 
 
 def _hidden(parts: tuple[str, ...]) -> bool:
@@ -248,30 +285,41 @@ def _hidden(parts: tuple[str, ...]) -> bool:
 
 def _folder_rows(
     uri: str, names: list[str], read: Callable[[str], bytes]
-) -> tuple[list[_Row], bool]:
-    """A folder's data files (.jsonl/.csv/.parquet) if it has any, else its .txt/.md files."""
-    data_files = sorted(n for n in names if PurePosixPath(n).suffix.lower() in _DATA_SUFFIXES)
+) -> tuple[Iterable[Row], bool]:
+    """A folder's data files (.jsonl/.csv/.parquet) if it has any, else its documents.
+
+    Every other file is a row too: rejected beside data files, else extracted or rejected
+    with its reason (``tasks.run.files``), one file at a time as the rows are consumed.
+    """
+    names = sorted(names)
+    if not names:
+        raise CorpusError(f"folder {uri} has no files; check the path given as `corpus`")
+    data_files = [n for n in names if is_data_file(n)]
     if data_files:
-        rows: list[_Row] = []
+        rows: list[Row] = []
         for name in data_files:
-            for row in _parse(
+            for row in parse_table(
                 f"{uri.rstrip('/')}/{name}", PurePosixPath(name).suffix.lower(), read(name)
             ):
-                if isinstance(row, _Bad) and len(data_files) > 1:
-                    row = _Bad(f"{name}: {row.reason}")
+                if isinstance(row, BadRow) and len(data_files) > 1:
+                    row = BadRow(f"{name}: {row.reason}", row.doc_id, row.raw)
                 rows.append(row)
+        others = [n for n in names if not is_data_file(n)]
+        rows += [BadRow(not_read_beside_data(n), doc_id=n, ignored=True) for n in others]
         return rows, False
-    text_files = sorted(n for n in names if PurePosixPath(n).suffix.lower() in _TEXT_SUFFIXES)
-    if not text_files:
-        raise CorpusError(
-            f"folder {uri} has no .jsonl, .csv, .parquet, .txt or .md files; check the path"
-        )
-    return _text_rows((n, read(n)) for n in text_files), True
+    return (_file_row(f) for f in read_documents(names, read)), True
 
 
-def _read_s3(uri: str, profile: Profile | None) -> tuple[list[_Row], bool]:
+def _file_row(file: FileDocument) -> Row:
+    """A document file as a row (id = its relative path, metadata = its format's), or a bad row."""
+    if file.text is None:
+        return BadRow(file.reason or f"file {file.name!r} yields no text", doc_id=file.name)
+    return {"id": file.name, "text": file.text, **file.metadata}
+
+
+def _read_s3(uri: str, profile: Profile | None) -> tuple[Iterable[Row], bool]:
     """Rows from one S3 object, or from the objects under a prefix (as for a folder)."""
-    from tasks.aws.clients import aws_client
+    from tasks.aws.clients.clients import aws_client
 
     bucket, _, key = uri[len("s3://") :].partition("/")
     s3 = aws_client("s3", profile)
@@ -281,14 +329,21 @@ def _read_s3(uri: str, profile: Profile | None) -> tuple[list[_Row], bool]:
         return bytes(s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read())
 
     try:
-        if suffix in _DATA_SUFFIXES:
+        if suffix in DATA_SUFFIXES:
             prefix = ""
-            return _parse(uri, suffix, read(key)), False
+            return parse_table(uri, suffix, read(key)), False
+        if supported(key):  # one document: a folder of one object (which must exist)
+            s3.head_object(Bucket=bucket, Key=key)
+            prefix, _, name = key.rpartition("/")
+            prefix = prefix + "/" if prefix else ""
+            return _folder_rows(uri, [name], read)
         prefix = key if not key or key.endswith("/") else key + "/"
         names: list[str] = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             names += [o["Key"][len(prefix) :] for o in page.get("Contents", [])]
-        names = [n for n in names if n and not _hidden(PurePosixPath(n).parts)]
+        names = [
+            n for n in names if n and not n.endswith("/") and not _hidden(PurePosixPath(n).parts)
+        ]
         if not names:
             raise CorpusError(f"no objects under {uri}; check the bucket and prefix")
         return _folder_rows(uri, names, read)
@@ -299,111 +354,3 @@ def _read_s3(uri: str, profile: Profile | None) -> tuple[list[_Row], bool]:
             f"corpus {uri} cannot be read from S3: {exc}; check the bucket and key exist "
             "and that the profile's credentials can read them"
         ) from exc
-
-
-def _text_rows(items: Iterator[tuple[str, bytes]]) -> list[_Row]:
-    """One row per text file: id = relative path, text = its UTF-8 content."""
-    rows: list[_Row] = []
-    for rel, data in items:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            rows.append(
-                _Bad(
-                    f"file {rel!r} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                    "re-save it as UTF-8"
-                )
-            )
-            continue
-        rows.append({"id": rel, "text": text.removeprefix("\ufeff"), "path": rel})
-    return rows
-
-
-def _parse(uri: str, suffix: str, data: bytes) -> list[_Row]:
-    """Rows of a JSONL, CSV or Parquet file."""
-    if suffix == ".jsonl":
-        return _jsonl_rows(data)
-    if suffix == ".csv":
-        return _csv_rows(uri, data)
-    if suffix == ".parquet":
-        return _parquet_rows(uri, data)
-    raise CorpusError(f"corpus {uri} has an unsupported type {suffix!r}; use one of {SUPPORTED}")
-
-
-def _jsonl_rows(data: bytes) -> list[_Row]:
-    """One row per non-blank line; undecodable or invalid lines become bad rows."""
-    rows: list[_Row] = []
-    lines = data.split(b"\n")
-    if lines and lines[-1].strip() == b"":
-        lines.pop()
-    for number, raw in enumerate(lines):
-        if number == 0:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            rows.append(
-                _Bad(
-                    f"line {number + 1} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                    "re-save the file as UTF-8 or fix that line"
-                )
-            )
-            continue
-        if not line.strip():
-            rows.append(_Bad(f"line {number + 1} is blank"))
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append(
-                _Bad(
-                    f"line {number + 1} is not valid JSON ({exc.msg} at column {exc.colno}); "
-                    "fix or remove that line"
-                )
-            )
-            continue
-        if not isinstance(value, dict):
-            rows.append(_Bad(f"line {number + 1} is a JSON {type(value).__name__}, not an object"))
-            continue
-        rows.append(value)
-    return rows
-
-
-def _csv_rows(uri: str, data: bytes) -> list[_Row]:
-    """One row per CSV record (header required); a record with undecodable bytes is a bad row."""
-    text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        records = list(reader)
-    except csv.Error as exc:
-        raise CorpusError(f"corpus {uri} is not valid CSV: {exc}") from exc
-    rows: list[_Row] = []
-    for number, record in enumerate(records):
-        values = [v for v in record.values() if isinstance(v, str)]
-        if any(_has_surrogates(v) for v in values):
-            rows.append(
-                _Bad(
-                    f"CSV record {number} has bytes that are not valid UTF-8; re-save the file as UTF-8"
-                )
-            )
-            continue
-        if None in record:
-            rows.append(_Bad(f"CSV record {number} has more fields than the header"))
-            continue
-        rows.append(dict(record))
-    return rows
-
-
-def _has_surrogates(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
-
-
-def _parquet_rows(uri: str, data: bytes) -> list[_Row]:
-    """One row per Parquet record, as Python values."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except Exception as exc:  # pyarrow raises ArrowInvalid and friends
-        raise CorpusError(f"corpus {uri} is not a readable Parquet file: {exc}") from exc
-    return list(table.to_pylist())

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
+from tasks.aws.clients.clients import aws_client
 
-from tasks.aws.clients import aws_client
 from tests.reliability.ledger import ledger_of
 from tests.runs import Deployment, EndpointProbe, run_flow, write_corpus
 
@@ -163,4 +164,150 @@ def test_template_with_unknown_placeholder(
     message = str(caught.value)
     assert "placeholder {author} is unknown" in message, message
     assert "known placeholders: text, doc_id, fields, labels, n" in message, message
+    _assert_untouched(dep, probe)
+
+
+def test_a_folder_of_mixed_files_accounts_for_every_file(
+    deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
+) -> None:
+    """Load: a folder of 8 documents (PDF, DOCX, HTML, .eml, Markdown, text in UTF-8/Latin-1/UTF-16) and 6 files that yield none."""
+    from tests.tasks.run.mixed import KNOWN, REJECTED, mixed_folder
+
+    dep = deploy_echo()
+    out = run_flow(dep, mixed_folder(tmp_path / "mixed"), batch_size=4)
+    table = out.table
+    for row, doc_id, status, reason in table[["row", "doc_id", "status", "reason"]].itertuples(
+        index=False
+    ):
+        print(f"[{status}] row {row} {doc_id}: {'' if pd.isna(reason) else reason}")
+    assert sorted(table["doc_id"]) == sorted([*KNOWN, *REJECTED])  # every file exactly once
+    assert table["row"].tolist() == list(range(1, len(KNOWN) + len(REJECTED) + 1))
+    assert set(table.loc[table["status"] == "completed", "doc_id"]) == set(KNOWN)
+    reasons = dict(zip(table["doc_id"], table["reason"], strict=True))
+    for name, needles in REJECTED.items():
+        assert all(n in reasons[name] for n in needles), (name, reasons[name])
+    pdf = table.set_index("doc_id").loc["reports/annual.pdf"]
+    assert (pdf["format"], pdf["title"], pdf["pages"]) == ("pdf", "Annual report", 3)
+    assert len(pdf["sha256"]) == 64 and pdf["bytes"] > 0
+    assert probe.accepted == out.result["invocations"] == 2  # 8 documents in batches of 4
+
+
+def _jsonl(path: Path, *lines: bytes) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+GOOD_LINE = b'{"id": "good", "text": "A readable document."}'
+
+# Bad input -> (corpus maker, flow parameters, words of the rejection reason). Each reason names
+# the flow parameter (or the `corpus` folder) a user changes to fix it.
+REJECTED_ROWS: dict[str, tuple[Any, dict[str, Any], tuple[str, ...]]] = {
+    "document over max_doc_bytes": (
+        lambda p: _jsonl(
+            p / "c.jsonl", GOOD_LINE, json.dumps({"id": "big", "text": "x" * 600}).encode()
+        ),
+        {"max_doc_bytes": 500},
+        ("600 bytes, over max_doc_bytes=500", "raise the flow parameter max_doc_bytes"),
+    ),
+    "row without an id": (
+        lambda p: _jsonl(p / "c.jsonl", GOOD_LINE, b'{"text": "no id"}'),
+        {},
+        ("missing id", "id_column"),
+    ),
+    "text that is not a string": (
+        lambda p: _jsonl(p / "c.jsonl", GOOD_LINE, b'{"id": "n", "text": 42}'),
+        {},
+        ("not a string", "text_column"),
+    ),
+    "duplicate id": (
+        lambda p: _jsonl(p / "c.jsonl", GOOD_LINE, b'{"id": "good", "text": "again"}'),
+        {},
+        ("duplicate id 'good': row 1 already has it", "id_column"),
+    ),
+    "unsupported file in a folder": (
+        lambda p: _folder(p, {"a.txt": b"A readable document.", "b.bin": b"\x00\x01"}),
+        {},
+        ("unsupported type .bin", "`corpus`"),
+    ),
+    "scanned PDF in a folder": (
+        lambda p: _folder(p, {"a.txt": b"A readable document.", "scan.pdf": _scan()}),
+        {},
+        ("no text layer; OCR is not supported", "`corpus`"),
+    ),
+}
+
+
+def _folder(root: Path, files: dict[str, bytes]) -> Path:
+    folder = root / "docs"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _scan() -> bytes:
+    from benchmarks.documents import scanned_pdf_bytes
+
+    return scanned_pdf_bytes()
+
+
+@pytest.mark.parametrize("case", sorted(REJECTED_ROWS))
+def test_rejection_reasons_name_the_parameter_to_change(
+    case: str, deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
+) -> None:
+    """Load: one good document and one bad one; the bad one's reason names what to change."""
+    make, params, words = REJECTED_ROWS[case]
+    dep = deploy_echo()
+    out = run_flow(dep, make(tmp_path), **params)
+    table = out.table
+    assert table["row"].tolist() == [1, 2] and list(table["status"]) == ["completed", "rejected"]
+    reason = table["reason"].iloc[1]
+    print(f"[{case}] {reason}")
+    assert all(w in reason for w in words), reason
+
+
+def test_a_broken_json_line_keeps_its_readable_id(
+    deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
+) -> None:
+    """Load: a good line and a line cut short after its id."""
+    dep = deploy_echo()
+    out = run_flow(
+        dep, _jsonl(tmp_path / "c.jsonl", GOOD_LINE, b'{"id": "cut-short", "text": "abc')
+    )
+    rejected = out.table[out.table["status"] == "rejected"]
+    assert rejected["doc_id"].tolist() == ["cut-short"] and rejected["row"].tolist() == [2]
+    reason = rejected["reason"].iloc[0]
+    assert reason.startswith("line 2 is not valid JSON (Unterminated string starting at column 29)")
+    assert "at at" not in reason
+
+
+# Bad parameter -> (flow parameters, words of the error). The run is refused before it starts.
+REFUSED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "CSV without the id and text columns": ({}, ("id_column", "text_column", "['body', 'name']")),
+    "classify without labels": ({"template": "classify"}, ("labels",)),
+    "extract without fields": ({"template": "extract"}, ("fields",)),
+    "custom without a template": ({"template": "custom"}, ("custom_template",)),
+    "max_doc_bytes below 1": ({"max_doc_bytes": 0}, ("max_doc_bytes",)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_runs_name_the_parameter_to_change(
+    case: str, deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
+) -> None:
+    """Load: a 1-row corpus (a CSV with other column names for the column case) and a bad parameter."""
+    params, words = REFUSED[case]
+    dep = deploy_echo()
+    corpus = tmp_path / "c.csv"
+    if case.startswith("CSV"):
+        corpus.write_text("name,body\nx,A readable document.\n")
+    else:
+        corpus = _jsonl(tmp_path / "c.jsonl", GOOD_LINE)
+    with pytest.raises(ValueError) as caught:
+        run_flow(dep, corpus, **params)
+    message = str(caught.value)
+    print(f"[{case}] {message}")
+    assert all(w in message for w in words), message
+    assert "\n" not in message and "validation error" not in message, message
+    assert "ColumnMapping" not in message, message
     _assert_untouched(dep, probe)

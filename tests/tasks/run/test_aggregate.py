@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from tasks.aws.clients.clients import aws_client
+from tasks.aws.clients.s3 import split_s3_uri
 
-from tasks.aws.clients import aws_client
-from tasks.aws.s3 import split_s3_uri
 from tasks.run import outputs
 from tasks.run.aggregate import aggregate_run
 from tasks.run.batching import BatchPayload, make_batches, split_batch
@@ -131,10 +131,10 @@ def test_every_input_row_gets_exactly_one_outcome(profile: Profile, tmp_path: Pa
         Bucket=profile.bucket, Key=f"runs/{RUN}/results.parquet"
     )["Body"]
     table = pd.read_parquet(io.BytesIO(body.read()))
-    assert len(table) == 33 and table["row"].tolist() == list(range(33))
+    assert len(table) == 33 and table["row"].tolist() == list(range(1, 34))
     by_row = table.set_index("row")
-    assert by_row.loc[3, "status"] == "rejected" and "duplicate id 'd01'" in by_row.loc[3, "reason"]
-    assert by_row.loc[7, "status"] == "rejected" and "empty text" in by_row.loc[7, "reason"]
+    assert by_row.loc[4, "status"] == "rejected" and "duplicate id 'd01'" in by_row.loc[4, "reason"]
+    assert by_row.loc[8, "status"] == "rejected" and "empty text" in by_row.loc[8, "reason"]
     status = table[table["doc_id"].notna()].drop_duplicates("doc_id").set_index("doc_id")
     assert status.loc["huge", "status"] == "rejected"
     assert "over the payload limit of 2000 bytes" in status.loc["huge", "reason"]
@@ -337,7 +337,7 @@ def test_chunks_give_the_same_tables_as_one_chunk(profile: Profile, tmp_path: Pa
     assert summary.model_dump(exclude={"local_results_path"}) == whole[0].model_dump(
         exclude={"local_results_path"}
     )
-    assert len(table) == corpus.size == 35 and table["row"].tolist() == list(range(35))
+    assert len(table) == corpus.size == 35 and table["row"].tolist() == list(range(1, 36))
     assert (summary.completed, summary.failed, summary.rejected) == (22, 10, 3)
     assert (summary.prompt_tokens, summary.completion_tokens) == (220, 88)
     assert table.loc[[2, 9, 20], "status"].tolist() == ["rejected"] * 3
@@ -448,7 +448,7 @@ def test_preview_holds_the_first_rows(profile: Profile, tmp_path: Path) -> None:
     )
     assert preview.results == read_rows(str(tmp_path / "results.parquet"), 12)
     assert preview.failures == read_rows(str(tmp_path / "failures.parquet"), 12)
-    assert [r["row"] for r in preview.results] == list(range(12))
+    assert [r["row"] for r in preview.results] == list(range(1, 13))
     assert len(preview.failures) == 12 and summary.failed + summary.rejected > 12
     assert all(r["status"] != "completed" for r in preview.failures)
     json.dumps([preview.results, preview.failures])  # JSON-friendly

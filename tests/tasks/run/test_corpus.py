@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tasks.aws.clients.clients import aws_client
 
-from tasks.aws.clients import aws_client
-from tasks.run.corpus import ColumnMapping, CorpusError, Document, corpus_fingerprint, load_corpus
+from tasks.run.corpus import ColumnMapping, Document, corpus_fingerprint, load_corpus
+from tasks.run.tables import CorpusError
 from tasks.settings import Profile
 
 REPO = Path(__file__).resolve().parents[3]
@@ -35,7 +36,7 @@ def test_jsonl_good_rows_with_metadata_and_int_ids(tmp_path: Path) -> None:
     assert corpus.rejected == []
     assert [d.doc_id for d in corpus.documents] == ["n-1", "2", "r-3"]
     assert corpus.documents[1].metadata == {"source": "ticket", "lang": "en"}
-    assert [d.row for d in corpus.documents] == [0, 1, 2]
+    assert [d.row for d in corpus.documents] == [1, 2, 3]  # rows and lines count from 1
     assert corpus.size == 3 and len(corpus.fingerprint) == 64
 
 
@@ -59,20 +60,23 @@ def test_every_bad_row_kind_is_rejected_once_with_its_reason(tmp_path: Path) -> 
     corpus = load_corpus(str(_write_jsonl(tmp_path / "bad.jsonl", lines)), max_doc_bytes=500)
     assert [d.doc_id for d in corpus.documents] == ["n-1", "r-3"]
     assert corpus.documents[0].text == GOOD[0]["text"]  # the first n-1 is kept
-    reasons = {r.row: r.reason for r in corpus.rejected}
+    reasons = {r.row - 1: r.reason for r in corpus.rejected}  # keyed by the list index above
     assert sorted(reasons) == list(range(1, 13))  # one Rejected per bad row
-    assert "missing id" in reasons[1]
-    assert "duplicate id 'n-1': row 0 already has it" in reasons[2]
+    assert "missing id" in reasons[1] and "id_column" in reasons[1]
+    assert "duplicate id 'n-1': row 1 already has it" in reasons[2]
     assert "empty text" in reasons[3] and "empty text" in reasons[4]
     assert "line 6 is not valid UTF-8" in reasons[5]
     assert "line 7 is not valid JSON" in reasons[6]
     assert "501 bytes, over max_doc_bytes=500" in reasons[7]
+    assert "raise the flow parameter max_doc_bytes" in reasons[7]
     assert "blank" in reasons[8]
     assert "not an object" in reasons[9]
     assert "missing id" in reasons[10]
     assert "missing text" in reasons[11]
     assert "int, not a string" in reasons[12]
-    assert {r.doc_id for r in corpus.rejected if r.row in (2, 7)} == {"n-1", "big"}
+    assert {r.doc_id for r in corpus.rejected if r.row in (3, 8)} == {"n-1", "big"}
+    # the broken line 7 keeps the id it spells out
+    assert {r.row: r.doc_id for r in corpus.rejected}[7] == "j"
     assert len(corpus.documents) + len(corpus.rejected) == len(lines)
 
 
@@ -94,9 +98,10 @@ def test_csv_with_mapping_and_bad_records(tmp_path: Path) -> None:
         ("e", "multi\nline", {"source": "ticket"}),
     ]
     reasons = {r.row: r.reason for r in corpus.rejected}
-    assert sorted(reasons) == [1, 2, 3, 4]
-    assert "missing id" in reasons[1] and "empty text" in reasons[2]
-    assert "not valid UTF-8" in reasons[3] and "duplicate id 'a'" in reasons[4]
+    assert sorted(reasons) == [2, 3, 4, 5]  # CSV rows count from 1 after the header
+    assert "missing id" in reasons[2] and "empty text" in reasons[3]
+    assert "CSV row 4 (after the header) has bytes that are not valid UTF-8" in reasons[4]
+    assert "duplicate id 'a': row 1 already has it" in reasons[5]
 
 
 def test_parquet_keeps_typed_metadata(tmp_path: Path) -> None:
@@ -115,7 +120,7 @@ def test_parquet_keeps_typed_metadata(tmp_path: Path) -> None:
         ("1", {"stars": 5, "lang": "en"}),
         ("3", {"stars": 4, "lang": "de"}),
     ]
-    assert [(r.doc_id, r.row) for r in corpus.rejected] == [("2", 1)]
+    assert [(r.doc_id, r.row) for r in corpus.rejected] == [("2", 2)]
 
 
 def test_folder_of_text_files(tmp_path: Path) -> None:
@@ -128,10 +133,13 @@ def test_folder_of_text_files(tmp_path: Path) -> None:
     (tmp_path / ".hidden.txt").write_text("ignored")
     corpus = load_corpus(str(tmp_path))
     assert [d.doc_id for d in corpus.documents] == ["a.txt", "notes/b.md"]
-    assert corpus.documents[1].metadata == {"path": "notes/b.md"}
-    reasons = {r.doc_id or r.row: r.reason for r in corpus.rejected}
-    assert "'notes/bad.txt' is not valid UTF-8" in reasons[2]
-    assert "empty text" in reasons["notes/empty.md"]
+    assert corpus.documents[1].metadata["path"] == "notes/b.md"
+    assert corpus.documents[1].metadata["title"] == "second"
+    reasons = {r.doc_id: r.reason for r in corpus.rejected}
+    assert "'notes/bad.txt' is binary, not text" in reasons["notes/bad.txt"]
+    assert "no text after extraction" in reasons["notes/empty.md"]
+    assert "unsupported type .png" in reasons["image.png"]  # not skipped in silence
+    assert len(reasons) == 3
 
 
 def test_folder_of_data_files_reads_them_all_and_names_the_file(tmp_path: Path) -> None:
@@ -141,7 +149,12 @@ def test_folder_of_data_files_reads_them_all_and_names_the_file(tmp_path: Path) 
     corpus = load_corpus(str(tmp_path))
     assert [d.doc_id for d in corpus.documents] == ["n-1", "r-3"]
     assert [(r.row, r.reason[:29]) for r in corpus.rejected] == [
-        (1, "a.jsonl: line 2 is not valid ")
+        (2, "a.jsonl: line 2 is not valid ")
+    ]
+    assert corpus.ignored == [
+        "file 'README.md' was not read: this folder holds table files (.jsonl, .csv, "
+        ".parquet), whose rows are the documents; to run documents, give their own folder "
+        "as `corpus`"
     ]
 
 
@@ -160,6 +173,7 @@ def test_s3_sources(profile: Profile, tmp_path: Path) -> None:
         ("sub/y.md", "text y"),
         ("x.txt", "text x"),
     ]
+    assert [(r.doc_id, r.row) for r in folder.rejected] == [("z.bin", 3)]
     with pytest.raises(CorpusError, match="cannot be read from S3"):
         load_corpus(f"s3://{profile.bucket}/in/missing.jsonl", profile=profile)
     with pytest.raises(CorpusError, match="no objects under"):
@@ -176,10 +190,10 @@ def test_unusable_sources_raise_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="unsupported type '.xml'"):
         load_corpus(str(tmp_path / "c.xml"))
     (tmp_path / "dir").mkdir()
-    with pytest.raises(CorpusError, match="no .jsonl, .csv, .parquet, .txt or .md files"):
+    with pytest.raises(CorpusError, match="has no files; check the path given as `corpus`"):
         load_corpus(str(tmp_path / "dir"))
     (tmp_path / "c.csv").write_text("name,body\nx,y\n")
-    with pytest.raises(CorpusError, match=r"no column 'id', 'text'.*ColumnMapping"):
+    with pytest.raises(CorpusError, match=r"no column 'id', 'text'.*flow parameters id_column"):
         load_corpus(str(tmp_path / "c.csv"))
     (tmp_path / "c.parquet").write_bytes(b"not parquet")
     with pytest.raises(CorpusError, match="not a readable Parquet"):
@@ -211,14 +225,14 @@ def test_shipped_datasets_load() -> None:
     bad = load_corpus(str(REPO / "datasets" / "bad_rows"))
     assert [d.doc_id for d in bad.documents] == ["news-002", "ticket-1002", "review-2005"]
     reasons = {r.row: r.reason for r in bad.rejected}
-    assert sorted(reasons) == [1, 3, 4, 5, 6, 7, 8]
+    assert sorted(reasons) == [2, 4, 5, 6, 7, 8, 9]
     for row, words in {
-        1: "missing id",
-        3: "duplicate id",
-        4: "empty text",
+        2: "missing id",
+        4: "duplicate id",
         5: "empty text",
-        6: "not valid UTF-8",
-        7: "not valid JSON",
-        8: "over max_doc_bytes=100000",
+        6: "empty text",
+        7: "line 7 is not valid UTF-8",
+        8: "line 8 is not valid JSON",
+        9: "over max_doc_bytes=100000",
     }.items():
         assert words in reasons[row]

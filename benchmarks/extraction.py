@@ -1,0 +1,147 @@
+"""Files/s of text extraction per format on a generated folder, beside inference's documents/s.
+
+``python -m benchmarks --extraction`` (or ``python -m benchmarks.extraction``): makes ``--files``
+real files of each format (benchmarks/documents.py), then loads the folder the way
+process-documents does (tasks.run.corpus.load_corpus) and times each file's read + sha256 +
+extraction. ``--candidates`` also times the PDF and HTML libraries that were not chosen, when
+they are installed (pip install pypdf pdfminer.six readability-lxml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks import documents as make
+
+SENTENCE = "The harbour authority approved the new ferry timetable on Monday."
+
+# Format -> (file suffix, maker of one file's bytes from its index).
+FORMATS: dict[str, tuple[str, Callable[[int], bytes]]] = {
+    "pdf (3 pages)": (".pdf", lambda i: make.pdf_bytes(f"{SENTENCE} #{i}", pages=3, title="T")),
+    "docx": (".docx", lambda i: make.docx_bytes(f"{SENTENCE} #{i}", title="T")),
+    "html": (".html", lambda i: make.html_bytes(f"{SENTENCE} #{i}")),
+    "eml": (".eml", lambda i: make.eml_bytes(f"{SENTENCE} #{i}")),
+    "markdown": (".md", lambda i: make.markdown_bytes(f"{SENTENCE} #{i}")),
+    "text utf-8": (".txt", lambda i: make.text_bytes(f"Zoë's {SENTENCE} #{i}", "utf-8")),
+    "text latin-1": (".txt", lambda i: make.text_bytes(f"Café {SENTENCE} #{i}", "latin-1")),
+    "text utf-16": (".txt", lambda i: make.text_bytes(f"Straße {SENTENCE} #{i}", "utf-16")),
+}
+
+
+def generate(root: Path, files: int) -> dict[str, Path]:
+    """One folder per format holding ``files`` files; returns format -> folder."""
+    folders = {}
+    for index, (name, (suffix, maker)) in enumerate(FORMATS.items()):
+        folder = root / f"f{index}"
+        folder.mkdir(parents=True)
+        for i in range(files):
+            (folder / f"doc-{i:04d}{suffix}").write_bytes(maker(i))
+        folders[name] = folder
+    return folders
+
+
+def measure(folders: dict[str, Path]) -> list[tuple[str, int, float, float]]:
+    """(format, files, seconds, MB) of loading each folder as a corpus."""
+    from tasks.run.corpus import load_corpus
+    from tasks.run.extract import extract
+
+    for folder in folders.values():  # imports and first-call set-up are not per-file costs
+        first = min(folder.iterdir())
+        extract(first.name, first.read_bytes())
+    rows = []
+    for name, folder in folders.items():
+        size = sum(p.stat().st_size for p in folder.iterdir())
+        started = time.perf_counter()
+        corpus = load_corpus(str(folder), max_doc_bytes=10_000_000)
+        elapsed = time.perf_counter() - started
+        if corpus.rejected or not all(SENTENCE in d.text for d in corpus.documents):
+            raise RuntimeError(f"{name}: extraction lost text: {corpus.rejected[:1]}")
+        rows.append((name, len(corpus.documents), elapsed, size / 1e6))
+    return rows
+
+
+def candidates(folders: dict[str, Path]) -> list[tuple[str, int, float, float]]:
+    """The libraries not chosen, on the same PDF and HTML files (those installed)."""
+    pdfs = sorted(folders["pdf (3 pages)"].iterdir())
+    pages = sorted(folders["html"].iterdir())
+    tried: list[tuple[str, list[Path], Callable[[bytes], str]]] = []
+    try:
+        import pypdf
+
+        tried.append(
+            (
+                "pdf with pypdf",
+                pdfs,
+                lambda b: "".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(b)).pages),
+            )
+        )
+    except ImportError:
+        pass
+    try:
+        from pdfminer.high_level import extract_text
+
+        tried.append(("pdf with pdfminer.six", pdfs, lambda b: extract_text(io.BytesIO(b))))
+    except ImportError:
+        pass
+    try:
+        import lxml.html
+        from readability import Document
+
+        tried.append(
+            (
+                "html with readability-lxml",
+                pages,
+                lambda b: lxml.html.fromstring(Document(b.decode()).summary()).text_content(),
+            )
+        )
+    except ImportError:
+        pass
+    rows = []
+    for name, paths, extract in tried:
+        size = sum(p.stat().st_size for p in paths)
+        started = time.perf_counter()
+        texts = [extract(p.read_bytes()) for p in paths]
+        elapsed = time.perf_counter() - started
+        found = sum(SENTENCE in " ".join(t.split()) for t in texts)
+        rows.append(
+            (f"{name} ({found}/{len(paths)} sentences found)", len(paths), elapsed, size / 1e6)
+        )
+    return rows
+
+
+def render(rows: list[tuple[str, int, float, float]]) -> str:
+    """One line per format: files/s and MB/s."""
+    lines = [f"{'format':<52} {'files':>6} {'files/s':>9} {'MB/s':>7}"]
+    for name, files, seconds, mb in rows:
+        lines.append(f"{name:<52} {files:>6} {files / seconds:>9.1f} {mb / seconds:>7.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Generate, measure, print."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.extraction", description=__doc__)
+    parser.add_argument("--files", type=int, default=50, help="files per format (default 50)")
+    parser.add_argument(
+        "--candidates", action="store_true", help="also time the libraries not chosen"
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="docflow-extraction-") as tmp:
+        folders = generate(Path(tmp), args.files)
+        rows = measure(folders)
+        total_files = sum(r[1] for r in rows)
+        total_s = sum(r[2] for r in rows)
+        rows.append(("all formats", total_files, total_s, sum(r[3] for r in rows)))
+        print(render(rows))
+        if args.candidates:
+            print(render(candidates(folders)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
