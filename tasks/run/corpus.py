@@ -319,7 +319,7 @@ def _file_row(file: FileDocument) -> Row:
 
 def _read_s3(uri: str, profile: Profile | None) -> tuple[Iterable[Row], bool]:
     """Rows from one S3 object, or from the objects under a prefix (as for a folder)."""
-    from tasks.aws.clients.clients import aws_client
+    from tasks.aws.clients import aws_client
 
     bucket, _, key = uri[len("s3://") :].partition("/")
     s3 = aws_client("s3", profile)

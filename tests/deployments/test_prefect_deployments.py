@@ -220,7 +220,7 @@ def test_second_make_ui_reuses_the_running_stack(stack: Stack) -> None:
 
 def test_credentials_block_keeps_its_secret(stack: Stack) -> None:
     from prefect.client.orchestration import get_client
-    from tasks.aws.clients.blocks import block_names, describe_credentials, save_blocks
+    from tasks.aws.blocks import block_names, describe_credentials, save_blocks
 
     from tasks.settings import load_profile
 
@@ -287,7 +287,7 @@ def _warnings(api_url: str, run_id: UUID) -> list[str]:
 
 def _upload_echo_model(stack: Stack) -> str:
     """The echo model.tar.gz in the stack's localcloud, written with the saved credentials block."""
-    from tasks.aws.clients.clients import aws_client, clear_client_cache
+    from tasks.aws.clients import aws_client, clear_client_cache
 
     from localcloud.testing.artifacts import upload_echo_model
     from tasks.settings import load_profile
@@ -376,7 +376,7 @@ def test_ctrl_c_stops_everything(stack: Stack) -> None:
 
 
 def test_credentials_from_profile_takes_keys_only_from_the_environment() -> None:
-    from tasks.aws.clients.blocks import block_names, credentials_from_profile
+    from tasks.aws.blocks import block_names, credentials_from_profile
 
     from tasks.settings import load_profile
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from tasks.aws.clients.clients import aws_client
-from tasks.aws.clients.s3 import split_s3_uri
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import split_s3_uri
 
 from tasks.run import outputs
 from tasks.run.aggregate import aggregate_run
