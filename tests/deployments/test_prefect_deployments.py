@@ -220,8 +220,8 @@ def test_second_make_ui_reuses_the_running_stack(stack: Stack) -> None:
 
 def test_credentials_block_keeps_its_secret(stack: Stack) -> None:
     from prefect.client.orchestration import get_client
-    from tasks.aws.blocks import block_names, describe_credentials, save_blocks
 
+    from tasks.aws.blocks import block_names, describe_credentials, save_blocks
     from tasks.settings import load_profile
 
     secret = "do-not-print-" + os.urandom(6).hex()
@@ -287,9 +287,8 @@ def _warnings(api_url: str, run_id: UUID) -> list[str]:
 
 def _upload_echo_model(stack: Stack) -> str:
     """The echo model.tar.gz in the stack's localcloud, written with the saved credentials block."""
-    from tasks.aws.clients import aws_client, clear_client_cache
-
     from localcloud.testing.artifacts import upload_echo_model
+    from tasks.aws.clients import aws_client, clear_client_cache
     from tasks.settings import load_profile
 
     profile = load_profile("local").model_copy(
@@ -377,7 +376,6 @@ def test_ctrl_c_stops_everything(stack: Stack) -> None:
 
 def test_credentials_from_profile_takes_keys_only_from_the_environment() -> None:
     from tasks.aws.blocks import block_names, credentials_from_profile
-
     from tasks.settings import load_profile
 
     local = load_profile("local")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from tasks.aws.clients import aws_client
 
+from tasks.aws.clients import aws_client
 from tests.reliability.ledger import ledger_of
 from tests.runs import Deployment, EndpointProbe, run_flow, write_corpus
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-
 from tasks.run import outputs
 from tasks.run.aggregate import aggregate_run
 from tasks.run.batching import BatchPayload, make_batches, split_batch

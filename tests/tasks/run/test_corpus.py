@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tasks.aws.clients import aws_client
 
+from tasks.aws.clients import aws_client
 from tasks.run.corpus import ColumnMapping, Document, corpus_fingerprint, load_corpus
 from tasks.run.tables import CorpusError
 from tasks.settings import Profile
