@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ from tasks.aws.s3 import split_s3_uri
 from tasks.run.manifest import load_manifest
 from tasks.settings import Profile, load_profile
 from tests.reliability.ledger import read_results
-from tests.runs import Deployment, InvokeCounter, run_flow, write_corpus
+from tests.runs import Deployment, EndpointProbe, InvokeCounter, run_flow, write_corpus
 
 # faults: every test starts and ends with localcloud's fault switchboard off.
 pytestmark = pytest.mark.usefixtures("prefect_harness", "faults")
@@ -74,34 +73,6 @@ def test_happy_path(
     # The run's queue and subscriptions are gone.
     queues = aws_client("sqs", load_profile(path)).list_queues(QueueNamePrefix="docflow-")
     assert not [u for u in queues.get("QueueUrls", []) if result["run_key"] in u]
-
-
-class OutstandingProbe:
-    """Peak of accepted-minus-finished requests on one endpoint, from localcloud's own counters."""
-
-    def __init__(self, localcloud: Any, endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.endpoint = endpoint
-        self.outstanding = 0
-        self.peak = 0
-        self._lock = threading.Lock()
-        stats = localcloud.stats
-        received, finished = stats.received, stats.finished
-
-        def on_received(name: str) -> None:
-            received(name)
-            if name == endpoint:
-                with self._lock:
-                    self.outstanding += 1
-                    self.peak = max(self.peak, self.outstanding)
-
-        def on_finished(name: str, ok: bool, ran: bool = True) -> None:
-            finished(name, ok, ran)
-            if name == endpoint:
-                with self._lock:
-                    self.outstanding -= 1
-
-        monkeypatch.setattr(stats, "received", on_received)
-        monkeypatch.setattr(stats, "finished", on_finished)
 
 
 def test_every_notification_duplicated_gives_one_row_per_document(
@@ -184,7 +155,7 @@ def test_expired_requests_are_reinvoked(
 def test_resume_after_an_interruption_invokes_no_completed_batch_again(
     deploy_echo: Callable[..., Deployment],
     tmp_path: Path,
-    localcloud: Any,
+    probe: EndpointProbe,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import time
@@ -206,7 +177,6 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
         return real_invoke(*args, **kwargs)
 
     monkeypatch.setattr(tasks.run.driver, "invoke_one", crashing_invoke)
-    probe = OutstandingProbe(localcloud, prof.endpoint_name, monkeypatch)
     with pytest.raises(RuntimeError, match="simulated"):
         run(dep, tmp_path / "c.jsonl", batch_size=4, run_key="resume1")
     monkeypatch.setattr(tasks.run.driver, "invoke_one", real_invoke)
@@ -285,12 +255,9 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
 def test_two_concurrent_runs_share_the_endpoint_cap(
     deploy_echo: Callable[..., Deployment],
     tmp_path: Path,
-    localcloud: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    probe: EndpointProbe,
 ) -> None:
     dep = deploy_echo(cap=3, slots=4, environment={"ECHO_SLEEP_S": "0.2"})
-    path = dep.profile_path
-    probe = OutstandingProbe(localcloud, load_profile(path).endpoint_name, monkeypatch)
     write_corpus(tmp_path / "a.jsonl", 24)
     (tmp_path / "b.jsonl").write_text(
         "".join(
@@ -299,14 +266,15 @@ def test_two_concurrent_runs_share_the_endpoint_cap(
         )
     )
     with ThreadPoolExecutor(2) as pool:
-        runs = {n: pool.submit(run, path, tmp_path / f"{n}.jsonl", batch_size=2) for n in "ab"}
+        runs = {n: pool.submit(run, dep, tmp_path / f"{n}.jsonl", batch_size=2) for n in "ab"}
         results = {name: future.result(timeout=240) for name, future in runs.items()}
     for name in ("a", "b"):
         result, table = results[name]
         assert_ledger(result, table, 24)
         assert result["completed"] == 24
-    assert probe.peak <= 3, f"{probe.peak} invocations were outstanding at once; the cap is 3"
-    assert probe.peak >= 2
+    peak = probe.max_outstanding
+    assert peak <= 3, f"{peak} invocations were outstanding at once; the cap is 3"
+    assert peak >= 2
 
 
 def test_bad_rows_are_reported_with_their_reasons(
