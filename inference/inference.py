@@ -63,12 +63,19 @@ threads), ``DOCFLOW_MAX_CONTEXT`` (caps the context length taken from the model'
 
 from __future__ import annotations
 
+import atexit
+import inspect
+import itertools
 import json
 import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -80,8 +87,12 @@ from transformers import (
     AutoTokenizer,
     GenerationConfig,
     PreTrainedTokenizerFast,
+    RepetitionPenaltyLogitsProcessor,
     StoppingCriteria,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
 
 logger = logging.getLogger(__name__)
@@ -178,6 +189,8 @@ class LoadedModel:
         self.max_batch_size = _env_int("DOCFLOW_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
         # generate() and the global torch seed are not shared safely between threads.
         self.lock = threading.Lock()
+        # The serving engine (continuous batching); None: the static micro-batch path.
+        self.engine: Engine | None = None
 
     def eos_ids(self) -> list[int]:
         """Every token id that ends a completion (generation config and tokenizer)."""
@@ -359,15 +372,34 @@ def model_fn(model_dir: str) -> LoadedModel:
         pad_token_id=tokenizer.pad_token_id,
     )
     context = _context_length(model.config, tokenizer)
+    loaded = LoadedModel(model, tokenizer, device, context)
+    if engine_kind() == "continuous":
+        loaded.engine = Engine(loaded, engine_limits(model, device, context))
     logger.info(
-        "loaded %s (%s) on %s as %s; context %d tokens",
+        "loaded %s (%s) on %s as %s; context %d tokens; %s",
         model_dir,
         model.config.model_type,
         device,
         dtype,
         context,
+        f"engine {loaded.engine.limits}" if loaded.engine else "static micro-batches",
     )
-    return LoadedModel(model, tokenizer, device, context)
+    return loaded
+
+
+def engine_kind() -> str:
+    """DOCFLOW_ENGINE: ``continuous`` (default with transformers >= 5) or ``static``.
+
+    The engine drives the model's forward directly with its own key/value cache, an interface
+    only tested with transformers 5; under 4.x (e.g. the AWS container's 4.51) the default is
+    the static path, which needs nothing beyond what that container has.
+    """
+    wanted = os.environ.get("DOCFLOW_ENGINE", "").strip().lower()
+    if not wanted:
+        return "continuous" if _major_version() >= 5 else "static"
+    if wanted not in ("continuous", "static"):
+        raise ValueError(f"DOCFLOW_ENGINE={wanted!r}: use 'continuous' or 'static'")
+    return wanted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,6 +692,7 @@ def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
                 "id": document.doc_id,
                 "text": text,
                 "prompt_tokens": len(ids),
+                "cached_tokens": 0,
                 "completion_tokens": count,
                 "finish_reason": reason,
             }
@@ -696,10 +729,722 @@ def _run_batch(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
         return [result for item in batch for result in _run_batch(loaded, [item])]
 
 
-def predict_fn(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> list[dict[str, Any]]:
-    """Generate for every document in length-sorted micro-batches; results in input order."""
-    started = time.monotonic()
-    results: list[dict[str, Any] | None] = [None] * len(data)
+# ---------------------------------------------------------------------------------------------
+# The serving engine: one per instance, shared by every concurrent invocation and document.
+#
+# Continuous batching at token granularity over a hand-written decode loop: each step prefills
+# at most DOCFLOW_PREFILL_CHUNK prompt tokens of newly admitted documents (one document at a
+# time, chunked, from the longest cached prefix) and then decodes one token for every running
+# document. The running batch keeps its keys/values in one buffer per layer, rows left-padded
+# and right-aligned, so every step writes one column in place; a finished document frees its
+# row at once and the next one is written into it. Admission keeps rows x columns within the
+# token budget, so memory is bounded whatever the payloads look like.
+
+DEFAULT_PREFILL_CHUNK = 512
+DEFAULT_PREFIX_BLOCK = 16
+CPU_KV_MEMORY_SHARE = 0.10  # of physical memory, for the running batch's keys and values
+GPU_KV_MEMORY_SHARE = 0.80  # of the memory left free once the weights are loaded
+DEFAULT_MAX_SEQUENCES = {"cpu": 16, "cuda": 64}
+
+
+class EngineLimits(NamedTuple):
+    """How much the engine may hold at once (environment variables, defaults from memory)."""
+
+    max_tokens: int  # keys/values of the running batch, in tokens, padding included
+    max_sequences: int
+    prefill_chunk: int
+    prefix_cache_tokens: int  # 0: no prefix cache
+    prefix_block: int
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number >= 0 from the environment (0 switches a feature off)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"{name}={raw!r} must be a whole number >= 0")
+    return int(raw)
+
+
+def _kv_bytes_per_token(model: Any) -> int:
+    """Bytes of keys + values one token takes across all layers."""
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    element = torch.finfo(model.dtype).bits // 8
+    return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * element
+
+
+def engine_limits(model: Any, device: torch.device, context_length: int) -> EngineLimits:
+    """The engine's limits from DOCFLOW_MAX_BATCH_TOKENS etc., else from the device's memory."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        memory = int(free * GPU_KV_MEMORY_SHARE)
+    else:
+        memory = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * CPU_KV_MEMORY_SHARE)
+    max_sequences = _env_int("DOCFLOW_MAX_SEQUENCES", DEFAULT_MAX_SEQUENCES.get(device.type, 16))
+    from_memory = max(memory // _kv_bytes_per_token(model), context_length)
+    max_tokens = _env_int(
+        "DOCFLOW_MAX_BATCH_TOKENS", min(from_memory, max_sequences * context_length)
+    )
+    return EngineLimits(
+        max_tokens=max_tokens,
+        max_sequences=max_sequences,
+        prefill_chunk=_env_int("DOCFLOW_PREFILL_CHUNK", DEFAULT_PREFILL_CHUNK),
+        prefix_cache_tokens=_env_count("DOCFLOW_PREFIX_CACHE_TOKENS", max_tokens // 4),
+        prefix_block=_env_int("DOCFLOW_PREFIX_BLOCK", DEFAULT_PREFIX_BLOCK),
+    )
+
+
+def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean [rows, queries, keys] mask as the additive 4-D float mask attention takes."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+class _PromptCache:
+    """Keys/values of one document while its prompt is prefilled (batch of one, grows by chunk)."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        self.layers = layers or []
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this chunk's keys/values of a layer; return the layer's whole keys/values."""
+        if layer_idx < len(self.layers):
+            old_k, old_v = self.layers[layer_idx]
+            key, value = torch.cat([old_k, key], dim=2), torch.cat([old_v, value], dim=2)
+            self.layers[layer_idx] = (key, value)
+        else:
+            self.layers.append((key, value))
+        return key, value
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Tokens cached so far."""
+        return int(self.layers[0][0].shape[2]) if self.layers else 0
+
+
+class _BatchCache:
+    """The running batch's keys/values: one row per document, right-aligned, written in place."""
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.valid = torch.zeros((0, 0), dtype=torch.bool)
+        self.width = 0  # columns in use; the next token of every row goes to this column
+
+    @property
+    def capacity(self) -> int:
+        """Columns allocated."""
+        return int(self.valid.shape[1])
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the step's key/value column of a layer; return the layer's keys/values so far."""
+        end = self.width + 1
+        self.keys[layer_idx][:, :, self.width : end] = key
+        self.values[layer_idx][:, :, self.width : end] = value
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Columns in use."""
+        return self.width
+
+    def layout(
+        self,
+        keep: list[int],
+        lengths: list[int],
+        new: list[list[tuple[torch.Tensor, torch.Tensor]]],
+        columns: int,
+    ) -> None:
+        """Rebuild with rows ``keep`` (their ``lengths``) plus ``new`` prompts, ``columns`` wide."""
+        new_lengths = [int(n[0][0].shape[2]) for n in new]
+        width = max([*lengths, *new_lengths, 0])
+        rows = len(keep) + len(new)
+        template = new[0] if new else list(zip(self.keys, self.values, strict=True))
+        index = torch.tensor(keep, dtype=torch.long, device=self.valid.device)
+        keys, values = [], []
+        for layer, (k_like, _) in enumerate(template):
+            shape = (rows, k_like.shape[1], columns, k_like.shape[3])
+            k = torch.zeros(shape, dtype=k_like.dtype, device=k_like.device)
+            v = torch.zeros_like(k)
+            if keep:
+                shift = self.width - width  # leading columns that no kept row uses (>= 0 or < 0)
+                src = slice(max(shift, 0), self.width)
+                dst = slice(max(-shift, 0), width)
+                k[: len(keep), :, dst] = self.keys[layer].index_select(0, index)[:, :, src]
+                v[: len(keep), :, dst] = self.values[layer].index_select(0, index)[:, :, src]
+            for row, prompt in enumerate(new, start=len(keep)):
+                pk, pv = prompt[layer]
+                k[row, :, width - pk.shape[2] : width] = pk[0]
+                v[row, :, width - pv.shape[2] : width] = pv[0]
+            keys.append(k)
+            values.append(v)
+        valid = torch.zeros((rows, columns), dtype=torch.bool, device=self.valid.device)
+        for row, length in enumerate([*lengths, *new_lengths]):
+            valid[row, width - length : width] = True
+        self.keys, self.values, self.valid, self.width = keys, values, valid, width
+
+    def place(self, row: int, prompt: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write a prefilled prompt into a free row, right-aligned at the current width."""
+        length = int(prompt[0][0].shape[2])
+        for layer, (pk, pv) in enumerate(prompt):
+            self.keys[layer][row, :, self.width - length : self.width] = pk[0]
+            self.values[layer][row, :, self.width - length : self.width] = pv[0]
+        self.valid[row] = False
+        self.valid[row, self.width - length : self.width] = True
+
+    def step_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """The decode step's 4-D mask: each row sees its own tokens and the new column."""
+        allowed = self.valid[:, : self.width + 1].clone()
+        allowed[:, self.width] = True
+        return _additive_mask(allowed[:, None, :], dtype)
+
+    def advance(self) -> None:
+        """The step's column is written: count it."""
+        self.valid[:, self.width] = True
+        self.width += 1
+
+    def clear(self) -> None:
+        """Drop everything (after a failed step)."""
+        self.__init__()  # type: ignore[misc]
+
+
+class _PrefixCache:
+    """Keys/values of prompt blocks already computed, keyed by the whole prefix up to them (LRU)."""
+
+    def __init__(self, max_tokens: int, block: int) -> None:
+        self.max_tokens = max_tokens
+        self.block = block
+        self.blocks: OrderedDict[
+            int, tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]
+        ] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def _keys(self, prompt: Sequence[int], blocks: int) -> list[tuple[int, tuple[int, ...]]]:
+        keys, chained = [], 0
+        for n in range(blocks):
+            tokens = tuple(prompt[n * self.block : (n + 1) * self.block])
+            chained = hash((chained, tokens))
+            keys.append((chained, tokens))
+        return keys
+
+    def lookup(self, prompt: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The longest cached prefix of ``prompt`` (whole blocks, at least one token left over)."""
+        if self.max_tokens < self.block:
+            return None
+        found: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        hits: list[int] = []
+        with self.lock:
+            for key, tokens in self._keys(prompt, (len(prompt) - 1) // self.block):
+                entry = self.blocks.get(key)
+                if entry is None or entry[0] != tokens:
+                    break
+                found.append(entry[1])
+                hits.append(key)
+            for key in reversed(hits):  # parents end up more recent than their children
+                self.blocks.move_to_end(key)
+        if not found:
+            return None
+        layers = len(found[0])
+        return [
+            (
+                torch.cat([f[layer][0] for f in found], dim=2),
+                torch.cat([f[layer][1] for f in found], dim=2),
+            )
+            for layer in range(layers)
+        ]
+
+    def insert(
+        self, prompt: Sequence[int], layers: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """Remember the whole blocks of a prefilled prompt, evicting the least recently used."""
+        capacity = self.max_tokens // self.block
+        if capacity == 0:
+            return
+        keys = self._keys(prompt, min(len(prompt) // self.block, capacity))
+        with self.lock:
+            for n, (key, tokens) in reversed(list(enumerate(keys))):
+                if key in self.blocks:
+                    self.blocks.move_to_end(key)
+                    continue
+                cut = slice(n * self.block, (n + 1) * self.block)
+                self.blocks[key] = (
+                    tokens,
+                    [(k[:, :, cut].clone(), v[:, :, cut].clone()) for k, v in layers],
+                )
+            while len(self.blocks) > capacity:
+                self.blocks.popitem(last=False)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens held."""
+        return len(self.blocks) * self.block
+
+
+class Generation:
+    """One document inside the engine: a handle to wait on, stream from, or cancel."""
+
+    def __init__(
+        self, item: Item, invocation: int, eos_ids: list[int], decode: Decode, device: torch.device
+    ) -> None:
+        self.index, self.document, self.prompt = item
+        self.params = self.document.params
+        self.invocation = invocation
+        self.eos_ids = eos_ids
+        self.decode = decode
+        self.final_length = len(self.prompt) + self.params.max_new_tokens
+        self.tokens: list[int] = []
+        self.stopped_at: int | None = None
+        self.cached_tokens = 0
+        self.prefill: _PromptCache | None = None
+        self.prefilled = 0  # prompt tokens whose keys/values exist
+        self.result: dict[str, Any] | None = None
+        self.failure: BaseException | None = None
+        self.cancel_reason: str | None = None
+        self.done = threading.Event()
+        self._events: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.generator: torch.Generator | None = None
+        if self.params.do_sample and self.params.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(self.params.seed)
+        self.window = 4 * max((len(s) for s in self.params.stop), default=0) + 4
+
+    @property
+    def length(self) -> int:
+        """Tokens in its cache once the pending token is written: prompt + generated - 1."""
+        return len(self.prompt) + len(self.tokens) - 1
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop generating; the engine frees its slot at the next step and it gets an error line."""
+        if not self.done.is_set():
+            self.cancel_reason = reason
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once it has a result (or failed, or was cancelled)."""
+        return self.done.wait(timeout)
+
+    def stream(self) -> Iterator[str]:
+        """The generated text as it is produced; the pieces join to the final ``text``."""
+        tokens: list[int] = []
+        emitted = ""
+        hold = max((len(s) for s in self.params.stop), default=1) - 1
+        while (token := self._events.get()) is not None:
+            tokens.append(token)
+            text = self.decode([t for t in tokens if t not in self.eos_ids]).rstrip("\ufffd")
+            safe = text[: max(len(text) - hold, 0)]
+            if len(safe) > len(emitted) and safe.startswith(emitted):
+                yield safe[len(emitted) :]
+                emitted = safe
+        final = (self.result or {}).get("text")
+        if final is None:
+            raise RuntimeError(str((self.result or {}).get("error") or self.failure))
+        if final.startswith(emitted) and len(final) > len(emitted):
+            yield final[len(emitted) :]
+
+    def choose(self, scores: torch.Tensor) -> int:
+        """The next token from this row's logits ([1, vocab], float32) under its parameters."""
+        params = self.params
+        ids = None
+        if params.repetition_penalty is not None or params.do_sample:
+            ids = torch.tensor([self.prompt + self.tokens], dtype=torch.long, device=scores.device)
+        if params.repetition_penalty is not None:
+            scores = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, scores)
+        if not params.do_sample:
+            return int(scores.argmax(-1))
+        # The warpers generate() applies, in its order; unset knobs mean plain sampling.
+        if params.temperature not in (None, 1.0):
+            scores = TemperatureLogitsWarper(params.temperature)(ids, scores)
+        if params.top_k not in (None, 0):
+            scores = TopKLogitsWarper(top_k=params.top_k)(ids, scores)
+        if params.top_p not in (None, 1.0):
+            scores = TopPLogitsWarper(top_p=params.top_p)(ids, scores)
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, num_samples=1, generator=self.generator))
+
+    def append(self, token: int) -> bool:
+        """Record a generated token; True when the document is finished."""
+        self.tokens.append(token)
+        self._events.put(token)
+        count = len(self.tokens)
+        if self.params.stop and self.stopped_at is None:
+            tail = self.decode(self.tokens[-self.window :])
+            if any(s in tail for s in self.params.stop):
+                self.stopped_at = count
+        return (
+            token in self.eos_ids
+            or self.stopped_at is not None
+            or count >= self.params.max_new_tokens
+        )
+
+    def finish(
+        self, result: dict[str, Any] | None = None, failure: BaseException | None = None
+    ) -> None:
+        """Set the outcome (the result line, or a failure to retry alone) and wake the waiters."""
+        if result is None and failure is None:
+            text, count, reason = finish(
+                self.tokens, self.eos_ids, self.stopped_at, self.params.stop, self.decode
+            )
+            result = {
+                "id": self.document.doc_id,
+                "text": text,
+                "prompt_tokens": len(self.prompt),
+                "cached_tokens": self.cached_tokens,
+                "completion_tokens": count,
+                "finish_reason": reason,
+            }
+        self.result, self.failure = result, failure
+        self.prefill = None
+        self.done.set()
+        self._events.put(None)
+
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_engines() -> None:
+    """Stop engine threads before the interpreter tears torch down under them."""
+    for engine in list(_ENGINES):
+        engine.close()
+
+
+class Engine:
+    """Continuous batching for one loaded model; ``submit`` from any thread."""
+
+    def __init__(self, loaded: LoadedModel, limits: EngineLimits) -> None:
+        self.loaded = loaded
+        self.limits = limits
+        self.model = loaded.model
+        self.prefix = _PrefixCache(limits.prefix_cache_tokens, limits.prefix_block)
+        self.cache = _BatchCache()
+        self.rows: list[Generation | None] = []  # the batch cache's rows; None: free
+        self.prefilling: list[Generation] = []
+        self.waiting: deque[Generation] = deque()
+        self.cond = threading.Condition()
+        self.holds = 0
+        self.closed = False
+        self.invocations = itertools.count(1)
+        self.thread: threading.Thread | None = None
+        params = inspect.signature(self.model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.stats: dict[str, int] = {
+            "submitted": 0,
+            "finished": 0,
+            "cancelled": 0,
+            "rejected": 0,
+            "failed": 0,
+            "steps": 0,
+            "decode_steps": 0,
+            "decoded_rows": 0,
+            "shared_steps": 0,  # decode steps with documents of two or more invocations
+            "max_rows": 0,
+            "max_invocations_in_step": 0,
+            "prefill_tokens": 0,
+            "cached_tokens": 0,
+            "layouts": 0,
+            "peak_cache_tokens": 0,
+        }
+
+    # -- the callers' side -----------------------------------------------------------------
+
+    def submit(self, items: list[Item], invocation: int | None = None) -> list[Generation]:
+        """Queue documents (one invocation's); each gets a Generation to wait on."""
+        invocation = next(self.invocations) if invocation is None else invocation
+        tokenizer = self.loaded.tokenizer
+
+        def decode(ids: Sequence[int]) -> str:
+            return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+        eos_ids = self.loaded.eos_ids()
+        made = [Generation(item, invocation, eos_ids, decode, self.loaded.device) for item in items]
+        with self.cond:
+            for generation in made:
+                self.stats["submitted"] += 1
+                if generation.final_length > self.limits.max_tokens:
+                    self.stats["rejected"] += 1
+                    generation.finish(
+                        {
+                            "id": generation.document.doc_id,
+                            "error": (
+                                f"prompt is {len(generation.prompt)} tokens + max_new_tokens "
+                                f"{generation.params.max_new_tokens} > the engine's budget of "
+                                f"{self.limits.max_tokens} tokens (DOCFLOW_MAX_BATCH_TOKENS); "
+                                "shorten or split the document, lower max_new_tokens, or raise "
+                                "DOCFLOW_MAX_BATCH_TOKENS"
+                            ),
+                        }
+                    )
+                    continue
+                self.waiting.append(generation)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._loop, name="docflow-engine", daemon=True
+                )
+                self.thread.start()
+            self.cond.notify_all()
+        return made
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Pause scheduling at a step boundary (tests use it to queue work deterministically)."""
+        with self.cond:
+            self.holds += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.holds -= 1
+                self.cond.notify_all()
+
+    def wait_until(self, predicate: Callable[[Engine], bool], timeout: float = 60.0) -> bool:
+        """Block until ``predicate(engine)`` holds (checked whenever the engine's state changes)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: predicate(self), timeout)
+
+    def snapshot(self) -> dict[str, int]:
+        """Counters plus what is queued, prefilling and running now."""
+        with self.cond:
+            return {
+                **self.stats,
+                "waiting": len(self.waiting),
+                "prefilling": len(self.prefilling),
+                "running": sum(r is not None for r in self.rows),
+                "cache_tokens": len(self.rows) * self.cache.capacity,
+                "prefix_cache_tokens": self.prefix.tokens,
+            }
+
+    def close(self) -> None:
+        """Stop the engine thread once the current step ends (queued documents are cancelled)."""
+        with self.cond:
+            self.closed = True
+            for generation in self.waiting:
+                generation.cancel("cancelled: the model server is shutting down")
+            self.cond.notify_all()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=30)
+
+    # -- the engine thread ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self.closed:
+                if not self._schedule():
+                    break
+                try:
+                    self._step()
+                except Exception as exc:  # e.g. out of memory: retry each document alone
+                    logger.exception("engine step failed; its documents are retried one by one")
+                    self._fail_all(exc)
+                with self.cond:
+                    self.stats["steps"] += 1
+                    self.cond.notify_all()
+
+    def _live(self) -> list[Generation]:
+        return [r for r in self.rows if r is not None]
+
+    def _schedule(self) -> bool:
+        """Wait for work; admit waiting documents while rows x columns stay within the budget."""
+        with self.cond:
+            while True:
+                for generation in [g for g in self.waiting if g.cancel_reason]:
+                    self.waiting.remove(generation)
+                    self._cancelled(generation)
+                if self.closed and not (self.prefilling or self._live()):
+                    return False
+                if self.holds == 0 and (self.waiting or self.prefilling or self._live()):
+                    break
+                self.cond.wait()
+            admitted = [*self._live(), *self.prefilling]
+            while self.waiting and len(admitted) < self.limits.max_sequences:
+                candidate = [*admitted, self.waiting[0]]
+                if self._columns(candidate) * len(candidate) > self.limits.max_tokens:
+                    break
+                generation = self.waiting.popleft()
+                admitted.append(generation)
+                self.prefilling.append(generation)
+        return True
+
+    @staticmethod
+    def _columns(generations: list[Generation]) -> int:
+        """Columns a batch of these documents may need before the next re-layout (an upper bound)."""
+        longest = max(max(len(g.prompt), g.length) for g in generations)
+        return longest + max(g.final_length - max(len(g.prompt), g.length) for g in generations)
+
+    def _cancelled(self, generation: Generation) -> None:
+        self.stats["cancelled"] += 1
+        generation.finish({"id": generation.document.doc_id, "error": generation.cancel_reason})
+
+    def _step(self) -> None:
+        budget = self.limits.prefill_chunk
+        for generation in list(self.prefilling):
+            if budget <= 0:
+                break
+            if generation.cancel_reason:
+                self.prefilling.remove(generation)
+                self._cancelled(generation)
+                continue
+            budget -= self._prefill(generation)
+        for row, seated in enumerate(self.rows):
+            if seated is not None and seated.cancel_reason:
+                self.rows[row] = None
+                self._cancelled(seated)
+        if self._live():
+            self._decode()
+        self._compact()
+
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """Logits of the last position of each row, float32 [rows, vocab]."""
+        device = self.loaded.device
+        out = self.model(
+            input_ids=ids.to(device),
+            position_ids=positions.to(device),
+            attention_mask=mask,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_arg: cache},
+        )
+        return out.logits[:, -1, :].float()
+
+    def _prefill(self, generation: Generation) -> int:
+        """Prefill the next chunk of one prompt; once whole, pick its first token and seat it."""
+        prompt, device, dtype = generation.prompt, self.loaded.device, self.model.dtype
+        if generation.prefill is None:
+            cached = self.prefix.lookup(prompt)
+            generation.prefill = _PromptCache(cached)
+            generation.prefilled = generation.cached_tokens = (
+                int(cached[0][0].shape[2]) if cached else 0
+            )
+            self.stats["cached_tokens"] += generation.cached_tokens
+        start = generation.prefilled
+        end = min(len(prompt), start + self.limits.prefill_chunk)
+        try:
+            keys = torch.arange(end, device=device)
+            queries = torch.arange(start, end, device=device)
+            allowed = keys[None, :] <= queries[:, None]
+            logits = self._forward(
+                torch.tensor([prompt[start:end]], dtype=torch.long),
+                queries[None, :],
+                _additive_mask(allowed[None], dtype),
+                generation.prefill,
+            )
+        except Exception as exc:
+            logger.exception("prefill failed for %s", generation.document.doc_id)
+            self.prefilling.remove(generation)
+            self.stats["failed"] += 1
+            generation.finish(failure=exc)
+            return end - start
+        generation.prefilled = end
+        self.stats["prefill_tokens"] += end - start
+        if end < len(prompt):
+            return end - start
+        self.prefilling.remove(generation)
+        layers = generation.prefill.layers
+        self.prefix.insert(prompt, layers)
+        if generation.append(generation.choose(logits)):
+            self._done(generation)
+        else:
+            self._seat(generation, layers)
+        generation.prefill = None
+        return end - start
+
+    def _seat(
+        self, generation: Generation, layers: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """Put a prefilled document into the running batch: a free row if it fits, else re-layout."""
+        length = len(generation.prompt)
+        free = [row for row, g in enumerate(self.rows) if g is None]
+        live = self._live()
+        columns = self.cache.capacity
+        fits = all(
+            self.cache.width - g.length + g.final_length <= columns for g in [*live, generation]
+        )
+        if free and length <= self.cache.width and fits:
+            self.cache.place(free[0], layers)
+            self.rows[free[0]] = generation
+            return
+        everyone = [*live, generation]
+        keep = [row for row, g in enumerate(self.rows) if g is not None]
+        self.cache.layout(keep, [g.length for g in live], [layers], self._columns(everyone))
+        self.rows = list[Generation | None](everyone)
+        self.stats["layouts"] += 1
+        self.stats["peak_cache_tokens"] = max(
+            self.stats["peak_cache_tokens"], len(self.rows) * self.cache.capacity
+        )
+
+    def _decode(self) -> None:
+        """One token for every running document (free rows compute a throwaway token)."""
+        rows = self.rows
+        pad = int(self.loaded.tokenizer.pad_token_id)
+        ids = torch.tensor([[g.tokens[-1] if g else pad] for g in rows], dtype=torch.long)
+        positions = torch.tensor([[g.length if g else 0] for g in rows], dtype=torch.long)
+        mask = self.cache.step_mask(self.model.dtype)
+        try:
+            logits = self._forward(ids, positions, mask, self.cache)
+        except Exception:
+            self.cache.clear()
+            raise
+        self.cache.advance()
+        live = [(row, g) for row, g in enumerate(rows) if g is not None]
+        greedy = logits.argmax(-1).tolist()
+        invocations = {g.invocation for _, g in live}
+        self.stats["decode_steps"] += 1
+        self.stats["decoded_rows"] += len(live)
+        self.stats["shared_steps"] += len(invocations) > 1
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(live))
+        self.stats["max_invocations_in_step"] = max(
+            self.stats["max_invocations_in_step"], len(invocations)
+        )
+        for row, generation in live:
+            params = generation.params
+            plain = not params.do_sample and params.repetition_penalty is None
+            token = greedy[row] if plain else generation.choose(logits[row : row + 1])
+            if generation.append(token):
+                self.rows[row] = None
+                self._done(generation)
+
+    def _done(self, generation: Generation) -> None:
+        self.stats["finished"] += 1
+        generation.finish()
+
+    def _compact(self) -> None:
+        """Drop free rows (and unused leading columns) when a quarter or more of the rows are free."""
+        free = sum(g is None for g in self.rows)
+        if not free:
+            return
+        live = self._live()
+        if not live:
+            self.rows = []
+            self.cache.clear()
+            return
+        if free * 4 < len(self.rows) or self.prefilling:
+            return
+        keep = [row for row, g in enumerate(self.rows) if g is not None]
+        self.cache.layout(keep, [g.length for g in live], [], self._columns(live))
+        self.rows = list[Generation | None](live)
+        self.stats["layouts"] += 1
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """A step failed: every running document is retried alone on the static path."""
+        for generation in self._live():
+            self.stats["failed"] += 1
+            generation.finish(failure=exc)
+        self.rows = []
+        self.cache.clear()
+
+
+def _runnable(
+    data: Sequence[Entry | dict[str, Any]], model: LoadedModel, results: list[dict[str, Any] | None]
+) -> list[Item]:
+    """Parse and tokenize every document; unrunnable ones get their error line in ``results``."""
     runnable: list[Item] = []
     for index, raw in enumerate(data):
         # input_fn's entries, or plain document dicts from a caller that skipped input_fn.
@@ -726,21 +1471,95 @@ def predict_fn(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> li
             results[index] = {"id": entry.doc_id, "error": str(exc)}
             continue
         runnable.append((index, entry, ids))
-    batches = plan_batches(runnable, model.max_batch_size)
-    for batch in batches:
-        for (index, _, _), result in zip(batch, _run_batch(model, batch), strict=True):
-            results[index] = result
+    return runnable
+
+
+def _invocation_timeout() -> float | None:
+    """DOCFLOW_INVOCATION_TIMEOUT_S: after it, an invocation's unfinished documents are cancelled."""
+    raw = os.environ.get("DOCFLOW_INVOCATION_TIMEOUT_S", "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"DOCFLOW_INVOCATION_TIMEOUT_S={raw!r} must be a number of seconds"
+        ) from None
+    if value <= 0:
+        raise ValueError(f"DOCFLOW_INVOCATION_TIMEOUT_S={value} must be > 0")
+    return value
+
+
+def _run_on_engine(
+    engine: Engine, model: LoadedModel, items: list[Item], results: list[dict[str, Any] | None]
+) -> None:
+    """Submit the invocation's documents to the shared engine and collect their lines."""
+    generations = engine.submit(items)
+    timeout = _invocation_timeout()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for generation in generations:
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not generation.wait(remaining):
+            reason = (
+                f"timed out: the invocation ran past DOCFLOW_INVOCATION_TIMEOUT_S={timeout:g} s "
+                "and its unfinished documents were cancelled; send smaller payloads or raise it"
+            )
+            for other in generations:
+                other.cancel(reason)
+            generation.wait()
+    for generation, item in zip(generations, items, strict=True):
+        if generation.failure is not None:  # the engine step failed: this document alone, static
+            results[item[0]] = _run_batch(model, [item])[0]
+        else:
+            results[item[0]] = generation.result
+
+
+def predict_fn(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> list[dict[str, Any]]:
+    """Generate every document on the instance's engine (or in static micro-batches); input order."""
+    started = time.monotonic()
+    results: list[dict[str, Any] | None] = [None] * len(data)
+    runnable = _runnable(data, model, results)
+    engine = model.engine
+    if engine is not None:
+        _run_on_engine(engine, model, runnable, results)
+        how = "on the engine"
+    else:
+        batches = plan_batches(runnable, model.max_batch_size)
+        for batch in batches:
+            for (index, _, _), result in zip(batch, _run_batch(model, batch), strict=True):
+                results[index] = result
+        how = f"in {len(batches)} micro-batches"
     done = [r for r in results if r is not None]
     logger.info(
-        "%d documents (%d errors) in %d micro-batches: %d prompt + %d completion tokens, %.2f s",
+        "%d documents (%d errors) %s: %d prompt (%d cached) + %d completion tokens, %.2f s",
         len(done),
         sum("error" in r for r in done),
-        len(batches),
+        how,
         sum(r.get("prompt_tokens", 0) for r in done),
+        sum(r.get("cached_tokens", 0) for r in done),
         sum(r.get("completion_tokens", 0) for r in done),
         time.monotonic() - started,
     )
     return done
+
+
+def stream_fn(document: Entry | dict[str, Any], model: LoadedModel) -> Iterator[str]:
+    """One document's text as it is generated (the engine's token stream; static: all at once)."""
+    results: list[dict[str, Any] | None] = [None]
+    runnable = _runnable([document], model, results)
+    if not runnable:
+        raise DocumentError(str((results[0] or {}).get("error")))
+    if model.engine is None:
+        (result,) = _run_batch(model, runnable)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        yield result["text"]
+        return
+    (generation,) = model.engine.submit(runnable)
+    try:
+        yield from generation.stream()
+    finally:
+        generation.cancel("cancelled: the stream's reader went away")
 
 
 # ---------------------------------------------------------------------------------------------
