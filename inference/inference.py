@@ -1015,6 +1015,7 @@ class Generation:
         if self.params.do_sample and self.params.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(self.params.seed)
         self.window = 4 * max((len(s) for s in self.params.stop), default=0) + 4
+        self.wake: Callable[[], None] = lambda: None  # tells the engine something changed
 
     @property
     def length(self) -> int:
@@ -1025,6 +1026,7 @@ class Generation:
         """Stop generating; the engine frees its slot at the next step and it gets an error line."""
         if not self.done.is_set():
             self.cancel_reason = reason
+            self.wake()
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once it has a result (or failed, or was cancelled)."""
@@ -1129,6 +1131,7 @@ class Engine:
         self.waiting: deque[Generation] = deque()
         self.cond = threading.Condition()
         self.holds = 0
+        self.credits = 0
         self.closed = False
         self.invocations = itertools.count(1)
         self.thread: threading.Thread | None = None
@@ -1164,6 +1167,8 @@ class Engine:
 
         eos_ids = self.loaded.eos_ids()
         made = [Generation(item, invocation, eos_ids, decode, self.loaded.device) for item in items]
+        for generation in made:
+            generation.wake = self._wake
         with self.cond:
             for generation in made:
                 self.stats["submitted"] += 1
@@ -1191,6 +1196,10 @@ class Engine:
             self.cond.notify_all()
         return made
 
+    def _wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Pause scheduling at a step boundary (tests use it to queue work deterministically)."""
@@ -1202,6 +1211,12 @@ class Engine:
             with self.cond:
                 self.holds -= 1
                 self.cond.notify_all()
+
+    def allow(self, steps: int = 1) -> None:
+        """While held, let exactly ``steps`` more steps run."""
+        with self.cond:
+            self.credits += steps
+            self.cond.notify_all()
 
     def wait_until(self, predicate: Callable[[Engine], bool], timeout: float = 60.0) -> bool:
         """Block until ``predicate(engine)`` holds (checked whenever the engine's state changes)."""
@@ -1258,7 +1273,10 @@ class Engine:
                     self._cancelled(generation)
                 if self.closed and not (self.prefilling or self._live()):
                     return False
-                if self.holds == 0 and (self.waiting or self.prefilling or self._live()):
+                if (self.holds == 0 or self.credits > 0) and (
+                    self.waiting or self.prefilling or self._live()
+                ):
+                    self.credits = max(self.credits - 1, 0)
                     break
                 self.cond.wait()
             admitted = [*self._live(), *self.prefilling]

@@ -11,7 +11,7 @@ from typing import Any
 
 from tasks.aws import aws_client
 from tasks.settings import Profile
-from tests.inference.conftest import HANDLER_PATH, jsonl
+from tests.inference.conftest import HANDLER_PATH, jsonl, without_cached
 
 WAIT = {"Delay": 0.5, "MaxAttempts": 240}
 
@@ -104,9 +104,9 @@ def _invoke_and_check(profile: Profile, name: str, run: Any, in_process: Any) ->
     bad = runtime.invoke_endpoint_async(
         EndpointName=name, Body=b"\xff\xfe not utf-8\n", ContentType="application/jsonlines"
     )
-    served = [
-        json.loads(line) for line in _read_when_ready(profile, ok["OutputLocation"]).splitlines()
-    ]
+    served = without_cached(
+        [json.loads(line) for line in _read_when_ready(profile, ok["OutputLocation"]).splitlines()]
+    )
     # The endpoint's instance (its own process, micro-batches of 2) answers exactly as in-process.
     assert served == run(in_process, docs)
     assert [r["id"] for r in served] == ["d0", "d1", "d2", "empty"]
