@@ -36,26 +36,43 @@ and ``seed`` are ignored when ``do_sample`` is false. A document with ``do_sampl
 
 Output (JSON Lines, one line per input document, in input order)::
 
-    {"id": "doc-17", "text": "...", "prompt_tokens": 41, "completion_tokens": 64, "finish_reason": "length"}
+    {"id": "doc-17", "text": "...", "prompt_tokens": 41, "cached_tokens": 32, "completion_tokens": 64, "finish_reason": "length"}
     {"id": "doc-18", "error": "prompt is 9000 tokens + max_new_tokens 128 > the model's context of 8192; ..."}
 
-``prompt_tokens`` counts the tokens of the (chat-templated) prompt, padding excluded.
+``prompt_tokens`` counts the tokens of the (chat-templated) prompt, padding excluded;
+``cached_tokens`` how many of them were served from the prefix cache (0 on the static path).
 ``completion_tokens`` counts the tokens generated for that document, padding excluded: up to and
 including the EOS token when the model stopped there, up to and including the token that
 completed a stop string when one did. ``finish_reason`` is ``stop`` (EOS or a stop string) or
 ``length`` (``max_new_tokens`` reached; then ``completion_tokens == max_new_tokens``). ``text``
 is decoded without special tokens and ends before the stop string. A document that cannot be
 run (malformed line, missing id, empty prompt, prompt too long for the context, bad
-parameters) gets an ``error`` line (id ``"line N"`` when the line has no readable id) and the
-rest of the batch completes; a micro-batch whose generation fails is retried one document at a
-time, so only the documents that fail alone get ``generation failed`` lines. A body that is not
+parameters, prompt + max_new_tokens over the engine's token budget, cancelled or timed out)
+gets an ``error`` line (id ``"line N"`` when the line has no readable id) and the rest of the
+batch completes; documents whose generation fails are retried one at a time on the static path,
+so only the documents that fail alone get ``generation failed`` lines. A body that is not
 UTF-8, has no documents or has an unsupported content type raises ``ValueError`` (an async
 *failure*). Accept: the JSON Lines types, ``*/*`` or none give JSON Lines;
 ``application/json`` gives one JSON object for a single document, else a JSON array; anything
 else raises ``ValueError``.
 
-Environment: ``DOCFLOW_MAX_BATCH_SIZE`` (documents per micro-batch, default 8; documents are
-sorted by length and only documents with equal parameters share a micro-batch),
+Serving: one ``Engine`` per instance (see "The serving engine" below) generates for every
+concurrent invocation and every document at once, at token granularity (continuous batching);
+``stream_fn`` yields one document's text as it is generated. ``DOCFLOW_ENGINE``: ``continuous``
+(the default with transformers >= 5) or ``static`` (the default under transformers 4.x, e.g. the
+AWS Hugging Face container's 4.51: length-sorted micro-batches, one at a time per instance; it
+needs nothing that container lacks, so an endpoint without internet works either way).
+Engine limits: ``DOCFLOW_MAX_BATCH_TOKENS`` (keys/values of the running batch in tokens, padding
+included; default from memory: 10 % of RAM on CPU, 80 % of the GPU memory left after the weights,
+at most ``DOCFLOW_MAX_SEQUENCES`` x context), ``DOCFLOW_MAX_SEQUENCES`` (documents in flight;
+default 16 on CPU, 64 on GPU), ``DOCFLOW_PREFILL_CHUNK`` (prompt tokens prefilled per step,
+default 512), ``DOCFLOW_PREFIX_CACHE_TOKENS`` (prefix cache size, default a quarter of the batch
+budget; 0 turns it off), ``DOCFLOW_PREFIX_BLOCK`` (its granularity, 16 tokens),
+``DOCFLOW_INVOCATION_TIMEOUT_S`` (cancel an invocation's unfinished documents after it; unset:
+never). A Mistral ``sliding_window`` (v0.1: 4096) is applied as in transformers.
+
+Environment: ``DOCFLOW_MAX_BATCH_SIZE`` (static path: documents per micro-batch, default 8;
+documents are sorted by length and only documents with equal parameters share a micro-batch),
 ``DOCFLOW_MAX_NEW_TOKENS`` (default ``max_new_tokens``, 128), ``DOCFLOW_NUM_THREADS`` (torch CPU
 threads), ``DOCFLOW_MAX_CONTEXT`` (caps the context length taken from the model's config),
 ``DOCFLOW_DEVICE`` (``cpu``/``cuda``; default: cuda when available).
@@ -830,6 +847,51 @@ class _PromptCache:
         return int(self.layers[0][0].shape[2]) if self.layers else 0
 
 
+class _PackedCache:
+    """Keys/values for one packed prefill: every document's past, then the new chunks end to end."""
+
+    def __init__(
+        self, pasts: list[list[tuple[torch.Tensor, torch.Tensor]]], lengths: list[int]
+    ) -> None:
+        self.pasts = pasts
+        self.lengths = lengths
+        self.new: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the chunks' keys/values of a layer; return the pasts and them, concatenated."""
+        self.new.append((key, value))
+        if not any(self.pasts):
+            return key, value
+        keys = [p[layer_idx][0] for p in self.pasts if p] + [key]
+        values = [p[layer_idx][1] for p in self.pasts if p] + [value]
+        return torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Tokens cached before this pass."""
+        return sum(int(p[0][0].shape[2]) for p in self.pasts if p)
+
+    def split(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Each document's keys/values after the pass: its past, then its new chunk."""
+        out = []
+        at = 0
+        for past, take in zip(self.pasts, self.lengths, strict=True):
+            layers = []
+            for layer, (key, value) in enumerate(self.new):
+                k = key[:, :, at : at + take]
+                v = value[:, :, at : at + take]
+                if past:
+                    k = torch.cat([past[layer][0], k], dim=2)
+                    v = torch.cat([past[layer][1], v], dim=2)
+                else:
+                    k, v = k.contiguous(), v.contiguous()
+                layers.append((k, v))
+            out.append(layers)
+            at += take
+        return out
+
+
 class _BatchCache:
     """The running batch's keys/values: one row per document, right-aligned, written in place."""
 
@@ -869,7 +931,8 @@ class _BatchCache:
         width = max([*lengths, *new_lengths, 0])
         rows = len(keep) + len(new)
         template = new[0] if new else list(zip(self.keys, self.values, strict=True))
-        index = torch.tensor(keep, dtype=torch.long, device=self.valid.device)
+        device = template[0][0].device
+        index = torch.tensor(keep, dtype=torch.long, device=device)
         keys, values = [], []
         for layer, (k_like, _) in enumerate(template):
             shape = (rows, k_like.shape[1], columns, k_like.shape[3])
@@ -887,7 +950,7 @@ class _BatchCache:
                 v[row, :, width - pv.shape[2] : width] = pv[0]
             keys.append(k)
             values.append(v)
-        valid = torch.zeros((rows, columns), dtype=torch.bool, device=self.valid.device)
+        valid = torch.zeros((rows, columns), dtype=torch.bool, device=device)
         for row, length in enumerate([*lengths, *new_lengths]):
             valid[row, width - length : width] = True
         self.keys, self.values, self.valid, self.width = keys, values, valid, width
@@ -901,10 +964,12 @@ class _BatchCache:
         self.valid[row] = False
         self.valid[row, self.width - length : self.width] = True
 
-    def step_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        """The decode step's 4-D mask: each row sees its own tokens and the new column."""
+    def step_mask(self, dtype: torch.dtype, window: int | None = None) -> torch.Tensor:
+        """The decode step's 4-D mask: each row sees its own tokens (within ``window``) and the new column."""
         allowed = self.valid[:, : self.width + 1].clone()
         allowed[:, self.width] = True
+        if window is not None and self.width + 1 > window:
+            allowed[:, : self.width + 1 - window] = False
         return _additive_mask(allowed[:, None, :], dtype)
 
     def advance(self) -> None:
@@ -1135,6 +1200,10 @@ class Engine:
         self.closed = False
         self.invocations = itertools.count(1)
         self.thread: threading.Thread | None = None
+        # Mistral's sliding window (None for v0.2+): each token sees at most this many tokens.
+        config = self.model.config
+        window = getattr(config, "sliding_window", None) if config.model_type == "mistral" else None
+        self.window: int | None = int(window) if window else None
         params = inspect.signature(self.model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.stats: dict[str, int] = {
@@ -1300,15 +1369,12 @@ class Engine:
         generation.finish({"id": generation.document.doc_id, "error": generation.cancel_reason})
 
     def _step(self) -> None:
-        budget = self.limits.prefill_chunk
-        for generation in list(self.prefilling):
-            if budget <= 0:
-                break
-            if generation.cancel_reason:
-                self.prefilling.remove(generation)
-                self._cancelled(generation)
-                continue
-            budget -= self._prefill(generation)
+        for generation in [g for g in self.prefilling if g.cancel_reason]:
+            self.prefilling.remove(generation)
+            self._cancelled(generation)
+        pack = self._pack()
+        if pack:
+            self._prefill(pack)
         for row, seated in enumerate(self.rows):
             if seated is not None and seated.cancel_reason:
                 self.rows[row] = None
@@ -1317,62 +1383,118 @@ class Engine:
             self._decode()
         self._compact()
 
+    def _pack(self) -> list[tuple[Generation, int]]:
+        """The prompt chunks to prefill this step: up to DOCFLOW_PREFILL_CHUNK tokens in all.
+
+        A document that starts with the same block as another one starting in this pack waits a
+        step, so that it finds the other's prefix in the cache instead of computing it again.
+        """
+        budget = self.limits.prefill_chunk
+        pack: list[tuple[Generation, int]] = []
+        starting: set[tuple[int, ...]] = set()
+        for generation in self.prefilling:
+            if budget <= 0:
+                break
+            prompt = generation.prompt
+            if generation.prefill is None:
+                head = tuple(prompt[: self.limits.prefix_block])
+                cached = self.prefix.lookup(prompt)
+                if cached is None and self.prefix.max_tokens and head in starting:
+                    continue
+                starting.add(head)
+                generation.prefill = _PromptCache(cached)
+                generation.prefilled = generation.cached_tokens = (
+                    int(cached[0][0].shape[2]) if cached else 0
+                )
+                self.stats["cached_tokens"] += generation.cached_tokens
+            take = min(len(prompt) - generation.prefilled, budget)
+            pack.append((generation, take))
+            budget -= take
+        return pack
+
     def _forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: Any
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        cache: Any,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits of the last position of each row, float32 [rows, vocab]."""
+        """Logits float32 [rows, vocab]: each row's last position, or positions ``keep`` of row 0."""
         device = self.loaded.device
         out = self.model(
             input_ids=ids.to(device),
             position_ids=positions.to(device),
             attention_mask=mask,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=1 if keep is None else keep,
             **{self.cache_arg: cache},
         )
+        if keep is not None:
+            return out.logits[0].float()
         return out.logits[:, -1, :].float()
 
-    def _prefill(self, generation: Generation) -> int:
-        """Prefill the next chunk of one prompt; once whole, pick its first token and seat it."""
-        prompt, device, dtype = generation.prompt, self.loaded.device, self.model.dtype
-        if generation.prefill is None:
-            cached = self.prefix.lookup(prompt)
-            generation.prefill = _PromptCache(cached)
-            generation.prefilled = generation.cached_tokens = (
-                int(cached[0][0].shape[2]) if cached else 0
-            )
-            self.stats["cached_tokens"] += generation.cached_tokens
-        start = generation.prefilled
-        end = min(len(prompt), start + self.limits.prefill_chunk)
+    def _prefill(self, pack: list[tuple[Generation, int]]) -> None:
+        """Prefill the pack's chunks in one forward pass, each document seeing only its own tokens.
+
+        The chunks are laid end to end as one sequence after every document's cached keys/values;
+        a block mask keeps documents apart. A document whose prompt is then complete gets its
+        first token and a row in the running batch.
+        """
+        device, dtype = self.loaded.device, self.model.dtype
+        cache = _PackedCache(
+            [g.prefill.layers if g.prefill else [] for g, _ in pack], [take for _, take in pack]
+        )
+        past = sum(g.prefilled for g, _ in pack)
+        total = sum(take for _, take in pack)
+        allowed = torch.zeros((total, past + total), dtype=torch.bool)
+        ids: list[int] = []
+        positions: list[int] = []
+        last: list[int] = []
+        past_at = new_at = 0
+        for generation, take in pack:
+            start = generation.prefilled
+            ids.extend(generation.prompt[start : start + take])
+            positions.extend(range(start, start + take))
+            rows = slice(new_at, new_at + take)
+            query_at = torch.arange(start, start + take)[:, None]
+            seen = torch.arange(start + take)[None, :] <= query_at
+            if self.window is not None:
+                seen &= torch.arange(start + take)[None, :] > query_at - self.window
+            allowed[rows, past_at : past_at + start] = seen[:, :start]
+            allowed[rows, past + new_at : past + new_at + take] = seen[:, start:]
+            past_at += start
+            new_at += take
+            last.append(new_at - 1)
         try:
-            keys = torch.arange(end, device=device)
-            queries = torch.arange(start, end, device=device)
-            allowed = keys[None, :] <= queries[:, None]
             logits = self._forward(
-                torch.tensor([prompt[start:end]], dtype=torch.long),
-                queries[None, :],
-                _additive_mask(allowed[None], dtype),
-                generation.prefill,
+                torch.tensor([ids], dtype=torch.long),
+                torch.tensor([positions], dtype=torch.long),
+                _additive_mask(allowed[None].to(device), dtype),
+                cache,
+                keep=torch.tensor(last, device=device),
             )
         except Exception as exc:
-            logger.exception("prefill failed for %s", generation.document.doc_id)
+            logger.exception("prefill failed for %d documents", len(pack))
+            for generation, _ in pack:
+                self.prefilling.remove(generation)
+                self.stats["failed"] += 1
+                generation.finish(failure=exc)
+            return
+        self.stats["prefill_tokens"] += total
+        for n, ((generation, take), layers) in enumerate(zip(pack, cache.split(), strict=True)):
+            generation.prefilled += take
+            if generation.prefill is not None:
+                generation.prefill.layers = layers
+            if generation.prefilled < len(generation.prompt):
+                continue
             self.prefilling.remove(generation)
-            self.stats["failed"] += 1
-            generation.finish(failure=exc)
-            return end - start
-        generation.prefilled = end
-        self.stats["prefill_tokens"] += end - start
-        if end < len(prompt):
-            return end - start
-        self.prefilling.remove(generation)
-        layers = generation.prefill.layers
-        self.prefix.insert(prompt, layers)
-        if generation.append(generation.choose(logits)):
-            self._done(generation)
-        else:
-            self._seat(generation, layers)
-        generation.prefill = None
-        return end - start
+            self.prefix.insert(generation.prompt, layers)
+            if generation.append(generation.choose(logits[n : n + 1])):
+                self._done(generation)
+            else:
+                self._seat(generation, layers)
+            generation.prefill = None
 
     def _seat(
         self, generation: Generation, layers: list[tuple[torch.Tensor, torch.Tensor]]
@@ -1404,7 +1526,7 @@ class Engine:
         pad = int(self.loaded.tokenizer.pad_token_id)
         ids = torch.tensor([[g.tokens[-1] if g else pad] for g in rows], dtype=torch.long)
         positions = torch.tensor([[g.length if g else 0] for g in rows], dtype=torch.long)
-        mask = self.cache.step_mask(self.model.dtype)
+        mask = self.cache.step_mask(self.model.dtype, self.window)
         try:
             logits = self._forward(ids, positions, mask, self.cache)
         except Exception:

@@ -270,3 +270,26 @@ def test_static_path_under_transformers_4_and_on_request(
     monkeypatch.setenv("DOCFLOW_ENGINE", "paged")
     with pytest.raises(ValueError, match="use 'continuous' or 'static'"):
         handler.engine_kind()
+
+
+def test_mistral_sliding_window_applies_as_in_transformers(
+    handler: ModuleType,
+    tiny_dirs: dict[str, Path],
+    run: Run,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+    import shutil
+
+    windowed = shutil.copytree(tiny_dirs["mistral"], tmp_path / "mistral-window")
+    config = json.loads((windowed / "config.json").read_text())
+    config["sliding_window"] = 8
+    (windowed / "config.json").write_text(json.dumps(config))
+    engine = _fresh(handler, windowed, monkeypatch)
+    static = _fresh(handler, windowed, monkeypatch, DOCFLOW_ENGINE="static")
+    unwindowed = _fresh(handler, tiny_dirs["mistral"], monkeypatch)
+    assert engine.engine.window == 8
+    docs = _docs("w")
+    assert run(engine, docs) == run(static, docs)
+    assert run(engine, docs) != run(unwindowed, docs)  # the window really changes the output
