@@ -31,8 +31,12 @@ INSTRUCTION = (
     "fact that matters most. Do not add facts that are not in the document.\n\nDocument:\n"
 )
 TARGETS = {"engine_vs_static_at_4": 1.5, "engine_vs_static_at_1": 0.9}
-# Payloads per concurrency level: the same ones for every configuration.
-PAYLOADS = {"full": 4, "quick": 2}
+# Per mode: payloads per concurrency level (the same ones for every configuration), the longest
+# document in words, the output lengths. --quick only checks that the section works.
+SIZES: dict[str, tuple[int, int, tuple[int, ...]]] = {
+    "full": (4, 700, OUTPUT_LENGTHS),
+    "quick": (1, 40, (4, 8)),
+}
 MODES: dict[str, dict[str, str]] = {
     "static": {"DOCFLOW_ENGINE": "static"},
     "engine": {"DOCFLOW_ENGINE": "continuous"},
@@ -40,16 +44,21 @@ MODES: dict[str, dict[str, str]] = {
 }
 
 
-def serving_payloads(n_payloads: int, seed: int = 13) -> list[bytes]:
-    """JSON Lines payloads of 16 documents: lognormal lengths (median ~60 words, tail to 700)."""
+def serving_payloads(
+    n_payloads: int,
+    max_words: int = 700,
+    output_lengths: tuple[int, ...] = OUTPUT_LENGTHS,
+    seed: int = 13,
+) -> list[bytes]:
+    """JSON Lines payloads of 16 documents: lognormal lengths (median ~60 words, long tail)."""
     rng = random.Random(seed)
     payloads = []
     for p in range(n_payloads):
         lines = []
         for d in range(DOCS_PER_PAYLOAD):
-            words = min(max(int(rng.lognormvariate(math.log(60), 1.0)), 5), 700)
+            words = min(max(int(rng.lognormvariate(math.log(60), 1.0)), 5), max_words)
             text = " ".join(rng.choices(_WORDS, k=words))
-            params = {"max_new_tokens": rng.choice(OUTPUT_LENGTHS)}
+            params = {"max_new_tokens": rng.choice(output_lengths)}
             row = {"id": f"p{p}-d{d}", "prompt": INSTRUCTION + text, "parameters": params}
             lines.append(json.dumps(row))
         payloads.append(("\n".join(lines) + "\n").encode())
@@ -189,8 +198,10 @@ def serving(bench: Any) -> dict[str, Any]:
     """Section 5: engine vs static path at 1, 2 and 4 concurrent invocations; prefix cache on/off."""
     from flows.package_model import package_model
 
-    mode_name = "quick" if bench.cfg.name.startswith("quick") else "full"
-    payloads = serving_payloads(PAYLOADS[mode_name])
+    n_payloads, max_words, output_lengths = SIZES[
+        "quick" if bench.cfg.name.startswith("quick") else "full"
+    ]
+    payloads = serving_payloads(n_payloads, max_words, output_lengths)
     artifact = dict(package_model(source=bench.cfg.model_source, profile="local"))
     modes = {
         "static": _measure_mode(bench, artifact, "static", payloads, CONCURRENCY),
@@ -215,7 +226,8 @@ def serving(bench: Any) -> dict[str, Any]:
         "torch_threads": bench.cfg.model_threads,
         "docs_per_payload": DOCS_PER_PAYLOAD,
         "payloads_per_level": len(payloads),
-        "output_lengths": list(OUTPUT_LENGTHS),
+        "output_lengths": list(output_lengths),
+        "max_words": max_words,
         "modes": modes,
         "ratios": ratios,
         "prefix_cache": prefix,
