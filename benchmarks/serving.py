@@ -1,9 +1,11 @@
 """Section 5: the model container's serving engine vs its static path, SmolLM2 on CPU.
 
 Each configuration runs on one localcloud instance of its own endpoint (MaxConcurrentInvocations
-PerInstance 4), one after the other in the same bench run, on the same payloads: 16 documents
-each, a long tail of input lengths, mixed output lengths, one instruction template ahead of
-every document. A client keeps 1, 2 or 4 invocations in flight and counts generated tokens.
+PerInstance 4), all deployed at once and measured interleaved (per level: static, engine, engine
+without prefix cache), on the same payloads: 16 documents each, a long tail of input lengths,
+mixed output lengths, one instruction template ahead of every document; every level gets fresh
+documents, so only the template can come from the prefix cache. A client keeps 1, 2 or 4
+invocations in flight and counts generated tokens.
 """
 
 from __future__ import annotations
@@ -162,54 +164,66 @@ def run_level(
     }
 
 
-def _measure_mode(
-    bench: Any, artifact: dict[str, Any], mode: str, payloads: list[bytes], levels: tuple[int, ...]
-) -> dict[str, Any]:
-    """Deploy one configuration, warm it, run the largest payload alone, then every level."""
+def _deploy_modes(bench: Any, artifact: dict[str, Any]) -> dict[str, str]:
+    """One endpoint (one instance) per configuration, all up at once."""
     from benchmarks.endpoints import deploy
-    from tasks.aws import aws_client
 
-    env = bench.env
-    name = env.new_endpoint_name(f"serve-{mode.replace('_', '-')}")
-    environment = {"DOCFLOW_NUM_THREADS": str(bench.cfg.model_threads), **MODES[mode]}
-    bench.log(f"serving: deploying {mode} ({environment})")
-    deploy(env, name, artifact, per_instance=max(CONCURRENCY), environment=environment)
-    timeout = bench.cfg.contender_timeout_s
-    try:
-        run_level(env.profile, name, [payloads[0][: payloads[0].index(b"\n") + 1]], 1, timeout)
-        largest = max(payloads, key=len)
-        alone = run_level(env.profile, name, [largest], 1, timeout)
-        alone["peak_rss_mb"] = _peak_rss_mb(env.cloud.instance_pids(name))
-        out: dict[str, Any] = {"environment": environment, "largest_payload": alone, "levels": {}}
-        for c in levels:
+    names = {}
+    for mode, extra in MODES.items():
+        name = bench.env.new_endpoint_name(f"serve-{mode.replace('_', '-')}")
+        environment = {"DOCFLOW_NUM_THREADS": str(bench.cfg.model_threads), **extra}
+        bench.log(f"serving: deploying {mode} ({environment})")
+        deploy(bench.env, name, artifact, per_instance=max(CONCURRENCY), environment=environment)
+        names[mode] = name
+    return names
+
+
+def _measure(
+    bench: Any, names: dict[str, str], sizes: tuple[int, int, tuple[int, ...]]
+) -> dict[str, Any]:
+    """Every level with fresh documents (the same for every configuration), modes interleaved."""
+    n_payloads, max_words, output_lengths = sizes
+    env, timeout = bench.env, bench.cfg.contender_timeout_s
+    modes: dict[str, Any] = {m: {"environment": MODES[m], "levels": {}} for m in names}
+    # Warm-up: one document each, so no configuration pays torch's first-call costs in a level.
+    warm = serving_payloads(1, 40, (4,), seed=1)[0]
+    for name in names.values():
+        run_level(env.profile, name, [warm[: warm.index(b"\n") + 1]], 1, timeout)
+    largest = max(serving_payloads(8, max_words, output_lengths, seed=2), key=len)
+    steps: list[tuple[str, int, list[bytes]]] = [("largest_payload", 1, [largest])]
+    for n, c in enumerate(CONCURRENCY):
+        steps.append((str(c), c, serving_payloads(n_payloads, max_words, output_lengths, 10 + n)))
+    for label, c, payloads in steps:
+        for mode, name in names.items():
+            if mode == "engine_no_prefix_cache" and c == 2:
+                continue
             result = run_level(env.profile, name, payloads, c, timeout)
             result["peak_rss_mb"] = _peak_rss_mb(env.cloud.instance_pids(name))
-            out["levels"][str(c)] = result
+            if label == "largest_payload":
+                modes[mode]["largest_payload"] = result
+            else:
+                modes[mode]["levels"][label] = result
             bench.log(
-                f"serving: {mode} at {c} concurrent: {result['tokens_per_s']:.1f} generated tok/s, "
+                f"serving: {mode} {label}: {result['tokens_per_s']:.1f} generated tok/s, "
                 f"{result['wall_s']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MiB"
             )
-        return out
-    finally:
-        aws_client("sagemaker", env.profile).delete_endpoint(EndpointName=name)
+    return modes
 
 
 def serving(bench: Any) -> dict[str, Any]:
     """Section 5: engine vs static path at 1, 2 and 4 concurrent invocations; prefix cache on/off."""
     from flows.package_model import package_model
+    from tasks.aws import aws_client
 
-    n_payloads, max_words, output_lengths = SIZES[
-        "quick" if bench.cfg.name.startswith("quick") else "full"
-    ]
-    payloads = serving_payloads(n_payloads, max_words, output_lengths)
+    sizes = SIZES["quick" if bench.cfg.name.startswith("quick") else "full"]
     artifact = dict(package_model(source=bench.cfg.model_source, profile="local"))
-    modes = {
-        "static": _measure_mode(bench, artifact, "static", payloads, CONCURRENCY),
-        "engine": _measure_mode(bench, artifact, "engine", payloads, CONCURRENCY),
-        "engine_no_prefix_cache": _measure_mode(
-            bench, artifact, "engine_no_prefix_cache", payloads, (1, 4)
-        ),
-    }
+    names: dict[str, str] = {}
+    try:
+        names = _deploy_modes(bench, artifact)
+        modes = _measure(bench, names, sizes)
+    finally:
+        for name in names.values():
+            aws_client("sagemaker", bench.env.profile).delete_endpoint(EndpointName=name)
 
     def rate(mode: str, c: int) -> float:
         return float(modes[mode]["levels"][str(c)]["tokens_per_s"])
@@ -225,9 +239,9 @@ def serving(bench: Any) -> dict[str, Any]:
         "model_source": bench.cfg.model_source,
         "torch_threads": bench.cfg.model_threads,
         "docs_per_payload": DOCS_PER_PAYLOAD,
-        "payloads_per_level": len(payloads),
-        "output_lengths": list(output_lengths),
-        "max_words": max_words,
+        "payloads_per_level": sizes[0],
+        "max_words": sizes[1],
+        "output_lengths": list(sizes[2]),
         "modes": modes,
         "ratios": ratios,
         "prefix_cache": prefix,
