@@ -1482,6 +1482,7 @@ class Engine:
                 generation.finish(failure=exc)
             return
         self.stats["prefill_tokens"] += total
+        ready: list[tuple[Generation, list[tuple[torch.Tensor, torch.Tensor]]]] = []
         for n, ((generation, take), layers) in enumerate(zip(pack, cache.split(), strict=True)):
             generation.prefilled += take
             if generation.prefill is not None:
@@ -1490,30 +1491,39 @@ class Engine:
                 continue
             self.prefilling.remove(generation)
             self.prefix.insert(generation.prompt, layers)
+            generation.prefill = None
             if generation.append(generation.choose(logits[n : n + 1])):
                 self._done(generation)
             else:
-                self._seat(generation, layers)
-            generation.prefill = None
+                ready.append((generation, layers))
+        if ready:
+            self._seat(ready)
 
     def _seat(
-        self, generation: Generation, layers: list[tuple[torch.Tensor, torch.Tensor]]
+        self, ready: list[tuple[Generation, list[tuple[torch.Tensor, torch.Tensor]]]]
     ) -> None:
-        """Put a prefilled document into the running batch: a free row if it fits, else re-layout."""
-        length = len(generation.prompt)
-        free = [row for row, g in enumerate(self.rows) if g is None]
-        live = self._live()
-        columns = self.cache.capacity
-        fits = all(
-            self.cache.width - g.length + g.final_length <= columns for g in [*live, generation]
-        )
-        if free and length <= self.cache.width and fits:
-            self.cache.place(free[0], layers)
-            self.rows[free[0]] = generation
+        """Put prefilled documents into the running batch: free rows where they fit, else one re-layout."""
+        rest = []
+        for generation, layers in ready:
+            free = [row for row, g in enumerate(self.rows) if g is None]
+            columns = self.cache.capacity
+            fits = all(
+                self.cache.width - g.length + g.final_length <= columns
+                for g in [*self._live(), generation]
+            )
+            if free and len(generation.prompt) <= self.cache.width and fits:
+                self.cache.place(free[0], layers)
+                self.rows[free[0]] = generation
+            else:
+                rest.append((generation, layers))
+        if not rest:
             return
-        everyone = [*live, generation]
+        live = self._live()
+        everyone = [*live, *(g for g, _ in rest)]
         keep = [row for row, g in enumerate(self.rows) if g is not None]
-        self.cache.layout(keep, [g.length for g in live], [layers], self._columns(everyone))
+        self.cache.layout(
+            keep, [g.length for g in live], [layers for _, layers in rest], self._columns(everyone)
+        )
         self.rows = list[Generation | None](everyone)
         self.stats["layouts"] += 1
         self.stats["peak_cache_tokens"] = max(
