@@ -63,10 +63,10 @@ concurrent invocation and every document at once, at token granularity (continuo
 AWS Hugging Face container's 4.51: length-sorted micro-batches, one at a time per instance; it
 needs nothing that container lacks, so an endpoint without internet works either way).
 Engine limits: ``DOCFLOW_MAX_BATCH_TOKENS`` (keys/values of the running batch in tokens, padding
-included; default from memory: 10 % of RAM on CPU, 80 % of the GPU memory left after the weights,
+included; default from memory: 5 % of RAM on CPU, 80 % of the GPU memory left after the weights,
 at most ``DOCFLOW_MAX_SEQUENCES`` x context), ``DOCFLOW_MAX_SEQUENCES`` (documents in flight;
 default 16 on CPU, 64 on GPU), ``DOCFLOW_PREFILL_CHUNK`` (prompt tokens prefilled per step,
-default 512), ``DOCFLOW_PREFIX_CACHE_TOKENS`` (prefix cache size, default a quarter of the batch
+default 512), ``DOCFLOW_PREFIX_CACHE_TOKENS`` (prefix cache size, default an eighth of the batch
 budget; 0 turns it off), ``DOCFLOW_PREFIX_BLOCK`` (its granularity, 16 tokens),
 ``DOCFLOW_INVOCATION_TIMEOUT_S`` (cancel an invocation's unfinished documents after it; unset:
 never). A Mistral ``sliding_window`` (v0.1: 4096) is applied as in transformers.
@@ -81,6 +81,8 @@ threads), ``DOCFLOW_MAX_CONTEXT`` (caps the context length taken from the model'
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
 import inspect
 import itertools
 import json
@@ -92,7 +94,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -759,7 +761,7 @@ def _run_batch(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
 
 DEFAULT_PREFILL_CHUNK = 512
 DEFAULT_PREFIX_BLOCK = 16
-CPU_KV_MEMORY_SHARE = 0.10  # of physical memory, for the running batch's keys and values
+CPU_KV_MEMORY_SHARE = 0.05  # of physical memory, for the running batch's keys and values
 GPU_KV_MEMORY_SHARE = 0.80  # of the memory left free once the weights are loaded
 DEFAULT_MAX_SEQUENCES = {"cpu": 16, "cuda": 64}
 
@@ -812,7 +814,7 @@ def engine_limits(model: Any, device: torch.device, context_length: int) -> Engi
         max_tokens=max_tokens,
         max_sequences=max_sequences,
         prefill_chunk=_env_int("DOCFLOW_PREFILL_CHUNK", DEFAULT_PREFILL_CHUNK),
-        prefix_cache_tokens=_env_count("DOCFLOW_PREFIX_CACHE_TOKENS", max_tokens // 4),
+        prefix_cache_tokens=_env_count("DOCFLOW_PREFIX_CACHE_TOKENS", max_tokens // 8),
         prefix_block=_env_int("DOCFLOW_PREFIX_BLOCK", DEFAULT_PREFIX_BLOCK),
     )
 
@@ -930,20 +932,23 @@ class _BatchCache:
         new_lengths = [int(n[0][0].shape[2]) for n in new]
         width = max([*lengths, *new_lengths, 0])
         rows = len(keep) + len(new)
-        template = new[0] if new else list(zip(self.keys, self.values, strict=True))
-        device = template[0][0].device
+        like = new[0][0][0] if new else self.keys[0]
+        layers = len(new[0]) if new else len(self.keys)
+        heads, dim, dtype, device = like.shape[1], like.shape[3], like.dtype, like.device
+        del like
         index = torch.tensor(keep, dtype=torch.long, device=device)
+        shift = self.width - width  # leading columns that no kept row uses (>= 0 or < 0)
+        src = slice(max(shift, 0), self.width)
+        dst = slice(max(-shift, 0), width)
+        # One allocation for every layer: large enough to be mapped (and unmapped) on its own,
+        # so a re-layout returns the old cache to the system instead of fragmenting the heap.
+        buffer = torch.zeros((layers, 2, rows, heads, columns, dim), dtype=dtype, device=device)
         keys, values = [], []
-        for layer, (k_like, _) in enumerate(template):
-            shape = (rows, k_like.shape[1], columns, k_like.shape[3])
-            k = torch.zeros(shape, dtype=k_like.dtype, device=k_like.device)
-            v = torch.zeros_like(k)
+        for layer in range(layers):
+            k, v = buffer[layer, 0], buffer[layer, 1]
             if keep:
-                shift = self.width - width  # leading columns that no kept row uses (>= 0 or < 0)
-                src = slice(max(shift, 0), self.width)
-                dst = slice(max(-shift, 0), width)
-                k[: len(keep), :, dst] = self.keys[layer].index_select(0, index)[:, :, src]
-                v[: len(keep), :, dst] = self.values[layer].index_select(0, index)[:, :, src]
+                k[: len(keep), :, dst] = self.keys[layer][:, :, src].index_select(0, index)
+                v[: len(keep), :, dst] = self.values[layer][:, :, src].index_select(0, index)
             for row, prompt in enumerate(new, start=len(keep)):
                 pk, pv = prompt[layer]
                 k[row, :, width - pk.shape[2] : width] = pk[0]
@@ -1172,6 +1177,12 @@ class Generation:
         self._events.put(None)
 
 
+def _return_free_memory() -> None:
+    """Give freed heap memory back to the system (glibc), so an idle instance shrinks again."""
+    with suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -1197,6 +1208,7 @@ class Engine:
         self.cond = threading.Condition()
         self.holds = 0
         self.credits = 0
+        self.trimmed_at = 0
         self.closed = False
         self.invocations = itertools.count(1)
         self.thread: threading.Thread | None = None
@@ -1342,6 +1354,10 @@ class Engine:
                     self._cancelled(generation)
                 if self.closed and not (self.prefilling or self._live()):
                     return False
+                idle = not (self.waiting or self.prefilling or self._live())
+                if idle and self.stats["steps"] != self.trimmed_at:
+                    self.trimmed_at = self.stats["steps"]
+                    _return_free_memory()
                 if (self.holds == 0 or self.credits > 0) and (
                     self.waiting or self.prefilling or self._live()
                 ):
