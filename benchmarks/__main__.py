@@ -18,7 +18,9 @@ from benchmarks.report import RESULTS_DIR, check_targets, git_commit, machine_in
 from benchmarks.tables import render
 
 # Run order: the sections that reuse docflow's echo runs follow the one that makes them.
-ORDER = ("overhead", "completion", "scaling", "model")
+ORDER = ("overhead", "completion", "scaling", "model", "serving")
+# --quick leaves out the serving section (three SmolLM2 instances) unless it is asked for.
+QUICK_ORDER = ORDER[:-1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sections",
-        default=",".join(ORDER),
-        help=f"comma-separated subset of {','.join(ORDER)} (default: all)",
+        help=f"comma-separated subset of {','.join(ORDER)} (default: all; --quick: all but serving)",
     )
     parser.add_argument(
         "--profile",
@@ -72,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, repeat=args.repeat)
     if args.naive_budget_s:
         cfg = replace(cfg, naive_budget_s=args.naive_budget_s)
-    wanted = [s.strip() for s in args.sections.split(",") if s.strip()]
+    default = QUICK_ORDER if args.quick else ORDER
+    wanted = [s.strip() for s in (args.sections or ",".join(default)).split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(ORDER))
     if unknown:
         print(f"unknown sections {unknown}; choose from {list(ORDER)}", file=sys.stderr)
         return 2
-    if set(wanted) != set(ORDER) and not args.sizes:
+    if set(wanted) != set(default) and not args.sizes:
         cfg = replace(cfg, name=f"{cfg.name}-partial")  # keep latest-<mode>.json a complete run
     console = Console(stderr=True)
     started = time.monotonic()

@@ -13,6 +13,7 @@ from benchmarks.endpoints import deploy_echo, deploy_model, download_model
 from benchmarks.environment import BenchEnvironment
 from benchmarks.harness import ratio, run_contender
 from benchmarks.metrics import percentile
+from benchmarks.serving import serving
 from benchmarks.spec import ContenderSpec, EndpointInfo
 
 
@@ -207,4 +208,5 @@ SECTIONS = {
     "model": model_efficiency,
     "completion": completion,
     "scaling": scaling,
+    "serving": serving,
 }

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from benchmarks.formatting import floor_note
 from benchmarks.formatting import fmt as _fmt
+from benchmarks.serving import serving_table
 
 
 def render(results: dict[str, Any], console: Console | None = None) -> None:
@@ -22,6 +23,8 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
         console.print(_completion_table(results["completion"]))
     if "scaling" in results:
         console.print(_scaling_table(results["scaling"]))
+    if "serving" in results:
+        console.print(serving_table(results["serving"]))
     if results.get("targets"):
         console.print(_targets_table(results["targets"]))
     for name, error in results.get("errors", {}).items():

@@ -76,22 +76,36 @@ def loaded(loaded_models: dict[str, Any], arch: str) -> Any:
     return loaded_models[arch]
 
 
+def without_cached(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Result lines minus ``cached_tokens`` (it depends on what the prefix cache saw before)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        if "error" not in row:
+            cached = row.pop("cached_tokens")
+            assert isinstance(cached, int) and 0 <= cached < row["prompt_tokens"], row
+        out.append(row)
+    return out
+
+
 @pytest.fixture
 def run(handler: ModuleType) -> Run:
-    """Send documents through input_fn → predict_fn → output_fn and parse the JSON Lines back."""
+    """input_fn → predict_fn → output_fn, JSON Lines parsed back; ``cached_tokens`` checked, dropped."""
 
     def _run(
         model: Any,
         docs: list[Any],
         content_type: str = "application/jsonlines",
         accept: str = "application/jsonlines",
+        keep_cached: bool = False,
     ) -> list[dict[str, Any]]:
         body = jsonl(docs) if content_type != "application/json" else json.dumps(docs[0]).encode()
         out = handler.output_fn(
             handler.predict_fn(handler.input_fn(body, content_type), model), accept
         )
         assert isinstance(out, str) and out.endswith("\n")
-        return [json.loads(line) for line in out.splitlines()]
+        rows = [json.loads(line) for line in out.splitlines()]
+        return rows if keep_cached else without_cached(rows)
 
     return _run
 

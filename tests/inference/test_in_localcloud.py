@@ -11,7 +11,7 @@ from typing import Any
 
 from tasks.aws.clients import aws_client
 from tasks.settings import Profile
-from tests.inference.conftest import HANDLER_PATH, jsonl
+from tests.inference.conftest import HANDLER_PATH, jsonl, without_cached
 
 WAIT = {"Delay": 0.5, "MaxAttempts": 240}
 
@@ -27,7 +27,7 @@ def _artifact(model_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _deploy(profile: Profile, model_dir: Path) -> str:
+def _deploy(profile: Profile, model_dir: Path, per_instance: int = 1) -> str:
     s3 = aws_client("s3", profile)
     sm = aws_client("sagemaker", profile)
     tag = uuid.uuid4().hex[:6]
@@ -54,7 +54,7 @@ def _deploy(profile: Profile, model_dir: Path) -> str:
             }
         ],
         AsyncInferenceConfig={
-            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1},
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": per_instance},
             "OutputConfig": {
                 "S3OutputPath": profile.s3_uri("async-outputs"),
                 "S3FailurePath": profile.s3_uri("async-failures"),
@@ -104,9 +104,9 @@ def _invoke_and_check(profile: Profile, name: str, run: Any, in_process: Any) ->
     bad = runtime.invoke_endpoint_async(
         EndpointName=name, Body=b"\xff\xfe not utf-8\n", ContentType="application/jsonlines"
     )
-    served = [
-        json.loads(line) for line in _read_when_ready(profile, ok["OutputLocation"]).splitlines()
-    ]
+    served = without_cached(
+        [json.loads(line) for line in _read_when_ready(profile, ok["OutputLocation"]).splitlines()]
+    )
     # The endpoint's instance (its own process, micro-batches of 2) answers exactly as in-process.
     assert served == run(in_process, docs)
     assert [r["id"] for r in served] == ["d0", "d1", "d2", "empty"]
@@ -114,3 +114,40 @@ def _invoke_and_check(profile: Profile, name: str, run: Any, in_process: Any) ->
     assert "empty prompt" in served[3]["error"]
     failure = _read_when_ready(profile, bad["FailureLocation"]).decode()
     assert "not UTF-8" in failure
+
+
+def test_concurrent_invocations_share_the_instance_engine(
+    profile: Profile,
+    tiny_dirs: dict[str, Path],
+    loaded_models: dict[str, Any],
+    run: Any,
+) -> None:
+    """Two invocations in flight on one instance (one engine) each get exactly their own lines."""
+    name = _deploy(profile, tiny_dirs["llama"], per_instance=2)
+    try:
+        payloads = [
+            [
+                {"id": f"{tag}{i}", "prompt": p, "parameters": {"max_new_tokens": 4 + 5 * i}}
+                for i, p in enumerate(prompts)
+            ]
+            for tag, prompts in (
+                ("a", ["Hi", "What is the capital of France?", "The quick brown fox jumps"]),
+                ("b", ["Invoices, contracts and reports", "SageMaker runs the model", "Hi"]),
+            )
+        ]
+        runtime = aws_client("sagemaker-runtime", profile)
+        answers = [
+            runtime.invoke_endpoint_async(
+                EndpointName=name,
+                Body=jsonl(docs),
+                ContentType="application/jsonlines",
+                InferenceId=f"concurrent-{n}",
+            )
+            for n, docs in enumerate(payloads)
+        ]
+        for docs, answer in zip(payloads, answers, strict=True):
+            body = _read_when_ready(profile, answer["OutputLocation"])
+            served = without_cached([json.loads(line) for line in body.splitlines()])
+            assert served == run(loaded_models["llama"], docs)
+    finally:
+        aws_client("sagemaker", profile).delete_endpoint(EndpointName=name)
