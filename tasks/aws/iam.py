@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 
 from tasks.aws.clients import aws_client
 from tasks.endpoint.spec import resolve_image_uri, topic_names
+from tasks.run.layout import queue_prefix
 from tasks.settings import Profile, load_profile
 
 IAM_DIR = Path(__file__).resolve().parents[2] / "deployments" / "iam"
@@ -101,7 +102,7 @@ def policy_context(
         "endpoint_arn_name": endpoint.lower(),
         "success_topic": success,
         "error_topic": error,
-        "queue_prefix": f"docflow-{endpoint}-",
+        "queue_prefix": queue_prefix(endpoint),
         "execution_role_name": execution_role_name(endpoint),
         "image_repository_arn": image_repository_arn(image_uri) if image_uri else None,
         "kms_key_arn": kms_key_arn(profile.kms_key_id, profile.region, account),

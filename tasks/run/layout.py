@@ -87,9 +87,14 @@ def batch_id_of(inference_id: str) -> str:
     return inference_id.rpartition("-")[2]
 
 
+def queue_prefix(endpoint: str) -> str:
+    """What every run queue on ``endpoint`` is named from (IAM policies grant it with a ``*``)."""
+    return f"docflow-{endpoint}-"
+
+
 def queue_name(endpoint: str, run_key: str, suffix: str = "") -> str:
     """``docflow-<endpoint>-<run_key>[suffix]``, shortened with a hash to SQS's 80 characters."""
-    name = f"docflow-{endpoint}-{run_key}{suffix}"
+    name = f"{queue_prefix(endpoint)}{run_key}{suffix}"
     if len(name) <= MAX_QUEUE_NAME:
         return name
     digest = hashlib.sha256(endpoint.encode()).hexdigest()[:8]
