@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled
 
 from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.batching import compute_run_key
@@ -98,11 +99,12 @@ def publish_artifacts(summary: RunSummary, preview: Preview, run_key: str) -> No
         create_table_artifact(
             preview.results, key=artifact_key(run_key, "results"), description="first result rows"
         )
-    if summary.failed or summary.rejected:
+    if summary.failed or summary.rejected or summary.canceled:
         create_table_artifact(
             preview.failures,
             key=artifact_key(run_key, "failures"),
-            description=f"{summary.failed} failed and {summary.rejected} rejected documents "
+            description=f"{summary.failed} failed, {summary.rejected} rejected and "
+            f"{summary.canceled} canceled documents "
             f"with their reasons (first {TABLE_ROWS}; all in {summary.failures_uri})",
         )
 
@@ -219,9 +221,10 @@ def process_documents(
                 request_ttl_s=request_ttl_s,
                 invocation_timeout_s=invocation_timeout_s,
             )
-            # Not in a finally: a failed run keeps its queue, so resuming it with the same run
-            # key still receives the results of what it had in flight.
-            close_queue(prof, queue)
+            # Not in a finally: a failed or cancelled run keeps its queue, so resuming it with
+            # the same run key still receives the results of what it had in flight.
+            if manifest.canceled is None:
+                close_queue(prof, queue)
 
         summary, preview = aggregate(
             quoted(manifest),
@@ -233,17 +236,26 @@ def process_documents(
             quoted(spool),
         )
     publish_artifacts(summary, quoted(preview), key)
-    if summary.failed or summary.rejected:
+    if summary.failed or summary.rejected or summary.canceled:
         logger.warning(
-            "run %s: %d completed, %d failed, %d rejected — see %s",
+            "run %s: %d completed, %d failed, %d rejected, %d canceled — see %s",
             key,
             summary.completed,
             summary.failed,
             summary.rejected,
+            summary.canceled,
             summary.failures_uri,
         )
     result = summary.model_dump(mode="json")
     result.update(run_key=key, resumed=resumed, fanout=stats.model_dump())
+    if manifest.canceled is not None:
+        # A returned State is the flow run's final state: Cancelled, not Completed, with the
+        # summary as its data (a direct caller gets CancelledRun; return_state=True the state).
+        return Cancelled(  # type: ignore[return-value]
+            message=f"{manifest.canceled}: {summary.completed} completed, {summary.failed} failed, "
+            f"{summary.canceled} canceled; resume with run_key {key}",
+            data=result,
+        )
     return result
 
 

@@ -84,6 +84,11 @@ class RunManifest(BaseModel):
         "manifests written before this field existed were saved after staging).",
     )
     notifications: NotificationCounters = Field(default_factory=NotificationCounters)
+    canceled: str | None = Field(
+        None,
+        description="Why the run stopped before every batch was terminal (its flow run was "
+        "cancelled); its unfinished documents are reported canceled. Cleared when it resumes.",
+    )
 
     def add(self, record: BatchRecord) -> None:
         """Add a batch (a new run's, or a half of a split one); an existing id is left as it is."""

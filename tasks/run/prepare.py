@@ -52,6 +52,7 @@ def prepare_manifest(
     existing = load_manifest(run_key, profile)
     if existing is not None:
         check_resumable(existing, corpus, target.endpoint)
+        existing.canceled = None  # a cancelled run resumes: its unfinished batches run now
         if existing.staged:
             return PreparedRun(existing, True, [])
         payloads, _ = make_batches(

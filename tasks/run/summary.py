@@ -25,6 +25,7 @@ class RunSummary(BaseModel):
     completed: int
     failed: int
     rejected: int
+    canceled: int = 0
     batches: int
     invocations: int
     wall_time_s: float
@@ -97,6 +98,7 @@ def build_summary(
         completed=totals.statuses.get("completed", 0),
         failed=totals.statuses.get("failed", 0),
         rejected=totals.statuses.get("rejected", 0),
+        canceled=totals.statuses.get("canceled", 0),
         batches=len(manifest.batches),
         invocations=sum(r.attempts for r in manifest.batches.values()),
         wall_time_s=round(wall_time_s, 3),
@@ -155,9 +157,10 @@ def summary_markdown(summary: RunSummary) -> str:
     lines = [
         f"# Run `{summary.run_key}` on `{summary.endpoint}`",
         "",
-        "| documents | completed | failed | rejected |",
-        "|---:|---:|---:|---:|",
-        f"| {summary.documents} | {summary.completed} | {summary.failed} | {summary.rejected} |",
+        "| documents | completed | failed | rejected | canceled |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {summary.documents} | {summary.completed} | {summary.failed} | {summary.rejected} "
+        f"| {summary.canceled} |",
         "",
         "| measure | value |",
         "|---|---:|",

@@ -299,7 +299,7 @@ def test_two_concurrent_runs_share_the_endpoint_cap(
         )
     )
     with ThreadPoolExecutor(2) as pool:
-        runs = {n: pool.submit(run, path, tmp_path / f"{n}.jsonl", batch_size=2) for n in "ab"}
+        runs = {n: pool.submit(run, dep, tmp_path / f"{n}.jsonl", batch_size=2) for n in "ab"}
         results = {name: future.result(timeout=240) for name, future in runs.items()}
     for name in ("a", "b"):
         result, table = results[name]
