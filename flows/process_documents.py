@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -126,6 +127,14 @@ def build_template(
     )
 
 
+def run_parameters(corpus: str, **shaping: Any) -> dict[str, Any]:
+    """What a run's manifest keeps of its parameters: the corpus (a local path made absolute) and
+    everything that shapes its results, so that ``docflow runs retry`` runs it the same way."""
+    local = Path(corpus)
+    where = str(local.resolve()) if "://" not in corpus and local.exists() else corpus
+    return {"corpus": where, **shaping}
+
+
 @flow(name="process-documents", flow_run_name="{template}-{corpus}")
 def process_documents(
     corpus: str = "datasets/sample",
@@ -149,6 +158,8 @@ def process_documents(
     request_ttl_s: int | None = None,
     invocation_timeout_s: int | None = None,
     reconcile_every_s: float = 10.0,
+    retry_failed: bool = False,
+    retry_reason: str | None = None,
 ) -> dict[str, Any]:
     """Process a corpus on the async endpoint: one result row per document, every document accounted for.
 
@@ -174,6 +185,8 @@ def process_documents(
         request_ttl_s: RequestTTLSeconds of each invocation (60-21600); default: the service's.
         invocation_timeout_s: InvocationTimeoutSeconds (1-3600), doubled on each re-invoke of an expired request.
         reconcile_every_s: How often outstanding batches are looked up in S3 (lost notifications).
+        retry_failed: Run the failed documents of an existing run (run_key) again; their rows are replaced.
+        retry_reason: With retry_failed, only the failures whose reason contains this text.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -189,8 +202,34 @@ def process_documents(
     key = key or compute_run_key(
         loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params
     )
+    if retry_failed and not run_key:
+        raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
     prepared = prepare_manifest(
-        prof, target, key, quoted(loaded), tmpl, params, batch_size, max_batch_bytes
+        prof,
+        target,
+        key,
+        quoted(loaded),
+        tmpl,
+        params,
+        batch_size,
+        max_batch_bytes,
+        parameters=run_parameters(
+            corpus,
+            template=template,
+            fields=fields,
+            labels=labels,
+            custom_template=custom_template,
+            id_column=id_column,
+            text_column=text_column,
+            metadata_columns=metadata_columns,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
+            max_attempts=max_attempts,
+            output_format=output_format,
+        ),
+        retry_failed=retry_failed,
+        retry_reason=retry_reason,
     )
     manifest, resumed = prepared.manifest, prepared.resumed
     logger.info(

@@ -299,7 +299,8 @@ class RunDriver:
             )
             return
         self.stats.invoke_errors += 1
-        if result.retryable and request.attempt < self.options.max_attempts:
+        budget_used = request.attempt - self.manifest.batches[request.batch_id].retried_after
+        if result.retryable and budget_used < self.options.max_attempts:
             self.manifest.mark(
                 request.batch_id, BatchStatus.PENDING, attempts=request.attempt, reason=result.error
             )

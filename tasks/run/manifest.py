@@ -44,6 +44,11 @@ class BatchRecord(BaseModel):
     failure_uri: str
     inference_id: str
     attempts: int = 0
+    retried_after: int = Field(
+        0,
+        description="Attempts made before the batch was last re-opened by a retry of its run; "
+        "the attempt budget (max_attempts) counts from here.",
+    )
     status: BatchStatus = BatchStatus.PENDING
     reason: str | None = None
     parent: str | None = None
@@ -84,6 +89,12 @@ class RunManifest(BaseModel):
         "manifests written before this field existed were saved after staging).",
     )
     notifications: NotificationCounters = Field(default_factory=NotificationCounters)
+    corpus: str | None = Field(None, description="The corpus the run was started on.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The process-documents parameters that shape the run's results (template, "
+        "columns, batching, generation, output format): what a retry runs it with again.",
+    )
     canceled: str | None = Field(
         None,
         description="Why the run stopped before every batch was terminal (its flow run was "

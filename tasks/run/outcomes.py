@@ -73,7 +73,7 @@ def apply_outcome(manifest: RunManifest, outcome: Outcome, *, max_attempts: int)
         return Decision.IGNORED
     reason = (outcome.reason or "the model failed without a reason").strip()
     if outcome.expired or len(record.doc_ids) == 1:
-        if record.attempts < max_attempts:
+        if record.attempts - record.retried_after < max_attempts:
             kind = "expired" if outcome.expired else "failed"
             manifest.mark(
                 record.batch_id,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prefect import task
+from typing import Any
+
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.run.batching import BatchPayload, make_batches
@@ -11,6 +13,7 @@ from tasks.run.manifest import BatchStatus, RunManifest, load_manifest, save_man
 from tasks.run.notifications import EndpointOutputs
 from tasks.run.outcomes import new_record
 from tasks.run.prompts import GenerationParameters, PromptTemplate
+from tasks.run.retry import reopen_failed
 from tasks.settings import Profile
 
 
@@ -42,17 +45,32 @@ def prepare_manifest(
     params: GenerationParameters,
     max_docs: int,
     max_bytes: int,
+    *,
+    parameters: dict[str, Any] | None = None,
+    retry_failed: bool = False,
+    retry_reason: str | None = None,
 ) -> PreparedRun:
     """Load the run's manifest to resume it, or batch the corpus and save a new one.
 
     The payloads are staged by the fan-out (``stage-payloads``) while it invokes the first ones;
     a resumed run whose staging never finished builds them again (the same bytes, the same batch
-    ids) and stages the ones never invoked.
+    ids) and stages the ones never invoked. ``parameters`` (what shapes the results) are kept in
+    a new run's manifest; ``retry_failed`` re-opens a resumed run's failed batches (those whose
+    reason contains ``retry_reason``) so that they run again.
     """
     existing = load_manifest(run_key, profile)
     if existing is not None:
         check_resumable(existing, corpus, target.endpoint)
         existing.canceled = None  # a cancelled run resumes: its unfinished batches run now
+        if retry_failed:
+            reopened = reopen_failed(existing, retry_reason)
+            get_run_logger().info(
+                "run %s: %d failed batches (%d documents) re-opened for retry",
+                run_key,
+                len(reopened),
+                sum(len(r.doc_ids) for r in reopened),
+            )
+            save_manifest(existing, profile)
         if existing.staged:
             return PreparedRun(existing, True, [])
         payloads, _ = make_batches(
@@ -70,6 +88,8 @@ def prepare_manifest(
         model_artifact=target.model_artifact,
         rejected=[*corpus.rejected, *rejected],
         staged=not payloads,
+        corpus=(parameters or {}).get("corpus"),
+        parameters=parameters or {},
     )
     for payload in payloads:
         manifest.add(new_record(profile, target, run_key, payload))
