@@ -34,7 +34,7 @@ from tasks.run.outcomes import (
 )
 from tasks.run.policy import POLLING, DriveOptions
 from tasks.run.poller import QueuePoller
-from tasks.run.progress import RunProgress
+from tasks.run.progress import ProgressLog, RunProgress
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import look_up_results, result_lookup
 from tasks.run.spool import OutputSpool
@@ -410,11 +410,15 @@ def drive_run(
         rate_per_second=profile.invoke_rate_per_second,
     )
     documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
+    counts = manifest.document_counts()
+    log = ProgressLog(documents, done_before=counts["completed"] + counts["failed"])
     with RunProgress(documents, key=artifact_key(manifest.run_key, "progress")) as progress:
 
         def report(m: RunManifest) -> None:
             counts = m.document_counts()
             progress.update(counts["completed"] + counts["failed"])
+            if line := log.line(counts["completed"], counts["failed"], counts["submitted"]):
+                get_run_logger().info("run %s: %s", m.run_key, line)
 
         stager = PayloadStager(profile, manifest.run_key, payloads) if payloads else None
         del payloads  # the stager holds the only reference: staged bytes are freed as it goes

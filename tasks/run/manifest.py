@@ -72,6 +72,20 @@ class NotificationCounters(BaseModel):
     unknown: int = 0
 
 
+class AttemptTime(BaseModel):
+    """One attempt at the run (the first, or a resume): when it started and was last seen saving."""
+
+    started_at: datetime
+    last_seen_at: datetime | None = None
+
+    @property
+    def duration_s(self) -> float:
+        """How long the attempt ran, as far as its last manifest save shows."""
+        if self.last_seen_at is None:
+            return 0.0
+        return max(0.0, (self.last_seen_at - self.started_at).total_seconds())
+
+
 class RunManifest(BaseModel):
     """Everything needed to resume or aggregate a run."""
 
@@ -94,6 +108,9 @@ class RunManifest(BaseModel):
         default_factory=dict,
         description="The process-documents parameters that shape the run's results (template, "
         "columns, batching, generation, output format): what a retry runs it with again.",
+    )
+    attempt_log: list[AttemptTime] = Field(
+        default_factory=list, description="The run's attempts: the first and every resume."
     )
     canceled: str | None = Field(
         None,
@@ -165,9 +182,11 @@ _SETTABLE = sorted(set(BatchRecord.model_fields) - {"batch_id", "status"})
 
 
 def save_manifest(manifest: RunManifest, profile: Profile) -> None:
-    """Write the manifest to S3 (overwriting the previous version)."""
+    """Write the manifest to S3 (overwriting the previous version); the attempt is seen alive now."""
     from tasks.aws.clients import aws_client
 
+    if manifest.attempt_log:
+        manifest.attempt_log[-1].last_seen_at = datetime.now(UTC)
     bucket, key = split_s3_uri(manifest_uri(profile, manifest.run_key))
     aws_client("s3", profile).put_object(
         Bucket=bucket, Key=key, Body=manifest.to_json(), ContentType="application/json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -9,7 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.run.batching import BatchPayload, make_batches
 from tasks.run.corpus import Corpus
-from tasks.run.manifest import BatchStatus, RunManifest, load_manifest, save_manifest
+from tasks.run.manifest import (
+    AttemptTime,
+    BatchStatus,
+    RunManifest,
+    load_manifest,
+    save_manifest,
+)
 from tasks.run.notifications import EndpointOutputs
 from tasks.run.outcomes import new_record
 from tasks.run.prompts import GenerationParameters, PromptTemplate
@@ -62,6 +69,7 @@ def prepare_manifest(
     if existing is not None:
         check_resumable(existing, corpus, target.endpoint)
         existing.canceled = None  # a cancelled run resumes: its unfinished batches run now
+        existing.attempt_log.append(AttemptTime(started_at=datetime.now(UTC)))
         if retry_failed:
             reopened = reopen_failed(existing, retry_reason)
             get_run_logger().info(
@@ -89,6 +97,7 @@ def prepare_manifest(
         rejected=[*corpus.rejected, *rejected],
         staged=not payloads,
         corpus=(parameters or {}).get("corpus"),
+        attempt_log=[AttemptTime(started_at=datetime.now(UTC))],
         parameters=parameters or {},
     )
     for payload in payloads:

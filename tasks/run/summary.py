@@ -29,6 +29,8 @@ class RunSummary(BaseModel):
     batches: int
     invocations: int
     wall_time_s: float
+    attempts: int = 1
+    total_wall_time_s: float = 0.0
     docs_per_s: float
     latency_p50_s: float | None = None
     latency_p90_s: float | None = None
@@ -102,6 +104,11 @@ def build_summary(
         batches=len(manifest.batches),
         invocations=sum(r.attempts for r in manifest.batches.values()),
         wall_time_s=round(wall_time_s, 3),
+        attempts=max(1, len(manifest.attempt_log)),
+        # The earlier attempts as far as their last manifest save shows, plus this one.
+        total_wall_time_s=round(
+            sum(a.duration_s for a in manifest.attempt_log[:-1]) + max(wall_time_s, 0.0), 3
+        ),
         docs_per_s=round(documents / wall_time_s, 3) if wall_time_s > 0 else 0.0,
         latency_p50_s=lat[0],
         latency_p90_s=lat[1],
@@ -164,7 +171,8 @@ def summary_markdown(summary: RunSummary) -> str:
         "",
         "| measure | value |",
         "|---|---:|",
-        f"| wall time | {_fmt(summary.wall_time_s)} |",
+        f"| wall time (this attempt) | {_fmt(summary.wall_time_s)} |",
+        f"| wall time over {summary.attempts} attempt(s) | {_fmt(summary.total_wall_time_s)} |",
         f"| documents per second | {summary.docs_per_s:.2f} |",
         f"| batches / invocations | {summary.batches} / {summary.invocations} |",
         f"| latency p50 / p90 / p99 (received → done) | {_fmt(summary.latency_p50_s)} / "

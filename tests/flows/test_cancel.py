@@ -127,6 +127,9 @@ def test_cancel_mid_run_records_canceled_documents_and_resume_finishes_them(
     )
     assert ledger.balanced and ledger.canceled == 0
     assert outcome.result["resumed"] is True
+    # The resumed run's summary reports both attempts' time and this attempt's.
+    assert outcome.result["attempts"] == 2
+    assert outcome.result["total_wall_time_s"] > outcome.result["wall_time_s"]
     assert outcome.result["completed"] == DOCS and outcome.result["canceled"] == 0
     assert not done & set(second.by_id), "a batch completed before the cancel was invoked again"
     # What was in flight at the cancel was picked up from S3 or its notification, not re-invoked.
