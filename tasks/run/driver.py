@@ -251,6 +251,7 @@ class RunDriver:
                 batch_id=record.batch_id,
                 inference_id=record.inference_id,
                 input_uri=record.input_uri,
+                body=self._inline_body(record),
                 attempt=record.attempts + 1,
                 invocation_timeout_s=self.options.timeout_for(
                     self.invoke.invocation_timeout_s, record.attempts + 1
@@ -260,6 +261,18 @@ class RunDriver:
             future.add_done_callback(lambda _: poller.wake())
             self._invoking[record.batch_id] = (request, future)
         self.stats.waves += 1
+
+    def _inline_body(self, record: BatchRecord) -> bytes | None:
+        """The payload to send inline, or None for InputLocation."""
+        if not record.inline:
+            return None
+        body = self.staging.body_of(record.batch_id) if self.staging is not None else None
+        if body is None:
+            raise RuntimeError(
+                f"batch {record.batch_id} is sent inline but its payload was not rebuilt; "
+                "this is a bug in docflow's resume, please report it"
+            )
+        return body
 
     def _record_invocations(self, *, wait: bool, raising: bool = True) -> None:
         """Record the invocations that have returned (with ``wait``, all of them).
@@ -319,10 +332,18 @@ class RunDriver:
         if decision is Decision.COMPLETED and self.spool is not None:
             self.spool.fetch(self.manifest.batches[outcome.batch_id].output_uri)
         if decision is Decision.SPLIT:
+            record = self.manifest.batches[outcome.batch_id]
             split_failed_batch(
-                self.profile, self.outputs, self.manifest, outcome.batch_id, outcome.reason or ""
+                self.profile,
+                self.outputs,
+                self.manifest,
+                outcome.batch_id,
+                outcome.reason or "",
+                body=self._inline_body(record),
             )
             self.stats.splits += 1
+        if decision in (Decision.COMPLETED, Decision.FAILED, Decision.SPLIT) and self.staging:
+            self.staging.drop(outcome.batch_id)
         elif decision is Decision.RETRY:
             self.stats.retries += 1
             self.stats.expired += outcome.expired
@@ -420,7 +441,10 @@ def drive_run(
             if line := log.line(counts["completed"], counts["failed"], counts["submitted"]):
                 get_run_logger().info("run %s: %s", m.run_key, line)
 
-        stager = PayloadStager(profile, manifest.run_key, payloads) if payloads else None
+        inline = {r.batch_id for r in manifest.batches.values() if r.inline and not r.terminal}
+        stager = (
+            PayloadStager(profile, manifest.run_key, payloads, inline=inline) if payloads else None
+        )
         del payloads  # the stager holds the only reference: staged bytes are freed as it goes
         driver = RunDriver(
             profile,

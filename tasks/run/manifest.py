@@ -43,6 +43,11 @@ class BatchRecord(BaseModel):
     output_uri: str
     failure_uri: str
     inference_id: str
+    inline: bool = Field(
+        False,
+        description="The payload is sent inline (InvokeEndpointAsync Body), never put in S3: a "
+        "resumed or retried run rebuilds it from the corpus.",
+    )
     attempts: int = 0
     retried_after: int = Field(
         0,

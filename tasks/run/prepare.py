@@ -79,13 +79,20 @@ def prepare_manifest(
                 sum(len(r.doc_ids) for r in reopened),
             )
             save_manifest(existing, profile)
-        if existing.staged:
+        # Payloads sent inline are in no S3 object: rebuild those of unfinished batches.
+        inline = {r.batch_id for r in existing.batches.values() if r.inline and not r.terminal}
+        if existing.staged and not inline:
             return PreparedRun(existing, True, [])
         payloads, _ = make_batches(
             corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
         )
-        missing = [p for p in payloads if never_invoked(existing, p)]
-        existing.staged = not missing  # every batch left was invoked once, so it is in S3
+        missing = [
+            p
+            for p in payloads
+            if p.batch_id in inline or (not existing.staged and never_invoked(existing, p))
+        ]
+        # Every batch left to stage was invoked once, so it is in S3 (inline ones never are).
+        existing.staged = all(p.batch_id in inline for p in missing)
         return PreparedRun(existing, True, missing)
     payloads, rejected = make_batches(
         corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
