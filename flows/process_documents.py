@@ -23,6 +23,7 @@ from tasks.run.notifications import (
     endpoint_outputs,
     open_run_queue,
 )
+from tasks.run.notify import notify_run_end
 from tasks.run.policy import DriveOptions
 from tasks.run.prepare import prepare_manifest
 from tasks.run.prompts import GenerationParameters, PromptTemplate
@@ -135,7 +136,27 @@ def run_parameters(corpus: str, **shaping: Any) -> dict[str, Any]:
     return {"corpus": where, **shaping}
 
 
-@flow(name="process-documents", flow_run_name="{template}-{corpus}")
+def _on_completion(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("completed", flow_run, state)
+
+
+def _on_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("failed", flow_run, state)
+
+
+def _on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("cancelled", flow_run, state)
+
+
+@flow(
+    name="process-documents",
+    flow_run_name="{template}-{corpus}",
+    # The run's end reaches the <endpoint>-runs SNS topic (tasks/run/notify.py).
+    on_completion=[_on_completion],
+    on_failure=[_on_failure],
+    on_cancellation=[_on_cancellation],
+    on_crashed=[_on_failure],
+)
 def process_documents(
     corpus: str = "datasets/sample",
     profile: str = "local",

@@ -236,6 +236,11 @@ def demand_limit_name(endpoint_name: str) -> str:
     return f"{concurrency_limit_name(endpoint_name)}:demand"
 
 
+def runs_topic_name(endpoint_name: str) -> str:
+    """The SNS topic told when a run on the endpoint ends (completed, failed, cancelled): ``<endpoint>-runs``."""
+    return f"{endpoint_name}-runs"
+
+
 def topic_names(endpoint_name: str) -> tuple[str, str]:
     """The success and error SNS topic names of an endpoint."""
     return f"{endpoint_name}-success", f"{endpoint_name}-error"
