@@ -1,4 +1,5 @@
-"""`docflow runs list|show|retry`: a run's state from its manifest in S3, and retrying its failures."""
+"""`docflow runs list|show|retry|fetch`: a run's state from its manifest in S3, retrying its
+failures, and downloading its results."""
 
 from __future__ import annotations
 
@@ -143,6 +144,47 @@ def retry_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
+RESULT_FILES = ("results.", "failures.parquet", "summary.json")
+
+
+def fetch_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """`docflow runs fetch KEY [--to DIR]`: download a run's results, failures and summary."""
+    from pathlib import Path
+
+    from tasks.aws.clients import aws_client
+    from tasks.aws.s3 import split_s3_uri
+    from tasks.run.layout import run_uri
+
+    profile = _profile(args.profile)
+    bucket, prefix = split_s3_uri(run_uri(profile, args.run_key, ""))
+    prefix = prefix.rstrip("/") + "/"
+    s3 = aws_client("s3", profile)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
+    names = [
+        o["Key"][len(prefix) :]
+        for o in listed.get("Contents", [])
+        if o["Key"][len(prefix) :].startswith(RESULT_FILES)
+    ]
+    if not names:
+        sys.stderr.write(
+            f"run {args.run_key!r} has no results in s3://{bucket}/{prefix} yet "
+            "(see `docflow runs show`)\n"
+        )
+        return 2
+    target = Path(args.to or Path("results") / args.run_key)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in sorted(names):
+        s3.download_file(bucket, prefix + name, str(target / name))
+    fetched = {"run_key": args.run_key, "to": str(target), "files": sorted(names)}
+    if args.json:
+        _emit(fetched, out)
+    else:
+        out.write(
+            f"{len(names)} files of run {args.run_key} in {target}: {', '.join(sorted(names))}\n"
+        )
+    return 0
+
+
 def add_parser(sub: Any) -> None:
     """The `runs` sub-command and its `list`, `show` and `retry`."""
     runs = sub.add_parser("runs", help="runs from their manifests in S3: list, show, retry")
@@ -173,3 +215,9 @@ def add_parser(sub: Any) -> None:
         "--only-reason", help="retry only failures whose reason contains this text (any case)"
     )
     retry.set_defaults(func=retry_command)
+
+    fetch = runs_sub.add_parser("fetch", help="download a run's results, failures and summary")
+    common(fetch)
+    fetch.add_argument("run_key")
+    fetch.add_argument("--to", help="folder to write to (default: results/<run key>)")
+    fetch.set_defaults(func=fetch_command)

@@ -90,6 +90,21 @@ def test_list_show_and_retry_the_failed_documents(
     # The rows were replaced: their reasons now count the retry's attempts too.
     assert failed_rows["reason"].str.contains(f"after {2 * ATTEMPTS} attempts").all()
 
+    # The results on local disk.
+    fetched = json.loads(
+        cli(
+            capsys, "runs", "fetch", key, "--profile", path, "--to", str(tmp_path / "got"), "--json"
+        )
+    )
+    assert fetched["files"] == ["failures.parquet", "results.parquet", "summary.json"]
+    local = pd.read_parquet(tmp_path / "got" / "results.parquet")
+    assert (
+        local.sort_values("doc_id")
+        .reset_index(drop=True)
+        .equals(table.sort_values("doc_id").reset_index(drop=True))
+    )
+    assert json.loads((tmp_path / "got" / "summary.json").read_text())["failed"] == 2
+
 
 def test_show_names_a_missing_run(
     localcloud: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], profile: Any
