@@ -29,6 +29,7 @@ from tasks.run.prepare import prepare_manifest
 from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import resume_reconcile
+from tasks.run.scale import scale_to_zero_if_idle
 from tasks.run.spool import OutputSpool
 from tasks.run.summary import RunSummary, summary_markdown
 from tasks.settings import Profile, load_profile
@@ -181,6 +182,7 @@ def process_documents(
     reconcile_every_s: float = 10.0,
     retry_failed: bool = False,
     retry_reason: str | None = None,
+    scale_to_zero: bool = False,
 ) -> dict[str, Any]:
     """Process a corpus on the async endpoint: one result row per document, every document accounted for.
 
@@ -208,6 +210,7 @@ def process_documents(
         reconcile_every_s: How often outstanding batches are looked up in S3 (lost notifications).
         retry_failed: Run the failed documents of an existing run (run_key) again; their rows are replaced.
         retry_reason: With retry_failed, only the failures whose reason contains this text.
+        scale_to_zero: When the run ends, set the endpoint to 0 instances unless another run holds its slots.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -308,6 +311,8 @@ def process_documents(
         )
     result = summary.model_dump(mode="json")
     result.update(run_key=key, resumed=resumed, fanout=stats.model_dump())
+    if scale_to_zero:
+        result["endpoint_after_run"] = scale_to_zero_if_idle(prof, endpoint_name)
     if manifest.canceled is not None:
         # A returned State is the flow run's final state: Cancelled, not Completed, with the
         # summary as its data (a direct caller gets CancelledRun; return_state=True the state).
