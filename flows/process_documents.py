@@ -314,12 +314,11 @@ def process_documents(
     if scale_to_zero:
         result["endpoint_after_run"] = scale_to_zero_if_idle(prof, endpoint_name)
     if manifest.canceled is not None:
-        # A returned State is the flow run's final state: Cancelled, not Completed, with the
-        # summary as its data (a direct caller gets CancelledRun; return_state=True the state).
+        # A returned State is the flow run's final state: Cancelled, not Completed (a direct
+        # caller gets CancelledRun with this message); the summary is in S3 (summary.json).
         return Cancelled(  # type: ignore[return-value]
             message=f"{manifest.canceled}: {summary.completed} completed, {summary.failed} failed, "
-            f"{summary.canceled} canceled; resume with run_key {key}",
-            data=result,
+            f"{summary.canceled} canceled; summary {summary.summary_uri}; resume with run_key {key}"
         )
     return result
 

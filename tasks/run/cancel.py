@@ -4,7 +4,9 @@ A flow run cancelled from the UI, ``prefect flow-run cancel`` or the API is move
 ``Cancelling``; the driver sees that within ``cancel_every_s``, stops invoking, and leaves every
 unfinished batch in the manifest as it was (pending, or submitted with its result still to come
 in S3), so the same run key resumes the run. The unfinished documents are reported as
-``canceled`` in the results and counted in the summary.
+``canceled`` in the results and counted in the summary. A deployment's runner cancels by
+terminating the flow's process (SIGTERM, Prefect's ``TerminationSignal``): the driver treats that
+as the same cancel when the flow run is being cancelled, so the results are still written.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ class CancelWatch:
         self.reason: str | None = None
         self._last = time.monotonic()  # the first look after ``every_s``: the run starts at once
 
-    def requested(self) -> str | None:
-        """Why the run is being cancelled, or None while it is not."""
+    def requested(self, *, now: bool = False) -> str | None:
+        """Why the run is being cancelled, or None while it is not (``now``: ask the API now)."""
         if self.reason is not None or self.flow_run_id is None:
             return self.reason
-        now = time.monotonic()
-        if now - self._last < self.every_s:
+        at = time.monotonic()
+        if not now and at - self._last < self.every_s:
             return None
-        self._last = now
+        self._last = at
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:

@@ -104,9 +104,18 @@ class RunDriver:
 
     def run(self) -> DriveStats:
         """Submit, wait and recover until every batch is terminal or the deadline passes."""
+        from prefect.exceptions import TerminationSignal
+
         logger = get_run_logger()
         try:
             self._loop(logger)
+        except TerminationSignal:
+            # A runner cancels a deployment's run by terminating its process: when the flow run
+            # is being cancelled, stop as for a cancel seen in the loop; otherwise a crash.
+            reason = self.cancel.requested(now=True) if self.cancel is not None else None
+            if reason is None:
+                raise
+            self._stop_for_cancel(f"{reason}; its process was terminated", logger)
         finally:
             # Also on an error: a resumed run then starts from what this one recorded.
             save_manifest(self.manifest, self.profile)

@@ -79,9 +79,13 @@ def notify_run_end(event: str, flow_run: Any, state: Any) -> None:
         profile = load_profile(params.get("profile") or "local")
         endpoint = params.get("endpoint") or profile.endpoint_name
         summary = None
-        if event in ("completed", "cancelled"):
+        if event == "completed":
             data = state.result(raise_on_failure=False)
             summary = data if isinstance(data, dict) else None
+        elif event == "cancelled" and params.get("run_key"):
+            from tasks.run.status import read_summary  # a cancelled run wrote it before ending
+
+            summary = read_summary(profile, str(params["run_key"]))
         message = run_message(
             event,
             run_key=params.get("run_key"),

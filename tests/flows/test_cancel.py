@@ -137,3 +137,48 @@ def test_cancel_mid_run_records_canceled_documents_and_resume_finishes_them(
     assert first.total + second.total == BATCHES
     resumed = load_manifest(key, prof)
     assert resumed is not None and resumed.canceled is None and resumed.is_done()
+
+
+def test_a_runner_terminating_the_cancelled_run_still_records_canceled_documents(
+    deploy_echo: Callable[..., Deployment],
+    probe: EndpointProbe,
+    tmp_path: Path,
+) -> None:
+    """What a worker does on Cancel: the state goes to Cancelling, then the flow process gets SIGTERM."""
+    import os
+    import signal
+
+    from tests.reliability.test_process_kill import start_flow, wait_for
+
+    dep = deploy_echo(cap=4, slots=2, environment={"ECHO_SLEEP_S": "0.2"})
+    prof = load_profile(dep.profile_path)
+    corpus = tmp_path / "c.jsonl"
+    write_corpus(corpus, DOCS)
+    key = unique_run_key()
+    params = {
+        "corpus": str(corpus),
+        "profile": dep.profile_path,
+        "run_key": key,
+        "batch_size": BATCH,
+        "max_new_tokens": 16,
+    }
+    proc, _ = start_flow(params, tmp_path, "term")
+    try:
+        wait_for(lambda: probe.accepted >= 8 or proc.poll() is not None, 120, "8 invocations")
+        assert proc.poll() is None, "the flow finished before it could be cancelled"
+        cancel_flow_run(flow_run_named(f"summarize-{corpus}"))
+        os.kill(proc.pid, signal.SIGTERM)  # at once, as a runner does on Cancelling
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads(read_run_file(prof, key, "summary.json"))
+    assert summary["canceled"] > 0
+    assert summary["completed"] + summary["failed"] + summary["canceled"] == DOCS
+    log = (tmp_path / "flow-term.log").read_text(errors="replace")
+    assert "its process was terminated" in log or "stopped invoking" in log
+    manifest = load_manifest(key, prof)
+    assert manifest is not None and manifest.canceled is not None
+
+    outcome = run_flow(dep, corpus, batch_size=BATCH, run_key=key)
+    assert outcome.result["completed"] == DOCS and outcome.result["canceled"] == 0
