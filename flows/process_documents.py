@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled
 from pydantic import ValidationError
 
 from tasks.run.aggregate import Preview, aggregate_run
@@ -23,11 +25,13 @@ from tasks.run.notifications import (
     endpoint_outputs,
     open_run_queue,
 )
+from tasks.run.notify import notify_run_end
 from tasks.run.policy import DriveOptions
 from tasks.run.prepare import prepare_manifest
 from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import resume_reconcile
+from tasks.run.scale import scale_to_zero_if_idle
 from tasks.run.spool import OutputSpool
 from tasks.run.summary import RunSummary, summary_markdown
 from tasks.settings import Profile, load_profile
@@ -107,11 +111,12 @@ def publish_artifacts(summary: RunSummary, preview: Preview, run_key: str) -> No
             key=run_artifact_key(run_key, "results"),
             description="first result rows",
         )
-    if summary.failed or summary.rejected:
+    if summary.failed or summary.rejected or summary.canceled:
         create_table_artifact(
             preview.failures,
             key=run_artifact_key(run_key, "failures"),
-            description=f"{summary.failed} failed and {summary.rejected} rejected documents "
+            description=f"{summary.failed} failed, {summary.rejected} rejected and "
+            f"{summary.canceled} canceled documents "
             f"with their reasons (first {TABLE_ROWS}; all in {summary.failures_uri})",
         )
 
@@ -140,7 +145,35 @@ def build_template(
         raise ValueError(one_sentence(exc, whole=whole)) from None
 
 
-@flow(name="process-documents", flow_run_name=process_run_name)
+def run_parameters(corpus: str, **shaping: Any) -> dict[str, Any]:
+    """What a run's manifest keeps of its parameters: the corpus (a local path made absolute) and
+    everything that shapes its results, so that ``docflow runs retry`` runs it the same way."""
+    local = Path(corpus)
+    where = str(local.resolve()) if "://" not in corpus and local.exists() else corpus
+    return {"corpus": where, **shaping}
+
+
+def _on_completion(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("completed", flow_run, state)
+
+
+def _on_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("failed", flow_run, state)
+
+
+def _on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("cancelled", flow_run, state)
+
+
+@flow(
+    name="process-documents",
+    flow_run_name=process_run_name,
+    # The run's end reaches the <endpoint>-runs SNS topic (tasks/run/notify.py).
+    on_completion=[_on_completion],
+    on_failure=[_on_failure],
+    on_cancellation=[_on_cancellation],
+    on_crashed=[_on_failure],
+)
 def process_documents(
     corpus: str = "datasets/sample",
     profile: str = "local",
@@ -164,6 +197,9 @@ def process_documents(
     request_ttl_s: int | None = None,
     invocation_timeout_s: int | None = None,
     reconcile_every_s: float = 10.0,
+    retry_failed: bool = False,
+    retry_reason: str | None = None,
+    scale_to_zero: bool = False,
 ) -> dict[str, Any]:
     """Process a corpus on the async endpoint: one result row per document, every document accounted for.
 
@@ -191,6 +227,9 @@ def process_documents(
         request_ttl_s: RequestTTLSeconds of each invocation (60-21600); default: the service's.
         invocation_timeout_s: InvocationTimeoutSeconds (1-3600), doubled on each re-invoke of an expired request.
         reconcile_every_s: How often outstanding batches are looked up in S3 (lost notifications).
+        retry_failed: Run the failed documents of an existing run (run_key) again; their rows are replaced.
+        retry_reason: With retry_failed, only the failures whose reason contains this text.
+        scale_to_zero: When the run ends, set the endpoint to 0 instances unless another run holds its slots.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -206,8 +245,34 @@ def process_documents(
     key = key or compute_run_key(
         loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params
     )
+    if retry_failed and not run_key:
+        raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
     prepared = prepare_manifest(
-        prof, target, key, quoted(loaded), tmpl, params, batch_size, max_batch_bytes
+        prof,
+        target,
+        key,
+        quoted(loaded),
+        tmpl,
+        params,
+        batch_size,
+        max_batch_bytes,
+        parameters=run_parameters(
+            corpus,
+            template=template,
+            fields=fields,
+            labels=labels,
+            custom_template=custom_template,
+            id_column=id_column,
+            text_column=text_column,
+            metadata_columns=metadata_columns,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
+            max_attempts=max_attempts,
+            output_format=output_format,
+        ),
+        retry_failed=retry_failed,
+        retry_reason=retry_reason,
     )
     manifest, resumed = prepared.manifest, prepared.resumed
     logger.info(
@@ -238,9 +303,10 @@ def process_documents(
                 request_ttl_s=request_ttl_s,
                 invocation_timeout_s=invocation_timeout_s,
             )
-            # Not in a finally: a failed run keeps its queue, so resuming it with the same run
-            # key still receives the results of what it had in flight.
-            close_queue(prof, queue)
+            # Not in a finally: a failed or cancelled run keeps its queue, so resuming it with
+            # the same run key still receives the results of what it had in flight.
+            if manifest.canceled is None:
+                close_queue(prof, queue)
 
         summary, preview = aggregate(
             quoted(manifest),
@@ -252,17 +318,27 @@ def process_documents(
             quoted(spool),
         )
     publish_artifacts(summary, quoted(preview), key)
-    if summary.failed or summary.rejected:
+    if summary.failed or summary.rejected or summary.canceled:
         logger.warning(
-            "run %s: %d completed, %d failed, %d rejected — see %s",
+            "run %s: %d completed, %d failed, %d rejected, %d canceled — see %s",
             key,
             summary.completed,
             summary.failed,
             summary.rejected,
+            summary.canceled,
             summary.failures_uri,
         )
     result = summary.model_dump(mode="json")
     result.update(run_key=key, resumed=resumed, fanout=stats.model_dump())
+    if scale_to_zero:
+        result["endpoint_after_run"] = scale_to_zero_if_idle(prof, endpoint_name)
+    if manifest.canceled is not None:
+        # A returned State is the flow run's final state: Cancelled, not Completed (a direct
+        # caller gets CancelledRun with this message); the summary is in S3 (summary.json).
+        return Cancelled(  # type: ignore[return-value]
+            message=f"{manifest.canceled}: {summary.completed} completed, {summary.failed} failed, "
+            f"{summary.canceled} canceled; summary {summary.summary_uri}; resume with run_key {key}"
+        )
     return result
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tasks.aws.clients import aws_client
-from tasks.endpoint.spec import resolve_image_uri, topic_names
+from tasks.endpoint.spec import resolve_image_uri, runs_topic_name, topic_names
 from tasks.run.layout import queue_prefix
 from tasks.settings import Profile, load_profile
 
@@ -102,6 +102,7 @@ def policy_context(
         "endpoint_arn_name": endpoint.lower(),
         "success_topic": success,
         "error_topic": error,
+        "runs_topic": runs_topic_name(endpoint),
         "queue_prefix": queue_prefix(endpoint),
         "execution_role_name": execution_role_name(endpoint),
         "image_repository_arn": image_repository_arn(image_uri) if image_uri else None,

@@ -12,6 +12,7 @@ Retries, one layer per kind of failure:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,21 @@ CONTENT_TYPE = "application/jsonlines"
 DEFAULT_REQUEST_TTL_S = 21600
 DEFAULT_INVOCATION_TIMEOUT_S = 900
 MAX_INVOCATION_TIMEOUT_S = 3600
+
+
+@functools.cache
+def max_inline_body() -> int:
+    """The largest payload InvokeEndpointAsync takes inline as ``Body`` (botocore's model: 128,000
+    bytes); 0 when the installed botocore predates ``Body`` (every payload then goes through S3)."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker-runtime")
+    shape = model.operation_model("InvokeEndpointAsync").input_shape
+    if shape is None or "Body" not in shape.members:
+        return 0
+    return int(shape.members["Body"].metadata.get("max", 0))
+
+
 THROTTLING_CODES = frozenset(
     {
         "Throttling",
@@ -51,11 +67,13 @@ THROTTLING_CODES = frozenset(
 
 
 class InvokeRequest(BaseModel):
-    """What one async invocation of a batch needs: small, serialisable, no payload body."""
+    """What one async invocation of a batch needs: its payload inline (``body``, at most
+    ``max_inline_body()`` bytes) or its S3 location."""
 
     batch_id: str
     inference_id: str
     input_uri: str
+    body: bytes | None = None
     attempt: int = 1
     invocation_timeout_s: int | None = None
 
@@ -152,10 +170,13 @@ def invoke_one(profile: Profile, settings: InvokeSettings, request: InvokeReques
         "ContentType": CONTENT_TYPE,
         "Accept": CONTENT_TYPE,
         "InferenceId": request.inference_id,
-        "InputLocation": request.input_uri,
         "S3OutputPathExtension": settings.run_key,
         "Filename": output_filename(request.batch_id, request.attempt),
     }
+    if request.body is not None:
+        params["Body"] = request.body  # no S3 PUT for this payload; never with InputLocation
+    else:
+        params["InputLocation"] = request.input_uri
     if settings.request_ttl_s is not None:
         params["RequestTTLSeconds"] = settings.request_ttl_s
     timeout_s = request.invocation_timeout_s or settings.invocation_timeout_s

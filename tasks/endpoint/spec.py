@@ -227,6 +227,20 @@ def concurrency_limit_name(endpoint_name: str) -> str:
     return f"sagemaker:{endpoint_name}"
 
 
+def demand_limit_name(endpoint_name: str) -> str:
+    """The Prefect global concurrency limit whose held slots add up what every run on the endpoint wants.
+
+    ``sagemaker:<endpoint>:demand``: each run holds as many slots of it as it could use of the
+    shared cap, so a run can tell when others are waiting and give back its fair share.
+    """
+    return f"{concurrency_limit_name(endpoint_name)}:demand"
+
+
+def runs_topic_name(endpoint_name: str) -> str:
+    """The SNS topic told when a run on the endpoint ends (completed, failed, cancelled): ``<endpoint>-runs``."""
+    return f"{endpoint_name}-runs"
+
+
 def topic_names(endpoint_name: str) -> tuple[str, str]:
     """The success and error SNS topic names of an endpoint."""
     return f"{endpoint_name}-success", f"{endpoint_name}-error"

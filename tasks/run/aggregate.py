@@ -37,11 +37,19 @@ CHUNK_ROWS = 5000
 PREVIEW_TEXT_CHARS = 200
 
 
-def _outcome(doc_id: str, record: BatchRecord, output: BatchOutput | None) -> dict[str, Any]:
-    """The result columns of one batched document."""
+def _outcome(
+    doc_id: str, record: BatchRecord, output: BatchOutput | None, canceled: str | None = None
+) -> dict[str, Any]:
+    """The result columns of one batched document (``canceled``: why the run was cancelled)."""
     row: dict[str, Any] = {"doc_id": doc_id, "batch_id": record.batch_id}
     if record.status is BatchStatus.FAILED:
         return row | {"status": "failed", "reason": record.reason or "batch failed"}
+    if record.status is not BatchStatus.COMPLETED and canceled is not None:
+        reason = (
+            f"{canceled} while batch {record.batch_id} was {record.status.value}; "
+            "resume the run with the same run_key to run it"
+        )
+        return row | {"status": "canceled", "reason": reason}
     if record.status is not BatchStatus.COMPLETED:
         reason = f"batch {record.batch_id} was still {record.status.value} when the run ended"
         return row | {"status": "failed", "reason": reason}
@@ -148,7 +156,7 @@ class _Joiner:
         self, doc: Document, leaf: BatchRecord | None, outputs: dict[str, BatchOutput]
     ) -> dict[str, Any]:
         if leaf is not None:
-            outcome = _outcome(doc.doc_id, leaf, outputs.get(leaf.batch_id))
+            outcome = _outcome(doc.doc_id, leaf, outputs.get(leaf.batch_id), self.manifest.canceled)
         elif doc.doc_id in self.late:
             reason = self.late[doc.doc_id].reason
             outcome = {"doc_id": doc.doc_id, "status": "rejected", "reason": reason}

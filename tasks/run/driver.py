@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 
 from tasks.aws.sagemaker_runtime import InvokeRequest, InvokeResult, InvokeSettings, invoke_one
 from tasks.run.batching import BatchPayload
-from tasks.run.capacity import CapShare, cap_share, require_invocation_limit
+from tasks.run.cancel import CancelWatch, current_flow_run_id
+from tasks.run.capacity import CapShare, Demand, cap_share, fair_share, require_invocation_limit
 from tasks.run.layout import run_artifact_key
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
 from tasks.run.notifications import (
@@ -33,7 +34,7 @@ from tasks.run.outcomes import (
 )
 from tasks.run.policy import POLLING, DriveOptions
 from tasks.run.poller import QueuePoller
-from tasks.run.progress import RunProgress
+from tasks.run.progress import ProgressLog, RunProgress
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import look_up_results, result_lookup
 from tasks.run.spool import OutputSpool
@@ -52,6 +53,13 @@ class DriveStats(BaseModel):
     splits: int = 0
     expired: int = 0
     deadline_failed: int = 0
+    canceled_documents: int = Field(
+        0, description="Documents unfinished when the flow run was cancelled (resume runs them)."
+    )
+    slots_held_max: int = Field(0, description="Most slots of the shared cap held at once.")
+    slots_released: int = Field(
+        0, description="Slots given back mid-run (the tail draining, or another run's fair share)."
+    )
 
 
 class RunDriver:
@@ -70,6 +78,7 @@ class RunDriver:
         on_progress: Callable[[RunManifest], None] | None = None,
         staging: PayloadStager | None = None,
         spool: OutputSpool | None = None,
+        cancel: CancelWatch | None = None,
     ) -> None:
         self.profile = profile
         self.manifest = manifest
@@ -81,6 +90,7 @@ class RunDriver:
         self.on_progress = on_progress
         self.staging = staging
         self.spool = spool
+        self.cancel = cancel
         self.stats = DriveStats()
         self._last_progress = 0.0
         self._invoking: dict[str, tuple[InvokeRequest, Future[InvokeResult]]] = {}
@@ -88,13 +98,24 @@ class RunDriver:
         self._reconcile_interval = options.reconcile_every_s
         self._last_save = time.monotonic()
         self._last_grow = 0.0
+        self._last_share = 0.0
+        self._target = cap
         self._dirty = False
 
     def run(self) -> DriveStats:
         """Submit, wait and recover until every batch is terminal or the deadline passes."""
+        from prefect.exceptions import TerminationSignal
+
         logger = get_run_logger()
         try:
             self._loop(logger)
+        except TerminationSignal:
+            # A runner cancels a deployment's run by terminating its process: when the flow run
+            # is being cancelled, stop as for a cancel seen in the loop; otherwise a crash.
+            reason = self.cancel.requested(now=True) if self.cancel is not None else None
+            if reason is None:
+                raise
+            self._stop_for_cancel(f"{reason}; its process was terminated", logger)
         finally:
             # Also on an error: a resumed run then starts from what this one recorded.
             save_manifest(self.manifest, self.profile)
@@ -103,7 +124,7 @@ class RunDriver:
     def _loop(self, logger: Any) -> None:
         deadline = time.monotonic() + self.options.deadline_s
         with (
-            cap_share(self.invoke.endpoint) as share,
+            cap_share(self.invoke.endpoint) as (share, demand),
             QueuePoller(self.profile, self.queue, wait_s=self.options.poll_wait_s) as poller,
             ThreadPoolExecutor(
                 min(self.cap, POLLING.max_invoker_threads), thread_name_prefix="docflow-invoke"
@@ -111,6 +132,9 @@ class RunDriver:
         ):
             try:
                 while outstanding := self.manifest.outstanding():
+                    if self.cancel is not None and (reason := self.cancel.requested()):
+                        self._stop_for_cancel(reason, logger)
+                        break
                     if time.monotonic() > deadline:
                         self._record_invocations(wait=True)
                         self.stats.deadline_failed = fail_outstanding(
@@ -131,7 +155,7 @@ class RunDriver:
                         if r.status is BatchStatus.PENDING and r.batch_id not in self._invoking
                     ]
                     in_flight = len(outstanding) - len(pending)
-                    self._size_share(share, in_flight, len(pending))
+                    self._size_share(share, demand, in_flight, len(pending))
                     free = share.held - in_flight
                     ready = [
                         r for r in pending[: free + POLLING.stage_lookahead] if self._staged(r)
@@ -139,6 +163,7 @@ class RunDriver:
                     wave = ready[:free] if free > 0 else []
                     if wave:
                         self._submit(invoker, poller, wave)
+                    self._publish_demand(demand, in_flight + len(wave), len(pending) - len(wave))
                     # Wait for the next notification, a returned invocation, or a short idle tick.
                     wait_s = self._wait_s(
                         in_flight + len(wave), free - len(wave), len(pending) - len(wave)
@@ -154,6 +179,22 @@ class RunDriver:
                 self._record_invocations(wait=True, raising=False)  # submitted stays on record
         if self.on_progress is not None:
             self.on_progress(self.manifest)
+
+    def _stop_for_cancel(self, reason: str, logger: Any) -> None:
+        """Invoke nothing more; leave unfinished batches as they are so that a resume runs them."""
+        self._record_invocations(wait=True)  # an invocation under way is on record as submitted
+        self.manifest.canceled = reason
+        self._dirty = True
+        counts = self.manifest.document_counts()
+        self.stats.canceled_documents = counts["pending"] + counts["submitted"]
+        logger.warning(
+            "%s: stopped invoking; %d documents canceled (%d in flight: their results are picked "
+            "up when the run resumes with run_key %s)",
+            reason,
+            self.stats.canceled_documents,
+            counts["submitted"],
+            self.manifest.run_key,
+        )
 
     def _staged(self, record: BatchRecord) -> bool:
         return self.staging is None or self.staging.is_staged(record.batch_id)
@@ -180,19 +221,35 @@ class RunDriver:
             self._last_progress = now
             self.on_progress(self.manifest)
 
-    def _size_share(self, share: CapShare, in_flight: int, pending: int) -> None:
-        """Hold as much of the shared cap as the remaining work can use: grow when free, shrink at the tail."""
+    def _size_share(self, share: CapShare, demand: Demand, in_flight: int, pending: int) -> None:
+        """Hold only the slots in use or about to be: grow when free, hand back as batches end.
+
+        Above its fair share (``_publish_demand``) the run gives back each slot whose batch ends,
+        so a run started beside it gets a slot as soon as one batch finishes.
+        """
         want = min(self.cap, in_flight + pending)
-        if share.held > want:
-            share.shrink_to(want)
-            return
-        if share.held >= want:
-            return
         now = time.monotonic()
-        if share.held and now - self._last_grow < POLLING.grow_every_s:
-            return
-        self._last_grow = now
-        share.grow(want - share.held, timeout_s=0 if share.held else POLLING.first_grow_wait_s)
+        target = min(want, self._target)
+        if share.held > target:
+            # Never below what is in flight: those slots are in use until their batch ends.
+            self.stats.slots_released += share.shrink_to(max(target, in_flight))
+        elif share.held < target and (
+            not share.held or now - self._last_grow >= POLLING.grow_every_s
+        ):
+            self._last_grow = now
+            # Wait for a slot only once the run's demand is published (others make room for it).
+            wait_s = POLLING.first_grow_wait_s if not share.held and demand.wanted else 0
+            share.grow(target - share.held, timeout_s=wait_s)
+            self.stats.slots_held_max = max(self.stats.slots_held_max, share.held)
+
+    def _publish_demand(self, demand: Demand, in_flight: int, pending: int) -> None:
+        """Say what this run could use and read what all runs want (after submitting: no delay)."""
+        want = min(self.cap, in_flight + pending)
+        now = time.monotonic()
+        if now - self._last_share >= POLLING.share_every_s or want != demand.wanted:
+            self._last_share = now
+            demand.set(want)
+            self._target = fair_share(self.cap, want, demand.total())
 
     def _submit(
         self, invoker: ThreadPoolExecutor, poller: QueuePoller, wave: list[BatchRecord]
@@ -203,6 +260,7 @@ class RunDriver:
                 batch_id=record.batch_id,
                 inference_id=record.inference_id,
                 input_uri=record.input_uri,
+                body=self._inline_body(record),
                 attempt=record.attempts + 1,
                 invocation_timeout_s=self.options.timeout_for(
                     self.invoke.invocation_timeout_s, record.attempts + 1
@@ -212,6 +270,18 @@ class RunDriver:
             future.add_done_callback(lambda _: poller.wake())
             self._invoking[record.batch_id] = (request, future)
         self.stats.waves += 1
+
+    def _inline_body(self, record: BatchRecord) -> bytes | None:
+        """The payload to send inline, or None for InputLocation."""
+        if not record.inline:
+            return None
+        body = self.staging.body_of(record.batch_id) if self.staging is not None else None
+        if body is None:
+            raise RuntimeError(
+                f"batch {record.batch_id} is sent inline but its payload was not rebuilt; "
+                "this is a bug in docflow's resume, please report it"
+            )
+        return body
 
     def _record_invocations(self, *, wait: bool, raising: bool = True) -> None:
         """Record the invocations that have returned (with ``wait``, all of them).
@@ -251,7 +321,8 @@ class RunDriver:
             )
             return
         self.stats.invoke_errors += 1
-        if result.retryable and request.attempt < self.options.max_attempts:
+        budget_used = request.attempt - self.manifest.batches[request.batch_id].retried_after
+        if result.retryable and budget_used < self.options.max_attempts:
             self.manifest.mark(
                 request.batch_id, BatchStatus.PENDING, attempts=request.attempt, reason=result.error
             )
@@ -270,10 +341,18 @@ class RunDriver:
         if decision is Decision.COMPLETED and self.spool is not None:
             self.spool.fetch(self.manifest.batches[outcome.batch_id].output_uri)
         if decision is Decision.SPLIT:
+            record = self.manifest.batches[outcome.batch_id]
             split_failed_batch(
-                self.profile, self.outputs, self.manifest, outcome.batch_id, outcome.reason or ""
+                self.profile,
+                self.outputs,
+                self.manifest,
+                outcome.batch_id,
+                outcome.reason or "",
+                body=self._inline_body(record),
             )
             self.stats.splits += 1
+        if decision in (Decision.COMPLETED, Decision.FAILED, Decision.SPLIT) and self.staging:
+            self.staging.drop(outcome.batch_id)
         elif decision is Decision.RETRY:
             self.stats.retries += 1
             self.stats.expired += outcome.expired
@@ -361,13 +440,20 @@ def drive_run(
         rate_per_second=profile.invoke_rate_per_second,
     )
     documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
+    counts = manifest.document_counts()
+    log = ProgressLog(documents, done_before=counts["completed"] + counts["failed"])
     with RunProgress(documents, key=run_artifact_key(manifest.run_key, "progress")) as progress:
 
         def report(m: RunManifest) -> None:
             counts = m.document_counts()
             progress.update(counts["completed"] + counts["failed"])
+            if line := log.line(counts["completed"], counts["failed"], counts["submitted"]):
+                get_run_logger().info("run %s: %s", m.run_key, line)
 
-        stager = PayloadStager(profile, manifest.run_key, payloads) if payloads else None
+        inline = {r.batch_id for r in manifest.batches.values() if r.inline and not r.terminal}
+        stager = (
+            PayloadStager(profile, manifest.run_key, payloads, inline=inline) if payloads else None
+        )
         del payloads  # the stager holds the only reference: staged bytes are freed as it goes
         driver = RunDriver(
             profile,
@@ -380,6 +466,7 @@ def drive_run(
             on_progress=report,
             staging=stager,
             spool=spool,
+            cancel=CancelWatch(current_flow_run_id(), every_s=POLLING.cancel_every_s),
         )
         if stager is None:
             return driver.run()

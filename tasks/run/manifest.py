@@ -43,7 +43,17 @@ class BatchRecord(BaseModel):
     output_uri: str
     failure_uri: str
     inference_id: str
+    inline: bool = Field(
+        False,
+        description="The payload is sent inline (InvokeEndpointAsync Body), never put in S3: a "
+        "resumed or retried run rebuilds it from the corpus.",
+    )
     attempts: int = 0
+    retried_after: int = Field(
+        0,
+        description="Attempts made before the batch was last re-opened by a retry of its run; "
+        "the attempt budget (max_attempts) counts from here.",
+    )
     status: BatchStatus = BatchStatus.PENDING
     reason: str | None = None
     parent: str | None = None
@@ -67,6 +77,20 @@ class NotificationCounters(BaseModel):
     unknown: int = 0
 
 
+class AttemptTime(BaseModel):
+    """One attempt at the run (the first, or a resume): when it started and was last seen saving."""
+
+    started_at: datetime
+    last_seen_at: datetime | None = None
+
+    @property
+    def duration_s(self) -> float:
+        """How long the attempt ran, as far as its last manifest save shows."""
+        if self.last_seen_at is None:
+            return 0.0
+        return max(0.0, (self.last_seen_at - self.started_at).total_seconds())
+
+
 class RunManifest(BaseModel):
     """Everything needed to resume or aggregate a run."""
 
@@ -84,6 +108,20 @@ class RunManifest(BaseModel):
         "manifests written before this field existed were saved after staging).",
     )
     notifications: NotificationCounters = Field(default_factory=NotificationCounters)
+    corpus: str | None = Field(None, description="The corpus the run was started on.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The process-documents parameters that shape the run's results (template, "
+        "columns, batching, generation, output format): what a retry runs it with again.",
+    )
+    attempt_log: list[AttemptTime] = Field(
+        default_factory=list, description="The run's attempts: the first and every resume."
+    )
+    canceled: str | None = Field(
+        None,
+        description="Why the run stopped before every batch was terminal (its flow run was "
+        "cancelled); its unfinished documents are reported canceled. Cleared when it resumes.",
+    )
 
     def add(self, record: BatchRecord) -> None:
         """Add a batch (a new run's, or a half of a split one); an existing id is left as it is."""
@@ -149,9 +187,11 @@ _SETTABLE = sorted(set(BatchRecord.model_fields) - {"batch_id", "status"})
 
 
 def save_manifest(manifest: RunManifest, profile: Profile) -> None:
-    """Write the manifest to S3 (overwriting the previous version)."""
+    """Write the manifest to S3 (overwriting the previous version); the attempt is seen alive now."""
     from tasks.aws.clients import aws_client
 
+    if manifest.attempt_log:
+        manifest.attempt_log[-1].last_seen_at = datetime.now(UTC)
     bucket, key = split_s3_uri(manifest_uri(profile, manifest.run_key))
     aws_client("s3", profile).put_object(
         Bucket=bucket, Key=key, Body=manifest.to_json(), ContentType="application/json"

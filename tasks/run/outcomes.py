@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
+from tasks.aws.sagemaker_runtime import max_inline_body
 from tasks.run import layout
 from tasks.run.batching import BatchPayload, split_batch
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
@@ -42,6 +43,8 @@ def new_record(
         failure_uri=outputs.failure_uri(run_key, payload.batch_id, 1),
         inference_id=layout.inference_id(run_key, payload.batch_id),
         parent=parent,
+        # A first-level payload small enough goes inline; halves of a split are staged in S3.
+        inline=parent is None and 0 < len(payload.body) <= max_inline_body(),
     )
 
 
@@ -73,7 +76,7 @@ def apply_outcome(manifest: RunManifest, outcome: Outcome, *, max_attempts: int)
         return Decision.IGNORED
     reason = (outcome.reason or "the model failed without a reason").strip()
     if outcome.expired or len(record.doc_ids) == 1:
-        if record.attempts < max_attempts:
+        if record.attempts - record.retried_after < max_attempts:
             kind = "expired" if outcome.expired else "failed"
             manifest.mark(
                 record.batch_id,
@@ -93,12 +96,22 @@ def apply_outcome(manifest: RunManifest, outcome: Outcome, *, max_attempts: int)
 
 
 def split_failed_batch(
-    profile: Profile, outputs: EndpointOutputs, manifest: RunManifest, batch_id: str, reason: str
+    profile: Profile,
+    outputs: EndpointOutputs,
+    manifest: RunManifest,
+    batch_id: str,
+    reason: str,
+    *,
+    body: bytes | None = None,
 ) -> list[str]:
-    """Halve a failed multi-document batch: stage both halves, add them, mark the parent split."""
+    """Halve a failed multi-document batch: stage both halves, add them, mark the parent split.
+
+    ``body``: the parent's payload when it was sent inline (otherwise it is read from S3).
+    """
     record = manifest.batches[batch_id]
-    bucket, key = split_s3_uri(record.input_uri)
-    body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
+    if body is None:
+        bucket, key = split_s3_uri(record.input_uri)
+        body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
     parent = BatchPayload(batch_id=batch_id, doc_ids=record.doc_ids, body=body)
     halves = split_batch(parent)
     stage_inputs(profile, [staged_input(profile, manifest.run_key, h) for h in halves])

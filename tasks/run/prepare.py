@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from prefect import task
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.run.batching import BatchPayload, make_batches
 from tasks.run.corpus import Corpus
-from tasks.run.manifest import BatchStatus, RunManifest, load_manifest, save_manifest
+from tasks.run.manifest import (
+    AttemptTime,
+    BatchStatus,
+    RunManifest,
+    load_manifest,
+    save_manifest,
+)
 from tasks.run.notifications import EndpointOutputs
 from tasks.run.outcomes import new_record
 from tasks.run.prompts import GenerationParameters, PromptTemplate
+from tasks.run.retry import reopen_failed
 from tasks.settings import Profile
 
 
@@ -42,23 +52,47 @@ def prepare_manifest(
     params: GenerationParameters,
     max_docs: int,
     max_bytes: int,
+    *,
+    parameters: dict[str, Any] | None = None,
+    retry_failed: bool = False,
+    retry_reason: str | None = None,
 ) -> PreparedRun:
     """Load the run's manifest to resume it, or batch the corpus and save a new one.
 
     The payloads are staged by the fan-out (``stage-payloads``) while it invokes the first ones;
     a resumed run whose staging never finished builds them again (the same bytes, the same batch
-    ids) and stages the ones never invoked.
+    ids) and stages the ones never invoked. ``parameters`` (what shapes the results) are kept in
+    a new run's manifest; ``retry_failed`` re-opens a resumed run's failed batches (those whose
+    reason contains ``retry_reason``) so that they run again.
     """
     existing = load_manifest(run_key, profile)
     if existing is not None:
         check_resumable(existing, corpus, target.endpoint)
-        if existing.staged:
+        existing.canceled = None  # a cancelled run resumes: its unfinished batches run now
+        existing.attempt_log.append(AttemptTime(started_at=datetime.now(UTC)))
+        if retry_failed:
+            reopened = reopen_failed(existing, retry_reason)
+            get_run_logger().info(
+                "run %s: %d failed batches (%d documents) re-opened for retry",
+                run_key,
+                len(reopened),
+                sum(len(r.doc_ids) for r in reopened),
+            )
+            save_manifest(existing, profile)
+        # Payloads sent inline are in no S3 object: rebuild those of unfinished batches.
+        inline = {r.batch_id for r in existing.batches.values() if r.inline and not r.terminal}
+        if existing.staged and not inline:
             return PreparedRun(existing, True, [])
         payloads, _ = make_batches(
             corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
         )
-        missing = [p for p in payloads if never_invoked(existing, p)]
-        existing.staged = not missing  # every batch left was invoked once, so it is in S3
+        missing = [
+            p
+            for p in payloads
+            if p.batch_id in inline or (not existing.staged and never_invoked(existing, p))
+        ]
+        # Every batch left to stage was invoked once, so it is in S3 (inline ones never are).
+        existing.staged = all(p.batch_id in inline for p in missing)
         return PreparedRun(existing, True, missing)
     payloads, rejected = make_batches(
         corpus.documents, template, params, max_docs=max_docs, max_bytes=max_bytes
@@ -69,6 +103,9 @@ def prepare_manifest(
         model_artifact=target.model_artifact,
         rejected=[*corpus.rejected, *rejected],
         staged=not payloads,
+        corpus=(parameters or {}).get("corpus"),
+        attempt_log=[AttemptTime(started_at=datetime.now(UTC))],
+        parameters=parameters or {},
     )
     for payload in payloads:
         manifest.add(new_record(profile, target, run_key, payload))

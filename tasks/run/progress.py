@@ -36,6 +36,8 @@ class RunProgress:
         self.done = 0
         self._artifact_id: UUID | None = None
         self._last_update = 0.0
+        self._shown = -1
+        self.artifact_updates = 0
         self._bar: Any = None
         self._task_id: Any = None
 
@@ -50,9 +52,10 @@ class RunProgress:
             from prefect.artifacts import create_progress_artifact
 
             made = create_progress_artifact(
-                progress=self.percent(), key=self.key, description=self.description
+                progress=float(int(self.percent())), key=self.key, description=self.description
             )
             self._artifact_id = made if isinstance(made, UUID) else None
+            self._shown = int(self.percent())
         if self.terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -68,16 +71,24 @@ class RunProgress:
         return self
 
     def update(self, done: int, *, force: bool = False) -> None:
-        """Set the number of finished documents; the artifact is refreshed at most every interval."""
+        """Set the number of finished documents; the artifact changes only with the whole percentage.
+
+        At most 101 updates a run, each at least ``interval_s`` apart (``force``: now, if changed).
+        """
         self.done = done
         if self._bar is not None:
             self._bar.update(self._task_id, completed=min(done, self.total))
         now = time.monotonic()
-        if self._artifact_id is not None and (force or now - self._last_update >= self.interval_s):
+        shown = int(self.percent())
+        if self._artifact_id is None or shown == self._shown:
+            return
+        if force or now - self._last_update >= self.interval_s:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self._artifact_id, progress=self.percent())
+            update_progress_artifact(self._artifact_id, progress=float(shown))
+            self._shown = shown
             self._last_update = now
+            self.artifact_updates += 1
 
     def __exit__(
         self,
@@ -90,3 +101,46 @@ class RunProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class ProgressLog:
+    """A progress line in the run's log every ``step_pct`` percent or ``every_s`` seconds, whichever is first.
+
+    Each line: documents done (completed, failed) of the total, documents in flight, documents per
+    second over this attempt, and the time left at that rate.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        done_before: int = 0,
+        step_pct: float = 5.0,
+        every_s: float = 60.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.total = max(total, 0)
+        self.step_pct = step_pct
+        self.every_s = every_s
+        self._clock = clock
+        self._started = clock()
+        self._done_before = done_before
+        self._last_pct = 100.0 * done_before / self.total if self.total else 100.0
+        self._last_at = self._started
+
+    def line(self, completed: int, failed: int, in_flight: int) -> str | None:
+        """The line to log now, or None until the next step or interval."""
+        now = self._clock()
+        done = completed + failed
+        pct = 100.0 * done / self.total if self.total else 100.0
+        if pct < self._last_pct + self.step_pct and now - self._last_at < self.every_s:
+            return None
+        self._last_pct, self._last_at = pct, now
+        elapsed = now - self._started
+        rate = (done - self._done_before) / elapsed if elapsed > 0 else 0.0
+        left = self.total - done
+        eta = f"{left / rate:.0f} s" if rate > 0 else "unknown"
+        return (
+            f"progress {pct:.0f} %: {done}/{self.total} documents done ({completed} completed, "
+            f"{failed} failed), {in_flight} in flight, {rate:.1f} docs/s, ETA {eta}"
+        )

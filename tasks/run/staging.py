@@ -4,6 +4,8 @@ The fan-out starts invoking as soon as the first payloads are in S3 instead of w
 them: ``PayloadStager`` puts payloads from a few worker threads (one conditional PUT each, kept
 when the key already exists) and the fan-out only submits batches that ``is_staged``. Each
 payload's bytes are dropped once written, so the run never holds more than the unstaged rest.
+A payload sent inline (InvokeEndpointAsync ``Body``, at most 128,000 bytes) is never put: it is
+held until its batch ends.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -69,12 +71,20 @@ class PayloadStager:
         run_key: str,
         payloads: Iterable[BatchPayload],
         *,
+        inline: Collection[str] = (),
         workers: int = STAGE_WORKERS,
     ) -> None:
         self.profile = profile
         self.run_key = run_key
         self.workers = workers
-        self._todo: deque[BatchPayload] = deque(payloads)
+        # Payloads sent inline are kept until their batch ends instead of being put in S3.
+        self._bodies: dict[str, bytes] = {}
+        self._todo: deque[BatchPayload] = deque()
+        for payload in payloads:
+            if payload.batch_id in inline:
+                self._bodies[payload.batch_id] = payload.body
+            else:
+                self._todo.append(payload)
         self._unstaged = {p.batch_id for p in self._todo}
         self.total = len(self._todo)
         self.written = 0
@@ -82,8 +92,16 @@ class PayloadStager:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
+    def body_of(self, batch_id: str) -> bytes | None:
+        """The payload of a batch sent inline (None: it is in S3)."""
+        return self._bodies.get(batch_id)
+
+    def drop(self, batch_id: str) -> None:
+        """Forget an inline payload once its batch has ended."""
+        self._bodies.pop(batch_id, None)
+
     def is_staged(self, batch_id: str) -> bool:
-        """Whether the batch's payload is in S3 (batches this stager was not given always are)."""
+        """Whether the batch can be invoked: its payload is in S3, or held to be sent inline."""
         return batch_id not in self._unstaged
 
     @property

@@ -25,9 +25,12 @@ class RunSummary(BaseModel):
     completed: int
     failed: int
     rejected: int
+    canceled: int = 0
     batches: int
     invocations: int
     wall_time_s: float
+    attempts: int = 1
+    total_wall_time_s: float = 0.0
     docs_per_s: float
     latency_p50_s: float | None = None
     latency_p90_s: float | None = None
@@ -97,9 +100,15 @@ def build_summary(
         completed=totals.statuses.get("completed", 0),
         failed=totals.statuses.get("failed", 0),
         rejected=totals.statuses.get("rejected", 0),
+        canceled=totals.statuses.get("canceled", 0),
         batches=len(manifest.batches),
         invocations=sum(r.attempts for r in manifest.batches.values()),
         wall_time_s=round(wall_time_s, 3),
+        attempts=max(1, len(manifest.attempt_log)),
+        # The earlier attempts as far as their last manifest save shows, plus this one.
+        total_wall_time_s=round(
+            sum(a.duration_s for a in manifest.attempt_log[:-1]) + max(wall_time_s, 0.0), 3
+        ),
         docs_per_s=round(documents / wall_time_s, 3) if wall_time_s > 0 else 0.0,
         latency_p50_s=lat[0],
         latency_p90_s=lat[1],
@@ -155,13 +164,15 @@ def summary_markdown(summary: RunSummary) -> str:
     lines = [
         f"# Run `{summary.run_key}` on `{summary.endpoint}`",
         "",
-        "| documents | completed | failed | rejected |",
-        "|---:|---:|---:|---:|",
-        f"| {summary.documents} | {summary.completed} | {summary.failed} | {summary.rejected} |",
+        "| documents | completed | failed | rejected | canceled |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {summary.documents} | {summary.completed} | {summary.failed} | {summary.rejected} "
+        f"| {summary.canceled} |",
         "",
         "| measure | value |",
         "|---|---:|",
-        f"| wall time | {_fmt(summary.wall_time_s)} |",
+        f"| wall time (this attempt) | {_fmt(summary.wall_time_s)} |",
+        f"| wall time over {summary.attempts} attempt(s) | {_fmt(summary.total_wall_time_s)} |",
         f"| documents per second | {summary.docs_per_s:.2f} |",
         f"| batches / invocations | {summary.batches} / {summary.invocations} |",
         f"| latency p50 / p90 / p99 (received → done) | {_fmt(summary.latency_p50_s)} / "

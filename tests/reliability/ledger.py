@@ -1,4 +1,4 @@
-"""The reliability ledger: documents in = completed + failed + rejected, duplicates seen, invocations made."""
+"""The reliability ledger: documents in = completed + failed + rejected + canceled, duplicates seen, invocations made."""
 
 from __future__ import annotations
 
@@ -38,15 +38,16 @@ class Ledger:
     accepted_by_endpoint: int
     wall_s: float
     notes: dict[str, Any] = field(default_factory=dict)
+    canceled: int = 0
 
     @property
     def balanced(self) -> bool:
-        """Every input row has exactly one result row, and the three outcomes add up."""
+        """Every input row has exactly one result row, and the four outcomes add up."""
         return (
             self.missing == 0
             and self.extra_rows == 0
             and self.result_rows == self.documents_in
-            and self.completed + self.failed + self.rejected == self.documents_in
+            and self.completed + self.failed + self.rejected + self.canceled == self.documents_in
         )
 
     def line(self) -> str:
@@ -54,7 +55,8 @@ class Ledger:
         notes = " ".join(f"{k}={v}" for k, v in self.notes.items())
         return (
             f"[ledger] {self.scenario} ({self.load}): in={self.documents_in} = "
-            f"completed {self.completed} + failed {self.failed} + rejected {self.rejected}; "
+            f"completed {self.completed} + failed {self.failed} + rejected {self.rejected} + "
+            f"canceled {self.canceled}; "
             f"rows={self.result_rows} missing={self.missing} extra={self.extra_rows} "
             f"duplicates_seen={self.duplicate_notifications} invocations={self.invocations} "
             f"accepted_by_endpoint={self.accepted_by_endpoint} wall={self.wall_s:.1f}s"
@@ -113,6 +115,7 @@ def compute_ledger(
         accepted_by_endpoint=int(endpoint_stats.get("received", 0)),
         wall_s=wall_s,
         notes=dict(notes),
+        canceled=statuses.get("canceled", 0),
     )
 
 

@@ -74,7 +74,7 @@ def kill_at(proc: subprocess.Popen[bytes], probe: EndpointProbe, accepted: int) 
 
 
 def free_slots_of_killed_run(endpoint: str) -> int:
-    """Give back the slots a SIGKILLed run still holds, as an operator would; returns how many.
+    """Give back the slots (and demand) a SIGKILLed run still holds, as an operator would; returns how many.
 
     A killed process cannot release its leases on the shared cap. A real Prefect server's
     repossessor revokes them once they expire (docflow's lease is 60 s), but the ephemeral test
@@ -83,12 +83,16 @@ def free_slots_of_killed_run(endpoint: str) -> int:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
-    from tasks.endpoint.spec import concurrency_limit_name
+    from tasks.endpoint.spec import concurrency_limit_name, demand_limit_name
 
     name = concurrency_limit_name(endpoint)
     with get_client(sync_client=True) as client:
         held = int(client.read_global_concurrency_limit_by_name(name).active_slots)
         client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        # Its demand too, or the restarted run would share the cap with a run that is gone.
+        client.update_global_concurrency_limit(
+            demand_limit_name(endpoint), GlobalConcurrencyLimitUpdate(active_slots=0)
+        )
     return held
 
 

@@ -1,0 +1,223 @@
+"""`docflow runs list|show|retry|fetch`: a run's state from its manifest in S3, retrying its
+failures, and downloading its results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from tasks.run.status import RunStatus
+
+
+def _profile(name: str) -> Any:
+    from tasks.settings import load_profile
+
+    return load_profile(name)
+
+
+def _emit(data: Any, out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def format_list(runs: list[RunStatus]) -> str:
+    """One line per run: key, state, counts, endpoint, started, corpus."""
+    head = (
+        "RUN KEY",
+        "STATE",
+        "TOTAL",
+        "DONE",
+        "FAILED",
+        "CANCELED",
+        "REJECTED",
+        "ENDPOINT",
+        "STARTED",
+    )
+    rows = [head]
+    for s in runs:
+        c = s.request_counts
+        rows.append(
+            (
+                s.run_key,
+                s.state,
+                str(c.total),
+                str(c.succeeded),
+                str(c.errored),
+                str(c.canceled),
+                str(c.rejected),
+                s.endpoint,
+                s.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_show(s: RunStatus) -> str:
+    """A run's counts, progress, failures by reason and where its results are."""
+    c = s.request_counts
+    lines = [
+        f"run {s.run_key}: {s.state} ({s.progress_pct:.1f} % finished)",
+        f"  endpoint  {s.endpoint}",
+        f"  corpus    {s.corpus or '-'}",
+        f"  started   {s.created_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"  documents total {c.total}: succeeded {c.succeeded}, errored {c.errored}, "
+        f"canceled {c.canceled}, processing {c.processing}, rejected {c.rejected}",
+        "  batches   " + ", ".join(f"{k} {v}" for k, v in s.batches.items() if v),
+        f"  results   {s.results_uri or '- (not aggregated yet)'}",
+        f"  failures  {s.failures_uri or '-'}",
+    ]
+    if s.failures_by_reason:
+        lines.append("  failures by reason:")
+        lines += [f"    {n:>6}  {reason[:160]}" for reason, n in s.failures_by_reason.items()]
+    if s.retryable:
+        lines.append(f"  retry with: docflow runs retry {s.run_key}")
+    return "\n".join(lines) + "\n"
+
+
+def list_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """`docflow runs list`."""
+    from tasks.run.status import list_runs
+
+    runs = list_runs(_profile(args.profile), limit=args.limit)
+    if args.json:
+        _emit([r.model_dump(mode="json") for r in runs], out)
+    else:
+        out.write(format_list(runs))
+    return 0
+
+
+def show_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """`docflow runs show KEY`."""
+    from tasks.run.status import read_status
+
+    status = read_status(_profile(args.profile), args.run_key)
+    if status is None:
+        sys.stderr.write(
+            f"no run {args.run_key!r} in this profile's bucket (see `docflow runs list`)\n"
+        )
+        return 2
+    if args.json:
+        _emit(status.model_dump(mode="json"), out)
+    else:
+        out.write(format_show(status))
+    return 0
+
+
+def retry_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """`docflow runs retry KEY [--only-reason TEXT]`: run the failed (and canceled) documents again."""
+    from flows.process_documents import process_documents
+    from tasks.run.manifest import load_manifest
+    from tasks.run.status import read_status
+
+    profile = _profile(args.profile)
+    manifest = load_manifest(args.run_key, profile)
+    if manifest is None:
+        sys.stderr.write(
+            f"no run {args.run_key!r} in this profile's bucket (see `docflow runs list`)\n"
+        )
+        return 2
+    if not manifest.parameters:
+        sys.stderr.write(
+            f"run {args.run_key!r} was started before docflow kept a run's parameters: run "
+            f"process-documents with run_key={args.run_key}, retry_failed=True and its corpus\n"
+        )
+        return 2
+    params = dict(manifest.parameters)
+    process_documents(
+        **params,
+        profile=args.profile,
+        endpoint=manifest.endpoint,
+        run_key=args.run_key,
+        retry_failed=True,
+        retry_reason=args.only_reason,
+    )
+    status = read_status(profile, args.run_key)
+    assert status is not None
+    if args.json:
+        _emit(status.model_dump(mode="json"), out)
+    else:
+        out.write(format_show(status))
+    return 0
+
+
+RESULT_FILES = ("results.", "failures.parquet", "summary.json")
+
+
+def fetch_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """`docflow runs fetch KEY [--to DIR]`: download a run's results, failures and summary."""
+    from pathlib import Path
+
+    from tasks.aws.clients import aws_client
+    from tasks.aws.s3 import split_s3_uri
+    from tasks.run.layout import run_uri
+
+    profile = _profile(args.profile)
+    bucket, prefix = split_s3_uri(run_uri(profile, args.run_key, ""))
+    prefix = prefix.rstrip("/") + "/"
+    s3 = aws_client("s3", profile)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
+    names = [
+        o["Key"][len(prefix) :]
+        for o in listed.get("Contents", [])
+        if o["Key"][len(prefix) :].startswith(RESULT_FILES)
+    ]
+    if not names:
+        sys.stderr.write(
+            f"run {args.run_key!r} has no results in s3://{bucket}/{prefix} yet "
+            "(see `docflow runs show`)\n"
+        )
+        return 2
+    target = Path(args.to or Path("results") / args.run_key)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in sorted(names):
+        s3.download_file(bucket, prefix + name, str(target / name))
+    fetched = {"run_key": args.run_key, "to": str(target), "files": sorted(names)}
+    if args.json:
+        _emit(fetched, out)
+    else:
+        out.write(
+            f"{len(names)} files of run {args.run_key} in {target}: {', '.join(sorted(names))}\n"
+        )
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """The `runs` sub-command and its `list`, `show` and `retry`."""
+    runs = sub.add_parser("runs", help="runs from their manifests in S3: list, show, retry")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", default="local", help="deployment profile name or path")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    listing = runs_sub.add_parser("list", help="recent runs: key, state, counts, endpoint, started")
+    common(listing)
+    listing.add_argument("--limit", type=int, default=20)
+    listing.set_defaults(func=list_command)
+
+    show = runs_sub.add_parser(
+        "show", help="one run: counts, progress, failures by reason, results"
+    )
+    common(show)
+    show.add_argument("run_key")
+    show.set_defaults(func=show_command)
+
+    retry = runs_sub.add_parser(
+        "retry", help="run a run's failed and canceled documents again under the same run key"
+    )
+    common(retry)
+    retry.add_argument("run_key")
+    retry.add_argument(
+        "--only-reason", help="retry only failures whose reason contains this text (any case)"
+    )
+    retry.set_defaults(func=retry_command)
+
+    fetch = runs_sub.add_parser("fetch", help="download a run's results, failures and summary")
+    common(fetch)
+    fetch.add_argument("run_key")
+    fetch.add_argument("--to", help="folder to write to (default: results/<run key>)")
+    fetch.set_defaults(func=fetch_command)

@@ -1,0 +1,147 @@
+"""A run's state read back from S3 (its manifest and, once aggregated, its summary.json).
+
+What ``docflow runs list/show`` print: counts in the shape of the batch services'
+``request_counts`` (processing, succeeded, errored, canceled, plus rejected rows), the share
+finished, failures by reason and where the results are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from tasks.aws.s3 import split_s3_uri
+from tasks.run.layout import run_uri
+from tasks.run.manifest import BatchStatus, RunManifest, load_manifest
+from tasks.settings import Profile
+
+RunState = Literal["in_progress", "canceled", "completed", "completed_with_failures"]
+TOP_REASONS = 10
+
+
+class RequestCounts(BaseModel):
+    """Documents by where they are (``total`` counts every input row, rejected ones included)."""
+
+    total: int
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    rejected: int
+
+
+class RunStatus(BaseModel):
+    """One run as ``docflow runs`` shows it."""
+
+    run_key: str
+    state: RunState
+    endpoint: str
+    corpus: str | None
+    created_at: datetime
+    request_counts: RequestCounts
+    progress_pct: float
+    batches: dict[str, int]
+    failures_by_reason: dict[str, int]
+    results_uri: str | None
+    failures_uri: str | None
+    summary_uri: str | None
+    retryable: bool
+
+
+def run_status(manifest: RunManifest, summary: dict[str, Any] | None) -> RunStatus:
+    """The status of a run from its manifest and (when aggregated since) its summary."""
+    docs = manifest.document_counts()
+    unfinished = docs["pending"] + docs["submitted"]
+    rejected = len(manifest.rejected)
+    batched = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
+    succeeded, errored = docs["completed"], docs["failed"]
+    reasons: Counter[str] = Counter()
+    for record in manifest.batches.values():
+        if record.status is BatchStatus.FAILED:
+            reasons[record.reason or "batch failed"] += len(record.doc_ids)
+    done = not unfinished
+    if done and summary is not None:
+        # Aggregation also fails documents inside completed batches (an error line): count those.
+        succeeded, errored = int(summary["completed"]), int(summary["failed"])
+        rejected = int(summary["rejected"])
+        reasons = Counter({k: int(v) for k, v in summary.get("top_failure_reasons", {}).items()})
+    total = batched + len(manifest.rejected)
+    if manifest.canceled is not None:
+        state: RunState = "canceled"
+    elif not done:
+        state = "in_progress"
+    else:
+        state = "completed_with_failures" if errored else "completed"
+    canceled = unfinished if manifest.canceled is not None else 0
+    finished = total - unfinished
+    return RunStatus(
+        run_key=manifest.run_key,
+        state=state,
+        endpoint=manifest.endpoint,
+        corpus=manifest.corpus,
+        created_at=manifest.created_at,
+        request_counts=RequestCounts(
+            total=total,
+            processing=unfinished - canceled,
+            succeeded=succeeded,
+            errored=errored,
+            canceled=canceled,
+            rejected=rejected,
+        ),
+        progress_pct=round(100.0 * finished / total, 1) if total else 100.0,
+        batches=manifest.counts(),
+        failures_by_reason=dict(reasons.most_common(TOP_REASONS)),
+        results_uri=summary.get("results_uri") if summary else None,
+        failures_uri=summary.get("failures_uri") if summary else None,
+        summary_uri=summary.get("summary_uri") if summary else None,
+        retryable=bool(manifest.parameters) and (errored > 0 or canceled > 0),
+    )
+
+
+def read_summary(profile: Profile, run_key: str) -> dict[str, Any] | None:
+    """The run's summary.json, or None before its first aggregation."""
+    from botocore.exceptions import ClientError
+
+    from tasks.aws.clients import aws_client
+
+    bucket, key = split_s3_uri(run_uri(profile, run_key, "summary.json"))
+    try:
+        body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    data: dict[str, Any] = json.loads(body)
+    return data
+
+
+def read_status(profile: Profile, run_key: str) -> RunStatus | None:
+    """The status of run ``run_key``, or None when it has no manifest."""
+    manifest = load_manifest(run_key, profile)
+    if manifest is None:
+        return None
+    return run_status(manifest, read_summary(profile, run_key))
+
+
+def run_keys(profile: Profile) -> list[str]:
+    """Every run key with a folder under ``s3://<bucket>/<prefixes.runs>/``."""
+    from tasks.aws.clients import aws_client
+
+    prefix = profile.prefixes.runs.strip("/") + "/"
+    paginator = aws_client("s3", profile).get_paginator("list_objects_v2")
+    keys: list[str] = []
+    for page in paginator.paginate(Bucket=profile.bucket, Prefix=prefix, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            keys.append(common["Prefix"][len(prefix) :].rstrip("/"))
+    return keys
+
+
+def list_runs(profile: Profile, *, limit: int = 20) -> list[RunStatus]:
+    """The most recent ``limit`` runs (by when their manifest was created), newest first."""
+    found = [s for key in run_keys(profile) if (s := read_status(profile, key)) is not None]
+    found.sort(key=lambda s: s.created_at, reverse=True)
+    return found[:limit]
