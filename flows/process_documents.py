@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.batching import compute_run_key
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
-from tasks.run.driver import DriveStats, drive_run
+from tasks.run.drive import drive_run
+from tasks.run.driver import DriveStats
 from tasks.run.layout import run_artifact_key, validate_run_key
 from tasks.run.manifest import RunManifest
 from tasks.run.messages import one_sentence, process_run_name, template_problem

@@ -8,15 +8,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from pydantic import BaseModel, Field
 
 from tasks.aws.sagemaker_runtime import InvokeRequest, InvokeResult, InvokeSettings, invoke_one
-from tasks.run.batching import BatchPayload
-from tasks.run.cancel import CancelWatch, current_flow_run_id
-from tasks.run.capacity import CapShare, Demand, cap_share, fair_share, require_invocation_limit
-from tasks.run.layout import run_artifact_key
+from tasks.run.cancel import CancelWatch
+from tasks.run.capacity import CapShare, Demand, cap_share, fair_share
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
 from tasks.run.notifications import (
     EndpointOutputs,
@@ -29,16 +26,13 @@ from tasks.run.outcomes import (
     Decision,
     apply_outcome,
     fail_outstanding,
-    overdue,
     split_failed_batch,
 )
 from tasks.run.policy import POLLING, DriveOptions
 from tasks.run.poller import QueuePoller
-from tasks.run.progress import ProgressLog, RunProgress
-from tasks.run.quoting import quoted
-from tasks.run.reconcile import look_up_results, result_lookup
+from tasks.run.reconcile import expired, found_in_s3
 from tasks.run.spool import OutputSpool
-from tasks.run.staging import PayloadStager, stage_payloads
+from tasks.run.staging import PayloadStager
 from tasks.settings import Profile
 
 
@@ -385,11 +379,9 @@ class RunDriver:
         self._last_reconcile = now
         wall_now = datetime.now(UTC)
         found = 0
-        waiting = overdue(self.manifest, now=wall_now, after_s=self.options.reconcile_after_s)
-        if waiting:
-            lookups = [result_lookup(r, self.outputs, self.manifest.run_key) for r in waiting]
-            for outcome in look_up_results(self.profile, lookups):
-                found += self._apply(outcome) is not Decision.IGNORED
+        after_s = self.options.reconcile_after_s
+        for outcome in found_in_s3(self.profile, self.manifest, self.outputs, after_s, wall_now):
+            found += self._apply(outcome) is not Decision.IGNORED
         self.stats.reconciled += found
         if found:
             get_run_logger().info("reconciled %d batches from S3 (notifications missing)", found)
@@ -397,17 +389,8 @@ class RunDriver:
         else:
             ceiling = max(POLLING.reconcile_max_interval_s, self.options.reconcile_every_s)
             self._reconcile_interval = min(self._reconcile_interval * 2, ceiling)
-        for record in overdue(self.manifest, now=wall_now, after_s=self.options.expiry_s):
-            self._apply(
-                Outcome(
-                    batch_id=record.batch_id,
-                    status="failed",
-                    expired=True,
-                    reason=f"no result {self.options.expiry_s:.0f}s after submission (expired)",
-                    failure_uri=record.failure_uri,
-                    source="reconcile",
-                )
-            )
+        for outcome in expired(self.manifest, self.options.expiry_s, wall_now):
+            self._apply(outcome)
 
     def _save_if_due(self) -> None:
         now = time.monotonic()
@@ -415,64 +398,3 @@ class RunDriver:
             save_manifest(self.manifest, self.profile)
             self._last_save = now
             self._dirty = False
-
-
-@task(name="drive-run", cache_policy=NO_CACHE)
-def drive_run(
-    profile: Profile,
-    manifest: RunManifest,
-    target: EndpointOutputs,
-    queue: RunQueue,
-    options: DriveOptions,
-    *,
-    payloads: list[BatchPayload],
-    spool: OutputSpool | None,
-    request_ttl_s: int | None,
-    invocation_timeout_s: int | None,
-) -> DriveStats:
-    """Stage payloads and invoke them within the endpoint's shared cap until every batch is terminal."""
-    cap = require_invocation_limit(target.endpoint)
-    invoke = InvokeSettings(
-        endpoint=target.endpoint,
-        run_key=manifest.run_key,
-        request_ttl_s=request_ttl_s,
-        invocation_timeout_s=invocation_timeout_s,
-        rate_per_second=profile.invoke_rate_per_second,
-    )
-    documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
-    counts = manifest.document_counts()
-    log = ProgressLog(documents, done_before=counts["completed"] + counts["failed"])
-    with RunProgress(documents, key=run_artifact_key(manifest.run_key, "progress")) as progress:
-
-        def report(m: RunManifest) -> None:
-            counts = m.document_counts()
-            progress.update(counts["completed"] + counts["failed"])
-            if line := log.line(counts["completed"], counts["failed"], counts["submitted"]):
-                get_run_logger().info("run %s: %s", m.run_key, line)
-
-        inline = {r.batch_id for r in manifest.batches.values() if r.inline and not r.terminal}
-        stager = (
-            PayloadStager(profile, manifest.run_key, payloads, inline=inline) if payloads else None
-        )
-        del payloads  # the stager holds the only reference: staged bytes are freed as it goes
-        driver = RunDriver(
-            profile,
-            manifest,
-            target,
-            queue,
-            invoke,
-            options,
-            cap=cap,
-            on_progress=report,
-            staging=stager,
-            spool=spool,
-            cancel=CancelWatch(current_flow_run_id(), every_s=POLLING.cancel_every_s),
-        )
-        if stager is None:
-            return driver.run()
-        staging = stage_payloads.submit(quoted(stager))
-        try:
-            return driver.run()
-        finally:
-            stager.stop()  # a no-op once everything is staged
-            staging.wait()

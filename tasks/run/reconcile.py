@@ -17,7 +17,7 @@ from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
 from tasks.run.notifications import EndpointOutputs, Outcome, is_expiry
-from tasks.run.outcomes import Decision, apply_outcome, split_failed_batch
+from tasks.run.outcomes import Decision, apply_outcome, overdue, split_failed_batch
 from tasks.run.quoting import quoted
 from tasks.settings import Profile
 
@@ -126,3 +126,32 @@ def resume_reconcile(
             split_failed_batch(profile, outputs, manifest, outcome.batch_id, outcome.reason or "")
         settled += decision is not Decision.IGNORED
     return settled
+
+
+def found_in_s3(
+    profile: Profile,
+    manifest: RunManifest,
+    outputs: EndpointOutputs,
+    after_s: float,
+    now: datetime,
+) -> list[Outcome]:
+    """Outcomes in S3 for the batches outstanding longer than ``after_s`` (lost notifications)."""
+    waiting = overdue(manifest, now=now, after_s=after_s)
+    if not waiting:
+        return []
+    return look_up_results(profile, [result_lookup(r, outputs, manifest.run_key) for r in waiting])
+
+
+def expired(manifest: RunManifest, expiry_s: float, now: datetime) -> list[Outcome]:
+    """A failed, expired outcome for each batch with no result ``expiry_s`` after submission."""
+    return [
+        Outcome(
+            batch_id=record.batch_id,
+            status="failed",
+            expired=True,
+            reason=f"no result {expiry_s:.0f}s after submission (expired)",
+            failure_uri=record.failure_uri,
+            source="reconcile",
+        )
+        for record in overdue(manifest, now=now, after_s=expiry_s)
+    ]

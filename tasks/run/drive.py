@@ -1,0 +1,83 @@
+"""The ``drive-run`` task: a run's progress reporting, background staging, cancel watch and
+``RunDriver`` put together, within the endpoint's shared cap."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.aws.sagemaker_runtime import InvokeSettings
+from tasks.run.batching import BatchPayload
+from tasks.run.cancel import CancelWatch, current_flow_run_id
+from tasks.run.capacity import require_invocation_limit
+from tasks.run.driver import DriveStats, RunDriver
+from tasks.run.layout import run_artifact_key
+from tasks.run.manifest import RunManifest
+from tasks.run.notifications import EndpointOutputs, RunQueue
+from tasks.run.policy import POLLING, DriveOptions
+from tasks.run.progress import ProgressLog, RunProgress
+from tasks.run.quoting import quoted
+from tasks.run.spool import OutputSpool
+from tasks.run.staging import PayloadStager, stage_payloads
+from tasks.settings import Profile
+
+
+@task(name="drive-run", cache_policy=NO_CACHE)
+def drive_run(
+    profile: Profile,
+    manifest: RunManifest,
+    target: EndpointOutputs,
+    queue: RunQueue,
+    options: DriveOptions,
+    *,
+    payloads: list[BatchPayload],
+    spool: OutputSpool | None,
+    request_ttl_s: int | None,
+    invocation_timeout_s: int | None,
+) -> DriveStats:
+    """Stage payloads and invoke them within the endpoint's shared cap until every batch is terminal."""
+    cap = require_invocation_limit(target.endpoint)
+    invoke = InvokeSettings(
+        endpoint=target.endpoint,
+        run_key=manifest.run_key,
+        request_ttl_s=request_ttl_s,
+        invocation_timeout_s=invocation_timeout_s,
+        rate_per_second=profile.invoke_rate_per_second,
+    )
+    documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
+    counts = manifest.document_counts()
+    log = ProgressLog(documents, done_before=counts["completed"] + counts["failed"])
+    with RunProgress(documents, key=run_artifact_key(manifest.run_key, "progress")) as progress:
+
+        def report(m: RunManifest) -> None:
+            counts = m.document_counts()
+            progress.update(counts["completed"] + counts["failed"])
+            if line := log.line(counts["completed"], counts["failed"], counts["submitted"]):
+                get_run_logger().info("run %s: %s", m.run_key, line)
+
+        inline = {r.batch_id for r in manifest.batches.values() if r.inline and not r.terminal}
+        stager = (
+            PayloadStager(profile, manifest.run_key, payloads, inline=inline) if payloads else None
+        )
+        del payloads  # the stager holds the only reference: staged bytes are freed as it goes
+        driver = RunDriver(
+            profile,
+            manifest,
+            target,
+            queue,
+            invoke,
+            options,
+            cap=cap,
+            on_progress=report,
+            staging=stager,
+            spool=spool,
+            cancel=CancelWatch(current_flow_run_id(), every_s=POLLING.cancel_every_s),
+        )
+        if stager is None:
+            return driver.run()
+        staging = stage_payloads.submit(quoted(stager))
+        try:
+            return driver.run()
+        finally:
+            stager.stop()  # a no-op once everything is staged
+            staging.wait()
