@@ -74,12 +74,12 @@ def test_cancel_mid_run_records_canceled_documents_and_resume_finishes_them(
 
     dep = deploy_echo(cap=4, slots=2, environment={"ECHO_SLEEP_S": "0.2"})
     prof = load_profile(dep.profile_path)
-    corpus = tmp_path / "c.jsonl"
+    key = unique_run_key()
+    corpus = tmp_path / f"{key}.jsonl"  # its own run name: <template>-<file name>
     ids = write_corpus(corpus, DOCS)
     with corpus.open("a") as fh:
         fh.write(json.dumps({"id": "no-text"}) + "\n")  # rejected: no text
     rows = DOCS + 1
-    key = unique_run_key()
     eighth = threading.Event()
     probe.when_accepted(8, eighth.set)
     params = {"corpus": str(corpus), "profile": dep.profile_path, "run_key": key}
@@ -88,7 +88,7 @@ def test_cancel_mid_run_records_canceled_documents_and_resume_finishes_them(
             process_documents, **params, batch_size=BATCH, max_new_tokens=16, return_state=True
         )
         assert eighth.wait(120), "the run never reached its 8th invocation"
-        cancel_flow_run(flow_run_named(f"summarize-{corpus}"))
+        cancel_flow_run(flow_run_named(f"summarize-{corpus.name}"))
         state = future.result(timeout=300)
     assert state.is_cancelled(), f"the flow run ended {state.type.value}, not CANCELLED"
     assert first.total < BATCHES, "the cancelled run invoked every batch"
@@ -152,9 +152,9 @@ def test_a_runner_terminating_the_cancelled_run_still_records_canceled_documents
 
     dep = deploy_echo(cap=4, slots=2, environment={"ECHO_SLEEP_S": "0.2"})
     prof = load_profile(dep.profile_path)
-    corpus = tmp_path / "c.jsonl"
-    write_corpus(corpus, DOCS)
     key = unique_run_key()
+    corpus = tmp_path / f"{key}.jsonl"  # its own run name: <template>-<file name>
+    write_corpus(corpus, DOCS)
     params = {
         "corpus": str(corpus),
         "profile": dep.profile_path,
@@ -166,7 +166,7 @@ def test_a_runner_terminating_the_cancelled_run_still_records_canceled_documents
     try:
         wait_for(lambda: probe.accepted >= 8 or proc.poll() is not None, 120, "8 invocations")
         assert proc.poll() is None, "the flow finished before it could be cancelled"
-        cancel_flow_run(flow_run_named(f"summarize-{corpus}"))
+        cancel_flow_run(flow_run_named(f"summarize-{corpus.name}"))
         os.kill(proc.pid, signal.SIGTERM)  # at once, as a runner does on Cancelling
         proc.wait(timeout=120)
     finally:
