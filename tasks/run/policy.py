@@ -49,17 +49,15 @@ POLLING = PollingPolicy()
 
 
 class DriveOptions(BaseModel):
-    """How hard and how long to drive one run."""
+    """How hard and how long to drive one run; ``from_parameters`` derives expiry and deadline."""
 
     max_attempts: int = Field(3, ge=1)
     poll_wait_s: int = Field(1, ge=0, le=20)
     reconcile_every_s: float = Field(10.0, gt=0)
     reconcile_after_s: float = Field(5.0, ge=0)
     save_every_s: float = Field(10.0, gt=0)
-    expiry_s: float = Field(DEFAULT_REQUEST_TTL_S + DEFAULT_INVOCATION_TIMEOUT_S + 60, gt=0)
-    deadline_s: float = Field(
-        (DEFAULT_REQUEST_TTL_S + DEFAULT_INVOCATION_TIMEOUT_S) * 3 + 300, gt=0
-    )
+    expiry_s: float = Field(gt=0)
+    deadline_s: float = Field(gt=0)
 
     @classmethod
     def from_parameters(

@@ -63,6 +63,16 @@ def read_run_file(profile: Any, run_key: str, name: str) -> bytes:
     return bytes(aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+def slow_echo_run(
+    deploy_echo: Callable[..., Deployment], tmp_path: Path
+) -> tuple[Deployment, Any, str, Path]:
+    """An echo endpoint slow enough to cancel mid-run (cap 4, 0.2 s a request), a fresh run key
+    and its corpus path, named by the key so the flow run's name (<template>-<file>) is its own."""
+    dep = deploy_echo(cap=4, slots=2, environment={"ECHO_SLEEP_S": "0.2"})
+    key = unique_run_key()
+    return dep, load_profile(dep.profile_path), key, tmp_path / f"{key}.jsonl"
+
+
 def test_cancel_mid_run_records_canceled_documents_and_resume_finishes_them(
     deploy_echo: Callable[..., Deployment],
     probe: EndpointProbe,
@@ -72,10 +82,7 @@ def test_cancel_mid_run_records_canceled_documents_and_resume_finishes_them(
     """Load: 80 documents + 1 bad row, 40 batches of 2, cap 4; cancelled at the 8th invocation."""
     from flows.process_documents import process_documents
 
-    dep = deploy_echo(cap=4, slots=2, environment={"ECHO_SLEEP_S": "0.2"})
-    prof = load_profile(dep.profile_path)
-    key = unique_run_key()
-    corpus = tmp_path / f"{key}.jsonl"  # its own run name: <template>-<file name>
+    dep, prof, key, corpus = slow_echo_run(deploy_echo, tmp_path)
     ids = write_corpus(corpus, DOCS)
     with corpus.open("a") as fh:
         fh.write(json.dumps({"id": "no-text"}) + "\n")  # rejected: no text
@@ -150,10 +157,7 @@ def test_a_runner_terminating_the_cancelled_run_still_records_canceled_documents
 
     from tests.reliability.test_process_kill import start_flow, wait_for
 
-    dep = deploy_echo(cap=4, slots=2, environment={"ECHO_SLEEP_S": "0.2"})
-    prof = load_profile(dep.profile_path)
-    key = unique_run_key()
-    corpus = tmp_path / f"{key}.jsonl"  # its own run name: <template>-<file name>
+    dep, prof, key, corpus = slow_echo_run(deploy_echo, tmp_path)
     write_corpus(corpus, DOCS)
     params = {
         "corpus": str(corpus),
