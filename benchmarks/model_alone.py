@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,6 +20,9 @@ def _handler(model_dir: Path) -> ModuleType:
     path = model_dir / "code" / "inference.py"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: model_dir must be an unpacked model.tar.gz")
+    # The container puts code/ on sys.path: inference.py imports its sibling modules from there.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("bench_model_handler", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")

@@ -7,7 +7,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import loaded_model
 import pytest
+import request_contract
 
 from tests.inference.conftest import Run, without_cached
 
@@ -47,7 +49,9 @@ def _fresh(handler: ModuleType, path: Path, monkeypatch: pytest.MonkeyPatch, **e
 
 def _items(handler: ModuleType, model: Any, docs: list[dict[str, Any]]) -> list[Any]:
     results: list[Any] = [None] * len(docs)
-    items = handler._runnable([handler.parse_document(d, "x") for d in docs], model, results)
+    items = handler._runnable(
+        [request_contract.parse_document(d, "x") for d in docs], model, results
+    )
     assert len(items) == len(docs), results
     return items
 
@@ -224,7 +228,8 @@ def test_cached_tokens_count_the_shared_prefix(
         },
     ]
     a_ids, b_ids = (
-        handler.prompt_ids(handler.parse_document(d, "x"), model.tokenizer) for d in docs
+        request_contract.prompt_ids(request_contract.parse_document(d, "x"), model.tokenizer)
+        for d in docs
     )
     common = next(i for i, (x, y) in enumerate(zip(a_ids, b_ids, strict=False)) if x != y)
     assert common > 20  # the chat template and the instruction
@@ -263,13 +268,13 @@ def test_the_prefix_cache_stays_within_its_budget(
 def test_static_path_under_transformers_4_and_on_request(
     handler: ModuleType, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(handler, "_major_version", lambda: 4)
-    assert handler.engine_kind() == "static"
+    monkeypatch.setattr(loaded_model, "major_version", lambda: 4)
+    assert loaded_model.engine_kind() == "static"
     monkeypatch.setenv("DOCFLOW_ENGINE", "continuous")
-    assert handler.engine_kind() == "continuous"
+    assert loaded_model.engine_kind() == "continuous"
     monkeypatch.setenv("DOCFLOW_ENGINE", "paged")
     with pytest.raises(ValueError, match="use 'continuous' or 'static'"):
-        handler.engine_kind()
+        loaded_model.engine_kind()
 
 
 def test_mistral_sliding_window_applies_as_in_transformers(

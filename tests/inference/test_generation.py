@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import request_contract
 import torch
 
 from tests.inference.conftest import Run
@@ -223,7 +224,7 @@ def test_eos_stops_one_row_while_the_batch_goes_on(
         "parameters": {"max_new_tokens": 12},
     }
     other = {"id": "b", "prompt": "Hi", "parameters": {"max_new_tokens": 12}}
-    ids = handler.prompt_ids(handler.parse_document(doc, "x"), fresh.tokenizer)
+    ids = request_contract.prompt_ids(request_contract.parse_document(doc, "x"), fresh.tokenizer)
     with torch.inference_mode():
         tokens = fresh.model.generate(
             input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),

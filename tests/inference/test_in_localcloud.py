@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.aws.clients import aws_client
+from tasks.model.archive import code_files
 from tasks.settings import Profile
 from tests.inference.conftest import HANDLER_PATH, jsonl, without_cached
 
@@ -22,8 +23,8 @@ def _artifact(model_dir: Path) -> bytes:
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for path in sorted(model_dir.iterdir()):
             tar.add(path, arcname=path.name)
-        tar.add(HANDLER_PATH, arcname="code/inference.py")
-        tar.add(HANDLER_PATH.with_name("requirements.txt"), arcname="code/requirements.txt")
+        for name in code_files(HANDLER_PATH.parent):
+            tar.add(HANDLER_PATH.with_name(name), arcname=f"code/{name}")
     return buffer.getvalue()
 
 

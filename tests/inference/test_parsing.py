@@ -5,10 +5,14 @@ from __future__ import annotations
 import ast
 import json
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
+import request_contract
+import static_batches
 
+from tasks.model.archive import code_files
 from tests.inference.conftest import HANDLER_PATH, jsonl
 
 
@@ -16,15 +20,18 @@ def _errors(entries: list[object]) -> dict[str, str]:
     return {e.doc_id: e.error for e in entries if hasattr(e, "error")}  # type: ignore[attr-defined]
 
 
-def test_handler_imports_only_stdlib_torch_transformers() -> None:
-    tree = ast.parse(HANDLER_PATH.read_text())
+def test_handler_imports_only_stdlib_torch_transformers_and_its_siblings() -> None:
+    code_dir = HANDLER_PATH.parent
+    siblings = {Path(name).stem for name in code_files(code_dir) if name.endswith(".py")}
     roots: set[str] = set()
-    for node in ast.walk(tree):
+    nodes = [n for f in sorted(code_dir.glob("*.py")) for n in ast.walk(ast.parse(f.read_text()))]
+    for node in nodes:
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             roots.add(node.module.split(".")[0])
-    third_party = roots - set(sys.stdlib_module_names)
+    assert {"request_contract", "loaded_model", "serving_engine"} <= siblings
+    third_party = roots - set(sys.stdlib_module_names) - siblings
     assert third_party <= {"torch", "transformers", "safetensors"}, third_party
 
 
@@ -105,18 +112,18 @@ def test_bad_parameters_reject_the_document(
 
 
 def test_parameter_defaults_and_env(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    params = handler.parse_params(None)
+    params = request_contract.parse_params(None)
     assert (params.max_new_tokens, params.do_sample, params.stop) == (128, False, ())
     monkeypatch.setenv("DOCFLOW_MAX_NEW_TOKENS", "17")
-    assert handler.parse_params({}).max_new_tokens == 17
-    assert handler.parse_params({"max_new_tokens": 3}).max_new_tokens == 3
+    assert request_contract.parse_params({}).max_new_tokens == 17
+    assert request_contract.parse_params({"max_new_tokens": 3}).max_new_tokens == 3
     # Sampling knobs are meaningless when greedy: they must not split micro-batches.
-    greedy = handler.parse_params({"temperature": 0.5, "seed": 3, "top_k": 4})
-    assert greedy.key() == handler.parse_params({}).key()
-    assert handler.parse_params({"stop": "x"}).stop == ("x",)
+    greedy = request_contract.parse_params({"temperature": 0.5, "seed": 3, "top_k": 4})
+    assert greedy.key() == request_contract.parse_params({}).key()
+    assert request_contract.parse_params({"stop": "x"}).stop == ("x",)
     monkeypatch.setenv("DOCFLOW_MAX_NEW_TOKENS", "lots")
     with pytest.raises(ValueError, match="DOCFLOW_MAX_NEW_TOKENS='lots' is not an integer"):
-        handler.parse_params({})
+        request_contract.parse_params({})
 
 
 def test_unreadable_bodies_raise(handler: ModuleType) -> None:
@@ -164,32 +171,40 @@ def _decode(ids: object) -> str:
 def test_finish_counts_tokens_up_to_and_including_eos(handler: ModuleType) -> None:
     eos, pad = [25], 25
     # Stopped at EOS after 3 tokens; the rest is padding from longer rows of the batch.
-    assert handler.finish([0, 1, 2, eos[0], pad, pad], eos, None, (), _decode) == ("abc", 4, "stop")
+    assert request_contract.finish([0, 1, 2, eos[0], pad, pad], eos, None, (), _decode) == (
+        "abc",
+        4,
+        "stop",
+    )
     # Ran to max_new_tokens.
-    assert handler.finish([0, 1, 2, 3], eos, None, (), _decode) == ("abcd", 4, "length")
+    assert request_contract.finish([0, 1, 2, 3], eos, None, (), _decode) == ("abcd", 4, "length")
     # EOS as the very last allowed token is still "stop".
-    assert handler.finish([0, eos[0]], eos, None, (), _decode) == ("a", 2, "stop")
+    assert request_contract.finish([0, eos[0]], eos, None, (), _decode) == ("a", 2, "stop")
     # Several EOS ids (Llama 3 style).
-    assert handler.finish([0, 24, 25], [25, 24], None, (), _decode) == ("a", 2, "stop")
+    assert request_contract.finish([0, 24, 25], [25, 24], None, (), _decode) == ("a", 2, "stop")
 
 
 def test_finish_with_stop_strings(handler: ModuleType) -> None:
     eos = [25]
     # "cd" completed by the 4th token: text ends before it, 4 tokens counted, padding after.
-    assert handler.finish([0, 1, 2, 3, 25, 25], eos, 4, ("cd",), _decode) == ("ab", 4, "stop")
+    assert request_contract.finish([0, 1, 2, 3, 25, 25], eos, 4, ("cd",), _decode) == (
+        "ab",
+        4,
+        "stop",
+    )
     # EOS before the stop string's completion wins.
-    assert handler.finish([0, 25, 2, 3], eos, 4, ("cd",), _decode) == ("a", 2, "stop")
+    assert request_contract.finish([0, 25, 2, 3], eos, 4, ("cd",), _decode) == ("a", 2, "stop")
 
 
 def test_plan_batches_groups_sorts_and_caps(handler: ModuleType) -> None:
-    greedy = handler.parse_params({"max_new_tokens": 8})
-    longer = handler.parse_params({"max_new_tokens": 9})
-    seeded = handler.parse_params({"do_sample": True, "seed": 1})
-    docs = [handler.Document(str(i), p, prompt="x") for i, p in
+    greedy = request_contract.parse_params({"max_new_tokens": 8})
+    longer = request_contract.parse_params({"max_new_tokens": 9})
+    seeded = request_contract.parse_params({"do_sample": True, "seed": 1})
+    docs = [request_contract.Document(str(i), p, prompt="x") for i, p in
             enumerate([greedy, greedy, longer, greedy, seeded, seeded, greedy])]  # fmt: skip
     lengths = [5, 3, 4, 9, 2, 2, 1]
     items = [(i, d, [0] * n) for i, (d, n) in enumerate(zip(docs, lengths, strict=True))]
-    batches = handler.plan_batches(items, 3)
+    batches = static_batches.plan_batches(items, 3)
     shapes = sorted([[i for i, _, _ in batch] for batch in batches])
     # greedy docs 0,1,3,6 sorted by length (6:1, 1:3, 0:5, 3:9) in batches of 3; seeded alone.
     assert shapes == [[2], [3], [4], [5], [6, 1, 0]]

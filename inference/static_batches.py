@@ -1,0 +1,125 @@
+"""The static path: length-sorted micro-batches through ``model.generate``, one at a time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from request_contract import Decode, Item, finish
+from transformers import (
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+if TYPE_CHECKING:
+    from loaded_model import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+class StopStrings(StoppingCriteria):
+    """Stops each row once its generated text holds a stop string; records how many tokens that took."""
+
+    def __init__(self, stop: Sequence[str], decode: Decode, prompt_width: int, rows: int) -> None:
+        self.stop = list(stop)
+        self.decode = decode
+        self.prompt_width = prompt_width
+        # A character is at most 4 byte-level tokens: this tail always holds a whole stop string.
+        self.window = 4 * max(len(s) for s in self.stop) + 4
+        self.stopped_at: list[int | None] = [None] * rows
+
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        """One flag per row: True once that row has produced a stop string."""
+        generated = input_ids[:, self.prompt_width :]
+        count = int(generated.shape[1])
+        for row, seen in enumerate(self.stopped_at):
+            if seen is None and count:
+                tail = self.decode(generated[row, -self.window :].tolist())
+                if any(s in tail for s in self.stop):
+                    self.stopped_at[row] = count
+        flags = [seen is not None for seen in self.stopped_at]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+
+def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
+    """Run one micro-batch (same parameters) with left padding; results in batch order."""
+    params = batch[0][1].params
+    tokenizer = loaded.tokenizer
+    pad_id = int(tokenizer.pad_token_id)
+    width = max(len(ids) for _, _, ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (_, _, ids) in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+
+    def decode(ids: Sequence[int]) -> str:
+        return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    kwargs = params.generate_kwargs()
+    eos_ids = loaded.eos_ids()
+    stops = StopStrings(params.stop, decode, width, len(batch)) if params.stop else None
+    if stops is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([stops])
+    # A seed applies to this micro-batch only: the global generator state is restored after it.
+    cuda = [loaded.device] if loaded.device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=cuda, enabled=params.seed is not None)
+    with loaded.lock, torch.inference_mode(), rng:
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        output = loaded.model.generate(
+            input_ids=input_ids.to(loaded.device),
+            attention_mask=attention.to(loaded.device),
+            pad_token_id=pad_id,
+            eos_token_id=eos_ids,
+            **kwargs,
+        )
+    generated = output[:, width:].tolist()
+    results = []
+    for row, ((_, document, ids), tokens) in enumerate(zip(batch, generated, strict=True)):
+        stopped_at = stops.stopped_at[row] if stops is not None else None
+        text, count, reason = finish(tokens, eos_ids, stopped_at, params.stop, decode)
+        results.append(
+            {
+                "id": document.doc_id,
+                "text": text,
+                "prompt_tokens": len(ids),
+                "cached_tokens": 0,
+                "completion_tokens": count,
+                "finish_reason": reason,
+            }
+        )
+    return results
+
+
+def plan_batches(items: list[Item], max_batch_size: int) -> list[list[Item]]:
+    """Group by parameters, sort by prompt length, cut into micro-batches of at most max size."""
+    groups: dict[tuple[Any, ...], list[Item]] = {}
+    for item in items:
+        params = item[1].params
+        # A seeded sampled document runs alone so its text does not depend on its neighbours.
+        key = params.key() + ((item[0],) if params.do_sample and params.seed is not None else ())
+        groups.setdefault(key, []).append(item)
+    batches: list[list[Item]] = []
+    for group in groups.values():
+        group.sort(key=lambda item: len(item[2]))
+        batches.extend(group[i : i + max_batch_size] for i in range(0, len(group), max_batch_size))
+    return batches
+
+
+def run_batch(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
+    """Generate a micro-batch; if it fails, retry its documents alone so one bad one fails alone."""
+    try:
+        return _generate(loaded, batch)
+    except Exception as exc:
+        if loaded.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(batch) == 1:
+            logger.exception("generation failed for %s", batch[0][1].doc_id)
+            return [{"id": batch[0][1].doc_id, "error": f"generation failed: {exc}"}]
+        logger.warning("micro-batch of %d failed (%s); retrying one by one", len(batch), exc)
+        return [result for item in batch for result in run_batch(loaded, [item])]
