@@ -37,7 +37,7 @@ local-up: $(STAMP)
 	$(BIN)/docflow local up
 
 ui: $(STAMP)
-	$(BIN)/docflow ui
+	$(BIN)/docflow ui $(if $(WORKERS),--workers $(WORKERS),)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)

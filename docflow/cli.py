@@ -19,7 +19,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    import os
+
     from docflow.ui import run_ui
+
+    if args.workers is not None:
+        os.environ["DOCFLOW_UI_WORKERS"] = str(args.workers)
 
     return run_ui()
 
@@ -41,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     ui = sub.add_parser("ui", help="Prefect server, localcloud, work pool, worker and deployments")
+    ui.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="workers on the local pool (default 1, or DOCFLOW_UI_WORKERS); a sharded run "
+        "spreads its shards over them",
+    )
     ui.set_defaults(func=_ui)
 
     from docflow.runs import add_parser as add_runs

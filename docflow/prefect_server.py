@@ -257,18 +257,28 @@ def deploy_all(env: Mapping[str, str], *, timeout_s: float = 300.0) -> str:
     return output
 
 
-def spawn_worker(home: Path, env: Mapping[str, str], *, pool: str = WORK_POOL) -> ChildProcess:
-    """`prefect worker start --pool <pool> --type process` (no wait)."""
+def worker_name(number: int) -> str:
+    """The name of the local stack's ``number``-th worker (1-based); the first keeps the plain log name."""
+    return f"docflow-worker-{number}"
+
+
+def spawn_worker(
+    home: Path, env: Mapping[str, str], *, pool: str = WORK_POOL, number: int = 1
+) -> ChildProcess:
+    """`prefect worker start --pool <pool> --type process --name docflow-worker-<n>` (no wait)."""
     worker_env = {
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         **env,
     }
+    log = "worker.log" if number == 1 else f"worker-{number}.log"
     return spawn(
-        "prefect worker",
-        prefect_cli("worker", "start", "--pool", pool, "--type", "process"),
+        f"prefect worker {number}",
+        prefect_cli(
+            "worker", "start", "--pool", pool, "--type", "process", "--name", worker_name(number)
+        ),
         env=worker_env,
-        log_path=home / "logs" / "worker.log",
+        log_path=home / "logs" / log,
     )
 
 

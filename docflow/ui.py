@@ -40,6 +40,7 @@ from docflow.prefect_server import (
     wait_for_server,
     wait_for_worker,
     wait_until,
+    worker_name,
 )
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from tasks.settings import Profile
 
 DEFAULT_LOCALCLOUD_PORT = 4566
+MAX_WORKERS = 16
 STATE_FILE = "docflow-ui.json"
 PROCESS_DOCUMENTS = "process-documents/nightly"
 RUN_ORDER = ("package-model/local", "deploy-endpoint/local", PROCESS_DOCUMENTS)
@@ -62,12 +64,20 @@ class UiConfig:
     prefect_port: int
     localcloud_port: int
     profile: str
+    workers: int = 1
 
     @classmethod
     def from_env(cls) -> UiConfig:
-        """DOCFLOW_UI_HOME (default .prefect/), DOCFLOW_UI_PORT, DOCFLOW_UI_LOCALCLOUD_PORT, DOCFLOW_PROFILE."""
+        """DOCFLOW_UI_HOME (default .prefect/), DOCFLOW_UI_PORT, DOCFLOW_UI_LOCALCLOUD_PORT,
+        DOCFLOW_PROFILE, DOCFLOW_UI_WORKERS (workers on the local pool, default 1)."""
         env = os.environ
+        workers = int(env.get("DOCFLOW_UI_WORKERS") or 1)
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(
+                f"DOCFLOW_UI_WORKERS={workers}: start between 1 and {MAX_WORKERS} local workers"
+            )
         return cls(
+            workers=workers,
             home=Path(env.get("DOCFLOW_UI_HOME") or PROJECT_ROOT / ".prefect").resolve(),
             prefect_port=int(env.get("DOCFLOW_UI_PORT") or DEFAULT_PREFECT_PORT),
             localcloud_port=int(env.get("DOCFLOW_UI_LOCALCLOUD_PORT") or DEFAULT_LOCALCLOUD_PORT),
@@ -224,14 +234,20 @@ class UiStack:
                 "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
             },
         )
-        self._step(f"starting a worker: prefect worker start --pool {WORK_POOL}")
-        worker = spawn_worker(cfg.home, env)
-        self._adopt(worker)
+        workers = []
+        for number in range(1, cfg.workers + 1):
+            self._step(
+                f"starting a worker: prefect worker start --pool {WORK_POOL} "
+                f"--name {worker_name(number)}"
+            )
+            workers.append(spawn_worker(cfg.home, env, number=number))
+            self._adopt(workers[-1])
         self._step("deploying: prefect deploy --all")
         deployed = re.findall(r"Deployment '([^']+)' successfully", deploy_all(env))
         self._step(f"deployed {', '.join(deployed)}")
-        wait_for_worker(worker)
-        self._step("the worker is polling")
+        for worker in workers:
+            wait_for_worker(worker)
+        self._step(f"{cfg.workers} worker(s) polling")
 
         self.state.ready = True
         self.state.save(cfg.home)

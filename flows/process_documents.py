@@ -33,6 +33,8 @@ from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import resume_reconcile
 from tasks.run.scale import scale_to_zero_if_idle
+from tasks.run.sharded_run import run_shards
+from tasks.run.shards import Shard, select_shard
 from tasks.run.spool import OutputSpool
 from tasks.run.summary import RunSummary, summary_markdown
 from tasks.settings import Profile, load_profile
@@ -201,6 +203,10 @@ def process_documents(
     retry_failed: bool = False,
     retry_reason: str | None = None,
     scale_to_zero: bool = False,
+    shards: int = 1,
+    shard_deployment: str | None = None,
+    max_shard_attempts: int = 3,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Process a corpus on the async endpoint: one result row per document, every document accounted for.
 
@@ -231,6 +237,11 @@ def process_documents(
         retry_failed: Run the failed documents of an existing run (run_key) again; their rows are replaced.
         retry_reason: With retry_failed, only the failures whose reason contains this text.
         scale_to_zero: When the run ends, set the endpoint to 0 instances unless another run holds its slots.
+        shards: Split the corpus into this many shards (by a stable hash of the document id), each
+            run as a child flow run on the work pool; this run waits and sums them up.
+        shard_deployment: The deployment the shards run on; default: the one this run came from.
+        max_shard_attempts: Flow runs per shard before the run fails (a crashed shard resumes).
+        shard: Set by a sharded run on its children: process only this shard of the corpus.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -248,6 +259,14 @@ def process_documents(
     )
     if retry_failed and not run_key:
         raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
+    if shards > 1:
+        return run_shards(
+            prof, key, shards, shard_deployment, max_shard_attempts, output_format, started
+        )
+    if shard is not None:
+        if not run_key:
+            raise ValueError("shard is set by a sharded run on its children, with their run_key")
+        loaded = select_shard(loaded, shard)
     prepared = prepare_manifest(
         prof,
         target,

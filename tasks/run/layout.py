@@ -105,3 +105,25 @@ def queue_name(endpoint: str, run_key: str, suffix: str = "") -> str:
 def run_artifact_key(run_key: str, kind: str) -> str:
     """The Prefect artifact key of a run's ``kind`` (summary, results, failures, progress)."""
     return artifact_key("docflow", run_key, kind)
+
+
+def shard_run_key(run_key: str, index: int, count: int) -> str:
+    """``<run_key>.s<index+1>of<count>`` (3 digits each): the run key of one shard's child run."""
+    key = f"{run_key}.s{index + 1:03d}of{count:03d}"
+    if len(key) > MAX_RUN_KEY:
+        room = MAX_RUN_KEY - len(key) + len(run_key)
+        raise ValueError(
+            f"run_key {run_key!r} is too long for a sharded run: its shards' keys add "
+            f"{len(key) - len(run_key)} characters; use a run_key of at most {room} characters"
+        )
+    return key
+
+
+def shard_idempotency_key(run_key: str, index: int, attempt: int) -> str:
+    """The idempotency key of a shard's child flow run: one flow run per (shard, attempt)."""
+    return f"docflow:{run_key}:shard{index}:attempt{attempt}"
+
+
+def shard_results_uri(profile: Profile, run_key: str) -> str:
+    """s3://…/<run_key>/shards.json: the parent's index of its shards' runs and results."""
+    return run_uri(profile, run_key, "shards.json")

@@ -1,0 +1,93 @@
+"""The parent of a sharded run: start the shards' flow runs, wait for them, sum them up.
+
+See ``tasks.run.sharding`` for how shards are started, watched and re-run, and
+``tasks.run.shards`` for which documents a shard holds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.run.layout import run_artifact_key
+from tasks.run.sharding import (
+    ShardRun,
+    combine_summaries,
+    ensure_crash_detection,
+    merge_results,
+    plan_shards,
+    shard_deployment_name,
+    sharded_markdown,
+    wait_for_shards,
+    write_summary,
+)
+from tasks.run.shards import MAX_SHARDS
+from tasks.run.status import read_summary
+from tasks.settings import Profile
+
+
+@task(name="run-shards", cache_policy=NO_CACHE)
+def run_shard_flows(
+    deployment: str, parameters: dict[str, Any], shards: list[ShardRun], max_shard_attempts: int
+) -> list[ShardRun]:
+    """Submit every shard's flow run and wait for all of them, re-running the crashed ones."""
+    logger = get_run_logger()
+    return wait_for_shards(
+        deployment,
+        parameters,
+        shards,
+        max_shard_attempts=max_shard_attempts,
+        log=logger.info,
+    )
+
+
+def run_shards(
+    profile: Profile,
+    run_key: str,
+    shards: int,
+    shard_deployment: str | None,
+    max_shard_attempts: int,
+    output_format: str,
+    started: float,
+) -> dict[str, Any]:
+    """Run ``shards`` child runs of this flow run's parameters and return the whole run's summary."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.runtime import flow_run
+
+    if not 1 < shards <= MAX_SHARDS:
+        raise ValueError(f"shards must be between 2 and {MAX_SHARDS}, got {shards}")
+    if max_shard_attempts < 1:
+        raise ValueError(f"max_shard_attempts must be at least 1, got {max_shard_attempts}")
+    logger = get_run_logger()
+    deployment = shard_deployment_name(shard_deployment)
+    if ensure_crash_detection():
+        logger.info("created the server automation that marks silent flow runs crashed")
+    planned = plan_shards(run_key, shards)
+    logger.info("run %s: %d shards on %s", run_key, shards, deployment)
+    done = run_shard_flows(deployment, dict(flow_run.parameters), planned, max_shard_attempts)
+    done = [s.model_copy(update={"summary": read_summary(profile, s.run_key)}) for s in done]
+    summary = combine_summaries(run_key, done)
+    summary["results_uri"] = (
+        merge_results(profile, run_key, done) if output_format == "parquet" else None
+    )
+    summary["wall_time_s"] = round(time.monotonic() - started, 3)
+    summary["summary_uri"] = write_summary(profile, run_key, summary)
+    create_markdown_artifact(
+        sharded_markdown(summary),
+        key=run_artifact_key(run_key, "summary"),
+        description="sharded process-documents summary",
+    )
+    logger.info(
+        "run %s: %d documents in %d shards: %d completed, %d failed, %d rejected, %d canceled",
+        run_key,
+        summary["documents"],
+        shards,
+        summary["completed"],
+        summary["failed"],
+        summary["rejected"],
+        summary["canceled"],
+    )
+    return summary

@@ -1,0 +1,66 @@
+"""Splitting a corpus into shards: which shard a document belongs to, and one shard's documents.
+
+A document's shard is a stable hash of its id, so the same corpus always splits the same way
+(a resumed sharded run makes the same shards, whatever order the files are read in), and each
+shard is a subset of the corpus that a child flow run processes as a run of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.run.corpus import Corpus, Rejected, corpus_fingerprint
+
+MAX_SHARDS = 999
+
+
+class Shard(BaseModel):
+    """Shard ``index`` (0-based) of ``count``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(ge=0)
+    count: int = Field(ge=1, le=MAX_SHARDS)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> Shard:
+        if self.index >= self.count:
+            raise ValueError(f"shard index {self.index} must be below the shard count {self.count}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """``3/8`` for people (1-based)."""
+        return f"{self.index + 1}/{self.count}"
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard (0..count-1) of a document id: the first 8 bytes of its sha256, modulo count."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def _rejected_key(rejected: Rejected) -> str:
+    """A rejected row is sharded by its id, or by its row number when it has no readable id."""
+    return rejected.doc_id if rejected.doc_id is not None else f"row {rejected.row}"
+
+
+def select_shard(corpus: Corpus, shard: Shard) -> Corpus:
+    """The documents and rejected rows of ``corpus`` that fall in ``shard`` (input order kept).
+
+    Every input row lands in exactly one shard; the files ignored beside the data are reported
+    by the first shard only, so a sharded run names each of them once.
+    """
+    documents = [d for d in corpus.documents if shard_of(d.doc_id, shard.count) == shard.index]
+    rejected = [
+        r for r in corpus.rejected if shard_of(_rejected_key(r), shard.count) == shard.index
+    ]
+    return Corpus(
+        source=corpus.source,
+        fingerprint=corpus_fingerprint(documents),
+        documents=documents,
+        rejected=rejected,
+        ignored=corpus.ignored if shard.index == 0 else [],
+    )
