@@ -93,7 +93,12 @@ def queue_prefix(endpoint: str) -> str:
 
 
 def queue_name(endpoint: str, run_key: str, suffix: str = "") -> str:
-    """``docflow-<endpoint>-<run_key>[suffix]``, shortened with a hash to SQS's 80 characters."""
+    """``docflow-<endpoint>-<run_key>[suffix]``, shortened with a hash to SQS's 80 characters.
+
+    SQS names take letters, digits, '-' and '_': a run key's '.' becomes '-' (run keys have no
+    '-' of their own, so two run keys never share a queue).
+    """
+    run_key = run_key.replace(".", "-")
     name = f"{queue_prefix(endpoint)}{run_key}{suffix}"
     if len(name) <= MAX_QUEUE_NAME:
         return name

@@ -149,7 +149,7 @@ def test_deployment_ls_lists_every_deployment_and_the_nightly_schedule_is_active
     listed = stack.cli("deployment", "ls")
     assert listed.returncode == 0, listed.stderr
     expected = _deployments_in_yaml()
-    assert len(expected) == 5
+    assert len(expected) == 6
     for name in expected:
         assert name in listed.stdout, (
             f"{name} missing from `prefect deployment ls`:\n{listed.stdout}"

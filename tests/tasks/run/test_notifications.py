@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -91,6 +92,9 @@ def test_expiry_reasons() -> None:
 
 def test_queue_names_fit_sqs() -> None:
     assert queue_name("ep", "abc") == "docflow-ep-abc"
+    # A run key's '.' (a shard's key: <key>.s001of008) is not allowed in SQS names.
+    assert queue_name("ep", "abc.s001of008") == "docflow-ep-abc-s001of008"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,80}", queue_name("e" * 63, "r.1" * 15, "-dlq"))
     long = queue_name("e" * 63, "r" * 47, "-dlq")
     assert len(long) <= 80
     assert long.endswith("-" + "r" * 47 + "-dlq")

@@ -1,0 +1,250 @@
+"""Sharded runs on a real Prefect server with several process workers, one killed mid-run.
+
+The server, the work pool, the `process-documents/sharded` deployment and the workers are real
+child processes; localcloud is the session's (in this process), so its counters see every
+invocation any worker makes. A worker is killed with SIGKILL together with the flow runs it
+started, as when its machine goes away.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from docflow.prefect_server import (
+    PROJECT_ROOT,
+    ChildProcess,
+    api_url_for,
+    ensure_global_concurrency_limit,
+    ensure_work_pool,
+    free_port,
+    prefect_api,
+    prefect_cli,
+    prefect_env,
+    spawn_server,
+    spawn_worker,
+    wait_for_server,
+    wait_for_worker,
+    wait_until,
+    worker_name,
+)
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import split_s3_uri
+from tasks.endpoint.spec import concurrency_limit_name
+from tasks.run.manifest import load_manifest
+from tasks.run.shards import Shard, select_shard, shard_of
+from tests.runs import Deployment, EndpointProbe, unique_run_key, write_corpus
+
+pytestmark = pytest.mark.timeout(900)
+
+WORKERS = 3
+SHARDS = 8
+DOCUMENTS = int(os.environ.get("DOCFLOW_SHARDED_TEST_DOCS", "20000"))
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class PoolStack:
+    """A Prefect server with the local pool, the sharded deployment and several workers."""
+
+    home: Path
+    api_url: str
+    server: ChildProcess
+    workers: dict[str, ChildProcess]
+
+
+@pytest.fixture(scope="module")
+def pool_stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
+    """Server, pool, `prefect deploy -n process-documents/sharded` and WORKERS workers."""
+    import subprocess
+
+    home = tmp_path_factory.mktemp("prefect-pool")
+    port = free_port()
+    api_url = api_url_for(port)
+    server = spawn_server(home, port)
+    workers: dict[str, ChildProcess] = {}
+    try:
+        wait_for_server(server, port)
+        ensure_work_pool(api_url)
+        env = prefect_env(home, api_url)
+        deployed = subprocess.run(
+            prefect_cli("deploy", "--name", "process-documents/sharded", "--no-prompt"),
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        for number in range(1, WORKERS + 1):
+            workers[worker_name(number)] = spawn_worker(home, env, number=number)
+        for worker in workers.values():
+            wait_for_worker(worker, timeout_s=120)
+        yield PoolStack(home, api_url, server, workers)
+    finally:
+        for worker in workers.values():
+            worker.stop()
+        server.stop()
+
+
+def _flow_run(api_url: str, flow_run_id: UUID) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with prefect_api(api_url), get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def _shard_runs(api_url: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with prefect_api(api_url), get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["docflow-shard"]))
+        )
+
+
+def _kill_tree(child: ChildProcess) -> None:
+    """SIGKILL the worker and every process under it at once (its machine is gone)."""
+    root = psutil.Process(child.pid)
+    procs = [root, *root.children(recursive=True)]
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(procs, timeout=10)
+
+
+def test_shards_are_stable_and_cover_every_document_once() -> None:
+    ids = [f"doc-{i}" for i in range(1000)]
+    shards = [shard_of(i, 8) for i in ids]
+    assert shards == [shard_of(i, 8) for i in ids]  # the same split every time
+    assert set(shards) == set(range(8))
+    assert min(shards.count(s) for s in range(8)) > 80  # roughly even
+
+
+def test_a_shard_selects_its_documents_and_rejected_rows(tmp_path: Path) -> None:
+    from tasks.run.corpus import ColumnMapping, load_corpus
+
+    corpus_file = tmp_path / "c.jsonl"
+    ids = write_corpus(corpus_file, 50)
+    with corpus_file.open("a") as fh:
+        fh.write('{"id": "empty", "text": ""}\n{"text": "no id"}\n')
+    corpus = load_corpus(str(corpus_file), ColumnMapping())
+    parts = [select_shard(corpus, Shard(index=i, count=3)) for i in range(3)]
+    seen = [d.doc_id for p in parts for d in p.documents]
+    assert sorted(seen) == sorted(ids)
+    assert sum(len(p.rejected) for p in parts) == len(corpus.rejected) == 2
+    assert sum(p.size for p in parts) == corpus.size
+    with pytest.raises(ValueError, match="below the shard count"):
+        Shard(index=3, count=3)
+
+
+def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
+    pool_stack: PoolStack,
+    deploy_echo: Any,
+    probe: EndpointProbe,
+    tmp_path: Path,
+) -> None:
+    from prefect.deployments import run_deployment
+
+    deployment: Deployment = deploy_echo(cap=8, slots=4, instances=2)
+    ensure_global_concurrency_limit(
+        pool_stack.api_url, concurrency_limit_name(deployment.endpoint), deployment.cap
+    )
+    run_key = unique_run_key()
+    corpus_file = tmp_path / f"{run_key}.jsonl"
+    ids = write_corpus(corpus_file, DOCUMENTS, words=3)
+
+    with prefect_api(pool_stack.api_url):
+        parent = run_deployment(
+            "process-documents/sharded",
+            parameters={
+                "corpus": str(corpus_file),
+                "profile": deployment.profile_path,
+                "endpoint": deployment.endpoint,
+                "run_key": run_key,
+                "shards": SHARDS,
+                "batch_size": 50,
+                "max_attempts": MAX_ATTEMPTS,
+                "max_new_tokens": 4,
+            },
+            timeout=0,
+        )
+    parent_id = parent.id  # type: ignore[union-attr]
+
+    # Kill a worker that runs a shard (not the parent) once that shard has invoked something.
+    def victim() -> str | None:
+        parent_worker = (_flow_run(pool_stack.api_url, parent_id).labels or {}).get(
+            "prefect.worker.name"
+        )
+        for run in _shard_runs(pool_stack.api_url):
+            worker = (run.labels or {}).get("prefect.worker.name")
+            if run.state and run.state.is_running() and worker and worker != parent_worker:
+                return str(worker)
+        return None
+
+    wait_until(
+        lambda: probe.accepted > 0 and victim() is not None,
+        what="a shard running on a worker other than the parent's",
+        timeout_s=300,
+        child=pool_stack.server,
+    )
+    killed = victim()
+    assert killed is not None
+    _kill_tree(pool_stack.workers[killed])
+
+    def parent_done() -> bool:
+        state = _flow_run(pool_stack.api_url, parent_id).state
+        return state is not None and state.is_final()
+
+    wait_until(parent_done, what="the sharded run to end", timeout_s=780, child=pool_stack.server)
+    final = _flow_run(pool_stack.api_url, parent_id)
+    logs = "\n".join(w.log_tail(60) for w in pool_stack.workers.values())
+    assert final.state.is_completed(), f"{final.state}\n{logs}"
+
+    from tasks.run.status import read_summary
+    from tasks.settings import load_profile
+
+    profile = load_profile(deployment.profile_path)
+    summary = read_summary(profile, run_key)
+    assert summary is not None
+    assert summary["documents"] == summary["completed"] == DOCUMENTS
+    runs = summary["shard_runs"]
+    assert len(runs) == SHARDS and all(r["state"] == "COMPLETED" for r in runs)
+    workers = {r["worker"] for r in runs}
+    assert len(workers) >= 2, runs  # read back from the API: the shards spread over workers
+    rerun = [r for r in runs if r["attempts"] > 1]
+    assert rerun, f"no shard was run again after {killed} was killed: {runs}"
+    assert all(r["worker"] != killed for r in rerun)
+
+    # The ledger: every document exactly once in the results.
+    bucket, key = split_s3_uri(summary["results_uri"])
+    body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
+    table = pq.read_table(io.BytesIO(body))
+    got = table.column("id").to_pylist()
+    assert len(got) == len(set(got)) == DOCUMENTS
+    assert set(got) == set(ids)
+    assert set(table.column("status").to_pylist()) == {"completed"}
+
+    # No batch was invoked more than its attempts allow; the resume re-sent at most what was
+    # in flight when the worker died.
+    batches = 0
+    for run in runs:
+        manifest = load_manifest(run["run_key"], profile)
+        assert manifest is not None
+        batches += len(manifest.batches)
+        assert all(b.attempts <= MAX_ATTEMPTS for b in manifest.batches)
+    assert batches <= probe.accepted <= batches + deployment.cap, (batches, probe.accepted)
