@@ -169,13 +169,15 @@ def prefect_env(home: Path, api_url: str, extra: Mapping[str, str] | None = None
     return env
 
 
-def spawn_server(home: Path, port: int) -> ChildProcess:
-    """`prefect server start` on 127.0.0.1:port with its SQLite database under home (no wait)."""
+def spawn_server(home: Path, port: int, *, database_url: str | None = None) -> ChildProcess:
+    """`prefect server start` on 127.0.0.1:port (no wait); its database is SQLite under home,
+    or ``database_url`` (PostgreSQL, see docflow.postgres, when several workers share it)."""
     home.mkdir(parents=True, exist_ok=True)
+    extra = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url} if database_url else {}
     return spawn(
         "prefect server",
         prefect_cli("server", "start", "--host", HOST, "--port", str(port)),
-        env=prefect_env(home, api_url_for(port)),
+        env=prefect_env(home, api_url_for(port), extra),
         log_path=home / "logs" / "server.log",
     )
 
@@ -269,6 +271,9 @@ def spawn_worker(
     worker_env = {
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        # The server marks a worker offline after 3 missed heartbeats: ~30 s, not 90 s, so a
+        # sharded run re-runs the shards of a lost worker soon (tasks/run/sharding.py).
+        "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
         **env,
     }
     log = "worker.log" if number == 1 else f"worker-{number}.log"

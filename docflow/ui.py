@@ -199,8 +199,17 @@ class UiStack:
         self.state.save(cfg.home)
 
         # Server and localcloud start side by side; each takes seconds to import and bind.
+        database_url = None
+        if cfg.workers > 1:  # SQLite locks under several workers' runs: PostgreSQL instead
+            from docflow.postgres import start_postgres
+
+            pg_port = free_port()
+            self._step(f"starting PostgreSQL for {cfg.workers} workers on {HOST}:{pg_port}")
+            postgres = start_postgres(cfg.home, pg_port, say=self._step)
+            self._adopt(postgres.child)
+            database_url = postgres.url
         self._step(f"starting the Prefect server on {HOST}:{port} (PREFECT_HOME={cfg.home})")
-        server = spawn_server(cfg.home, port)
+        server = spawn_server(cfg.home, port, database_url=database_url)
         self._adopt(server)
         self._step(f"starting localcloud on {self.localcloud_url}")
         cloud = spawn(

@@ -134,18 +134,48 @@ def _observed(flow_run: Any) -> dict[str, Any]:
 
 
 def refresh(shards: list[ShardRun]) -> list[ShardRun]:
-    """Read every unfinished shard's flow run from the API."""
+    """Read every unfinished shard's flow run from the API.
+
+    A run that is pending or running on a worker the server has marked offline (the worker
+    stopped sending heartbeats) is set to Crashed here: a run that a lost worker had taken but
+    not yet started sends no flow-run heartbeats, so the crash automation never sees it.
+    """
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
+        offline: dict[str, set[str]] = {}
         out = []
         for shard in shards:
             if shard.flow_run_id is None or shard.state == "COMPLETED":
                 out.append(shard)
                 continue
             flow_run = client.read_flow_run(UUID(shard.flow_run_id))
-            out.append(shard.model_copy(update=_observed(flow_run)))
+            seen = _observed(flow_run)
+            pool = flow_run.work_pool_name
+            if seen["state"] in ("PENDING", "RUNNING") and seen["worker"] and pool:
+                if pool not in offline:
+                    offline[pool] = _offline_workers(client, pool)
+                if seen["worker"] in offline[pool]:
+                    seen = _crash(client, flow_run, f"its worker {seen['worker']} went offline")
+            out.append(shard.model_copy(update=seen))
         return out
+
+
+def _offline_workers(client: Any, pool: str) -> set[str]:
+    """Names of the pool's workers the server marks offline (heartbeats stopped)."""
+    from prefect.client.schemas.objects import WorkerStatus
+
+    workers = client.read_workers_for_work_pool(pool)
+    return {w.name for w in workers if w.status == WorkerStatus.OFFLINE}
+
+
+def _crash(client: Any, flow_run: Any, why: str) -> dict[str, Any]:
+    """Set a lost flow run Crashed (forced: it has no process left to say so)."""
+    from prefect.states import Crashed
+
+    message = f"{why}: the flow run's process is gone"
+    client.set_flow_run_state(flow_run.id, Crashed(message=message), force=True)
+    return {**_observed(flow_run), "state": "CRASHED", "state_message": message}
 
 
 class ShardsFailed(RuntimeError):

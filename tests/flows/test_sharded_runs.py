@@ -21,6 +21,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from docflow.postgres import start_postgres
 from docflow.prefect_server import (
     PROJECT_ROOT,
     ChildProcess,
@@ -65,13 +66,15 @@ class PoolStack:
 
 @pytest.fixture(scope="module")
 def pool_stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
-    """Server, pool, `prefect deploy -n process-documents/sharded` and WORKERS workers."""
+    """PostgreSQL, server, pool, `prefect deploy -n process-documents/sharded`, WORKERS workers."""
     import subprocess
 
     home = tmp_path_factory.mktemp("prefect-pool")
+    # Several workers: PostgreSQL, as `docflow ui --workers N` does (SQLite locks under them).
+    postgres = start_postgres(home, free_port())
     port = free_port()
     api_url = api_url_for(port)
-    server = spawn_server(home, port)
+    server = spawn_server(home, port, database_url=postgres.url)
     workers: dict[str, ChildProcess] = {}
     try:
         wait_for_server(server, port)
@@ -96,6 +99,7 @@ def pool_stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         for worker in workers.values():
             worker.stop()
         server.stop()
+        postgres.stop()
 
 
 def _flow_run(api_url: str, flow_run_id: UUID) -> Any:
