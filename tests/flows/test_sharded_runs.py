@@ -238,7 +238,7 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
     bucket, key = split_s3_uri(summary["results_uri"])
     body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
     table = pq.read_table(io.BytesIO(body))
-    got = table.column("id").to_pylist()
+    got = table.column("doc_id").to_pylist()
     assert len(got) == len(set(got)) == DOCUMENTS
     assert set(got) == set(ids)
     assert set(table.column("status").to_pylist()) == {"completed"}
