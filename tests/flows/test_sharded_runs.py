@@ -252,5 +252,78 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
         manifest = load_manifest(run["run_key"], profile)
         assert manifest is not None
         batches += len(manifest.batches)
-        assert all(b.attempts <= MAX_ATTEMPTS for b in manifest.batches)
+        assert all(b.attempts <= MAX_ATTEMPTS for b in manifest.batches.values())
     assert batches <= probe.accepted <= batches + deployment.cap, (batches, probe.accepted)
+
+
+def _run_parent(api_url: str, parameters: dict[str, Any]) -> Any:
+    """Start a sharded run through the deployment and wait for its final state."""
+    from prefect.deployments import run_deployment
+
+    with prefect_api(api_url):
+        parent = run_deployment("process-documents/sharded", parameters=parameters, timeout=0)
+    parent_id = parent.id  # type: ignore[union-attr]
+
+    def done() -> bool:
+        state = _flow_run(api_url, parent_id).state
+        return state is not None and state.is_final()
+
+    wait_until(done, what="the sharded run to end", timeout_s=600)
+    return _flow_run(api_url, parent_id)
+
+
+def test_a_sharded_run_over_an_s3_prefix_of_files_resumes_without_reinvoking(
+    pool_stack: PoolStack, deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    deployment: Deployment = deploy_echo(cap=8, slots=4)
+    ensure_global_concurrency_limit(
+        pool_stack.api_url, concurrency_limit_name(deployment.endpoint), deployment.cap
+    )
+    profile = deployment.profile
+    s3 = aws_client("s3", profile)
+    run_key = unique_run_key()
+    prefix = f"corpora/{run_key}"
+    ids: list[str] = []
+    for part, count in enumerate((300, 250)):  # JSONL files
+        local = tmp_path / f"part-{part}.jsonl"
+        ids += write_corpus(local, count, words=3, prefix=f"j{part}")
+        s3.put_object(
+            Bucket=profile.bucket, Key=f"{prefix}/part-{part}.jsonl", Body=local.read_bytes()
+        )
+    parquet_ids = [f"p-{i:04d}" for i in range(200)]  # and a Parquet file
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"id": parquet_ids, "text": [f"w{i} x y" for i in range(200)]}), sink)
+    s3.put_object(Bucket=profile.bucket, Key=f"{prefix}/part-2.parquet", Body=sink.getvalue())
+    ids += parquet_ids
+    parameters = {
+        "corpus": f"s3://{profile.bucket}/{prefix}/",
+        "profile": deployment.profile_path,
+        "endpoint": deployment.endpoint,
+        "run_key": run_key,
+        "shards": 4,
+        "batch_size": 25,
+        "max_new_tokens": 4,
+    }
+
+    first = _run_parent(pool_stack.api_url, parameters)
+    assert first.state.is_completed(), first.state
+    invoked = probe.accepted
+    from tasks.run.status import read_summary
+
+    summary = read_summary(profile, run_key)
+    assert summary is not None and summary["completed"] == summary["documents"] == len(ids)
+    batches = 0
+    for run in summary["shard_runs"]:
+        manifest = load_manifest(run["run_key"], profile)
+        assert manifest is not None
+        batches += len(manifest.batches)
+    assert invoked == batches  # nothing failed: one invocation per batch
+
+    again = _run_parent(pool_stack.api_url, parameters)
+    assert again.state.is_completed(), again.state
+    assert probe.accepted == invoked  # the resumed run invoked nothing
+    bucket, key = split_s3_uri(read_summary(profile, run_key)["results_uri"])  # type: ignore[index]
+    table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+    assert sorted(table.column("doc_id").to_pylist()) == sorted(ids)
