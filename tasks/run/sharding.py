@@ -30,7 +30,8 @@ from tasks.run.shards import Shard
 
 HEARTBEAT_S = 30  # the least Prefect allows
 CRASH_AFTER_S = 90  # no heartbeat for this long: the run is marked Crashed
-CRASH_AUTOMATION = "docflow: mark flow runs that stop heartbeating as crashed"
+SHARD_TAG = "docflow-shard"  # every shard's flow run: what the crash automation watches
+CRASH_AUTOMATION = "docflow: mark shard runs that stop heartbeating as crashed"
 RERUN_STATES = ("CRASHED", "FAILED")
 FINAL_STATES = ("COMPLETED", "CANCELLED", *RERUN_STATES)
 MERGE_ROWS = 1_000_000  # results.parquet as one file for runs up to this many rows
@@ -71,7 +72,7 @@ def child_parameters(parameters: Mapping[str, Any], shard: ShardRun) -> dict[str
 
 
 def ensure_crash_detection(within_s: int = CRASH_AFTER_S) -> bool:
-    """Create the server automation that marks silent flow runs Crashed; True when created."""
+    """Create the server automation that marks silent shard runs Crashed; True when created."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
@@ -86,10 +87,13 @@ def ensure_crash_detection(within_s: int = CRASH_AFTER_S) -> bool:
         pass  # not there yet
     Automation(
         name=CRASH_AUTOMATION,
-        description="A flow run that sent heartbeats and then went silent lost its process "
-        "(worker or machine gone): mark it Crashed so whoever waits on it can run it again.",
+        description="A shard's flow run that sent heartbeats and then went silent lost its "
+        "process (worker or machine gone): mark it Crashed so its sharded run runs it again.",
+        # Only shard runs, which send heartbeats every HEARTBEAT_S: other flow runs keep
+        # Prefect's default of one every 180 s, which this window would take for a crash.
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.id": f"prefect.tag.{SHARD_TAG}"},
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.*"},
             for_each={"prefect.resource.id"},
@@ -117,7 +121,7 @@ def submit_shard(deployment: str, parameters: Mapping[str, Any], shard: ShardRun
         timeout=0,
         idempotency_key=shard_idempotency_key(shard.run_key, shard.index, shard.attempt),
         job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}},
-        tags=["docflow-shard"],
+        tags=[SHARD_TAG],
     )
     return shard.model_copy(update={"flow_run_id": str(flow_run.id), **_observed(flow_run)})
 

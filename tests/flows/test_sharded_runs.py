@@ -42,6 +42,7 @@ from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.spec import concurrency_limit_name
 from tasks.run.manifest import load_manifest
+from tasks.run.sharding import SHARD_TAG
 from tasks.run.shards import Shard, select_shard, shard_of
 from tests.runs import Deployment, EndpointProbe, unique_run_key, write_corpus
 
@@ -115,7 +116,7 @@ def _shard_runs(api_url: str) -> list[Any]:
 
     with prefect_api(api_url), get_client(sync_client=True) as client:
         return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["docflow-shard"]))
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[SHARD_TAG]))
         )
 
 
