@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import psutil
 import pytest
 import yaml
 
+from docflow.postgres import data_dir_for
 from docflow.prefect_server import (
     PROJECT_ROOT,
     ChildProcess,
@@ -106,12 +108,15 @@ def _deployments_in_yaml() -> list[str]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`docflow ui` as a user starts it, on free ports with a temp PREFECT_HOME."""
     home = tmp_path_factory.mktemp("prefect-home")
+    shutil.rmtree(data_dir_for(home), ignore_errors=True)  # a fresh PostgreSQL cluster
     env = {k: v for k, v in os.environ.items() if k not in LOCALCLOUD_ENV}
     env.update(
         {
             "DOCFLOW_UI_HOME": str(home),
             "DOCFLOW_UI_PORT": str(free_port()),
             "DOCFLOW_UI_LOCALCLOUD_PORT": str(free_port()),
+            # Two workers: the stack runs its Prefect server on PostgreSQL (docflow/postgres.py).
+            "DOCFLOW_UI_WORKERS": "2",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -134,6 +139,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(ui=ui, home=home, state=state, env=cli_env, pids=_descendants(ui.pid))
     finally:
         ui.stop(timeout_s=20)
+        shutil.rmtree(data_dir_for(home), ignore_errors=True)
 
 
 def test_make_ui_prints_the_ui_address_and_a_ready_to_paste_run_line(stack: Stack) -> None:
@@ -359,9 +365,21 @@ def test_failed_run_is_failed_with_the_reason(stack: Stack) -> None:
     assert "no-such-corpus" in (flow_run.state.message or ""), flow_run.state.message
 
 
+def test_two_workers_poll_the_pool_and_the_server_runs_on_postgres(stack: Stack) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import WorkerStatus
+
+    with prefect_api(stack.state.api_url), get_client(sync_client=True) as client:
+        workers = client.read_workers_for_work_pool("docflow-local")
+    online = sorted(w.name for w in workers if w.status == WorkerStatus.ONLINE)
+    assert online == ["docflow-worker-1", "docflow-worker-2"], workers
+    assert "postgres" in stack.state.children, stack.state.children
+    assert "starting PostgreSQL for 2 workers" in stack.ui.log_tail(400)
+
+
 def test_ctrl_c_stops_everything(stack: Stack) -> None:
     pids = stack.pids | _descendants(stack.ui.pid)
-    assert len(pids) >= 4, pids  # docflow ui, server, localcloud, worker
+    assert len(pids) >= 6, pids  # docflow ui, postgres, server, localcloud, 2 workers
     stack.ui.popen.send_signal(signal.SIGINT)
     assert stack.ui.popen.wait(timeout=60) == 0, stack.ui.log_tail()
     assert "stopped." in stack.ui.log_tail(5)

@@ -9,6 +9,7 @@ started, as when its machine goes away.
 from __future__ import annotations
 
 import io
+import shutil
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from docflow.postgres import start_postgres
+from docflow.postgres import data_dir_for, start_postgres
 from docflow.prefect_server import (
     PROJECT_ROOT,
     ChildProcess,
@@ -71,7 +72,9 @@ def pool_stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     import subprocess
 
     home = tmp_path_factory.mktemp("prefect-pool")
-    # Several workers: PostgreSQL, as `docflow ui --workers N` does (SQLite locks under them).
+    # Several workers: PostgreSQL, as `docflow ui --workers N` does (SQLite locks under them),
+    # on a fresh cluster (its folder is named after home, which a rerun's --basetemp repeats).
+    shutil.rmtree(data_dir_for(home), ignore_errors=True)
     postgres = start_postgres(home, free_port())
     port = free_port()
     api_url = api_url_for(port)
@@ -101,6 +104,7 @@ def pool_stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
             worker.stop()
         server.stop()
         postgres.stop()
+        shutil.rmtree(postgres.data_dir, ignore_errors=True)
 
 
 def _flow_run(api_url: str, flow_run_id: UUID) -> Any:
