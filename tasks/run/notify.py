@@ -76,6 +76,8 @@ def notify_run_end(event: str, flow_run: Any, state: Any) -> None:
         from tasks.settings import load_profile
 
         params = dict(flow_run.parameters or {})
+        if params.get("shard"):  # one shard of a sharded run: its parent notifies for the run
+            return
         profile = load_profile(params.get("profile") or "local")
         endpoint = params.get("endpoint") or profile.endpoint_name
         summary = None
