@@ -64,7 +64,7 @@ def run_shards(
     logger = get_run_logger()
     deployment = shard_deployment_name(shard_deployment)
     if ensure_crash_detection():
-        logger.info("created the server automation that marks silent flow runs crashed")
+        logger.info("created the server automation that marks silent shard runs crashed")
     planned = plan_shards(run_key, shards)
     logger.info("run %s: %d shards on %s", run_key, shards, deployment)
     done = run_shard_flows(deployment, dict(flow_run.parameters), planned, max_shard_attempts)
