@@ -38,6 +38,16 @@ def validate_run_key(run_key: str) -> str:
     return run_key
 
 
+def reduce_run_key(run_key: str) -> str:
+    """The run key of a run's reduce step (``long_documents='map_reduce'``): ``<run key>.reduce``,
+    shortened with a hash when that is too long. Its InferenceIds never start with ``<run key>-``."""
+    key = f"{run_key}.reduce"
+    if len(key) <= MAX_RUN_KEY:
+        return key
+    digest = hashlib.sha256(run_key.encode()).hexdigest()[:8]
+    return f"{run_key[: MAX_RUN_KEY - len(digest) - 8]}.{digest}.reduce"
+
+
 def run_uri(profile: Profile, run_key: str, *parts: str) -> str:
     """s3://bucket/<prefixes.runs>/<run_key>/<parts…> — where everything a run writes lives."""
     return profile.s3_uri(profile.prefixes.runs, run_key, *parts)
