@@ -549,7 +549,7 @@ def reduce_step(
     spool: OutputSpool,
 ) -> tuple[RunManifest | None, DriveStats]:
     """map_reduce + summarize: summarize each split document's chunk summaries, as the run
-    ``<run key>.reduce`` (its own manifest, batches and resume)."""
+    ``<run key>_reduce`` (its own manifest, batches and resume)."""
     documents = build_reduce_corpus(
         quoted(manifest),
         quoted(plan),

@@ -39,13 +39,13 @@ def validate_run_key(run_key: str) -> str:
 
 
 def reduce_run_key(run_key: str) -> str:
-    """The run key of a run's reduce step (``long_documents='map_reduce'``): ``<run key>.reduce``,
+    """The run key of a run's reduce step (``long_documents='map_reduce'``): ``<run key>_reduce``,
     shortened with a hash when that is too long. Its InferenceIds never start with ``<run key>-``."""
-    key = f"{run_key}.reduce"
+    key = f"{run_key}_reduce"
     if len(key) <= MAX_RUN_KEY:
         return key
     digest = hashlib.sha256(run_key.encode()).hexdigest()[:8]
-    return f"{run_key[: MAX_RUN_KEY - len(digest) - 8]}.{digest}.reduce"
+    return f"{run_key[: MAX_RUN_KEY - len(digest) - 8]}_{digest}_reduce"
 
 
 def run_uri(profile: Profile, run_key: str, *parts: str) -> str:
