@@ -9,7 +9,6 @@ and combined into one row per document.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +23,11 @@ from tasks.run.manifest import load_manifest
 from tasks.run.tokens import TokenCounter
 from tasks.settings import Autoscaling, Profile, load_profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
+from tests.long_corpora import CONTEXT, long_corpus, tiny_model
 from tests.reliability.ledger import read_results
 from tests.runs import InvokeCounter
-from tests.tiny_models import CORPUS, make_tiny_model
 
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "sample"
-CONTEXT = 2048
 MAX_NEW = 8
 MODEL_ENV = {"DOCFLOW_NUM_THREADS": "1"}
 
@@ -42,14 +40,6 @@ class TinyEndpoint:
         self.path = path
         self.artifact = artifact
         self.counter = TokenCounter.from_folder(model)
-
-
-def tiny_model(folder: Path) -> Path:
-    """The tiny Mistral with a 2,048-token context (its tokenizer says 256 unless told)."""
-    model = make_tiny_model(folder, "mistral", context=CONTEXT)
-    config = model / "tokenizer_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": CONTEXT}))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +72,6 @@ def tiny(
             yield TinyEndpoint(prof, path, artifact, model)
         finally:
             teardown_endpoint(profile=path, mode="delete", **FAST_WAIT)
-
-
-def long_corpus(path: Path, counter: TokenCounter, times: list[int]) -> dict[str, int]:
-    """A JSONL corpus: one short document, then one per entry of ``times``, that many contexts
-    long in tokens of its own text. Returns each document's text tokens by id."""
-    docs = {"short": CORPUS[0]}
-    for n, factor in enumerate(times):
-        text = ""
-        while len(counter.text_ids(text)) < factor * CONTEXT:
-            text += " ".join(CORPUS) + " "
-        docs[f"long-{n}"] = text
-    path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()))
-    return {k: len(counter.text_ids(v)) for k, v in docs.items()}
 
 
 def test_estimate_counts_what_the_handler_reports_and_invokes_nothing(
