@@ -47,6 +47,8 @@ from tasks.run.tokens import TokenCounter, token_counter
 from tasks.settings import Profile, load_profile
 
 TABLE_ROWS = 20
+# Long enough for the summarize template's two or three sentences (see the README's defaults).
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 @task(name="load-corpus", cache_policy=NO_CACHE)
@@ -243,7 +245,7 @@ def process_documents(
     id_column: str = "id",
     text_column: str = "text",
     metadata_columns: list[str] | None = None,
-    max_new_tokens: int = 128,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_doc_bytes: int = 100_000,
     long_documents: Literal["reject", "truncate", "map_reduce"] = "reject",
     chunk_overlap_tokens: int = 64,

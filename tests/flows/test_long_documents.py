@@ -9,6 +9,7 @@ and combined into one row per document.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +167,26 @@ def pd_null(value: Any) -> bool:
     import pandas as pd
 
     return bool(pd.isna(value))
+
+
+def test_docflow_estimate_prints_the_dry_runs_numbers(
+    tiny: TinyEndpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from docflow.cli import main
+
+    corpus = str(SAMPLE / "documents.jsonl")
+    args = ["estimate", corpus, "--profile", tiny.path, "--max-new-tokens", str(MAX_NEW)]
+    with InvokeCounter(tiny.path) as calls:
+        assert main([*args, "--json"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert main([*args, "--model", tiny.artifact["model_data_url"]]) == 0
+        text = capsys.readouterr().out
+        flow = process_documents(
+            corpus=corpus, profile=tiny.path, max_new_tokens=MAX_NEW, dry_run=True
+        )
+    assert calls.total == 0
+    for name in ("documents", "accepted", "rejected", "batches", "prompt_tokens"):
+        assert printed[name] == flow[name], name
+    assert printed["endpoint"] == tiny.profile.endpoint_name
+    assert f"prompt tokens {flow['prompt_tokens']:,} (counted with the model's tokenizer" in text
+    assert "invocations   0 (nothing was invoked)" in text
