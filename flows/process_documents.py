@@ -439,6 +439,8 @@ def process_documents(
         )
     result = summary.model_dump(mode="json")
     result.update(run_key=key, resumed=resumed, fanout=stats.model_dump())
+    if reduce_manifest is not None:
+        result["reduce_run_key"] = reduce_manifest.run_key
     if scale_to_zero:
         result["endpoint_after_run"] = scale_to_zero_if_idle(prof, endpoint_name)
     if canceled is not None:
@@ -551,7 +553,7 @@ def reduce_step(
     spool: OutputSpool,
 ) -> tuple[RunManifest | None, DriveStats]:
     """map_reduce + summarize: summarize each split document's chunk summaries, as the run
-    ``<run key>_reduce`` (its own manifest, batches and resume)."""
+    ``<run key>_r<corpus>`` (its own manifest, batches and resume)."""
     documents = build_reduce_corpus(
         quoted(manifest),
         quoted(plan),
@@ -563,7 +565,7 @@ def reduce_step(
     )
     if not documents.documents:
         return None, DriveStats()
-    rkey = reduce_run_key(key)
+    rkey = reduce_run_key(key, documents.fingerprint)
     prepared = prepare_manifest(
         phase.profile,
         phase.target,

@@ -1,5 +1,5 @@
 """The reduce step of ``long_documents='map_reduce'`` for summarize: one prompt per long document
-over its chunks' summaries, run as a run of its own (``layout.reduce_run_key``) so that it is
+over its chunks' summaries, run as a run of its own (``layout.reduce_run_key``: named by the run key and its own corpus) so that it is
 batched, recorded in a manifest and resumed like any run.
 
 Its corpus is rebuilt from the map step's outputs, which are final once the map step is done: a

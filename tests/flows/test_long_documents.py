@@ -19,7 +19,6 @@ import pytest
 
 from flows.process_documents import process_documents
 from tasks.aws.clients import aws_client
-from tasks.run.layout import reduce_run_key
 from tasks.run.manifest import load_manifest
 from tasks.run.tokens import TokenCounter
 from tasks.settings import Autoscaling, Profile, load_profile
@@ -150,7 +149,7 @@ def test_map_reduce_gives_one_row_per_document(tiny: TinyEndpoint, tmp_path: Pat
     # Every chunk and every reduce prompt is a document of a batch in a manifest.
     key = result["run_key"]
     manifest = load_manifest(key, tiny.profile)
-    reduce = load_manifest(reduce_run_key(key), tiny.profile)
+    reduce = load_manifest(result["reduce_run_key"], tiny.profile)
     assert manifest is not None and reduce is not None
     mapped = {d for r in manifest.batches.values() if r.parent is None for d in r.doc_ids}
     assert mapped == {"short"} | {f"long-0#{i}/{chunks_2}" for i in range(1, chunks_2 + 1)} | {
