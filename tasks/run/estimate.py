@@ -201,8 +201,11 @@ def estimate_text(estimate: Estimate) -> str:
         + (f" on endpoint {e.endpoint}" if e.endpoint else ""),
         f"documents     {e.documents}: {e.accepted} accepted, {e.rejected} rejected",
     ]
-    for reason, count in e.rejected_by_reason.items():
-        lines.append(f"  rejected    {count} x {reason}")
+    for r in e.rejections[:10]:
+        reason = r.reason if len(r.reason) <= 160 else r.reason[:160] + "…"
+        lines.append(f"  rejected    row {r.row} {r.doc_id}: {reason}")
+    if e.rejected > 10:
+        lines.append(f"  ... and {e.rejected - 10} more (--json lists {len(e.rejections)})")
     if e.long_documents != "reject" or e.truncated or e.split:
         lines.append(
             f"long docs     long_documents={e.long_documents}: {e.truncated} truncated, "
