@@ -123,7 +123,10 @@ def estimate_run(
     payloads, late = make_batches(
         planned.documents, template, params, max_docs=batch_size, max_bytes=max_batch_bytes
     )
-    rejected: list[Rejected] = [*planned.rejected, *late]
+    last = max(loaded.size, 1) + 1
+    rejected: list[Rejected] = sorted(
+        [*planned.rejected, *late], key=lambda r: last if r.row is None else r.row
+    )
     entries = sum(len(p.doc_ids) for p in payloads)
     late_ids = {r.doc_id for r in late}
     counted = plan.counted
