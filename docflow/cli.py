@@ -55,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.set_defaults(func=_ui)
 
+    from docflow.estimate import add_parser as add_estimate
     from docflow.runs import add_parser as add_runs
 
     add_runs(sub)
+    add_estimate(sub)
     return parser
 
 

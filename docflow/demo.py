@@ -47,6 +47,7 @@ def print_summary(result: dict[str, Any], results_dir: Path | None) -> None:
         "latency_p90_s",
         "prompt_tokens",
         "completion_tokens",
+        "hit_budget",
         "estimated_cost_usd",
     ):
         if name in result:

@@ -119,7 +119,8 @@ def _prepare(data: Path, bins: Path) -> None:
 def _ready(bins: Path, port: int) -> bool:
     return (
         subprocess.run(
-            [str(bins / "pg_isready"), "-h", HOST, "-p", str(port), "-U", SUPERUSER, "-q"], check=False
+            [str(bins / "pg_isready"), "-h", HOST, "-p", str(port), "-U", SUPERUSER, "-q"],
+            check=False,
         ).returncode
         == 0
     )

@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.deploy_endpoint import deploy_endpoint
 from flows.package_model import package_model
-from flows.process_documents import process_documents
+from flows.process_documents import DEFAULT_MAX_NEW_TOKENS, process_documents
 from tasks.run.messages import end_to_end_run_name
 
 
@@ -19,7 +19,7 @@ def end_to_end(
     model_source: str = "smollm2",
     endpoint: str | None = None,
     template: Literal["summarize", "extract", "classify", "custom"] = "summarize",
-    max_new_tokens: int = 64,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 8,
     output_dir: str | None = None,
     output_format: Literal["parquet", "csv", "jsonl"] = "parquet",
@@ -35,7 +35,7 @@ def end_to_end(
         model_source: What package-model packages: "smollm2" (local default), a folder, a .gguf, a hub id.
         endpoint: Endpoint name; default: the profile's.
         template: Prompt kind for process-documents.
-        max_new_tokens: Generation budget per document.
+        max_new_tokens: Generation budget per document (process-documents' default).
         batch_size: Documents per invocation payload.
         output_dir: Also write the results table to this local folder.
         output_format: Results table format.

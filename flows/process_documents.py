@@ -16,7 +16,14 @@ from tasks.run.batching import compute_run_key
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.drive import drive_run
 from tasks.run.driver import DriveStats
-from tasks.run.layout import run_artifact_key, validate_run_key
+from tasks.run.estimate import Estimate, estimate_run, estimate_text
+from tasks.run.layout import reduce_run_key, run_artifact_key, validate_run_key
+from tasks.run.long_documents import (
+    LongDocuments,
+    LongMode,
+    check_long_documents,
+    plan_long_documents,
+)
 from tasks.run.manifest import RunManifest
 from tasks.run.messages import one_sentence, process_run_name, template_problem
 from tasks.run.notifications import (
@@ -28,18 +35,22 @@ from tasks.run.notifications import (
 )
 from tasks.run.notify import notify_run_end
 from tasks.run.policy import DriveOptions
-from tasks.run.prepare import prepare_manifest
+from tasks.run.prepare import PreparedRun, prepare_manifest
 from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import resume_reconcile
+from tasks.run.reduce import reduce_corpus, reduce_template
 from tasks.run.scale import scale_to_zero_if_idle
 from tasks.run.sharded_run import run_shards
 from tasks.run.shards import Shard, select_shard
 from tasks.run.spool import OutputSpool
 from tasks.run.summary import RunSummary, summary_markdown
+from tasks.run.tokens import TokenCounter, token_counter
 from tasks.settings import Profile, load_profile
 
 TABLE_ROWS = 20
+# Long enough for the summarize template's two or three sentences (see the README's defaults).
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 @task(name="load-corpus", cache_policy=NO_CACHE)
@@ -63,6 +74,48 @@ def describe_target(profile: Profile, endpoint: str) -> EndpointOutputs:
     return endpoint_outputs(profile, endpoint)
 
 
+@task(name="count-tokens", cache_policy=NO_CACHE)
+def count_tokens(
+    corpus: Corpus,
+    profile: Profile,
+    target: EndpointOutputs,
+    template: PromptTemplate,
+    max_new_tokens: int,
+    long_documents: LongMode,
+    chunk_overlap_tokens: int,
+) -> tuple[Corpus, LongDocuments, TokenCounter | None]:
+    """Count every prompt with the model's own tokenizer; reject, truncate or split the long ones.
+
+    A model without a tokenizer (the echo model) is not counted: the run goes on as before and a
+    document over the context fails at the endpoint with the handler's reason.
+    """
+    logger = get_run_logger()
+    counter = token_counter(profile, target.model_artifact, target.model_environment)
+    check_long_documents(long_documents, template, chunk_overlap_tokens, counter)
+    if counter is None:
+        logger.info(
+            "model %s has no tokenizer: prompts are not counted before invoking (a document over "
+            "the context fails at the endpoint)",
+            target.model_artifact or "(unknown)",
+        )
+        return corpus, LongDocuments(mode=long_documents), None
+    planned, plan = plan_long_documents(
+        corpus, counter, template, max_new_tokens, long_documents, chunk_overlap_tokens
+    )
+    logger.info(
+        "%d prompt tokens counted with the model's tokenizer (context %d, max_new_tokens %d): "
+        "%d documents rejected as too long, %d truncated, %d split into %d chunks",
+        sum(plan.prompt_tokens.values()),
+        counter.context_length,
+        max_new_tokens,
+        plan.rejected,
+        len(plan.tokens_cut),
+        len(plan.chunks),
+        sum(len(c) for c in plan.chunks.values()),
+    )
+    return planned, plan, counter
+
+
 @task(name="open-run-queue", cache_policy=NO_CACHE)
 def open_queue(profile: Profile, target: EndpointOutputs, run_key: str) -> RunQueue:
     """The run's queue and DLQ, subscribed to the endpoint's topics before the first invoke."""
@@ -84,6 +137,9 @@ def aggregate(
     output_format: Literal["parquet", "csv", "jsonl"],
     output_dir: str | None,
     spool: OutputSpool | None,
+    long_documents: LongDocuments | None = None,
+    kind: str = "summarize",
+    reduce_manifest: RunManifest | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Join every output back to its input row and write results, failures and summary."""
     return aggregate_run(
@@ -95,6 +151,9 @@ def aggregate(
         local_dir=output_dir,
         preview_rows=TABLE_ROWS,
         spool=spool,
+        long_documents=long_documents,
+        kind=kind,
+        reduce_manifest=reduce_manifest,
     )
 
 
@@ -188,8 +247,10 @@ def process_documents(
     id_column: str = "id",
     text_column: str = "text",
     metadata_columns: list[str] | None = None,
-    max_new_tokens: int = 128,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_doc_bytes: int = 100_000,
+    long_documents: Literal["reject", "truncate", "map_reduce"] = "reject",
+    chunk_overlap_tokens: int = 64,
     batch_size: int = 16,
     max_batch_bytes: int = 1_000_000,
     run_key: str | None = None,
@@ -203,6 +264,7 @@ def process_documents(
     retry_failed: bool = False,
     retry_reason: str | None = None,
     scale_to_zero: bool = False,
+    dry_run: bool = False,
     shards: int = 1,
     shard_deployment: str | None = None,
     max_shard_attempts: int = 3,
@@ -224,6 +286,11 @@ def process_documents(
         metadata_columns: Columns kept as metadata; default: all other columns.
         max_new_tokens: Generation budget per document.
         max_doc_bytes: Longest document text (UTF-8 bytes); longer ones are rejected.
+        long_documents: A prompt over the model's context minus max_new_tokens (counted with the
+            model's tokenizer): reject it, truncate it to its first tokens that fit (tokens_cut
+            column), or map_reduce it (split by tokens with overlap, run each chunk, combine the
+            answers into one row; summarize and extract).
+        chunk_overlap_tokens: map_reduce: tokens each chunk repeats from the end of the one before.
         batch_size: Documents per invocation payload.
         max_batch_bytes: Bytes per invocation payload.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
@@ -237,6 +304,8 @@ def process_documents(
         retry_failed: Run the failed documents of an existing run (run_key) again; their rows are replaced.
         retry_reason: With retry_failed, only the failures whose reason contains this text.
         scale_to_zero: When the run ends, set the endpoint to 0 instances unless another run holds its slots.
+        dry_run: Invoke nothing: return the estimate (documents accepted and rejected, batches,
+            prompt tokens, generation budget, instance-hours and dollars).
         shards: Split the corpus into this many shards (by a stable hash of the document id), each
             run as a child flow run on the work pool; this run waits and sums them up.
         shard_deployment: The deployment the shards run on; default: the one this run came from.
@@ -252,45 +321,71 @@ def process_documents(
     mapping = ColumnMapping(id=id_column, text=text_column, metadata=metadata_columns)
 
     loaded = load_documents(corpus, mapping, prof, max_doc_bytes)
-    target = describe_target(prof, endpoint_name)
-    key = validate_run_key(run_key) if run_key else None
-    key = key or compute_run_key(
-        loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params
-    )
-    if retry_failed and not run_key:
-        raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
-    if shards > 1:
-        return run_shards(
-            prof, key, shards, shard_deployment, max_shard_attempts, output_format, started
-        )
-    if shard is not None:
+    if shard is not None:  # a child of a sharded run: only its shard, under the key it was given
         if not run_key:
             raise ValueError("shard is set by a sharded run on its children, with their run_key")
         loaded = select_shard(loaded, shard)
+    target = describe_target(prof, endpoint_name)
+    if retry_failed and not run_key:
+        raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
+    key = validate_run_key(run_key) if run_key else None
+    key = key or compute_run_key(
+        loaded.fingerprint,
+        endpoint_name,
+        target.model_artifact,
+        tmpl,
+        params,
+        extra=long_key(long_documents, chunk_overlap_tokens),
+    )
+    if shards > 1 and not dry_run:  # the shards count their own tokens
+        return run_shards(
+            prof, key, shards, shard_deployment, max_shard_attempts, output_format, started
+        )
+    planned, plan, counter = count_tokens(
+        quoted(loaded), prof, target, tmpl, max_new_tokens, long_documents, chunk_overlap_tokens
+    )
+    if dry_run:
+        estimate = estimate_run(
+            loaded=loaded,
+            planned=planned,
+            plan=plan,
+            template=tmpl,
+            params=params,
+            batch_size=batch_size,
+            max_batch_bytes=max_batch_bytes,
+            profile=prof,
+            endpoint=endpoint_name,
+            model_artifact=target.model_artifact,
+        )
+        publish_estimate(estimate)
+        return estimate.model_dump(mode="json")
+    shaping = {
+        "template": template,
+        "fields": fields,
+        "labels": labels,
+        "custom_template": custom_template,
+        "id_column": id_column,
+        "text_column": text_column,
+        "metadata_columns": metadata_columns,
+        "max_new_tokens": max_new_tokens,
+        "max_doc_bytes": max_doc_bytes,
+        "long_documents": long_documents,
+        "chunk_overlap_tokens": chunk_overlap_tokens,
+        "batch_size": batch_size,
+        "max_batch_bytes": max_batch_bytes,
+        "max_attempts": max_attempts,
+        "output_format": output_format,
+    }
     prepared = prepare_manifest(
         prof,
         target,
         key,
-        quoted(loaded),
+        quoted(planned),
         tmpl,
         params,
         batch_size,
         max_batch_bytes,
-        parameters=run_parameters(
-            corpus,
-            template=template,
-            fields=fields,
-            labels=labels,
-            custom_template=custom_template,
-            id_column=id_column,
-            text_column=text_column,
-            metadata_columns=metadata_columns,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            max_batch_bytes=max_batch_bytes,
-            max_attempts=max_attempts,
-            output_format=output_format,
-        ),
+        parameters=run_parameters(corpus, **shaping),
         retry_failed=retry_failed,
         retry_reason=retry_reason,
     )
@@ -298,36 +393,37 @@ def process_documents(
     logger.info(
         "run %s: %d batches, %s", key, len(manifest.batches), "resumed" if resumed else "new"
     )
+    phase = Phase(
+        prof,
+        target,
+        max_attempts=max_attempts,
+        request_ttl_s=request_ttl_s,
+        invocation_timeout_s=invocation_timeout_s,
+        reconcile_every_s=reconcile_every_s,
+        deadline_s=deadline_s,
+    )
 
-    stats = DriveStats()
+    reduce_manifest: RunManifest | None = None
     with OutputSpool(prof) as spool:  # outputs are downloaded while the run waits for the rest
-        if not manifest.is_done():
-            queue = open_queue(prof, target, key)  # subscribed before the first invoke
-            if resumed:  # settle what finished while no one was listening
-                resume_reconcile(prof, manifest, target, max_attempts=max_attempts)
-            options = DriveOptions.from_parameters(
-                max_attempts=max_attempts,
-                request_ttl_s=request_ttl_s,
-                invocation_timeout_s=invocation_timeout_s,
-                reconcile_every_s=reconcile_every_s,
-                deadline_s=deadline_s,
+        stats = phase.drive(key, prepared, spool)
+        if plan.chunks and tmpl.kind == "summarize" and manifest.canceled is None:
+            assert counter is not None  # map_reduce is refused without a tokenizer
+            reduce_manifest, reduce_stats = reduce_step(
+                phase,
+                key,
+                manifest,
+                plan,
+                loaded,
+                counter,
+                params,
+                batch_size,
+                max_batch_bytes,
+                spool,
             )
-            stats = drive_run(
-                prof,
-                quoted(manifest),
-                target,
-                queue,
-                options,
-                payloads=quoted(prepared.take_payloads()),
-                spool=quoted(spool),
-                request_ttl_s=request_ttl_s,
-                invocation_timeout_s=invocation_timeout_s,
+            stats = stats.model_copy(
+                update={"invocations": stats.invocations + reduce_stats.invocations}
             )
-            # Not in a finally: a failed or cancelled run keeps its queue, so resuming it with
-            # the same run key still receives the results of what it had in flight.
-            if manifest.canceled is None:
-                close_queue(prof, queue)
-
+        canceled = manifest.canceled or (reduce_manifest.canceled if reduce_manifest else None)
         summary, preview = aggregate(
             quoted(manifest),
             quoted(loaded),
@@ -336,6 +432,9 @@ def process_documents(
             output_format,
             output_dir,
             quoted(spool),
+            quoted(plan),
+            tmpl.kind,
+            quoted(reduce_manifest),
         )
     publish_artifacts(summary, quoted(preview), key)
     if summary.failed or summary.rejected or summary.canceled:
@@ -348,18 +447,176 @@ def process_documents(
             summary.canceled,
             summary.failures_uri,
         )
+    if summary.hit_budget:
+        logger.info(
+            "run %s: %d of %d answers stopped at max_new_tokens=%d (finish_reason length); raise "
+            "max_new_tokens for complete answers",
+            key,
+            summary.hit_budget,
+            summary.completed,
+            max_new_tokens,
+        )
     result = summary.model_dump(mode="json")
     result.update(run_key=key, resumed=resumed, fanout=stats.model_dump())
+    if reduce_manifest is not None:
+        result["reduce_run_key"] = reduce_manifest.run_key
     if scale_to_zero:
         result["endpoint_after_run"] = scale_to_zero_if_idle(prof, endpoint_name)
-    if manifest.canceled is not None:
+    if canceled is not None:
         # A returned State is the flow run's final state: Cancelled, not Completed (a direct
         # caller gets CancelledRun with this message); the summary is in S3 (summary.json).
         return Cancelled(  # type: ignore[return-value]
-            message=f"{manifest.canceled}: {summary.completed} completed, {summary.failed} failed, "
+            message=f"{canceled}: {summary.completed} completed, {summary.failed} failed, "
             f"{summary.canceled} canceled; summary {summary.summary_uri}; resume with run_key {key}"
         )
     return result
+
+
+def long_key(long_documents: str, chunk_overlap_tokens: int) -> dict[str, object] | None:
+    """What the long-document parameters add to the run key (nothing for the default, reject)."""
+    if long_documents == "reject":
+        return None
+    extra: dict[str, object] = {"long_documents": long_documents}
+    if long_documents == "map_reduce":
+        extra["chunk_overlap_tokens"] = chunk_overlap_tokens
+    return extra
+
+
+class Phase:
+    """Drives one set of batches (a run, or its reduce step) to the end: queue, resume, fan-out."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        target: EndpointOutputs,
+        *,
+        max_attempts: int,
+        request_ttl_s: int | None,
+        invocation_timeout_s: int | None,
+        reconcile_every_s: float,
+        deadline_s: float | None,
+    ) -> None:
+        self.profile = profile
+        self.target = target
+        self.max_attempts = max_attempts
+        self.request_ttl_s = request_ttl_s
+        self.invocation_timeout_s = invocation_timeout_s
+        self.options = DriveOptions.from_parameters(
+            max_attempts=max_attempts,
+            request_ttl_s=request_ttl_s,
+            invocation_timeout_s=invocation_timeout_s,
+            reconcile_every_s=reconcile_every_s,
+            deadline_s=deadline_s,
+        )
+
+    def drive(self, key: str, prepared: PreparedRun, spool: OutputSpool) -> DriveStats:
+        """Invoke every outstanding batch of the run ``key`` until each is terminal (or cancelled)."""
+        manifest = prepared.manifest
+        if manifest.is_done():
+            return DriveStats()
+        queue = open_queue(self.profile, self.target, key)  # subscribed before the first invoke
+        if prepared.resumed:  # settle what finished while no one was listening
+            resume_reconcile(self.profile, manifest, self.target, max_attempts=self.max_attempts)
+        stats = drive_run(
+            self.profile,
+            quoted(manifest),
+            self.target,
+            queue,
+            self.options,
+            payloads=quoted(prepared.take_payloads()),
+            spool=quoted(spool),
+            request_ttl_s=self.request_ttl_s,
+            invocation_timeout_s=self.invocation_timeout_s,
+        )
+        # Not in a finally: a failed or cancelled run keeps its queue, so resuming it with
+        # the same run key still receives the results of what it had in flight.
+        if manifest.canceled is None:
+            close_queue(self.profile, queue)
+        return stats
+
+
+@task(name="reduce-step", cache_policy=NO_CACHE)
+def build_reduce_corpus(
+    manifest: RunManifest,
+    plan: LongDocuments,
+    corpus: Corpus,
+    profile: Profile,
+    counter: TokenCounter,
+    max_new_tokens: int,
+    spool: OutputSpool,
+) -> Corpus:
+    """The reduce prompts' corpus: per split document, its chunks' summaries (cut to fit the context)."""
+    documents = reduce_corpus(manifest, plan, corpus, profile, spool)
+    planned, cut = plan_long_documents(
+        documents, counter, reduce_template(), max_new_tokens, "truncate"
+    )
+    if cut.tokens_cut:
+        get_run_logger().warning(
+            "%d reduce prompts were over the context and keep only their first summaries: %s",
+            len(cut.tokens_cut),
+            ", ".join(sorted(cut.tokens_cut)[:10]),
+        )
+    return planned
+
+
+def reduce_step(
+    phase: Phase,
+    key: str,
+    manifest: RunManifest,
+    plan: LongDocuments,
+    loaded: Corpus,
+    counter: TokenCounter,
+    params: GenerationParameters,
+    batch_size: int,
+    max_batch_bytes: int,
+    spool: OutputSpool,
+) -> tuple[RunManifest | None, DriveStats]:
+    """map_reduce + summarize: summarize each split document's chunk summaries, as the run
+    ``<run key>_r<corpus>`` (its own manifest, batches and resume)."""
+    documents = build_reduce_corpus(
+        quoted(manifest),
+        quoted(plan),
+        quoted(loaded),
+        phase.profile,
+        quoted(counter),
+        params.max_new_tokens,
+        quoted(spool),
+    )
+    if not documents.documents:
+        return None, DriveStats()
+    rkey = reduce_run_key(key, documents.fingerprint)
+    prepared = prepare_manifest(
+        phase.profile,
+        phase.target,
+        rkey,
+        quoted(documents),
+        reduce_template(),
+        params,
+        batch_size,
+        max_batch_bytes,
+        parameters={"reduce_of": key},
+    )
+    get_run_logger().info(
+        "run %s: reduce step %s, %d prompts in %d batches, %s",
+        key,
+        rkey,
+        len(documents.documents),
+        len(prepared.manifest.batches),
+        "resumed" if prepared.resumed else "new",
+    )
+    return prepared.manifest, phase.drive(rkey, prepared, spool)
+
+
+@task(name="publish-estimate", cache_policy=NO_CACHE)
+def publish_estimate(estimate: Estimate) -> None:
+    """The estimate as a markdown artifact and in the log."""
+    from prefect.artifacts import create_markdown_artifact
+
+    text = estimate_text(estimate)
+    get_run_logger().info("estimate (nothing invoked):\n%s", text)
+    create_markdown_artifact(
+        f"# Estimate\n\n```\n{text}```\n", description="process-documents dry run"
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.aws.s3 import split_s3_uri
-from tasks.run.columns import arrow_schema, prefixed, result_columns, to_table
+from tasks.run.columns import Column, arrow_schema, prefixed, result_columns, to_table
+from tasks.run.combine import combine_chunks
 from tasks.run.corpus import Corpus, Document, Rejected
 from tasks.run.layout import run_uri
+from tasks.run.long_documents import LongDocuments
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
 from tasks.run.outputs import BatchOutput, OutputCache
 from tasks.run.summary import RunSummary, Totals, build_summary
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 CHUNK_ROWS = 5000
 PREVIEW_TEXT_CHARS = 200
+# Added when a run truncates or splits long documents: tokens cut (truncate), chunks (map_reduce).
+LONG_COLUMNS = [Column("tokens_cut", pa.int64(), "Int64"), Column("chunks", pa.int64(), "Int64")]
 
 
 def _outcome(
@@ -135,24 +139,75 @@ class _Joiner:
     late: dict[str, Rejected]
     leaves: dict[str, BatchRecord]
     outputs: OutputCache
+    plan: LongDocuments | None = None
+    kind: str = "summarize"
+    reduce_leaves: dict[str, BatchRecord] = field(default_factory=dict)
 
     def rows(self, chunk: list[Document | Rejected]) -> list[dict[str, Any]]:
         """Result rows of ``chunk``; reads the outputs of its documents' completed batches."""
-        leaves = {e.doc_id: self.leaves.get(e.doc_id) for e in chunk if isinstance(e, Document)}
+        pieces = self.plan.chunks if self.plan else {}
+        wanted = [
+            i for e in chunk if isinstance(e, Document) for i in pieces.get(e.doc_id, [e.doc_id])
+        ]
+        leaves = {i: self.leaves.get(i) for i in wanted}
+        reduce = {
+            e.doc_id: self.reduce_leaves.get(e.doc_id)
+            for e in chunk
+            if isinstance(e, Document) and e.doc_id in pieces
+        }
         completed = {
             r.batch_id: r
-            for r in leaves.values()
+            for r in [*leaves.values(), *reduce.values()]
             if r is not None and r.status is BatchStatus.COMPLETED
         }
         outputs = self.outputs.for_chunk(list(completed.values()))
         return [
-            self._document(e, leaves[e.doc_id], outputs)
+            self._long(e, leaves, reduce.get(e.doc_id), outputs)
+            if isinstance(e, Document) and e.doc_id in pieces
+            else self._document(e, leaves[e.doc_id], outputs)
             if isinstance(e, Document)
             else {"row": e.row, "doc_id": e.doc_id, "status": "rejected", "reason": e.reason}
             for e in chunk
         ]
 
+    def _long(
+        self,
+        doc: Document,
+        leaves: dict[str, BatchRecord | None],
+        reduce_leaf: BatchRecord | None,
+        outputs: dict[str, BatchOutput],
+    ) -> dict[str, Any]:
+        """A map_reduce document: its chunks' outcomes combined into one row."""
+        assert self.plan is not None
+        canceled = self.manifest.canceled
+        chunk_rows = []
+        for piece in self.plan.chunks[doc.doc_id]:
+            leaf = leaves.get(piece)
+            chunk_rows.append(
+                {
+                    "status": "failed",
+                    "reason": f"chunk is in no batch of run {self.manifest.run_key}",
+                }
+                if leaf is None
+                else _outcome(piece, leaf, outputs.get(leaf.batch_id), canceled)
+            )
+        reduce_row = None
+        if reduce_leaf is not None:
+            reduce_row = _outcome(
+                doc.doc_id, reduce_leaf, outputs.get(reduce_leaf.batch_id), canceled
+            )
+        combined = combine_chunks(self.kind, chunk_rows, reduce_row)
+        return {"row": doc.row, **prefixed(doc.metadata), "doc_id": doc.doc_id, **combined}
+
     def _document(
+        self, doc: Document, leaf: BatchRecord | None, outputs: dict[str, BatchOutput]
+    ) -> dict[str, Any]:
+        cut = self.plan.tokens_cut.get(doc.doc_id) if self.plan else None
+        if cut is not None:
+            return {**self._row(doc, leaf, outputs), "tokens_cut": cut}
+        return self._row(doc, leaf, outputs)
+
+    def _row(
         self, doc: Document, leaf: BatchRecord | None, outputs: dict[str, BatchOutput]
     ) -> dict[str, Any]:
         if leaf is not None:
@@ -256,6 +311,9 @@ def aggregate_run(
     preview_rows: int = 0,
     spool: OutputSpool | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    long_documents: LongDocuments | None = None,
+    kind: str = "summarize",
+    reduce_manifest: RunManifest | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Write results, failures.parquet and summary.json under runs/<run_key>/ (and local_dir).
 
@@ -267,10 +325,22 @@ def aggregate_run(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
     columns = result_columns(corpus)
+    if long_documents is not None and long_documents.mode != "reject":
+        columns += LONG_COLUMNS
     schema = arrow_schema(columns)
     joiner = _Joiner(
-        manifest, _late_rejects(manifest, corpus), _leaves(manifest), OutputCache(profile, spool)
+        manifest,
+        _late_rejects(manifest, corpus),
+        _leaves(manifest),
+        OutputCache(profile, spool),
+        plan=long_documents,
+        kind=kind,
+        reduce_leaves=_leaves(reduce_manifest) if reduce_manifest else {},
     )
+    if reduce_manifest is not None:  # the summary counts the reduce step's batches too
+        manifest = manifest.model_copy(
+            update={"batches": {**manifest.batches, **reduce_manifest.batches}}
+        )
     totals, preview = Totals(), Preview()
     with tempfile.TemporaryDirectory(prefix="docflow-aggregate-") as tmp:
         files = _TableFiles(Path(tmp), schema, output_format)

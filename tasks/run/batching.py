@@ -125,16 +125,21 @@ def compute_run_key(
     model_artifact: str,
     template: PromptTemplate,
     params: GenerationParameters,
+    extra: dict[str, object] | None = None,
 ) -> str:
-    """The deterministic run key: 12 hex chars over everything that decides the outputs."""
-    material = json.dumps(
-        [
-            corpus_fingerprint,
-            endpoint,
-            model_artifact,
-            template.fingerprint(),
-            params.fingerprint(),
-        ],
-        separators=(",", ":"),
-    )
+    """The deterministic run key: 12 hex chars over everything that decides the outputs.
+
+    ``extra``: further parameters that change the results (long_documents and its chunking);
+    left out when empty, so that runs with the defaults keep their keys.
+    """
+    parts: list[object] = [
+        corpus_fingerprint,
+        endpoint,
+        model_artifact,
+        template.fingerprint(),
+        params.fingerprint(),
+    ]
+    if extra:
+        parts.append(extra)
+    material = json.dumps(parts, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(material.encode("utf-8")).hexdigest()[:RUN_KEY_CHARS]

@@ -38,6 +38,18 @@ def validate_run_key(run_key: str) -> str:
     return run_key
 
 
+def reduce_run_key(run_key: str, corpus_fingerprint: str) -> str:
+    """The run key of a run's reduce step (``long_documents='map_reduce'``):
+    ``<run key>_r<8 hex of its corpus>``, shortened with a hash when too long. The reduce corpus is
+    part of it, so a retry that completes more documents gets a reduce run of its own, and a
+    resumed run (same chunk answers) finds its own again. Never starts with ``<run key>-``."""
+    tail = f"_r{corpus_fingerprint[:8]}"
+    if len(run_key) + len(tail) <= MAX_RUN_KEY:
+        return f"{run_key}{tail}"
+    digest = hashlib.sha256(run_key.encode()).hexdigest()[:8]
+    return f"{run_key[: MAX_RUN_KEY - len(digest) - 1 - len(tail)]}_{digest}{tail}"
+
+
 def run_uri(profile: Profile, run_key: str, *parts: str) -> str:
     """s3://bucket/<prefixes.runs>/<run_key>/<parts…> — where everything a run writes lives."""
     return profile.s3_uri(profile.prefixes.runs, run_key, *parts)

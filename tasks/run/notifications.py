@@ -35,6 +35,7 @@ class EndpointOutputs(BaseModel):
     output_path: str
     failure_path: str | None = None
     model_artifact: str = ""
+    model_environment: dict[str, str] = {}
 
     def output_uri(self, run_key: str, batch_id: str, attempt: int) -> str:
         """Where attempt ``attempt`` of a batch writes its result."""
@@ -119,19 +120,22 @@ def endpoint_outputs(profile: Profile, endpoint: str) -> EndpointOutputs:
         error_topic=notify["ErrorTopic"],
         output_path=output["S3OutputPath"],
         failure_path=output.get("S3FailurePath"),
-        model_artifact=_model_artifact(sm, config),
+        **_model_container(sm, config),
     )
 
 
-def _model_artifact(sm: Any, config: dict[str, Any]) -> str:
-    """The S3 model location of the endpoint's first variant (part of the run key)."""
+def _model_container(sm: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The S3 model location (part of the run key) and container environment of the first variant."""
     variants = config.get("ProductionVariants") or []
     if not variants:
-        return ""
+        return {}
     model = sm.describe_model(ModelName=variants[0]["ModelName"])
     container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
     source = (container.get("ModelDataSource") or {}).get("S3DataSource") or {}
-    return str(container.get("ModelDataUrl") or source.get("S3Uri") or "")
+    return {
+        "model_artifact": str(container.get("ModelDataUrl") or source.get("S3Uri") or ""),
+        "model_environment": dict(container.get("Environment") or {}),
+    }
 
 
 def queue_policy(queue_arn: str, topic_arns: Sequence[str]) -> str:

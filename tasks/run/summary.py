@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tasks.run.layout import run_uri
 from tasks.run.manifest import BatchStatus, RunManifest
@@ -40,6 +40,9 @@ class RunSummary(BaseModel):
     turnaround_p99_s: float | None = None
     prompt_tokens: int
     completion_tokens: int
+    hit_budget: int = Field(
+        0, description="Completed answers that stopped at max_new_tokens (finish_reason 'length')."
+    )
     instance_type: str
     instance_count: int
     estimated_cost_usd: float
@@ -61,13 +64,14 @@ class Totals:
     statuses: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    hit_budget: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
     def add(self, table: pa.Table) -> None:
         """Count one written chunk."""
         self.rows += table.num_rows
-        columns = ("status", "reason", "prompt_tokens", "completion_tokens")
-        for status, reason, prompt, completion in zip(
+        columns = ("status", "reason", "prompt_tokens", "completion_tokens", "finish_reason")
+        for status, reason, prompt, completion, finish in zip(
             *(table[c].to_pylist() for c in columns), strict=True
         ):
             if status is not None:
@@ -75,6 +79,7 @@ class Totals:
             if status == "completed":
                 self.prompt_tokens += prompt or 0
                 self.completion_tokens += completion or 0
+                self.hit_budget += finish == "length"
             elif reason is not None:
                 self.reasons[reason] += 1
 
@@ -118,6 +123,7 @@ def build_summary(
         turnaround_p99_s=tur[2],
         prompt_tokens=totals.prompt_tokens,
         completion_tokens=totals.completion_tokens,
+        hit_budget=totals.hit_budget,
         instance_type=profile.instance_type,
         instance_count=profile.instance_count,
         estimated_cost_usd=round(hours * profile.instance_count * profile.instance_hourly_usd, 4),
@@ -180,6 +186,8 @@ def summary_markdown(summary: RunSummary) -> str:
         f"| turnaround p50 / p90 / p99 (submitted → done) | {_fmt(summary.turnaround_p50_s)} / "
         f"{_fmt(summary.turnaround_p90_s)} / {_fmt(summary.turnaround_p99_s)} |",
         f"| tokens in / out | {summary.prompt_tokens} / {summary.completion_tokens} |",
+        f"| answers cut at max_new_tokens (finish_reason length) | {summary.hit_budget} of "
+        f"{summary.completed} |",
         f"| notifications (duplicates, unknown) | {summary.notifications_received} "
         f"({summary.duplicate_notifications}, {summary.unknown_notifications}) |",
         f"| estimated instance cost ({summary.instance_count} × {summary.instance_type}) "
