@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
 from pydantic import ValidationError
 
+from tasks.endpoint.usage import EndpointUsage
 from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.batching import compute_run_key
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
@@ -82,6 +83,7 @@ def aggregate(
     output_format: Literal["parquet", "csv", "jsonl"],
     output_dir: str | None,
     spool: OutputSpool | None,
+    usage: EndpointUsage | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Join every output back to its input row and write results, failures and summary."""
     return aggregate_run(
@@ -93,6 +95,7 @@ def aggregate(
         local_dir=output_dir,
         preview_rows=TABLE_ROWS,
         spool=spool,
+        usage=usage,
     )
 
 
@@ -317,6 +320,7 @@ def process_documents(
             output_format,
             output_dir,
             quoted(spool),
+            stats.usage,  # the instances the endpoint kept up while the run was driven
         )
     publish_artifacts(summary, quoted(preview), key)
     if summary.failed or summary.rejected or summary.canceled:

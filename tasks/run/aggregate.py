@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.aws.s3 import split_s3_uri
+from tasks.endpoint.usage import EndpointUsage
 from tasks.run.columns import arrow_schema, prefixed, result_columns, to_table
 from tasks.run.corpus import Corpus, Document, Rejected
 from tasks.run.layout import run_uri
@@ -256,6 +257,7 @@ def aggregate_run(
     preview_rows: int = 0,
     spool: OutputSpool | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    usage: EndpointUsage | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Write results, failures.parquet and summary.json under runs/<run_key>/ (and local_dir).
 
@@ -284,7 +286,14 @@ def aggregate_run(
             files.close()
         _check_rows(manifest, corpus, totals)
         summary = build_summary(
-            manifest, corpus.size, profile, totals, wall_time_s, files.results_name, local_dir
+            manifest,
+            corpus.size,
+            profile,
+            totals,
+            wall_time_s,
+            files.results_name,
+            local_dir,
+            usage,
         )
         (files.folder / "summary.json").write_text(
             summary.model_dump_json(indent=2), encoding="utf-8"
