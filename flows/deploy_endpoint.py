@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
+from tasks.aws.clients import aws_client
 from tasks.aws.iam import ensure_execution_role
 from tasks.aws.sagemaker_runtime import DEFAULT_INVOCATION_TIMEOUT_S
 from tasks.endpoint.autoscaling import apply_autoscaling, remove_autoscaling
@@ -17,6 +19,7 @@ from tasks.endpoint.spec import (
     validate_endpoint_name,
 )
 from tasks.endpoint.topics import ensure_endpoint_topics
+from tasks.model.packaging import latest_artifact
 from tasks.settings import Profile, load_profile
 
 
@@ -59,6 +62,27 @@ def ensure_invocation_limit_task(endpoint_name: str, limit: int) -> str:
     return ensure_invocation_limit(endpoint_name, limit)
 
 
+@task(name="latest-packaged-model", cache_policy=NO_CACHE)
+def latest_packaged(profile: Profile) -> str:
+    """The model URL of the newest artifact package_model uploaded (logged), else a clear error."""
+    found = latest_artifact(aws_client("s3", profile), profile)
+    where = profile.s3_uri(profile.prefixes.models)
+    if found is None:
+        raise ValueError(
+            f"deploy_endpoint needs model_data_url: no packaged model under {where}/; run "
+            "package_model first, or pass model_data_url='s3://…/model.tar.gz' (or "
+            "model_artifact=<the dict package_model returned>)"
+        )
+    get_run_logger().info(
+        "model_data_url not given: using the latest packaged artifact %s (%s, %s, packaged %s)",
+        found.model_data_url,
+        found.name,
+        found.source,
+        found.created_at,
+    )
+    return found.model_data_url
+
+
 @flow(name="deploy-endpoint", flow_run_name="deploy-{profile}")
 def deploy_endpoint(
     profile: str = "local",
@@ -79,7 +103,8 @@ def deploy_endpoint(
 
     Args:
         profile: deployment profile name (deployments/<name>.yaml) or path to a YAML file.
-        model_data_url: s3://…/model.tar.gz, or an uncompressed prefix ending in '/'.
+        model_data_url: s3://…/model.tar.gz, or an uncompressed prefix ending in '/'; default:
+            the latest artifact package_model uploaded to the profile's bucket.
         model_artifact: the dict package_model returned (used when model_data_url is not given).
         endpoint_name: overrides the profile's endpoint_name.
         image_uri: container image; default: the profile's, else the Hugging Face PyTorch
@@ -99,12 +124,7 @@ def deploy_endpoint(
     """
     logger = get_run_logger()
     prof = load_profile(profile)
-    model = model_data_url or model_artifact
-    if not model:
-        raise ValueError(
-            "deploy_endpoint needs the model: pass model_data_url='s3://…/model.tar.gz' or "
-            "model_artifact=<the dict package_model returned>"
-        )
+    model = model_data_url or model_artifact or latest_packaged(prof)
     name = validate_endpoint_name(endpoint_name or prof.endpoint_name)
     itype = instance_type or prof.instance_type
     image = image_uri or prof.image_uri or resolve_image_uri(prof.region, itype)
