@@ -17,7 +17,7 @@ from tasks.run.batching import compute_run_key
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.drive import drive_run
 from tasks.run.driver import DriveStats
-from tasks.run.layout import run_artifact_key, validate_run_key
+from tasks.run.layout import local_run_dir, run_artifact_key, validate_run_key
 from tasks.run.manifest import RunManifest
 from tasks.run.messages import one_sentence, process_run_name, template_problem
 from tasks.run.notifications import (
@@ -225,7 +225,8 @@ def process_documents(
         max_batch_bytes: Bytes per invocation payload.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
         max_attempts: Invocations per batch before its documents are failed.
-        output_dir: Also write the results table here (local folder).
+        output_dir: Also write the results table here (local folder); default: the profile's
+            local_results_dir/<run key> (the local profile: results/<run key>), else none.
         output_format: Format of the results table.
         deadline_s: Give up on outstanding batches after this long; default from TTL and timeout.
         request_ttl_s: RequestTTLSeconds of each invocation (60-21600); default: the service's.
@@ -249,6 +250,7 @@ def process_documents(
     key = key or compute_run_key(
         loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params
     )
+    output_dir = output_dir or local_run_dir(prof, key)  # local profiles: results/<run key>/
     if retry_failed and not run_key:
         raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
     prepared = prepare_manifest(

@@ -78,6 +78,12 @@ class Profile(BaseModel):
         "deploy_endpoint instance_type override, instance pools), for cost figures only; "
         "a mapping in YAML.",
     )
+    local_results_dir: str | None = Field(
+        None,
+        description="Also copy each run's results, failures and summary.json to "
+        "<local_results_dir>/<run key>/ on the machine that runs the flow (relative: to its "
+        "working directory); None: S3 only.",
+    )
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
 
