@@ -145,3 +145,59 @@ def list_runs(profile: Profile, *, limit: int = 20) -> list[RunStatus]:
     found = [s for key in run_keys(profile) if (s := read_status(profile, key)) is not None]
     found.sort(key=lambda s: s.created_at, reverse=True)
     return found[:limit]
+
+
+def format_list(runs: list[RunStatus]) -> str:
+    """One line per run: key, state, counts, endpoint, started, corpus."""
+    head = (
+        "RUN KEY",
+        "STATE",
+        "TOTAL",
+        "DONE",
+        "FAILED",
+        "CANCELED",
+        "REJECTED",
+        "ENDPOINT",
+        "STARTED",
+    )
+    rows = [head]
+    for s in runs:
+        c = s.request_counts
+        rows.append(
+            (
+                s.run_key,
+                s.state,
+                str(c.total),
+                str(c.succeeded),
+                str(c.errored),
+                str(c.canceled),
+                str(c.rejected),
+                s.endpoint,
+                s.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_show(s: RunStatus) -> str:
+    """A run's counts, progress, failures by reason and where its results are."""
+    c = s.request_counts
+    lines = [
+        f"run {s.run_key}: {s.state} ({s.progress_pct:.1f} % finished)",
+        f"  endpoint  {s.endpoint}",
+        f"  corpus    {s.corpus or '-'}",
+        f"  started   {s.created_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"  documents total {c.total}: succeeded {c.succeeded}, errored {c.errored}, "
+        f"canceled {c.canceled}, processing {c.processing}, rejected {c.rejected}",
+        "  batches   " + ", ".join(f"{k} {v}" for k, v in s.batches.items() if v),
+        f"  results   {s.results_uri or '- (not aggregated yet)'}",
+        f"  failures  {s.failures_uri or '-'}",
+    ]
+    if s.failures_by_reason:
+        lines.append("  failures by reason:")
+        lines += [f"    {n:>6}  {reason[:160]}" for reason, n in s.failures_by_reason.items()]
+    if s.retryable:
+        lines.append(f"  retry with: docflow runs retry {s.run_key}")
+    return "\n".join(lines) + "\n"
