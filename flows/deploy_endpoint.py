@@ -91,6 +91,7 @@ def deploy_endpoint(
     endpoint_name: str | None = None,
     image_uri: str | None = None,
     instance_type: str | None = None,
+    instance_types: list[str] | None = None,
     instance_count: int | None = None,
     max_concurrent_invocations_per_instance: int | None = None,
     invocation_timeout_s: int = DEFAULT_INVOCATION_TIMEOUT_S,
@@ -110,6 +111,9 @@ def deploy_endpoint(
         image_uri: container image; default: the profile's, else the Hugging Face PyTorch
             inference image for the region, resolved offline with the sagemaker SDK.
         instance_type: overrides the profile's (default ml.g5.2xlarge).
+        instance_types: instance pools: up to 5 instance types in priority order; SageMaker
+            starts the first that has capacity (at create, scale-out and scale-in). Overrides
+            instance_type; all must run the same image.
         instance_count: initial instance count; overrides the profile's.
         max_concurrent_invocations_per_instance: overrides the profile's.
         invocation_timeout_s: the model server's per-request timeout (1-3600 s).
@@ -126,7 +130,7 @@ def deploy_endpoint(
     prof = load_profile(profile)
     model = model_data_url or model_artifact or latest_packaged(prof)
     name = validate_endpoint_name(endpoint_name or prof.endpoint_name)
-    itype = instance_type or prof.instance_type
+    itype = instance_types[0] if instance_types else instance_type or prof.instance_type
     image = image_uri or prof.image_uri or resolve_image_uri(prof.region, itype)
     actions: list[str] = []
 
@@ -148,6 +152,7 @@ def deploy_endpoint(
         endpoint_name=name,
         image_uri=image,
         instance_type=itype,
+        instance_types=instance_types,
         instance_count=instance_count,
         max_concurrent_invocations_per_instance=max_concurrent_invocations_per_instance,
         invocation_timeout_s=invocation_timeout_s,

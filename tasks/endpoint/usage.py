@@ -138,7 +138,8 @@ class InstanceMeter:
         for this, after in zip(samples, [*samples[1:], None], strict=True):
             until = after.at_s if after is not None else end
             for itype, count in this.instances.items():
-                seconds[itype] += count * max(until - this.at_s, 0.0)
+                if count:  # a pool that never ran an instance costs nothing and is not listed
+                    seconds[itype] += count * max(until - this.at_s, 0.0)
         totals = [sum(s.instances.values()) for s in samples] or [0]
         return EndpointUsage(
             window_s=round(end, 3),
