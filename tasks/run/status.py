@@ -50,6 +50,7 @@ class RunStatus(BaseModel):
     failures_uri: str | None
     summary_uri: str | None
     retryable: bool
+    cost: dict[str, Any] | None = None
 
 
 def run_status(manifest: RunManifest, summary: dict[str, Any] | None) -> RunStatus:
@@ -99,7 +100,25 @@ def run_status(manifest: RunManifest, summary: dict[str, Any] | None) -> RunStat
         failures_uri=summary.get("failures_uri") if summary else None,
         summary_uri=summary.get("summary_uri") if summary else None,
         retryable=bool(manifest.parameters) and (errored > 0 or canceled > 0),
+        cost=_cost(summary),
     )
+
+
+COST_FIELDS = (
+    "instance_type",
+    "instances_min",
+    "instances_max",
+    "instance_seconds",
+    "estimated_cost_usd",
+    "cost_note",
+)
+
+
+def _cost(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the run's last attempt kept the endpoint up for and its cost (from summary.json)."""
+    if summary is None or "instance_seconds" not in summary:
+        return None
+    return {k: summary.get(k) for k in COST_FIELDS}
 
 
 def read_summary(profile: Profile, run_key: str) -> dict[str, Any] | None:
@@ -195,6 +214,16 @@ def format_show(s: RunStatus) -> str:
         f"  results   {s.results_uri or '- (not aggregated yet)'}",
         f"  failures  {s.failures_uri or '-'}",
     ]
+    if s.cost is not None:
+        usd = s.cost["estimated_cost_usd"]
+        low, high = s.cost["instances_min"], s.cost["instances_max"]
+        lines.append(
+            f"  cost      {'unknown' if usd is None else f'${usd:.4f}'}: "
+            f"{s.cost['instance_seconds']:.1f} instance-seconds on {s.cost['instance_type']} "
+            f"({low if low == high else f'{low}-{high}'} instances; last attempt)"
+        )
+        if s.cost.get("cost_note"):
+            lines.append(f"            {s.cost['cost_note']}")
     if s.failures_by_reason:
         lines.append("  failures by reason:")
         lines += [f"    {n:>6}  {reason[:160]}" for reason, n in s.failures_by_reason.items()]

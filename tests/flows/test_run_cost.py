@@ -15,6 +15,7 @@ from localcloud.testing.artifacts import upload_echo_model
 from tasks.aws.clients import aws_client
 from tasks.endpoint.spec import VARIANT_NAME
 from tasks.run import drive
+from tasks.run.status import format_show, read_status
 from tasks.settings import Autoscaling, Profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.runs import write_corpus
@@ -122,3 +123,11 @@ def test_cost_is_the_instance_seconds_that_ran_at_the_deployed_types_price(
     naive = prof.instance_count * result["wall_time_s"] / 3600 * prof.instance_hourly_usd
     assert result["estimated_cost_usd"] != pytest.approx(naive, rel=0.05)
     assert result["instance_samples"] >= window / METER_EVERY_S / 2
+    # `docflow runs show` (and the run-status flow) print the same figure.
+    status = read_status(prof, result["run_key"])
+    assert status is not None and status.cost is not None
+    assert status.cost["estimated_cost_usd"] == result["estimated_cost_usd"]
+    assert (
+        f"cost      ${result['estimated_cost_usd']:.4f}: {result['instance_seconds']:.1f} "
+        f"instance-seconds on {DEPLOYED} (1-2 instances; last attempt)"
+    ) in format_show(status)
