@@ -75,11 +75,11 @@ class AlertReceiver:
             alert = json.loads(body)
         except ValueError:
             alert = {"subject": "alert", "body": body.decode("utf-8", "replace")}
-        self.received.append(alert)
-        self.say(f"[alert] {alert.get('subject')}: {alert.get('body')}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(alert) + "\n")
+        self.say(f"[alert] {alert.get('subject')}: {alert.get('body')}")
+        self.received.append(alert)  # last: whoever sees it here finds it logged
 
 
 def ensure_run_alerts(api_url: str, webhook_url: str) -> list[str]:
