@@ -6,10 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
-
-if TYPE_CHECKING:
-    from tasks.run.status import RunStatus
+from typing import Any, TextIO
 
 
 def _profile(name: str) -> Any:
@@ -22,65 +19,9 @@ def _emit(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def format_list(runs: list[RunStatus]) -> str:
-    """One line per run: key, state, counts, endpoint, started, corpus."""
-    head = (
-        "RUN KEY",
-        "STATE",
-        "TOTAL",
-        "DONE",
-        "FAILED",
-        "CANCELED",
-        "REJECTED",
-        "ENDPOINT",
-        "STARTED",
-    )
-    rows = [head]
-    for s in runs:
-        c = s.request_counts
-        rows.append(
-            (
-                s.run_key,
-                s.state,
-                str(c.total),
-                str(c.succeeded),
-                str(c.errored),
-                str(c.canceled),
-                str(c.rejected),
-                s.endpoint,
-                s.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def format_show(s: RunStatus) -> str:
-    """A run's counts, progress, failures by reason and where its results are."""
-    c = s.request_counts
-    lines = [
-        f"run {s.run_key}: {s.state} ({s.progress_pct:.1f} % finished)",
-        f"  endpoint  {s.endpoint}",
-        f"  corpus    {s.corpus or '-'}",
-        f"  started   {s.created_at:%Y-%m-%d %H:%M:%S} UTC",
-        f"  documents total {c.total}: succeeded {c.succeeded}, errored {c.errored}, "
-        f"canceled {c.canceled}, processing {c.processing}, rejected {c.rejected}",
-        "  batches   " + ", ".join(f"{k} {v}" for k, v in s.batches.items() if v),
-        f"  results   {s.results_uri or '- (not aggregated yet)'}",
-        f"  failures  {s.failures_uri or '-'}",
-    ]
-    if s.failures_by_reason:
-        lines.append("  failures by reason:")
-        lines += [f"    {n:>6}  {reason[:160]}" for reason, n in s.failures_by_reason.items()]
-    if s.retryable:
-        lines.append(f"  retry with: docflow runs retry {s.run_key}")
-    return "\n".join(lines) + "\n"
-
-
 def list_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """`docflow runs list`."""
-    from tasks.run.status import list_runs
+    from tasks.run.status import format_list, list_runs
 
     runs = list_runs(_profile(args.profile), limit=args.limit)
     if args.json:
@@ -92,7 +33,7 @@ def list_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def show_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """`docflow runs show KEY`."""
-    from tasks.run.status import read_status
+    from tasks.run.status import format_show, read_status
 
     status = read_status(_profile(args.profile), args.run_key)
     if status is None:
@@ -111,7 +52,7 @@ def retry_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """`docflow runs retry KEY [--only-reason TEXT]`: run the failed (and canceled) documents again."""
     from flows.process_documents import process_documents
     from tasks.run.manifest import load_manifest
-    from tasks.run.status import read_status
+    from tasks.run.status import format_show, read_status
 
     profile = _profile(args.profile)
     manifest = load_manifest(args.run_key, profile)

@@ -44,6 +44,7 @@ from docflow.prefect_server import (
 )
 
 if TYPE_CHECKING:
+    from docflow.alerts import AlertReceiver
     from tasks.aws.blocks import BlockNames
     from tasks.settings import Profile
 
@@ -157,6 +158,7 @@ class UiStack:
         self.config = config
         self.say = say
         self.children: list[ChildProcess] = []
+        self.receiver: AlertReceiver | None = None
         self.api_url = ""
         self.localcloud_url = ""
         self._started = time.monotonic()
@@ -232,6 +234,7 @@ class UiStack:
 
         profile = profile.model_copy(update={"endpoint_url": self.localcloud_url})
         names = self._configure(profile, cloud_env)
+        self._alerts()
         env = prefect_env(
             cfg.home,
             self.api_url,
@@ -294,6 +297,16 @@ class UiStack:
         )
         return names
 
+    def _alerts(self) -> None:
+        """The listener for run alerts, and the automation + notification block that post to it."""
+        from docflow.alerts import AlertReceiver, ensure_run_alerts
+
+        self.receiver = AlertReceiver(self.config.home / "logs" / "alerts.log", say=self.say)
+        self.receiver.start()
+        for change in ensure_run_alerts(self.api_url, self.receiver.url):
+            self._step(f"saved {change}")
+        self._step(f"failed or crashed docflow runs are alerted here ({self.receiver.url})")
+
     def wait(self) -> None:
         """Block until Ctrl-C (or SIGTERM), or until a child exits on its own."""
         while True:
@@ -310,6 +323,9 @@ class UiStack:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
+        if self.receiver is not None:
+            self.receiver.stop()
+            self.receiver = None
         state = UiState.load(self.config.home)
         if state is not None and state.pid == os.getpid():
             (self.config.home / STATE_FILE).unlink(missing_ok=True)

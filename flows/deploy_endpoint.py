@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
+from tasks.aws.clients import aws_client
 from tasks.aws.iam import ensure_execution_role
 from tasks.aws.sagemaker_runtime import DEFAULT_INVOCATION_TIMEOUT_S
 from tasks.endpoint.autoscaling import apply_autoscaling, remove_autoscaling
@@ -17,6 +19,7 @@ from tasks.endpoint.spec import (
     validate_endpoint_name,
 )
 from tasks.endpoint.topics import ensure_endpoint_topics
+from tasks.model.packaging import latest_artifact
 from tasks.settings import Profile, load_profile
 
 
@@ -59,6 +62,27 @@ def ensure_invocation_limit_task(endpoint_name: str, limit: int) -> str:
     return ensure_invocation_limit(endpoint_name, limit)
 
 
+@task(name="latest-packaged-model", cache_policy=NO_CACHE)
+def latest_packaged(profile: Profile) -> str:
+    """The model URL of the newest artifact package_model uploaded (logged), else a clear error."""
+    found = latest_artifact(aws_client("s3", profile), profile)
+    where = profile.s3_uri(profile.prefixes.models)
+    if found is None:
+        raise ValueError(
+            f"deploy_endpoint needs model_data_url: no packaged model under {where}/; run "
+            "package_model first, or pass model_data_url='s3://…/model.tar.gz' (or "
+            "model_artifact=<the dict package_model returned>)"
+        )
+    get_run_logger().info(
+        "model_data_url not given: using the latest packaged artifact %s (%s, %s, packaged %s)",
+        found.model_data_url,
+        found.name,
+        found.source,
+        found.created_at,
+    )
+    return found.model_data_url
+
+
 @flow(name="deploy-endpoint", flow_run_name="deploy-{profile}")
 def deploy_endpoint(
     profile: str = "local",
@@ -67,6 +91,7 @@ def deploy_endpoint(
     endpoint_name: str | None = None,
     image_uri: str | None = None,
     instance_type: str | None = None,
+    instance_types: list[str] | None = None,
     instance_count: int | None = None,
     max_concurrent_invocations_per_instance: int | None = None,
     invocation_timeout_s: int = DEFAULT_INVOCATION_TIMEOUT_S,
@@ -79,12 +104,16 @@ def deploy_endpoint(
 
     Args:
         profile: deployment profile name (deployments/<name>.yaml) or path to a YAML file.
-        model_data_url: s3://…/model.tar.gz, or an uncompressed prefix ending in '/'.
+        model_data_url: s3://…/model.tar.gz, or an uncompressed prefix ending in '/'; default:
+            the latest artifact package_model uploaded to the profile's bucket.
         model_artifact: the dict package_model returned (used when model_data_url is not given).
         endpoint_name: overrides the profile's endpoint_name.
         image_uri: container image; default: the profile's, else the Hugging Face PyTorch
             inference image for the region, resolved offline with the sagemaker SDK.
         instance_type: overrides the profile's (default ml.g5.2xlarge).
+        instance_types: instance pools: up to 5 instance types in priority order; SageMaker
+            starts the first that has capacity (at create, scale-out and scale-in). Overrides
+            instance_type; all must run the same image.
         instance_count: initial instance count; overrides the profile's.
         max_concurrent_invocations_per_instance: overrides the profile's.
         invocation_timeout_s: the model server's per-request timeout (1-3600 s).
@@ -99,14 +128,9 @@ def deploy_endpoint(
     """
     logger = get_run_logger()
     prof = load_profile(profile)
-    model = model_data_url or model_artifact
-    if not model:
-        raise ValueError(
-            "deploy_endpoint needs the model: pass model_data_url='s3://…/model.tar.gz' or "
-            "model_artifact=<the dict package_model returned>"
-        )
+    model = model_data_url or model_artifact or latest_packaged(prof)
     name = validate_endpoint_name(endpoint_name or prof.endpoint_name)
-    itype = instance_type or prof.instance_type
+    itype = instance_types[0] if instance_types else instance_type or prof.instance_type
     image = image_uri or prof.image_uri or resolve_image_uri(prof.region, itype)
     actions: list[str] = []
 
@@ -128,6 +152,7 @@ def deploy_endpoint(
         endpoint_name=name,
         image_uri=image,
         instance_type=itype,
+        instance_types=instance_types,
         instance_count=instance_count,
         max_concurrent_invocations_per_instance=max_concurrent_invocations_per_instance,
         invocation_timeout_s=invocation_timeout_s,

@@ -11,13 +11,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
 from pydantic import ValidationError
 
+from tasks.endpoint.usage import EndpointUsage
 from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.batching import compute_run_key
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.drive import drive_run
 from tasks.run.driver import DriveStats
 from tasks.run.estimate import Estimate, estimate_run, estimate_text
-from tasks.run.layout import reduce_run_key, run_artifact_key, validate_run_key
+from tasks.run.layout import local_run_dir, reduce_run_key, run_artifact_key, validate_run_key
 from tasks.run.long_documents import (
     LongDocuments,
     LongMode,
@@ -140,6 +141,7 @@ def aggregate(
     long_documents: LongDocuments | None = None,
     kind: str = "summarize",
     reduce_manifest: RunManifest | None = None,
+    usage: EndpointUsage | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Join every output back to its input row and write results, failures and summary."""
     return aggregate_run(
@@ -154,6 +156,7 @@ def aggregate(
         long_documents=long_documents,
         kind=kind,
         reduce_manifest=reduce_manifest,
+        usage=usage,
     )
 
 
@@ -295,7 +298,8 @@ def process_documents(
         max_batch_bytes: Bytes per invocation payload.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
         max_attempts: Invocations per batch before its documents are failed.
-        output_dir: Also write the results table here (local folder).
+        output_dir: Also write the results table here (local folder); default: the profile's
+            local_results_dir/<run key> (the local profile: results/<run key>), else none.
         output_format: Format of the results table.
         deadline_s: Give up on outstanding batches after this long; default from TTL and timeout.
         request_ttl_s: RequestTTLSeconds of each invocation (60-21600); default: the service's.
@@ -341,6 +345,7 @@ def process_documents(
         return run_shards(
             prof, key, shards, shard_deployment, max_shard_attempts, output_format, started
         )
+    output_dir = output_dir or local_run_dir(prof, key)  # local profiles: results/<run key>/
     planned, plan, counter = count_tokens(
         quoted(loaded), prof, target, tmpl, max_new_tokens, long_documents, chunk_overlap_tokens
     )
@@ -435,6 +440,7 @@ def process_documents(
             quoted(plan),
             tmpl.kind,
             quoted(reduce_manifest),
+            stats.usage,  # the instances the endpoint kept up while the run was driven
         )
     publish_artifacts(summary, quoted(preview), key)
     if summary.failed or summary.rejected or summary.canceled:

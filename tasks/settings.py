@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "deployments"
 DEFAULT_PROFILE = "local"
@@ -69,9 +69,36 @@ class Profile(BaseModel):
         16, ge=1, description="Cap on in-flight async invocations per endpoint (all runs)."
     )
     invoke_rate_per_second: float = Field(20.0, gt=0)
-    instance_hourly_usd: float = Field(1.515, ge=0, description="For cost estimates only.")
+    instance_hourly_usd: float = Field(
+        1.515, ge=0, description="On-demand price of instance_type per hour, for cost figures only."
+    )
+    instance_hourly_usd_by_type: tuple[tuple[str, float], ...] = Field(
+        (),
+        description="Prices per hour of other instance types an endpoint may run on (a "
+        "deploy_endpoint instance_type override, instance pools), for cost figures only; "
+        "a mapping in YAML.",
+    )
+    local_results_dir: str | None = Field(
+        None,
+        description="Also copy each run's results, failures and summary.json to "
+        "<local_results_dir>/<run key>/ on the machine that runs the flow (relative: to its "
+        "working directory); None: S3 only.",
+    )
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+
+    @field_validator("instance_hourly_usd_by_type", mode="before")
+    @classmethod
+    def _prices(cls, value: Any) -> Any:
+        """A YAML mapping {type: price} kept as sorted pairs (the profile is frozen, hashable)."""
+        return tuple(sorted(value.items())) if isinstance(value, dict) else value
+
+    def hourly_usd(self, instance_type: str) -> float | None:
+        """The price per instance-hour of ``instance_type`` (None: the profile names no price)."""
+        prices = dict(self.instance_hourly_usd_by_type)
+        if instance_type in prices:
+            return prices[instance_type]
+        return self.instance_hourly_usd if instance_type == self.instance_type else None
 
     def s3_uri(self, *parts: str) -> str:
         """s3://bucket/part/part… for keys under this profile's bucket."""

@@ -61,6 +61,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             worker._queue.put_nowait(item)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The local profile's results/<run key>/ copies go to a session folder, not the checkout."""
+    folder = tmp_path_factory.mktemp("local-results")
+    saved = os.environ.get("DOCFLOW_LOCAL_RESULTS_DIR")
+    os.environ["DOCFLOW_LOCAL_RESULTS_DIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("DOCFLOW_LOCAL_RESULTS_DIR", None)
+    else:
+        os.environ["DOCFLOW_LOCAL_RESULTS_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def localcloud() -> Iterator[Any]:
     """One localcloud (moto + SageMaker emulator) for the session, on a free port.

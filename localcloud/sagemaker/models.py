@@ -29,10 +29,11 @@ from localcloud.sagemaker.records import (
 from localcloud.sagemaker.runtime import Context, EndpointRuntime, split_s3
 from localcloud.sagemaker.validation import (
     MODEL_NAME_PATTERN,
-    check_instance_type,
+    check_instance_pools,
     check_name,
     check_range,
     check_s3_uri,
+    variant_instance_types,
 )
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class SageMakerBackend:
                 raise ValidationException(
                     "localcloud serves instance-based variants only; drop ServerlessConfig."
                 )
-            check_instance_type(variant.get("InstanceType"), i)
+            check_instance_pools(variant, i)
             check_range(
                 variant.get("InitialInstanceCount", 1),
                 f"productionVariants.{i}.member.initialInstanceCount",
@@ -298,7 +299,8 @@ class SageMakerBackend:
                 pool = VariantPool(
                     variant=vname,
                     container=container_spec(self.get_model(variant["ModelName"])),
-                    instance_type=variant["InstanceType"],
+                    # localcloud never runs out of capacity: the first pool's type always starts.
+                    instance_type=variant_instance_types(variant)[0],
                     slots=config.slots,
                     queue=ep.runtime.queue,
                     execute=ep.runtime.execute,
@@ -479,7 +481,7 @@ class SageMakerBackend:
                         {
                             "VariantName": v["VariantName"],
                             "DesiredInstanceCount": v.get("InitialInstanceCount", 1),
-                            "InstanceType": v["InstanceType"],
+                            "InstanceType": variant_instance_types(v)[0],
                         }
                         for v in ep.pending.spec["ProductionVariants"]
                     ],
@@ -509,6 +511,11 @@ class SageMakerBackend:
             if pool is not None:
                 row["CurrentInstanceCount"] = pool.ready_count
                 row["DesiredInstanceCount"] = pool.desired
+                if v.get("InstancePools"):  # every instance runs in the first pool's type
+                    row["InstancePools"] = [
+                        {"InstanceType": t, "CurrentInstanceCount": 0 if i else pool.ready_count}
+                        for i, t in enumerate(variant_instance_types(v))
+                    ]
             rows.append(row)
         return rows
 

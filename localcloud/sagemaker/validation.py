@@ -63,3 +63,39 @@ def check_range(value: object, field: str, low: int, high: int) -> int:
             f"Member must have value between {low} and {high}"
         )
     return value
+
+
+MAX_INSTANCE_POOLS = 5
+
+
+def check_instance_pools(variant: dict[str, Any], index: int) -> list[str]:
+    """A variant's instance types in priority order: its ``InstancePools`` (1-5 pools, priorities
+    1-5, each once) instead of ``InstanceType``, or its one ``InstanceType``."""
+    pools = variant.get("InstancePools")
+    if pools is None:
+        return [check_instance_type(variant.get("InstanceType"), index)]
+    if variant.get("InstanceType") is not None:
+        raise ValidationException(
+            f"productionVariants.{index}: specify either InstanceType or InstancePools, not both."
+        )
+    field = f"productionVariants.{index}.member.instancePools"
+    if not isinstance(pools, list) or not 1 <= len(pools) <= MAX_INSTANCE_POOLS:
+        raise ValidationException(
+            f"1 validation error detected: Value at '{field}' failed to satisfy constraint: "
+            f"Member must have length between 1 and {MAX_INSTANCE_POOLS}"
+        )
+    priorities = [check_range(p.get("Priority"), f"{field}.member.priority", 1, 5) for p in pools]
+    if len(set(priorities)) != len(priorities):
+        raise ValidationException(f"{field}: each instance pool needs its own Priority.")
+    types = [check_instance_type(p.get("InstanceType"), index) for p in pools]
+    if len(set(types)) != len(types):
+        raise ValidationException(f"{field}: an instance type may appear in one pool only.")
+    return [t for _, t in sorted(zip(priorities, types, strict=True))]
+
+
+def variant_instance_types(variant: dict[str, Any]) -> list[str]:
+    """The instance types of a stored (validated) variant, in priority order."""
+    pools = variant.get("InstancePools")
+    if not pools:
+        return [str(variant["InstanceType"])]
+    return [str(p["InstanceType"]) for p in sorted(pools, key=lambda p: int(p["Priority"]))]

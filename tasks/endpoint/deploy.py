@@ -189,17 +189,15 @@ def _settle(
 
 
 def current_instance_type(profile: Profile, name: str) -> str | None:
-    """The instance type the endpoint's current config runs on (None: no endpoint)."""
+    """The instance type the endpoint's current config runs on, its first pool's with instance
+    pools (None: no endpoint)."""
     current = describe_endpoint(profile, name)
     if current is None:
         return None
-    config = aws_client("sagemaker", profile).describe_endpoint_config(
-        EndpointConfigName=current["EndpointConfigName"]
-    )
-    for variant in config.get("ProductionVariants", []):
-        if variant.get("VariantName") == VARIANT_NAME:
-            return str(variant.get("InstanceType"))
-    return None
+    from tasks.endpoint.usage import config_instance_types
+
+    types = config_instance_types(profile, str(current["EndpointConfigName"]))
+    return types[0] if types else None
 
 
 def resource_pattern(endpoint_name: str) -> re.Pattern[str]:

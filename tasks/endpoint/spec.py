@@ -7,10 +7,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.aws.sagemaker_runtime import DEFAULT_INVOCATION_TIMEOUT_S, MAX_INVOCATION_TIMEOUT_S
 from tasks.settings import Profile
@@ -21,6 +21,7 @@ DEFAULT_PYTORCH_VERSION = "2.6.0"
 VARIANT_NAME = "AllTraffic"
 HASH_LENGTH = 10
 NAME_MAX = 63
+MAX_INSTANCE_POOLS = 5  # a production variant's InstancePools: 1-5 types, priorities 1-5
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 
 
@@ -116,6 +117,11 @@ class EndpointSpec(BaseModel):
     image_uri: str
     execution_role_arn: str
     instance_type: str = "ml.g5.2xlarge"
+    instance_pools: tuple[str, ...] = Field(
+        (),
+        description="Instance types in priority order (InstancePools; the first is instance_type): "
+        "SageMaker falls back to the next when one has no capacity. Empty: instance_type only.",
+    )
     instance_count: int = Field(1, ge=1)
     max_concurrent_invocations_per_instance: int = Field(4, ge=1, le=1000)
     s3_output_path: str
@@ -139,9 +145,24 @@ class EndpointSpec(BaseModel):
         model_source(value)
         return value
 
+    @model_validator(mode="after")
+    def _pools(self) -> EndpointSpec:
+        pools = self.instance_pools
+        if pools and (pools[0] != self.instance_type or len(set(pools)) != len(pools)):
+            raise ValueError("instance_pools must start with instance_type and name each type once")
+        if len(pools) > MAX_INSTANCE_POOLS:
+            raise ValueError(
+                f"instance_types names {len(pools)} types; SageMaker takes at most "
+                f"{MAX_INSTANCE_POOLS} instance pools"
+            )
+        return self
+
     def spec_hash(self) -> str:
         """A stable hex digest of the whole spec (key order and dict order do not matter)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if not self.instance_pools:  # specs from before instance pools keep their hash
+            data.pop("instance_pools")
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
@@ -188,16 +209,21 @@ class EndpointSpec(BaseModel):
                 "ErrorTopic": self.error_topic_arn,
             },
         }
+        variant: dict[str, Any] = {
+            "VariantName": VARIANT_NAME,
+            "ModelName": self.resource_name,
+            "InitialInstanceCount": self.instance_count,
+        }
+        if self.instance_pools:
+            variant["InstancePools"] = [
+                {"InstanceType": itype, "Priority": priority}
+                for priority, itype in enumerate(self.instance_pools, start=1)
+            ]
+        else:
+            variant["InstanceType"] = self.instance_type
         request: dict[str, Any] = {
             "EndpointConfigName": self.resource_name,
-            "ProductionVariants": [
-                {
-                    "VariantName": VARIANT_NAME,
-                    "ModelName": self.resource_name,
-                    "InstanceType": self.instance_type,
-                    "InitialInstanceCount": self.instance_count,
-                }
-            ],
+            "ProductionVariants": [variant],
             "AsyncInferenceConfig": {
                 "ClientConfig": {
                     "MaxConcurrentInvocationsPerInstance": (
@@ -256,13 +282,21 @@ def build_endpoint_spec(
     endpoint_name: str | None = None,
     image_uri: str | None = None,
     instance_type: str | None = None,
+    instance_types: Sequence[str] | None = None,
     instance_count: int | None = None,
     max_concurrent_invocations_per_instance: int | None = None,
     invocation_timeout_s: int = DEFAULT_INVOCATION_TIMEOUT_S,
     environment: Mapping[str, str] | None = None,
 ) -> EndpointSpec:
-    """The spec from the profile, overridden by whatever the flow was given."""
-    itype = instance_type or profile.instance_type
+    """The spec from the profile, overridden by whatever the flow was given (``instance_types``:
+    instance pools in priority order, which win over ``instance_type``)."""
+    pools = tuple(instance_types or ())
+    if len(pools) > MAX_INSTANCE_POOLS or len(set(pools)) != len(pools):
+        raise EndpointSpecError(
+            f"instance_types {list(pools)}: name at most {MAX_INSTANCE_POOLS} different instance "
+            "types, in priority order (SageMaker's instance pools)"
+        )
+    itype = pools[0] if pools else instance_type or profile.instance_type
     location = model_location(model)
     model_source(location)
     return EndpointSpec(
@@ -271,6 +305,7 @@ def build_endpoint_spec(
         image_uri=image_uri or profile.image_uri or resolve_image_uri(profile.region, itype),
         execution_role_arn=execution_role_arn,
         instance_type=itype,
+        instance_pools=pools if len(pools) > 1 else (),
         instance_count=instance_count or profile.instance_count,
         max_concurrent_invocations_per_instance=(
             max_concurrent_invocations_per_instance

@@ -224,3 +224,27 @@ def artifact_markdown(artifact: ModelArtifact) -> str:
         f"| this run | {sent} |",
     ]
     return "\n".join(lines) + "\n"
+
+
+def latest_artifact(client: Any, profile: Profile) -> ArtifactManifest | None:
+    """The artifact whose manifest was written last under the profile's models prefix.
+
+    package_model writes ``<models>/<name>/<digest>/manifest.json`` when it uploads a new
+    artifact (a re-run of the same content writes nothing), so this is the most recently
+    packaged model; None when there is none.
+    """
+    layout = re.compile(
+        rf"^{re.escape(profile.prefixes.models)}/[^/]+/[0-9a-f]{{{DIGEST_CHARS}}}/"
+        rf"{re.escape(MANIFEST_NAME)}$"
+    )
+    newest: tuple[datetime, str] | None = None
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=profile.bucket, Prefix=f"{profile.prefixes.models}/"
+    )
+    for page in pages:
+        for item in page.get("Contents", []):
+            if layout.match(item["Key"]) and (newest is None or item["LastModified"] > newest[0]):
+                newest = (item["LastModified"], item["Key"])
+    if newest is None:
+        return None
+    return read_artifact_manifest(client, f"s3://{profile.bucket}/{newest[1]}")

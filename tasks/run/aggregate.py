@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.aws.s3 import split_s3_uri
+from tasks.endpoint.usage import EndpointUsage
 from tasks.run.columns import Column, arrow_schema, prefixed, result_columns, to_table
 from tasks.run.combine import combine_chunks
 from tasks.run.corpus import Corpus, Document, Rejected
@@ -314,6 +315,7 @@ def aggregate_run(
     long_documents: LongDocuments | None = None,
     kind: str = "summarize",
     reduce_manifest: RunManifest | None = None,
+    usage: EndpointUsage | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Write results, failures.parquet and summary.json under runs/<run_key>/ (and local_dir).
 
@@ -354,7 +356,14 @@ def aggregate_run(
             files.close()
         _check_rows(manifest, corpus, totals)
         summary = build_summary(
-            manifest, corpus.size, profile, totals, wall_time_s, files.results_name, local_dir
+            manifest,
+            corpus.size,
+            profile,
+            totals,
+            wall_time_s,
+            files.results_name,
+            local_dir,
+            usage,
         )
         (files.folder / "summary.json").write_text(
             summary.model_dump_json(indent=2), encoding="utf-8"

@@ -7,6 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.aws.sagemaker_runtime import InvokeSettings
+from tasks.endpoint.usage import InstanceMeter
 from tasks.run.batching import BatchPayload
 from tasks.run.cancel import CancelWatch, current_flow_run_id
 from tasks.run.capacity import require_invocation_limit
@@ -73,11 +74,16 @@ def drive_run(
             spool=spool,
             cancel=CancelWatch(current_flow_run_id(), every_s=POLLING.cancel_every_s),
         )
-        if stager is None:
-            return driver.run()
-        staging = stage_payloads.submit(quoted(stager))
-        try:
-            return driver.run()
-        finally:
-            stager.stop()  # a no-op once everything is staged
-            staging.wait()
+        # What the endpoint runs meanwhile is metered for the run's cost (summary).
+        with InstanceMeter(profile, target.endpoint, every_s=POLLING.meter_every_s) as meter:
+            if stager is None:
+                stats = driver.run()
+            else:
+                staging = stage_payloads.submit(quoted(stager))
+                try:
+                    stats = driver.run()
+                finally:
+                    stager.stop()  # a no-op once everything is staged
+                    staging.wait()
+        stats.usage = meter.usage()
+        return stats

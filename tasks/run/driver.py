@@ -12,6 +12,7 @@ from prefect import get_run_logger
 from pydantic import BaseModel, Field
 
 from tasks.aws.sagemaker_runtime import InvokeRequest, InvokeResult, InvokeSettings, invoke_one
+from tasks.endpoint.usage import EndpointUsage
 from tasks.run.cancel import CancelWatch
 from tasks.run.capacity import CapShare, Demand, cap_share, fair_share
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
@@ -53,6 +54,9 @@ class DriveStats(BaseModel):
     slots_held_max: int = Field(0, description="Most slots of the shared cap held at once.")
     slots_released: int = Field(
         0, description="Slots given back mid-run (the tail draining, or another run's fair share)."
+    )
+    usage: EndpointUsage | None = Field(
+        None, description="The endpoint's instances, metered while the run was driven."
     )
 
 

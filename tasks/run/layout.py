@@ -7,13 +7,15 @@ A run lives under ``s3://<bucket>/<prefixes.runs>/<run key>/``: ``manifest.json`
 ``<S3FailurePath>/<run key>/<batch id>.a<n>-error.out``). Its InferenceId is
 ``<run key>-<batch id>``; ``<run key>-`` is the prefix the run's queue filters on. The run's SQS
 queues are ``docflow-<endpoint>-<run key>[suffix]`` and its Prefect artifacts
-``docflow-<run key>-<kind>``. Nothing else in docflow writes these formats.
+``docflow-<run key>-<kind>``; its local copy (when the profile has ``local_results_dir``)
+``<local_results_dir>/<run key>/``. Nothing else in docflow writes these formats.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 from tasks.artifacts import artifact_key
 from tasks.aws.s3 import split_s3_uri
@@ -144,3 +146,10 @@ def shard_idempotency_key(run_key: str, index: int, attempt: int) -> str:
 def shard_results_uri(profile: Profile, run_key: str) -> str:
     """s3://…/<run_key>/shards.json: the parent's index of its shards' runs and results."""
     return run_uri(profile, run_key, "shards.json")
+
+
+def local_run_dir(profile: Profile, run_key: str) -> str | None:
+    """``<local_results_dir>/<run key>`` as an absolute path (None: the profile keeps no local copy)."""
+    if not profile.local_results_dir:
+        return None
+    return str((Path(profile.local_results_dir) / run_key).resolve())

@@ -31,6 +31,7 @@ class PollingPolicy:
     first_grow_wait_s: float = 5.0  # holding no slot yet: how long one ask may wait for one
     share_every_s: float = 0.5  # how often a run publishes its demand and reads everyone's
     cancel_every_s: float = 1.0  # how often the driver asks Prefect whether its run is cancelled
+    meter_every_s: float = 5.0  # how often the endpoint's running instances are sampled (cost)
     reconcile_max_interval_s: float = 60.0  # reconcile back-off ceiling while S3 shows nothing
     poll_errors_tolerated: int = 5  # consecutive failed receives before the run fails
     poll_error_base_s: float = 0.2

@@ -50,6 +50,7 @@ class RunStatus(BaseModel):
     failures_uri: str | None
     summary_uri: str | None
     retryable: bool
+    cost: dict[str, Any] | None = None
 
 
 def run_status(manifest: RunManifest, summary: dict[str, Any] | None) -> RunStatus:
@@ -99,7 +100,25 @@ def run_status(manifest: RunManifest, summary: dict[str, Any] | None) -> RunStat
         failures_uri=summary.get("failures_uri") if summary else None,
         summary_uri=summary.get("summary_uri") if summary else None,
         retryable=bool(manifest.parameters) and (errored > 0 or canceled > 0),
+        cost=_cost(summary),
     )
+
+
+COST_FIELDS = (
+    "instance_type",
+    "instances_min",
+    "instances_max",
+    "instance_seconds",
+    "estimated_cost_usd",
+    "cost_note",
+)
+
+
+def _cost(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the run's last attempt kept the endpoint up for and its cost (from summary.json)."""
+    if summary is None or "instance_seconds" not in summary:
+        return None
+    return {k: summary.get(k) for k in COST_FIELDS}
 
 
 def read_summary(profile: Profile, run_key: str) -> dict[str, Any] | None:
@@ -145,3 +164,69 @@ def list_runs(profile: Profile, *, limit: int = 20) -> list[RunStatus]:
     found = [s for key in run_keys(profile) if (s := read_status(profile, key)) is not None]
     found.sort(key=lambda s: s.created_at, reverse=True)
     return found[:limit]
+
+
+def format_list(runs: list[RunStatus]) -> str:
+    """One line per run: key, state, counts, endpoint, started, corpus."""
+    head = (
+        "RUN KEY",
+        "STATE",
+        "TOTAL",
+        "DONE",
+        "FAILED",
+        "CANCELED",
+        "REJECTED",
+        "ENDPOINT",
+        "STARTED",
+    )
+    rows = [head]
+    for s in runs:
+        c = s.request_counts
+        rows.append(
+            (
+                s.run_key,
+                s.state,
+                str(c.total),
+                str(c.succeeded),
+                str(c.errored),
+                str(c.canceled),
+                str(c.rejected),
+                s.endpoint,
+                s.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_show(s: RunStatus) -> str:
+    """A run's counts, progress, failures by reason and where its results are."""
+    c = s.request_counts
+    lines = [
+        f"run {s.run_key}: {s.state} ({s.progress_pct:.1f} % finished)",
+        f"  endpoint  {s.endpoint}",
+        f"  corpus    {s.corpus or '-'}",
+        f"  started   {s.created_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"  documents total {c.total}: succeeded {c.succeeded}, errored {c.errored}, "
+        f"canceled {c.canceled}, processing {c.processing}, rejected {c.rejected}",
+        "  batches   " + ", ".join(f"{k} {v}" for k, v in s.batches.items() if v),
+        f"  results   {s.results_uri or '- (not aggregated yet)'}",
+        f"  failures  {s.failures_uri or '-'}",
+    ]
+    if s.cost is not None:
+        usd = s.cost["estimated_cost_usd"]
+        low, high = s.cost["instances_min"], s.cost["instances_max"]
+        lines.append(
+            f"  cost      {'unknown' if usd is None else f'${usd:.4f}'}: "
+            f"{s.cost['instance_seconds']:.1f} instance-seconds on {s.cost['instance_type']} "
+            f"({low if low == high else f'{low}-{high}'} instances; last attempt)"
+        )
+        if s.cost.get("cost_note"):
+            lines.append(f"            {s.cost['cost_note']}")
+    if s.failures_by_reason:
+        lines.append("  failures by reason:")
+        lines += [f"    {n:>6}  {reason[:160]}" for reason, n in s.failures_by_reason.items()]
+    if s.retryable:
+        lines.append(f"  retry with: docflow runs retry {s.run_key}")
+    return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
+from tasks.endpoint.usage import EndpointUsage, instance_cost
 from tasks.run.layout import run_uri
 from tasks.run.manifest import BatchStatus, RunManifest
 from tasks.settings import Profile
@@ -43,9 +44,21 @@ class RunSummary(BaseModel):
     hit_budget: int = Field(
         0, description="Completed answers that stopped at max_new_tokens (finish_reason 'length')."
     )
-    instance_type: str
-    instance_count: int
-    estimated_cost_usd: float
+    instance_type: str = Field(
+        description="The instance type(s) that ran (the endpoint's config, not the profile's)."
+    )
+    instances_min: int = 0
+    instances_max: int = 0
+    instance_seconds: float = Field(
+        0.0, description="Instance-seconds the endpoint kept up while the run was driven."
+    )
+    instance_seconds_by_type: dict[str, float] = {}
+    instance_samples: int = Field(0, description="DescribeEndpoint samples they come from.")
+    estimated_cost_usd: float | None = Field(
+        description="instance_seconds × the profile's on-demand price of each type that ran "
+        "(None: a type without a price in the profile)."
+    )
+    cost_note: str | None = None
     notifications_received: int = 0
     duplicate_notifications: int = 0
     unknown_notifications: int = 0
@@ -92,12 +105,21 @@ def build_summary(
     wall_time_s: float,
     results_name: str,
     local_dir: str | None,
+    usage: EndpointUsage | None = None,
 ) -> RunSummary:
-    """The run's summary from the streamed totals and the manifest's timings."""
+    """The run's summary from the streamed totals, the manifest's timings and the endpoint's
+    metered instances (``usage``; None: not metered, e.g. nothing was left to run)."""
     service, turnaround = latencies(manifest)
     lat = percentiles(service)
     tur = percentiles(turnaround)
-    hours = max(wall_time_s, 0.0) / 3600.0
+    usage = usage or EndpointUsage()
+    cost = instance_cost(usage, profile)
+    note = None
+    if cost.unpriced:
+        note = (
+            f"no price for {', '.join(cost.unpriced)}: add it to instance_hourly_usd_by_type "
+            "in the profile"
+        )
     return RunSummary(
         run_key=manifest.run_key,
         endpoint=manifest.endpoint,
@@ -124,9 +146,14 @@ def build_summary(
         prompt_tokens=totals.prompt_tokens,
         completion_tokens=totals.completion_tokens,
         hit_budget=totals.hit_budget,
-        instance_type=profile.instance_type,
-        instance_count=profile.instance_count,
-        estimated_cost_usd=round(hours * profile.instance_count * profile.instance_hourly_usd, 4),
+        instance_type=", ".join(sorted(usage.instance_seconds)) or "none metered",
+        instances_min=usage.instances_min,
+        instances_max=usage.instances_max,
+        instance_seconds=round(usage.total_seconds, 3),
+        instance_seconds_by_type=usage.instance_seconds,
+        instance_samples=usage.samples,
+        estimated_cost_usd=cost.usd,
+        cost_note=note,
         notifications_received=manifest.notifications.received,
         duplicate_notifications=manifest.notifications.duplicates,
         unknown_notifications=manifest.notifications.unknown,
@@ -165,6 +192,17 @@ def _fmt(value: float | None, unit: str = "s") -> str:
     return "–" if value is None else f"{value:.2f} {unit}"
 
 
+def _instances(summary: RunSummary) -> str:
+    low, high = summary.instances_min, summary.instances_max
+    return f"{low} instance(s)" if low == high else f"{low}–{high} instances"
+
+
+def _cost(summary: RunSummary) -> str:
+    if summary.estimated_cost_usd is None:
+        return f"unknown: {summary.cost_note}"
+    return f"${summary.estimated_cost_usd:.4f}"
+
+
 def summary_markdown(summary: RunSummary) -> str:
     """The run summary as Markdown (the Prefect markdown artifact)."""
     lines = [
@@ -190,8 +228,9 @@ def summary_markdown(summary: RunSummary) -> str:
         f"{summary.completed} |",
         f"| notifications (duplicates, unknown) | {summary.notifications_received} "
         f"({summary.duplicate_notifications}, {summary.unknown_notifications}) |",
-        f"| estimated instance cost ({summary.instance_count} × {summary.instance_type}) "
-        f"| ${summary.estimated_cost_usd:.4f} |",
+        f"| instance-seconds on {summary.instance_type} ({_instances(summary)}, "
+        f"{summary.instance_samples} samples) | {summary.instance_seconds:.1f} |",
+        f"| estimated instance cost | {_cost(summary)} |",
         "",
         f"Results: `{summary.results_uri}`  ",
         f"Failures: `{summary.failures_uri}`",

@@ -48,6 +48,16 @@ FLOW_FILES = {
     "process-documents": "flows/process_documents.py",
     "teardown-endpoint": "flows/teardown_endpoint.py",
     "end-to-end": "flows/end_to_end.py",
+    "run-status": "flows/run_status.py",
+}
+DEPLOYMENTS = {
+    "package-model/local",
+    "deploy-endpoint/local",
+    "process-documents/nightly",
+    "process-documents/sharded",
+    "teardown-endpoint/local",
+    "end-to-end/local",
+    "run-status/local",
 }
 LOCALCLOUD_ENV = ("AWS_ENDPOINT_URL", "DOCFLOW_ENDPOINT_URL", "DOCFLOW_CREDENTIALS_BLOCK")
 
@@ -155,7 +165,7 @@ def test_deployment_ls_lists_every_deployment_and_the_nightly_schedule_is_active
     listed = stack.cli("deployment", "ls")
     assert listed.returncode == 0, listed.stderr
     expected = _deployments_in_yaml()
-    assert len(expected) == 6
+    assert set(expected) == DEPLOYMENTS and len(expected) == len(DEPLOYMENTS)
     for name in expected:
         assert name in listed.stdout, (
             f"{name} missing from `prefect deployment ls`:\n{listed.stdout}"
@@ -343,6 +353,14 @@ def test_deployment_run_processes_documents_to_completed_with_artifacts(
     )
     deploy_run, _ = _flow_run_and_artifacts(stack.state.api_url, deploy_id)
     assert deploy_run.state is not None and deploy_run.state.is_completed()
+    # The UI's read-out of the run: the run-status deployment, as `docflow runs show` prints it.
+    status_id, _ = _run_deployment(
+        stack, "run-status/local", f"run_key={json.dumps(result['run_key'])}"
+    )
+    status_run, status_artifacts = _flow_run_and_artifacts(stack.state.api_url, status_id)
+    assert status_run.state is not None and status_run.state.is_completed()
+    (shown,) = [a for a in status_artifacts if a.type == "markdown"]
+    assert "documents total 6: succeeded 4, errored 1" in str(shown.data)
 
 
 def test_failed_run_is_failed_with_the_reason(stack: Stack) -> None:
@@ -363,6 +381,13 @@ def test_failed_run_is_failed_with_the_reason(stack: Stack) -> None:
     flow_run, _ = _flow_run_and_artifacts(stack.state.api_url, UUID(found.group(1)))
     assert flow_run.state is not None and flow_run.state.is_failed()
     assert "no-such-corpus" in (flow_run.state.message or ""), flow_run.state.message
+    # The automation `docflow ui` set up alerts on it, through its notification block.
+    wait_until(
+        lambda: f"[alert] docflow: flow run {flow_run.name} is Failed" in stack.ui.log_tail(400),
+        what="the failed run's alert on the `docflow ui` console",
+        timeout_s=60,
+    )
+    assert flow_run.name in (stack.home / "logs" / "alerts.log").read_text()
 
 
 def test_two_workers_poll_the_pool_and_the_server_runs_on_postgres(stack: Stack) -> None:

@@ -162,3 +162,27 @@ def test_spec_resolves_the_image_when_none_is_given() -> None:
 def test_unknown_region_gives_a_clear_error() -> None:
     with pytest.raises(EndpointSpecError, match="image_uri"):
         resolve_image_uri("xx-nowhere-1", "ml.g5.2xlarge")
+
+
+def test_instance_pools_replace_instance_type_and_leave_other_hashes_alone() -> None:
+    import hashlib
+    import json
+
+    plain = _spec()
+    data = plain.model_dump(mode="json")
+    assert data.pop("instance_pools") == []
+    # A spec without pools hashes as before pools existed: deployed endpoints are not updated.
+    old = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+    assert plain.spec_hash() == old.hexdigest()
+    assert _spec(instance_types=["ml.g5.2xlarge"]) == plain  # one type is no pool
+
+    pooled = _spec(instance_types=["ml.g6.2xlarge", "ml.g5.2xlarge"])
+    assert pooled.instance_type == "ml.g6.2xlarge" and pooled.spec_hash() != plain.spec_hash()
+    (variant,) = pooled.create_endpoint_config_request()["ProductionVariants"]
+    assert "InstanceType" not in variant
+    assert variant["InstancePools"] == [
+        {"InstanceType": "ml.g6.2xlarge", "Priority": 1},
+        {"InstanceType": "ml.g5.2xlarge", "Priority": 2},
+    ]
+    with pytest.raises(EndpointSpecError, match="instance_types"):
+        _spec(instance_types=["ml.g6.2xlarge", "ml.g6.2xlarge"])

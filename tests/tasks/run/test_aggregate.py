@@ -14,6 +14,7 @@ import pytest
 
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
+from tasks.endpoint.usage import EndpointUsage
 from tasks.run import outputs
 from tasks.run.aggregate import aggregate_run
 from tasks.run.batching import BatchPayload, make_batches, split_batch
@@ -121,8 +122,12 @@ def test_every_input_row_gets_exactly_one_outcome(profile: Profile, tmp_path: Pa
     corpus = _corpus(tmp_path)
     assert corpus.size == 33 and len(corpus.documents) == 31
     m = _scenario(profile, corpus)
+    # 12 s of one ml.g5.2xlarge, then a second instance for the last 6 s (autoscaling).
+    usage = EndpointUsage(
+        window_s=12.0, instance_seconds={"ml.g5.2xlarge": 18.0}, instances_min=1, instances_max=2
+    )
     summary, _ = aggregate_run(
-        m, corpus, profile, wall_time_s=12.0, local_dir=str(tmp_path / "out")
+        m, corpus, profile, wall_time_s=12.0, local_dir=str(tmp_path / "out"), usage=usage
     )
 
     assert summary.documents == 33 == summary.completed + summary.failed + summary.rejected
@@ -161,9 +166,9 @@ def test_every_input_row_gets_exactly_one_outcome(profile: Profile, tmp_path: Pa
     assert summary.turnaround_p50_s == pytest.approx(5.0)
     assert summary.turnaround_p99_s == pytest.approx(7.94)
     assert summary.docs_per_s == pytest.approx(33 / 12, abs=1e-3)
-    assert summary.estimated_cost_usd == pytest.approx(
-        12 / 3600 * 1 * profile.instance_hourly_usd, abs=1e-4
-    )
+    # The instance-seconds that ran, not the profile's 1 instance × 12 s.
+    assert summary.instance_seconds == 18.0 and summary.instances_max == 2
+    assert summary.estimated_cost_usd == pytest.approx(18 / 3600 * profile.instance_hourly_usd)
     assert summary.duplicate_notifications == 2
 
     failures = pd.read_parquet(tmp_path / "out" / "failures.parquet")
