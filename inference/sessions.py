@@ -198,7 +198,7 @@ def _templated(model: LoadedModel) -> bool:
     return bool(getattr(model.tokenizer, "chat_template", None))
 
 
-def _prefix(model: LoadedModel, system: str | None, document: str) -> tuple[str, list[int]]:
+def prompt_prefix(model: LoadedModel, system: str | None, document: str) -> tuple[str, list[int]]:
     """The prompt text every question of the session starts with, and its token ids."""
     rendered = _render(
         model, system, _with_document(document, [{"role": "user", "content": _PLACEHOLDER}])
@@ -270,7 +270,7 @@ class SessionStore:
         if system is not None and not isinstance(system, str):
             raise SessionError('"system" must be a string when given')
         model = self.model
-        text, ids = _prefix(model, system, document)
+        text, ids = prompt_prefix(model, system, document)
         if len(ids) + 1 > model.context_length:
             raise SessionError(
                 f"the document is {len(ids)} tokens with its prompt, over the model's context of "
