@@ -1,4 +1,8 @@
-"""What an async endpoint should look like: the spec, its stable hash, and the image URI it runs."""
+"""What an endpoint should look like: the spec, its stable hash, and the image URI it runs.
+
+Async by default; ``realtime=True`` is the same packaged model behind a real-time endpoint (no
+AsyncInferenceConfig: InvokeEndpoint, response streaming and sticky sessions).
+"""
 
 from __future__ import annotations
 
@@ -127,6 +131,7 @@ class EndpointSpec(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     success_topic_arn: str
     error_topic_arn: str
+    realtime: bool = False
 
     @field_validator("endpoint_name")
     @classmethod
@@ -141,7 +146,9 @@ class EndpointSpec(BaseModel):
 
     def spec_hash(self) -> str:
         """A stable hex digest of the whole spec (key order and dict order do not matter)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # An async spec hashes as before real-time specs existed (its endpoint is not redeployed).
+        fields = self.model_dump(mode="json", exclude=None if self.realtime else {"realtime"})
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
@@ -209,6 +216,8 @@ class EndpointSpec(BaseModel):
         }
         if self.kms_key_id:
             output["KmsKeyId"] = self.kms_key_id
+        if self.realtime:
+            del request["AsyncInferenceConfig"]
         return request
 
 
@@ -236,6 +245,11 @@ def demand_limit_name(endpoint_name: str) -> str:
     return f"{concurrency_limit_name(endpoint_name)}:demand"
 
 
+def realtime_endpoint_name(endpoint_name: str) -> str:
+    """The real-time endpoint deployed beside the async one (``endpoint_mode: both``): ``<endpoint>-rt``."""
+    return f"{endpoint_name[: NAME_MAX - 3].rstrip('-')}-rt"
+
+
 def runs_topic_name(endpoint_name: str) -> str:
     """The SNS topic told when a run on the endpoint ends (completed, failed, cancelled): ``<endpoint>-runs``."""
     return f"{endpoint_name}-runs"
@@ -260,6 +274,7 @@ def build_endpoint_spec(
     max_concurrent_invocations_per_instance: int | None = None,
     invocation_timeout_s: int = DEFAULT_INVOCATION_TIMEOUT_S,
     environment: Mapping[str, str] | None = None,
+    realtime: bool = False,
 ) -> EndpointSpec:
     """The spec from the profile, overridden by whatever the flow was given."""
     itype = instance_type or profile.instance_type
@@ -283,4 +298,5 @@ def build_endpoint_spec(
         environment=dict(environment or {}),
         success_topic_arn=success_topic_arn,
         error_topic_arn=error_topic_arn,
+        realtime=realtime,
     )
