@@ -43,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="Prefect server, localcloud, work pool, worker and deployments")
     ui.set_defaults(func=_ui)
 
+    from docflow.ask import add_parser as add_ask
     from docflow.runs import add_parser as add_runs
 
     add_runs(sub)
+    add_ask(sub)
     return parser
 
 

@@ -44,6 +44,7 @@ FLOW_FILES = {
     "package-model": "flows/package_model.py",
     "deploy-endpoint": "flows/deploy_endpoint.py",
     "process-documents": "flows/process_documents.py",
+    "ask-documents": "flows/ask_documents.py",
     "teardown-endpoint": "flows/teardown_endpoint.py",
     "end-to-end": "flows/end_to_end.py",
 }
@@ -149,7 +150,7 @@ def test_deployment_ls_lists_every_deployment_and_the_nightly_schedule_is_active
     listed = stack.cli("deployment", "ls")
     assert listed.returncode == 0, listed.stderr
     expected = _deployments_in_yaml()
-    assert len(expected) == 5
+    assert len(expected) == 6
     for name in expected:
         assert name in listed.stdout, (
             f"{name} missing from `prefect deployment ls`:\n{listed.stdout}"

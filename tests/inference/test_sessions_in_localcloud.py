@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +20,13 @@ from botocore.exceptions import ClientError, EventStreamError
 
 from tasks.aws.clients import aws_client
 from tasks.settings import Profile
-from tests.inference.test_in_localcloud import WAIT, _artifact
+from tests.realtime import deploy_realtime
 
 DOCUMENT = " ".join(
     f"Clause {n}: the tenant pays rent number {n * 7} on day {n}." for n in range(4)
 )
 SYSTEM = "Answer briefly."
 TTL_S = 8
-
-
-def _deploy_realtime(profile: Profile, model_dir: Path, env: dict[str, str]) -> str:
-    s3, sm = aws_client("s3", profile), aws_client("sagemaker", profile)
-    tag = uuid.uuid4().hex[:6]
-    key = f"models/{tag}/model.tar.gz"
-    s3.put_object(Bucket=profile.bucket, Key=key, Body=_artifact(model_dir))
-    sm.create_model(
-        ModelName=f"rt-{tag}",
-        ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
-        PrimaryContainer={
-            "Image": "huggingface-pytorch-inference:local",
-            "ModelDataUrl": profile.s3_uri(key),
-            "Environment": {"DOCFLOW_NUM_THREADS": "1", **env},
-        },
-    )
-    sm.create_endpoint_config(
-        EndpointConfigName=f"rt-{tag}",
-        ProductionVariants=[
-            {
-                "VariantName": "AllTraffic",
-                "ModelName": f"rt-{tag}",
-                "InstanceType": "ml.g5.2xlarge",
-                "InitialInstanceCount": 2,
-            }
-        ],
-    )
-    sm.create_endpoint(EndpointName=profile.endpoint_name, EndpointConfigName=f"rt-{tag}")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName=profile.endpoint_name, WaiterConfig=WAIT)
-    return profile.endpoint_name
 
 
 def _instance(response: dict[str, Any]) -> str:
@@ -112,7 +81,7 @@ def test_sessions_stick_to_their_instance_and_stream(
         "DOCFLOW_SESSION_TTL_S": str(TTL_S),
         "DOCFLOW_SESSION_TOKENS": str(2 * prefix + 1),  # two sessions per instance
     }
-    name = _deploy_realtime(profile, tiny_dirs["llama"], env)
+    name = deploy_realtime(profile, tiny_dirs["llama"], env)
     rt = aws_client("sagemaker-runtime", profile)
 
     # open / ask x5 / stream / close, every follow-up on the opening instance
