@@ -83,3 +83,30 @@ def test_docflow_ask_streams_each_answer_and_continues_a_session(
 def test_docflow_ask_needs_a_document_or_a_session(profile: Profile, tmp_path: Path) -> None:
     code, _, err = _run(["ask", "--profile", profile_file(profile, tmp_path), "Why?"])
     assert code == 2 and "--document" in err
+
+
+def test_the_orchestrator_policy_lets_docflow_ask_invoke(
+    profile: Profile, tmp_path: Path, localcloud: Any
+) -> None:
+    """IAM enforced: a user holding only the orchestrator policy asks; without InvokeEndpoint it is refused."""
+    from tests.reliability.test_security import acting_as, make_user, orchestrator_policy, without
+
+    model_dir = make_tiny_model(tmp_path / "model", "llama")
+    name = deploy_realtime(profile, model_dir, {}, instances=1)
+    path = profile_file(profile, tmp_path)
+    document = tmp_path / "lease.txt"
+    document.write_text(DOCUMENT)
+    argv = ["ask", "--profile", path, "--endpoint", name, "--document", str(document), "Who?"]
+    allowed = make_user(profile, orchestrator_policy(profile))
+    with acting_as(allowed, localcloud):
+        code, out, err = _run(argv)
+    assert code == 0 and out.startswith("Q: Who?\nA: "), err
+    refused = make_user(
+        profile,
+        without(
+            orchestrator_policy(profile), "SageMakerEndpointLifecycle", "sagemaker:InvokeEndpoint"
+        ),
+    )
+    with acting_as(refused, localcloud):
+        code, out, err = _run(argv)
+    assert code == 1 and "AccessDenied" in err and "sagemaker:InvokeEndpoint" in err, err
