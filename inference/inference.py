@@ -74,6 +74,18 @@ budget; 0 turns it off), ``DOCFLOW_PREFIX_BLOCK`` (its granularity, 16 tokens),
 ``DOCFLOW_INVOCATION_TIMEOUT_S`` (cancel an invocation's unfinished documents after it; unset:
 never). A Mistral ``sliding_window`` (v0.1: 4096) is applied as in transformers.
 
+Real-time endpoints: sessions and streaming. ``input_fn``/``predict_fn``/``output_fn`` take the
+model server's request ``context`` as an optional last argument (the Hugging Face toolkit passes
+it to functions that accept one); a request with the ``X-Amzn-SageMaker-Session-Id`` header is a
+session request (``sessions``: ``{"document", "system"}`` with ``NEW_SESSION`` opens one, the
+document's prefix pinned in the prefix cache; ``{"prompt"|"messages", "parameters"}`` asks on it
+and answers one JSON object with ``text``, ``prompt_tokens``, ``cached_tokens``,
+``completion_tokens``, ``finish_reason``; ``{"requestType": "CLOSE"}`` closes it;
+``DOCFLOW_SESSION_TTL_S``, ``DOCFLOW_SESSION_TOKENS``). ``invoke_stream`` serves
+InvokeEndpointWithResponseStream: one document (or a question on a session) as JSON lines, one
+``{"token": {"id", "text"}}`` per token and a last line with ``generated_text``, the token counts
+and ``finish_reason`` (``token_stream``; the LMI convention).
+
 Environment: ``DOCFLOW_MAX_BATCH_SIZE`` (static path: documents per micro-batch, default 8;
 documents are sorted by length and only documents with equal parameters share a micro-batch),
 ``DOCFLOW_MAX_NEW_TOKENS`` (default ``max_new_tokens``, 128), ``DOCFLOW_NUM_THREADS`` (torch CPU
