@@ -70,15 +70,21 @@ def _deploy(bench: Any, artifact: dict[str, Any], environment: dict[str, str]) -
 def _resend(
     runtime: Any, endpoint: str, document: str, question: str, tokens: int
 ) -> dict[str, Any]:
+    """The document and the question as one prompt (the same text a session's question makes)."""
     body = {
         "id": "q",
         "prompt": f"{document}\n\n{question}",
         "parameters": {"max_new_tokens": tokens},
     }
     response = runtime.invoke_endpoint(
-        EndpointName=endpoint, Body=json.dumps(body), ContentType="application/json"
+        EndpointName=endpoint,
+        Body=json.dumps(body) + "\n",
+        ContentType="application/jsonlines",
+        Accept="application/jsonlines",
     )
-    answer: dict[str, Any] = json.loads(response["Body"].read())
+    answer: dict[str, Any] = json.loads(response["Body"].read().splitlines()[0])
+    if "error" in answer:
+        raise RuntimeError(f"{endpoint}: {answer['error']}")
     return answer
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import socket
 
@@ -12,6 +14,7 @@ from tasks.endpoint.spec import (
     EndpointSpecError,
     build_endpoint_spec,
     model_location,
+    realtime_endpoint_name,
     resolve_image_uri,
 )
 from tasks.settings import load_profile
@@ -162,3 +165,19 @@ def test_spec_resolves_the_image_when_none_is_given() -> None:
 def test_unknown_region_gives_a_clear_error() -> None:
     with pytest.raises(EndpointSpecError, match="image_uri"):
         resolve_image_uri("xx-nowhere-1", "ml.g5.2xlarge")
+
+
+def test_a_realtime_spec_has_no_async_config_and_its_own_hash() -> None:
+    async_spec, realtime = _spec(), _spec(realtime=True)
+    assert "AsyncInferenceConfig" in async_spec.create_endpoint_config_request()
+    config = realtime.create_endpoint_config_request()
+    assert "AsyncInferenceConfig" not in config
+    assert config["ProductionVariants"][0]["ModelName"] == realtime.resource_name
+    assert realtime.resource_name != async_spec.resource_name  # both can exist side by side
+    # An async spec hashes as it did before real-time specs existed: no redeploy on upgrade.
+    fields = async_spec.model_dump(mode="json")
+    assert fields.pop("realtime") is False
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    assert async_spec.spec_hash() == hashlib.sha256(canonical.encode()).hexdigest()
+    assert realtime_endpoint_name("docflow-llm") == "docflow-llm-rt"
+    assert len(realtime_endpoint_name("x" * 63)) == 63
