@@ -32,7 +32,7 @@ QUESTIONS = (
 )
 TARGET = 3.0  # follow-ups with a session at least this many times faster than resending
 # Per mode: documents (rounds), words per document (~1,000 SmolLM2 tokens), answer tokens.
-SIZES = {"full": (3, 740, 16), "quick": (1, 120, 4)}
+SIZES = {"full": (3, 740, 8), "quick": (1, 120, 4)}
 STREAM_TOKENS = 48
 CONFIGS = {"sessions_and_resend": {"DOCFLOW_PREFIX_CACHE_TOKENS": "0"}, "prefix_cache": {}}
 
