@@ -2,19 +2,22 @@
 
 The container opens a session by answering a ``NEW_SESSION`` request with
 ``X-Amzn-SageMaker-Session-Id: <id>; Expires=...``; the router then sends every request with
-that id to the same instance, and forgets the id when the container answers with
-``X-Amzn-SageMaker-Closed-Session-Id``. A request for a session whose instance is gone is
-refused at once (never queued for an instance that cannot answer).
+that id to the same instance. A closed session keeps its route, so a late request for it reaches
+the instance that can say it was closed (the table keeps the newest ``MAX_ROUTES`` ids). A
+request for a session whose instance is gone is refused at once (never queued for an instance
+that cannot answer).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 SESSION_HEADER = "X-Amzn-SageMaker-Session-Id"
 CLOSED_HEADER = "X-Amzn-SageMaker-Closed-Session-Id"
 NEW_SESSION = "NEW_SESSION"
+MAX_ROUTES = 100_000
 
 
 class SessionGone(Exception):
@@ -38,7 +41,7 @@ class SessionRoutes:
     """Session id -> the instance (``InstanceProcess``) that opened it."""
 
     def __init__(self) -> None:
-        self._routes: dict[str, Any] = {}
+        self._routes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def target(self, session_id: str | None) -> Any:
@@ -52,12 +55,12 @@ class SessionRoutes:
         return instance
 
     def observe(self, session_id: str | None, headers: dict[str, str], instance: Any) -> None:
-        """Learn from the container's answer: a session opened on ``instance``, or one closed."""
+        """Learn from the container's answer: a session opened on ``instance``."""
         lowered = {k.lower(): v for k, v in headers.items()}
         opened = lowered.get(SESSION_HEADER.lower())
-        closed = lowered.get(CLOSED_HEADER.lower())
+        if session_id != NEW_SESSION or not opened:
+            return
         with self._lock:
-            if session_id == NEW_SESSION and opened:
-                self._routes[session_id_of(opened)] = instance
-            if closed:
-                self._routes.pop(session_id_of(closed), None)
+            self._routes[session_id_of(opened)] = instance
+            while len(self._routes) > MAX_ROUTES:
+                self._routes.popitem(last=False)
