@@ -58,4 +58,5 @@ TARGETS = {
     "completion_p95_s": 1.0,
     "rss_growth_largest_vs_smallest": 2.0,
     "docs_per_s_largest_vs_smallest": 0.8,
+    "sessions_follow_up_speedup": 3.0,
 }

@@ -70,6 +70,8 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "scaling" in results:
         add("rss_growth_largest_vs_smallest", results["scaling"]["rss_growth"], at_most=True)
         add("docs_per_s_largest_vs_smallest", results["scaling"]["docs_per_s_change"])
+    if "sessions" in results:
+        add("sessions_follow_up_speedup", results["sessions"]["follow_up_speedup"])
     return out
 
 

@@ -14,6 +14,7 @@ from benchmarks.environment import BenchEnvironment
 from benchmarks.harness import ratio, run_contender
 from benchmarks.metrics import percentile
 from benchmarks.serving import serving
+from benchmarks.sessions import sessions
 from benchmarks.spec import ContenderSpec, EndpointInfo
 
 
@@ -209,4 +210,5 @@ SECTIONS = {
     "completion": completion,
     "scaling": scaling,
     "serving": serving,
+    "sessions": sessions,
 }

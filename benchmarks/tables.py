@@ -10,6 +10,7 @@ from rich.table import Table
 from benchmarks.formatting import floor_note
 from benchmarks.formatting import fmt as _fmt
 from benchmarks.serving import serving_table
+from benchmarks.sessions import sessions_table
 
 
 def render(results: dict[str, Any], console: Console | None = None) -> None:
@@ -25,6 +26,8 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
         console.print(_scaling_table(results["scaling"]))
     if "serving" in results:
         console.print(serving_table(results["serving"]))
+    if "sessions" in results:
+        console.print(sessions_table(results["sessions"]))
     if results.get("targets"):
         console.print(_targets_table(results["targets"]))
     for name, error in results.get("errors", {}).items():

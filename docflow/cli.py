@@ -55,11 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ui.set_defaults(func=_ui)
 
+    from docflow.ask import add_parser as add_ask
     from docflow.estimate import add_parser as add_estimate
     from docflow.runs import add_parser as add_runs
 
     add_runs(sub)
     add_estimate(sub)
+    add_ask(sub)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""Deploy or refresh the async SageMaker endpoint: topics, role, model, config, endpoint, scaling."""
+"""Deploy or refresh the SageMaker endpoint(s): topics, role, model, config, endpoint, scaling.
+
+Async (process_documents), real-time (ask_documents, ``docflow ask``: sessions and streaming), or
+both side by side (``endpoint_mode``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from tasks.endpoint.deploy import apply_endpoint, current_instance_type, ensure_
 from tasks.endpoint.spec import (
     EndpointSpec,
     build_endpoint_spec,
+    realtime_endpoint_name,
     resolve_image_uri,
     validate_endpoint_name,
 )
@@ -99,6 +104,7 @@ def deploy_endpoint(
     create_role: bool = False,
     wait_delay_s: int = 30,
     wait_max_attempts: int = 120,
+    endpoint_mode: str | None = None,
 ) -> dict[str, Any]:
     """Deploy the model to the async endpoint, or update it, or do nothing when it already matches.
 
@@ -121,10 +127,14 @@ def deploy_endpoint(
         create_role: create (or update) the narrow execution role even when the profile names one.
         wait_delay_s: seconds between DescribeEndpoint polls while waiting.
         wait_max_attempts: polls before giving up.
+        endpoint_mode: ``async``, ``realtime`` (the endpoint is real-time: InvokeEndpoint,
+            streaming, sticky sessions; no autoscaling) or ``both`` (async at the endpoint name,
+            real-time beside it at ``<endpoint_name>-rt``); default: the profile's.
 
     Returns:
         endpoint_name, endpoint_config_name, model_name, spec_hash, topics, role, and
-        ``actions``: every Create*/Update*/Put* call made (empty when nothing changed).
+        ``actions``: every Create*/Update*/Put* call made (empty when nothing changed);
+        ``realtime_endpoint_name`` when a real-time endpoint was deployed.
     """
     logger = get_run_logger()
     prof = load_profile(profile)
@@ -143,32 +153,49 @@ def deploy_endpoint(
         role_arn = role["arn"]
         actions += role["actions"]
 
-    spec = build_endpoint_spec(
-        prof,
-        model=model,
-        execution_role_arn=str(role_arn),
-        success_topic_arn=topics["success_topic_arn"],
-        error_topic_arn=topics["error_topic_arn"],
-        endpoint_name=name,
-        image_uri=image,
-        instance_type=itype,
-        instance_types=instance_types,
-        instance_count=instance_count,
-        max_concurrent_invocations_per_instance=max_concurrent_invocations_per_instance,
-        invocation_timeout_s=invocation_timeout_s,
-        environment=environment,
-    )
-    logger.info("endpoint %s: spec %s (image %s)", name, spec.resource_name, spec.image_uri)
-    actions += apply_endpoint_task(
-        prof, spec.model_dump(mode="json"), wait_delay_s, wait_max_attempts
-    )
-    actions += apply_autoscaling_task(prof, name)
-    limit = ensure_invocation_limit_task(name, prof.max_outstanding_invocations)
-    if limit != "unchanged":
-        actions.append(f"ConcurrencyLimit:{limit}")
-    logger.info(
-        "endpoint %s is InService on %s; actions: %s", name, spec.resource_name, actions or "none"
-    )
+    mode = endpoint_mode or prof.endpoint_mode
+    if mode not in ("async", "realtime", "both"):
+        raise ValueError(f"endpoint_mode={mode!r}: use 'async', 'realtime' or 'both'")
+    targets = [(name, mode == "realtime")]
+    if mode == "both":
+        targets.append((validate_endpoint_name(realtime_endpoint_name(name)), True))
+    specs: list[EndpointSpec] = []
+    for target, realtime in targets:
+        spec = build_endpoint_spec(
+            prof,
+            model=model,
+            execution_role_arn=str(role_arn),
+            success_topic_arn=topics["success_topic_arn"],
+            error_topic_arn=topics["error_topic_arn"],
+            endpoint_name=target,
+            image_uri=image,
+            instance_type=itype,
+            instance_types=instance_types,
+            instance_count=instance_count,
+            max_concurrent_invocations_per_instance=max_concurrent_invocations_per_instance,
+            invocation_timeout_s=invocation_timeout_s,
+            environment=environment,
+            realtime=realtime,
+        )
+        kind = "real-time" if realtime else "async"
+        logger.info("%s endpoint %s: spec %s (image %s)", kind, target, spec.resource_name, image)
+        actions += apply_endpoint_task(
+            prof, spec.model_dump(mode="json"), wait_delay_s, wait_max_attempts
+        )
+        if not realtime:  # scaling on the async backlog (and from zero) is for async endpoints
+            actions += apply_autoscaling_task(prof, target)
+        limit = ensure_invocation_limit_task(target, prof.max_outstanding_invocations)
+        if limit != "unchanged":
+            actions.append(f"ConcurrencyLimit:{limit}")
+        logger.info(
+            "endpoint %s is InService on %s; actions: %s",
+            target,
+            spec.resource_name,
+            actions or "none",
+        )
+        specs.append(spec)
+    spec = specs[0]
+    realtime_names = [s.endpoint_name for s in specs if s.realtime]
     return {
         "endpoint_name": name,
         "endpoint_config_name": spec.resource_name,
@@ -179,6 +206,7 @@ def deploy_endpoint(
         "success_topic_arn": topics["success_topic_arn"],
         "error_topic_arn": topics["error_topic_arn"],
         "actions": actions,
+        **({"realtime_endpoint_name": realtime_names[0]} if realtime_names else {}),
     }
 
 

@@ -74,6 +74,18 @@ budget; 0 turns it off), ``DOCFLOW_PREFIX_BLOCK`` (its granularity, 16 tokens),
 ``DOCFLOW_INVOCATION_TIMEOUT_S`` (cancel an invocation's unfinished documents after it; unset:
 never). A Mistral ``sliding_window`` (v0.1: 4096) is applied as in transformers.
 
+Real-time endpoints: sessions and streaming. ``input_fn``/``predict_fn``/``output_fn`` take the
+model server's request ``context`` as an optional last argument (the Hugging Face toolkit passes
+it to functions that accept one); a request with the ``X-Amzn-SageMaker-Session-Id`` header is a
+session request (``sessions``: ``{"document", "system"}`` with ``NEW_SESSION`` opens one, the
+document's prefix pinned in the prefix cache; ``{"prompt"|"messages", "parameters"}`` asks on it
+and answers one JSON object with ``text``, ``prompt_tokens``, ``cached_tokens``,
+``completion_tokens``, ``finish_reason``; ``{"requestType": "CLOSE"}`` closes it;
+``DOCFLOW_SESSION_TTL_S``, ``DOCFLOW_SESSION_TOKENS``). ``invoke_stream`` serves
+InvokeEndpointWithResponseStream: one document (or a question on a session) as JSON lines, one
+``{"token": {"id", "text"}}`` per token and a last line with ``generated_text``, the token counts
+and ``finish_reason`` (``token_stream``; the LMI convention).
+
 Environment: ``DOCFLOW_MAX_BATCH_SIZE`` (static path: documents per micro-batch, default 8;
 documents are sorted by length and only documents with equal parameters share a micro-batch),
 ``DOCFLOW_MAX_NEW_TOKENS`` (default ``max_new_tokens``, 128), ``DOCFLOW_NUM_THREADS`` (torch CPU
@@ -105,6 +117,10 @@ from request_contract import (
     prompt_ids,
 )
 from serving_engine import Engine
+from session_requests import handle as handle_session
+from session_requests import stream as stream_answer
+from session_requests import stream_item
+from sessions import SessionRequest, session_request
 from static_batches import plan_batches, run_batch
 
 logger = logging.getLogger(__name__)
@@ -115,8 +131,17 @@ def model_fn(model_dir: str) -> LoadedModel:
     return load_model(model_dir)
 
 
-def input_fn(body: Any, content_type: str | None) -> list[Entry]:
-    """Parse a JSON Lines batch or a single JSON request into documents and rejected lines."""
+def input_fn(
+    body: Any, content_type: str | None, context: Any = None
+) -> list[Entry] | SessionRequest:
+    """Parse a JSON Lines batch or a single JSON request into documents and rejected lines.
+
+    With the model server's request ``context`` (see ``sessions``): a request carrying
+    ``X-Amzn-SageMaker-Session-Id`` is a session request instead.
+    """
+    request = session_request(body, context)
+    if request is not None:
+        return request
     return parse_body(body, content_type)
 
 
@@ -193,8 +218,19 @@ def _run_on_engine(
             results[item[0]] = generation.result
 
 
-def predict_fn(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> list[dict[str, Any]]:
-    """Generate every document on the instance's engine (or in static micro-batches); input order."""
+def predict_fn(
+    data: Sequence[Entry | dict[str, Any]] | SessionRequest, model: LoadedModel, context: Any = None
+) -> Any:
+    """Generate every document on the instance's engine (or in static micro-batches); input order.
+
+    A session request (open, question, close) gets its one answer object (``sessions``).
+    """
+    if isinstance(data, SessionRequest):
+        return handle_session(data, model, context)
+    return _predict(data, model)
+
+
+def _predict(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> list[dict[str, Any]]:
     started = time.monotonic()
     results: list[dict[str, Any] | None] = [None] * len(data)
     runnable = _runnable(data, model, results)
@@ -245,8 +281,36 @@ def stream_fn(document: Entry | dict[str, Any], model: LoadedModel) -> Iterator[
 # output_fn
 
 
-def output_fn(prediction: list[dict[str, Any]], accept: str | None) -> str:
-    """JSON Lines, one line per document (``application/json``: an object, or an array)."""
+def invoke_stream(
+    model: LoadedModel, body: Any, content_type: str | None, context: Any = None
+) -> Iterator[bytes]:
+    """InvokeEndpointWithResponseStream: one answer as JSON lines, token by token (LMI style).
+
+    The body is one document (or a question on the session named by the context's header);
+    errors before the first token raise (an error answer), later ones break the stream.
+    """
+    request = session_request(body, context)
+    if request is not None:
+        item = stream_item(request, model)
+    else:
+        entries = parse_body(body, content_type)
+        if len(entries) != 1:
+            raise DocumentError(f"a response stream takes one document, got {len(entries)}")
+        results: list[dict[str, Any] | None] = [None]
+        runnable = _runnable(entries, model, results)
+        if not runnable:
+            raise DocumentError(str((results[0] or {}).get("error")))
+        item = runnable[0]
+    return stream_answer(request, item, model)
+
+
+def output_fn(prediction: Any, accept: str | None, context: Any = None) -> str:
+    """JSON Lines, one line per document (``application/json``: an object, or an array).
+
+    A session answer (one object) is JSON.
+    """
+    if isinstance(prediction, dict):
+        return json.dumps(prediction, ensure_ascii=False)
     media = media_type(accept)
     if media == JSON_TYPE:
         return json.dumps(prediction[0] if len(prediction) == 1 else prediction, ensure_ascii=False)

@@ -279,7 +279,36 @@ class _PrefixCache:
         self.blocks: OrderedDict[
             int, tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]
         ] = OrderedDict()
+        # Exact prefixes held for open sessions (inference/sessions.py): outside the LRU, filled by
+        # the first insert of a prompt that starts with them, dropped only by unpin.
+        self.pinned: dict[str, tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
         self.lock = threading.Lock()
+
+    def pin(self, name: str, prefix: Sequence[int]) -> None:
+        """Keep the keys/values of exactly ``prefix`` (once a prompt starting with it is prefilled)."""
+        with self.lock:
+            self.pinned[name] = (tuple(prefix), [])
+
+    def unpin(self, name: str) -> None:
+        """Forget a pinned prefix."""
+        with self.lock:
+            self.pinned.pop(name, None)
+
+    def pinned_tokens(self, name: str) -> int:
+        """Tokens held for a pinned prefix (0 until it was prefilled)."""
+        with self.lock:
+            prefix, layers = self.pinned.get(name, ((), []))
+            return len(prefix) if layers else 0
+
+    def _pinned_for(
+        self, prompt: Sequence[int], longer_than: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        best: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        for prefix, layers in self.pinned.values():
+            n = len(prefix)
+            if layers and longer_than < n < len(prompt) and tuple(prompt[:n]) == prefix:
+                best, longer_than = list(layers), n
+        return best
 
     def _keys(self, prompt: Sequence[int], blocks: int) -> list[tuple[int, tuple[int, ...]]]:
         keys, chained = [], 0
@@ -290,13 +319,12 @@ class _PrefixCache:
         return keys
 
     def lookup(self, prompt: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """The longest cached prefix of ``prompt`` (whole blocks, at least one token left over)."""
-        if self.max_tokens < self.block:
-            return None
+        """The longest cached prefix of ``prompt`` (whole blocks or a pinned prefix, >= 1 token left)."""
         found: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         hits: list[int] = []
         with self.lock:
-            for key, tokens in self._keys(prompt, (len(prompt) - 1) // self.block):
+            blocks = (len(prompt) - 1) // self.block if self.max_tokens >= self.block else 0
+            for key, tokens in self._keys(prompt, blocks):
                 entry = self.blocks.get(key)
                 if entry is None or entry[0] != tokens:
                     break
@@ -304,6 +332,9 @@ class _PrefixCache:
                 hits.append(key)
             for key in reversed(hits):  # parents end up more recent than their children
                 self.blocks.move_to_end(key)
+            pinned = self._pinned_for(prompt, len(found) * self.block)
+        if pinned is not None:
+            return pinned
         if not found:
             return None
         layers = len(found[0])
@@ -319,6 +350,14 @@ class _PrefixCache:
         self, prompt: Sequence[int], layers: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> None:
         """Remember the whole blocks of a prefilled prompt, evicting the least recently used."""
+        with self.lock:
+            for name, (prefix, held) in list(self.pinned.items()):
+                n = len(prefix)
+                if not held and n <= len(prompt) and tuple(prompt[:n]) == prefix:
+                    self.pinned[name] = (
+                        prefix,
+                        [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in layers],
+                    )
         capacity = self.max_tokens // self.block
         if capacity == 0:
             return
@@ -402,6 +441,11 @@ class Generation:
             raise RuntimeError(str((self.result or {}).get("error") or self.failure))
         if final.startswith(emitted) and len(final) > len(emitted):
             yield final[len(emitted) :]
+
+    def token_ids(self) -> Iterator[int]:
+        """The generated token ids as they are produced (one reader: use this or ``stream``)."""
+        while (token := self._events.get()) is not None:
+            yield token
 
     def choose(self, scores: torch.Tensor) -> int:
         """The next token from this row's logits ([1, vocab], float32) under its parameters."""

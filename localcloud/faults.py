@@ -14,6 +14,7 @@ RATE_FIELDS = (
     "duplicate_notification_rate",
     "delay_notification_rate",
     "kill_instance_rate",
+    "stream_break_rate",
 )
 
 
@@ -33,6 +34,7 @@ class FaultSettings:
     delay_notification_rate: float = 0.0
     delay_notification_s: float = 0.0
     kill_instance_rate: float = 0.0
+    stream_break_rate: float = 0.0  # a response stream fails after its first chunk
     ttl_scale: float = 1.0
     autoscale_time_scale: float = 1.0
     seed: int = 0
@@ -48,6 +50,7 @@ class FaultCounters:
     duplicated_notifications: int = 0
     delayed_notifications: int = 0
     killed_instances: int = 0
+    broken_streams: int = 0
 
 
 _COUNTER_OF = {
@@ -57,6 +60,7 @@ _COUNTER_OF = {
     "duplicate_notification_rate": "duplicated_notifications",
     "delay_notification_rate": "delayed_notifications",
     "kill_instance_rate": "killed_instances",
+    "stream_break_rate": "broken_streams",
 }
 
 

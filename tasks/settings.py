@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -57,6 +57,14 @@ class Profile(BaseModel):
         None, description="Name of a prefect-aws AwsCredentials block; None: default chain."
     )
     endpoint_name: str = "docflow-llm"
+    endpoint_mode: Literal["async", "realtime", "both"] = Field(
+        "async",
+        description=(
+            "async: an async endpoint (process_documents); realtime: a real-time endpoint with "
+            "sessions and streaming (ask_documents, docflow ask); both: async at endpoint_name "
+            "and real-time beside it at <endpoint_name>-rt."
+        ),
+    )
     model_name: str = "docflow-model"
     instance_type: str = "ml.g5.2xlarge"
     instance_count: int = Field(1, ge=1)

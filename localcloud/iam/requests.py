@@ -93,7 +93,10 @@ def _s3_target(environ: Mapping[str, Any], region: str) -> Target:
 
 def _sagemaker_target(environ: Mapping[str, Any], body: bytes, region: str) -> Target:
     arn = f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}"
-    match = re.match(r"^/endpoints/([^/]+)/(async-invocations|invocations)$", environ["PATH_INFO"])
+    match = re.match(
+        r"^/endpoints/([^/]+)/(async-invocations|invocations|invocations-response-stream)$",
+        environ["PATH_INFO"],
+    )
     if match and not environ.get("HTTP_X_AMZ_TARGET"):
         action = "InvokeEndpointAsync" if match[2] == "async-invocations" else "InvokeEndpoint"
         resource = f"{arn}:endpoint/{unquote(match[1]).lower()}"

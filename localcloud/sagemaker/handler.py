@@ -1,6 +1,10 @@
 """The inference toolkit contract inside an instance: model_fn / input_fn / predict_fn / output_fn.
 
-Missing functions fall back to defaults in the spirit of the SageMaker inference toolkit.
+Missing functions fall back to defaults in the spirit of the SageMaker inference toolkit. As the
+Hugging Face toolkit does, a function that takes one parameter more than its standard signature
+gets the model server's request context (``localcloud.sagemaker.context``). Response streaming
+calls ``invoke_stream(model, body, content_type, context)`` (an iterator of bytes) when the
+module defines it.
 """
 
 from __future__ import annotations
@@ -8,9 +12,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from localcloud.sagemaker.context import Context, call_with_context
 
 JSON_TYPES = ("application/json",)
 JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
@@ -87,6 +94,7 @@ class Handler:
 
     def __init__(self, module: ModuleType, model_dir: Path) -> None:
         self.module = module
+        self.model_dir = str(model_dir)
         model_fn = getattr(module, "model_fn", None)
         if model_fn is None:
             raise AttributeError(
@@ -97,20 +105,28 @@ class Handler:
         self.input_fn = getattr(module, "input_fn", default_input_fn)
         self.predict_fn = getattr(module, "predict_fn", default_predict_fn)
         self.output_fn = getattr(module, "output_fn", default_output_fn)
+        self.stream_fn = getattr(module, "invoke_stream", None)
 
     def invoke(
-        self, body: bytes, content_type: str | None, accept: str | None
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        context: Context | None = None,
     ) -> tuple[bytes, str]:
         """Run one request through the handler; returns (response body, its content type)."""
+        context = context or Context({})
         response_type = (
             accept if accept and accept != "*/*" else (content_type or "application/json")
         )
         if self.transform_fn is not None:
-            result = self.transform_fn(self.model, body, content_type, accept)
+            result = call_with_context(
+                self.transform_fn, context, self.model, body, content_type, accept
+            )
         else:
-            data = self.input_fn(body, content_type)
-            prediction = self.predict_fn(data, self.model)
-            result = self.output_fn(prediction, accept or content_type)
+            data = call_with_context(self.input_fn, context, body, content_type)
+            prediction = call_with_context(self.predict_fn, context, data, self.model)
+            result = call_with_context(self.output_fn, context, prediction, accept or content_type)
         if isinstance(result, tuple):
             result, response_type = result[0], result[1]
         if isinstance(result, str):
@@ -118,3 +134,13 @@ class Handler:
         if not isinstance(result, bytes | bytearray):
             result = json.dumps(result).encode("utf-8")
         return bytes(result), response_type
+
+    def stream(self, body: bytes, content_type: str | None, context: Context) -> Iterator[bytes]:
+        """The response stream's bytes (the module's ``invoke_stream``)."""
+        if self.stream_fn is None:
+            raise NotImplementedError(
+                "code/inference.py defines no invoke_stream(model, body, content_type, context); "
+                "add one to serve InvokeEndpointWithResponseStream"
+            )
+        chunks: Iterator[bytes] = self.stream_fn(self.model, body, content_type, context)
+        return chunks

@@ -7,11 +7,14 @@ Started by the emulator as ``python -m localcloud.sagemaker.instance`` with ``LO
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tarfile
 import tempfile
@@ -75,16 +78,40 @@ def fetch_model(spec: dict[str, Any], model_dir: Path) -> None:
     raise ValueError("the model has neither ModelDataUrl nor ModelDataSource.S3DataSource")
 
 
+def _error_status(exc: BaseException) -> int:
+    """A handler exception's HTTP status: its own 4xx ``status`` (e.g. a session error), else 500."""
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) and 400 <= status < 500 else 500
+
+
+def _error_body(exc: BaseException, status: int) -> bytes:
+    kind = "BadRequestException" if status < 500 else "InternalServerException"
+    return json.dumps(
+        {"code": status, "type": kind, "message": f"{type(exc).__name__}: {exc}"}
+    ).encode()
+
+
 def _make_handler_class(handler: Any) -> type[BaseHTTPRequestHandler]:
+    from localcloud.sagemaker.context import Context
+
     class Invocations(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def log_message(self, format: str, *args: Any) -> None:
             """No access log."""
 
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        def _reply(
+            self,
+            status: int,
+            body: bytes,
+            content_type: str,
+            headers: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for key, value in (headers or {}).items():
+                if key.lower() != "content-type":
+                    self.send_header(key, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -94,33 +121,79 @@ def _make_handler_class(handler: Any) -> type[BaseHTTPRequestHandler]:
             self._reply(200 if self.path == "/ping" else 404, b"", "text/plain")
 
         def do_POST(self) -> None:
-            """``/invocations``: run the handler."""
+            """``/invocations`` (and ``/invocations-response-stream``): run the handler."""
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             fault = self.headers.get(FAULT_HEADER, "")
             if fault == "die":
                 os._exit(137)
-            if self.path != "/invocations":
+            if self.path not in ("/invocations", "/invocations-response-stream"):
                 self._reply(404, b"no such path", "text/plain")
+                return
+            context = Context(
+                {k: v for k, v in self.headers.items() if k != FAULT_HEADER},
+                str(getattr(handler, "model_dir", "")),
+            )
+            if self.path == "/invocations-response-stream":
+                self._stream(body, context, fault)
                 return
             try:
                 if fault == "model-error":
                     raise RuntimeError("localcloud fault switchboard: injected model error")
                 out, content_type = handler.invoke(
-                    body, self.headers.get("Content-Type"), self.headers.get("Accept")
+                    body, self.headers.get("Content-Type"), self.headers.get("Accept"), context
                 )
             except Exception as exc:
                 traceback.print_exc(file=sys.stderr)
-                message = json.dumps(
-                    {
-                        "code": 500,
-                        "type": "InternalServerException",
-                        "message": f"{type(exc).__name__}: {exc}",
-                    }
+                status = _error_status(exc)
+                self._reply(
+                    status,
+                    _error_body(exc, status),
+                    "application/json",
+                    context.get_response_headers(0),
                 )
-                self._reply(500, message.encode(), "application/json")
                 return
-            self._reply(200, out, content_type)
+            self._reply(
+                context.response_status(), out, content_type, context.get_response_headers(0)
+            )
+
+        def _stream(self, body: bytes, context: Any, fault: str) -> None:
+            """Chunked JSON lines as the handler yields them; a failure breaks the stream."""
+            try:
+                if fault == "model-error":
+                    raise RuntimeError("localcloud fault switchboard: injected model error")
+                chunks = iter(handler.stream(body, self.headers.get("Content-Type"), context))
+                first = next(chunks, b"")  # errors before the first token are an error answer
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                status = _error_status(exc)
+                self._reply(status, _error_body(exc, status), "application/json")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/jsonlines")
+            for key, value in context.get_response_headers(0).items():
+                self.send_header(key, value)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                sent = 0
+                for chunk in itertools.chain([first], chunks):
+                    if chunk:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                        sent += 1
+                    if fault == "stream-break" and sent == 2:
+                        raise RuntimeError(
+                            "localcloud fault switchboard: injected failure mid-stream"
+                        )
+                self.wfile.write(b"0\r\n\r\n")
+            except Exception:
+                # The model failed mid-stream: end the connection without the last chunk, as a
+                # crashing server would; SageMaker reports it to the client as ModelStreamError.
+                traceback.print_exc(file=sys.stderr)
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
 
     return Invocations
 

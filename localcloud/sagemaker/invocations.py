@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -11,8 +12,11 @@ from typing import Any
 from localcloud.accounts import ACCOUNT_ID
 from localcloud.sagemaker.exceptions import ModelError, ServiceUnavailable, ValidationError
 from localcloud.sagemaker.models import SageMakerBackend
-from localcloud.sagemaker.queue import Invocation
+from localcloud.sagemaker.queue import Invocation, Reply
 from localcloud.sagemaker.records import EndpointRecord
+from localcloud.sagemaker.sticky import NEW_SESSION, SessionGone
+
+SESSION_ID = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 
 MAX_INLINE_BODY = 128_000
 REALTIME_LIMIT_S = 60.0
@@ -129,10 +133,33 @@ class RuntimeBackend:
             inference_id, out_loc, fail_loc if output.get("S3FailurePath") else None
         )
 
-    def invoke(self, name: str, h: dict[str, Any], body: bytes) -> tuple[bytes, str, str]:
-        """InvokeEndpoint: run the handler now; returns (body, content type, variant) or raises ModelError."""
+    def invoke(self, name: str, h: dict[str, Any], body: bytes, stream: bool = False) -> Reply:
+        """InvokeEndpoint (or, with ``stream``, its response-stream form): run the handler now.
+
+        A session id routes the request to the instance that opened the session; the answer's
+        ``chunks`` carry a stream's body. Raises ModelError for the model's 4xx/5xx answers and
+        ValidationError for bad input or a session whose instance is gone.
+        """
         ep = self._serving(name)
-        reply: Future[tuple[int, bytes, str]] = Future()
+        session_id = h.get("SessionId")
+        if session_id is not None:
+            if session_id != NEW_SESSION and (
+                len(session_id) > 256 or not SESSION_ID.match(session_id)
+            ):
+                raise ValidationError(
+                    f"SessionId {session_id!r} must be NEW_SESSION or an id of at most 256 letters, "
+                    "digits and hyphens."
+                )
+            if stream and session_id == NEW_SESSION:
+                raise ValidationError(
+                    "InvokeEndpointWithResponseStream cannot open a session: open it with "
+                    "InvokeEndpoint (SessionId=NEW_SESSION), then stream with its id."
+                )
+        try:
+            target = ep.runtime.sessions.target(session_id)
+        except SessionGone as exc:
+            raise ValidationError(str(exc)) from None
+        reply: Future[Reply] = Future()
         inv = Invocation(
             inference_id=h.get("InferenceId") or str(uuid.uuid4()),
             body=body,
@@ -143,10 +170,13 @@ class RuntimeBackend:
             ttl_s=REALTIME_LIMIT_S,
             timeout_s=REALTIME_LIMIT_S,
             reply=reply,
+            session_id=session_id,
+            target=target,
+            stream=stream,
         )
         ep.runtime.submit(inv)
         try:
-            status, out, out_type = reply.result(timeout=REALTIME_LIMIT_S + 5)
+            answer = reply.result(timeout=REALTIME_LIMIT_S + 5)
         except FutureTimeout as exc:
             reply.cancel()
             raise ModelError(
@@ -154,16 +184,25 @@ class RuntimeBackend:
                 408,
                 "",
             ) from exc
-        if status >= 400:
-            message = out.decode("utf-8", "replace")
+        if answer.session_gone:
+            raise ValidationError(answer.body.decode("utf-8", "replace"))
+        if answer.status >= 400:
+            message = answer.body.decode("utf-8", "replace")
             raise ModelError(
-                f'Received server error ({status}) from primary with message "{message}". '
+                f'Received client error ({answer.status}) from primary with message "{message}". '
+                f"See the endpoint's logs in account {ACCOUNT_ID} for more information."
+                if answer.status < 500
+                else f'Received server error ({answer.status}) from primary with message "{message}". '
                 f"See the endpoint's logs in account {ACCOUNT_ID} for more information.",
-                status,
+                answer.status,
                 message,
             )
-        variant = next(iter(ep.config.spec["ProductionVariants"]))["VariantName"]
-        return out, out_type, variant
+        return answer
+
+    def variant(self, name: str) -> str:
+        """The endpoint's (first) production variant's name."""
+        ep = self._serving(name)
+        return str(next(iter(ep.config.spec["ProductionVariants"]))["VariantName"])
 
 
 def _int_header(h: dict[str, Any], key: str, default: int, low: int, high: int) -> int:

@@ -111,7 +111,7 @@ class VariantPool:
             if not self.active.is_set():
                 self.active.wait(0.1)
                 continue
-            inv = self.queue.take(0.2)
+            inv = self.queue.take(0.2, inst)
             if inv is None:
                 continue
             if (

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,20 @@ class InstanceDied(RuntimeError):
 
 class InvocationTimeout(RuntimeError):
     """The model did not answer within InvocationTimeoutSeconds."""
+
+
+class StreamBroken(RuntimeError):
+    """The model's response stream ended before its last chunk (the model failed mid-stream)."""
+
+
+@dataclass
+class Answer:
+    """The instance's answer: status, body, content type and the headers the handler set."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
 
 
 @dataclass
@@ -121,27 +136,42 @@ class InstanceProcess:
         custom_attributes: str | None,
         timeout_s: float,
         fault: str = "",
-    ) -> tuple[int, bytes, str]:
-        """POST /invocations; returns (status, body, content type)."""
+        extra_headers: dict[str, str] | None = None,
+        on_chunk: Callable[[bytes], None] | None = None,
+        on_head: Callable[[Answer], None] | None = None,
+    ) -> Answer:
+        """POST /invocations (or, with ``on_chunk``, the response stream, chunk by chunk).
+
+        A stream that ends without its last chunk raises StreamBroken.
+        """
         headers = {
             "Content-Type": content_type or "application/octet-stream",
             "Accept": accept or "*/*",
+            **(extra_headers or {}),
         }
         if custom_attributes is not None:
             headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
         if fault:
             headers[FAULT_HEADER] = fault
         assert self.port is not None, "invoke() before the instance was ready"
+        path = "/invocations" if on_chunk is None else "/invocations-response-stream"
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
         try:
-            conn.request("POST", "/invocations", body=body, headers=headers)
+            conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
-            data = response.read()
-            return (
+            answer = Answer(
                 response.status,
-                data,
+                b"",
                 response.getheader("Content-Type") or "application/octet-stream",
+                {k: v for k, v in response.getheaders() if k.lower().startswith("x-amzn-")},
             )
+            if on_chunk is None or response.status != 200:
+                answer.body = response.read()
+                return answer
+            if on_head is not None:
+                on_head(answer)
+            self._pump(response, on_chunk)
+            return answer
         except TimeoutError as exc:
             raise InvocationTimeout(f"no answer within {timeout_s:.0f} s") from exc
         except (ConnectionError, http.client.HTTPException, OSError) as exc:
@@ -151,6 +181,16 @@ class InstanceProcess:
             ) from exc
         finally:
             conn.close()
+
+    def _pump(self, response: http.client.HTTPResponse, on_chunk: Callable[[bytes], None]) -> None:
+        """Hand the stream's chunks on as they arrive; StreamBroken when it ends early."""
+        try:
+            while chunk := response.read1(65536):
+                on_chunk(chunk)
+        except (http.client.IncompleteRead, ConnectionError, OSError) as exc:
+            raise StreamBroken(
+                f"the model's response stream from instance {self.id} broke ({type(exc).__name__})"
+            ) from exc
 
     def kill(self) -> None:
         """Terminate the process (SIGTERM, then SIGKILL) and reap it."""

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+
+# A response stream's chunks: bytes, then None at the end or the exception that broke it.
+Chunks = queue.SimpleQueue[bytes | BaseException | None]
+
+
+@dataclass
+class Reply:
+    """A real-time invocation's answer; ``chunks`` carries a response stream's body."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    instance_id: str = ""
+    instance_pid: int = 0
+    chunks: Chunks | None = None
+    session_gone: bool = False  # the session's instance is gone: a ValidationError, not ModelError
 
 
 @dataclass
@@ -28,7 +48,10 @@ class Invocation:
     success_topic: str | None = None
     error_topic: str | None = None
     include_response: bool = False
-    reply: Future[tuple[int, bytes, str]] | None = None
+    reply: Future[Reply] | None = None
+    session_id: str | None = None  # X-Amzn-SageMaker-Session-Id (NEW_SESSION or an id)
+    target: Any = None  # the InstanceProcess holding the session: only its slots take it
+    stream: bool = False  # InvokeEndpointWithResponseStream
     received: datetime = field(default_factory=lambda: datetime.now(UTC))
     received_mono: float = field(default_factory=time.monotonic)
 
@@ -48,20 +71,35 @@ class RequestQueue:
         """Append a new request."""
         with self._cond:
             self._items.append(item)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def put_front(self, item: Invocation) -> None:
         """Give a request back (a slot took it but may not run it)."""
         with self._cond:
             self._items.appendleft(item)
-            self._cond.notify()
+            self._cond.notify_all()
 
-    def take(self, timeout_s: float) -> Invocation | None:
-        """The oldest request, or None after ``timeout_s``."""
+    def take(self, timeout_s: float, instance: Any = None) -> Invocation | None:
+        """The oldest request ``instance`` may run (untargeted or sticky to it), or None."""
+        deadline = time.monotonic() + timeout_s
         with self._cond:
-            if not self._items:
-                self._cond.wait(timeout_s)
-            return self._items.popleft() if self._items else None
+            while True:
+                for item in self._items:
+                    if item.target is None or item.target is instance:
+                        self._items.remove(item)
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def remove_where(self, predicate: Callable[[Invocation], bool]) -> list[Invocation]:
+        """Take out every request ``predicate`` holds for."""
+        with self._cond:
+            found = [item for item in self._items if predicate(item)]
+            for item in found:
+                self._items.remove(item)
+            return found
 
     def remove_expired(self, ttl_scale: float) -> list[Invocation]:
         """Take out every request whose TTL has passed."""

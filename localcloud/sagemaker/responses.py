@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
 from werkzeug.wrappers import Request, Response
 
+from localcloud.sagemaker.eventstream import CONTENT_TYPE as EVENT_STREAM
+from localcloud.sagemaker.eventstream import payload_part, stream_error
 from localcloud.sagemaker.exceptions import (
     InternalFailure,
     ModelError,
@@ -19,11 +21,16 @@ from localcloud.sagemaker.exceptions import (
 )
 from localcloud.sagemaker.invocations import RuntimeBackend
 from localcloud.sagemaker.models import SageMakerBackend
+from localcloud.sagemaker.queue import Reply
+from localcloud.sagemaker.sticky import CLOSED_HEADER, NEW_SESSION, SESSION_HEADER
 from localcloud.sagemaker.urls import (
     ASYNC_HEADERS,
     CONTROL_OPERATIONS,
+    INSTANCE_HEADER,
+    INSTANCE_PID_HEADER,
     REALTIME_HEADERS,
     RUNTIME_PATH,
+    STREAM_HEADERS,
     TARGET_PREFIX,
 )
 
@@ -60,6 +67,8 @@ class SageMakerResponses:
             name = unquote(match["name"])
             if match["kind"] == "async-invocations":
                 return self._invoke_async(name, request)
+            if match["kind"] == "invocations-response-stream":
+                return self._invoke_stream(name, request)
             return self._invoke(name, request)
         return _error(
             ValidationException(
@@ -113,21 +122,63 @@ class SageMakerResponses:
         headers = {field: request.headers.get(header) for field, header in REALTIME_HEADERS.items()}
         headers = {k: v for k, v in headers.items() if v is not None}
         try:
-            body, content_type, variant = self.runtime.invoke(name, headers, request.get_data())
+            reply = self.runtime.invoke(name, headers, request.get_data())
+            variant = self.runtime.variant(name)
         except SageMakerError as exc:
             return _error(exc, "application/json")
-        return Response(
-            body,
-            status=200,
-            content_type=content_type,
-            headers={
-                "x-Amzn-Invoked-Production-Variant": variant,
-                "x-amzn-RequestId": str(uuid.uuid4()),
-            },
-        )
+        out = _answer_headers(reply, variant, headers.get("SessionId"))
+        return Response(reply.body, status=200, content_type=reply.content_type, headers=out)
+
+    def _invoke_stream(self, name: str, request: Request) -> Response:
+        """InvokeEndpointWithResponseStream: the model's chunks as PayloadPart events."""
+        headers = {field: request.headers.get(header) for field, header in STREAM_HEADERS.items()}
+        headers = {k: v for k, v in headers.items() if v is not None}
+        try:
+            reply = self.runtime.invoke(name, headers, request.get_data(), stream=True)
+            variant = self.runtime.variant(name)
+        except SageMakerError as exc:
+            return _error(exc, "application/json")
+        out = _answer_headers(reply, variant, headers.get("SessionId"))
+        out["X-Amzn-SageMaker-Content-Type"] = reply.content_type
+        return Response(_events(reply), status=200, content_type=EVENT_STREAM, headers=out)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         """WSGI entry point."""
         return self.dispatch(Request(environ))(environ, start_response)
+
+
+def _answer_headers(reply: Reply, variant: str, session_id: str | None) -> dict[str, str]:
+    """The runtime's answer headers: variant, instance, and the session opened or closed."""
+    out = {
+        "x-Amzn-Invoked-Production-Variant": variant,
+        "x-amzn-RequestId": str(uuid.uuid4()),
+        INSTANCE_HEADER: reply.instance_id,
+        INSTANCE_PID_HEADER: str(reply.instance_pid),
+    }
+    given = {k.lower(): v for k, v in reply.headers.items()}
+    opened = given.get(SESSION_HEADER.lower())
+    if session_id == NEW_SESSION and opened:
+        out["X-Amzn-SageMaker-New-Session-Id"] = opened
+    closed = given.get(CLOSED_HEADER.lower())
+    if closed:
+        out[CLOSED_HEADER] = closed
+    return out
+
+
+def _events(reply: Reply) -> Iterator[bytes]:
+    """PayloadPart per chunk; ModelStreamError when the model's stream broke."""
+    assert reply.chunks is not None
+    while True:
+        chunk = reply.chunks.get()
+        if chunk is None:
+            return
+        if isinstance(chunk, BaseException):
+            yield stream_error(
+                "ModelStreamError",
+                f"The model's response stream failed: {chunk}. See the endpoint's logs.",
+                "StreamBroken",
+            )
+            return
+        yield payload_part(chunk)

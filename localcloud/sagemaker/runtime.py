@@ -11,8 +11,20 @@ from typing import Any
 from localcloud.faults import Faults
 from localcloud.sagemaker.notifications import Notifier, inference_result
 from localcloud.sagemaker.pool import VariantPool
-from localcloud.sagemaker.process import InstanceDied, InstanceProcess, InvocationTimeout
-from localcloud.sagemaker.queue import Invocation, RequestQueue
+from localcloud.sagemaker.process import (
+    Answer,
+    InstanceDied,
+    InstanceProcess,
+    InvocationTimeout,
+    StreamBroken,
+)
+from localcloud.sagemaker.queue import Chunks, Invocation, Reply, RequestQueue
+from localcloud.sagemaker.sticky import (
+    NEW_SESSION,
+    SESSION_HEADER,
+    SessionRoutes,
+    gone_message,
+)
 from localcloud.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -43,6 +55,7 @@ class EndpointRuntime:
         self.ctx = ctx
         self.name = name
         self.queue = RequestQueue()
+        self.sessions = SessionRoutes()
         self.pools: dict[str, VariantPool] = {}
         self._retiring: list[VariantPool] = []
         self._lock = threading.Lock()
@@ -109,6 +122,18 @@ class EndpointRuntime:
             for inv in self.queue.remove_expired(self._ttl_scale()):
                 self.ctx.stats.dequeued(self.name)
                 self._expire(inv)
+            # A session's request queued for an instance that died since: refuse it now.
+            for inv in self.queue.remove_where(
+                lambda i: i.target is not None and not i.target.alive()
+            ):
+                self.ctx.stats.dequeued(self.name)
+                self._session_gone(inv, inv.target)
+
+    def _session_gone(self, inv: Invocation, inst: InstanceProcess) -> None:
+        self.ctx.stats.finished(self.name, ok=False, ran=False)
+        if inv.reply is not None and not inv.reply.done():
+            message = gone_message(inv.session_id or "", inst.id)
+            inv.reply.set_result(Reply(400, message.encode(), "text/plain", session_gone=True))
 
     def _ttl_scale(self) -> float:
         return float(self.ctx.faults.snapshot()["settings"]["ttl_scale"])
@@ -154,29 +179,86 @@ class EndpointRuntime:
             fault = "die"
         elif self.ctx.faults.roll("model_error_rate"):
             fault = "model-error"
+        if inv.stream and self.ctx.faults.roll("stream_break_rate"):
+            fault = "stream-break"
+        chunks: Chunks | None = None
+
+        def on_head(answer: Answer) -> None:
+            nonlocal chunks
+            chunks = Chunks()
+            self._answered(inv, inst, answer, chunks)
+
+        def on_chunk(data: bytes) -> None:
+            assert chunks is not None
+            chunks.put(data)
+
+        extra = {SESSION_HEADER: inv.session_id} if inv.session_id else {}
         try:
-            status, out, out_type = inst.invoke(
+            answer = inst.invoke(
                 body or b"",
                 inv.content_type,
                 inv.accept,
                 inv.custom_attributes,
                 inv.timeout_s,
                 fault,
+                extra_headers=extra,
+                on_chunk=on_chunk if inv.stream else None,
+                on_head=on_head if inv.stream else None,
             )
+        except StreamBroken as exc:
+            assert chunks is not None
+            chunks.put(exc)
+            self.ctx.stats.finished(self.name, ok=False, ran=True)
+            return
         except InvocationTimeout:
             reason = f"ModelTimeoutError: the model did not respond within InvocationTimeoutSeconds ({inv.timeout_s:.0f} s)."
             self._finish_failed(inv, reason, ran=True, status=408)
             return
         except InstanceDied as exc:
+            if chunks is not None:  # the stream had started: it breaks
+                chunks.put(StreamBroken(str(exc)))
+                self.ctx.stats.finished(self.name, ok=False, ran=True)
+                return
+            if inv.session_id and inv.session_id != NEW_SESSION:
+                self._session_gone(inv, inst)
+                return
             reason = f"ClientError: The instance serving this request terminated unexpectedly ({exc}); it is being replaced."
             self._finish_failed(inv, reason, ran=True, status=500)
             return
+        if chunks is not None:
+            chunks.put(None)
+            self.ctx.stats.finished(self.name, ok=True)
+            return
+        status, out, out_type = answer.status, answer.body, answer.content_type
         if status >= 400:
             message = _model_message(out)
             reason = f'ClientError: Received server error ({status}) from model with message "{message}".'
             self._finish_failed(inv, reason, ran=True, status=status, detail=out, message=message)
             return
+        if inv.reply is not None:
+            self.ctx.stats.finished(self.name, ok=True)
+            self._answered(inv, inst, answer, None)
+            return
         self._finish_ok(inv, out, out_type)
+
+    def _answered(
+        self, inv: Invocation, inst: InstanceProcess, answer: Answer, chunks: Chunks | None
+    ) -> None:
+        """Hand a real-time answer (or a stream's head) back, learning the session it opened or closed."""
+        self.sessions.observe(inv.session_id, answer.headers, inst)
+        assert inv.reply is not None
+        if not inv.reply.done():
+            inv.reply.set_result(
+                Reply(
+                    answer.status,
+                    answer.body,
+                    answer.content_type,
+                    answer.headers,
+                    inst.id,
+                    inst.pid,
+                    chunks,
+                )
+            )
 
     # --- outcomes --------------------------------------------------------------------------------
 
@@ -198,7 +280,7 @@ class EndpointRuntime:
         if inv.reply is not None:
             self.ctx.stats.finished(self.name, ok=True)
             if not inv.reply.done():
-                inv.reply.set_result((200, out, out_type))
+                inv.reply.set_result(Reply(200, out, out_type))
             return
         assert inv.output_location is not None
         bucket, key = split_s3(inv.output_location)
@@ -227,7 +309,7 @@ class EndpointRuntime:
             self.ctx.stats.finished(self.name, ok=False, ran=ran)
             if not inv.reply.done():
                 inv.reply.set_result(
-                    (status, detail if detail is not None else reason.encode(), "text/plain")
+                    Reply(status, detail if detail is not None else reason.encode(), "text/plain")
                 )
             return
         failure_object = detail if detail is not None else reason.encode()

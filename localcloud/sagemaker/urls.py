@@ -23,7 +23,9 @@ CONTROL_OPERATIONS = {
     "UpdateEndpointWeightsAndCapacities": "update_endpoint_weights_and_capacities",
 }
 
-RUNTIME_PATH = re.compile(r"^/endpoints/(?P<name>[^/]+)/(?P<kind>async-invocations|invocations)$")
+RUNTIME_PATH = re.compile(
+    r"^/endpoints/(?P<name>[^/]+)/(?P<kind>async-invocations|invocations|invocations-response-stream)$"
+)
 
 ASYNC_HEADERS = {
     "ContentType": "X-Amzn-SageMaker-Content-Type",
@@ -42,4 +44,11 @@ REALTIME_HEADERS = {
     "Accept": "Accept",
     "CustomAttributes": "X-Amzn-SageMaker-Custom-Attributes",
     "InferenceId": "X-Amzn-SageMaker-Inference-Id",
+    "SessionId": "X-Amzn-SageMaker-Session-Id",
 }
+
+STREAM_HEADERS = {**REALTIME_HEADERS, "Accept": "X-Amzn-SageMaker-Accept"}
+
+# Which instance answered a real-time request (localcloud's own header: sticky routing is observable).
+INSTANCE_HEADER = "X-Localcloud-Instance-Id"
+INSTANCE_PID_HEADER = "X-Localcloud-Instance-Pid"

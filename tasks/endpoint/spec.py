@@ -1,4 +1,8 @@
-"""What an async endpoint should look like: the spec, its stable hash, and the image URI it runs."""
+"""What an endpoint should look like: the spec, its stable hash, and the image URI it runs.
+
+Async by default; ``realtime=True`` is the same packaged model behind a real-time endpoint (no
+AsyncInferenceConfig: InvokeEndpoint, response streaming and sticky sessions).
+"""
 
 from __future__ import annotations
 
@@ -133,6 +137,7 @@ class EndpointSpec(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     success_topic_arn: str
     error_topic_arn: str
+    realtime: bool = False
 
     @field_validator("endpoint_name")
     @classmethod
@@ -160,8 +165,12 @@ class EndpointSpec(BaseModel):
     def spec_hash(self) -> str:
         """A stable hex digest of the whole spec (key order and dict order do not matter)."""
         data = self.model_dump(mode="json")
-        if not self.instance_pools:  # specs from before instance pools keep their hash
+        # Specs from before instance pools and real-time endpoints keep their hash (their
+        # endpoints are not redeployed on upgrade).
+        if not self.instance_pools:
             data.pop("instance_pools")
+        if not self.realtime:
+            data.pop("realtime")
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -235,6 +244,8 @@ class EndpointSpec(BaseModel):
         }
         if self.kms_key_id:
             output["KmsKeyId"] = self.kms_key_id
+        if self.realtime:
+            del request["AsyncInferenceConfig"]
         return request
 
 
@@ -262,6 +273,11 @@ def demand_limit_name(endpoint_name: str) -> str:
     return f"{concurrency_limit_name(endpoint_name)}:demand"
 
 
+def realtime_endpoint_name(endpoint_name: str) -> str:
+    """The real-time endpoint deployed beside the async one (``endpoint_mode: both``): ``<endpoint>-rt``."""
+    return f"{endpoint_name[: NAME_MAX - 3].rstrip('-')}-rt"
+
+
 def runs_topic_name(endpoint_name: str) -> str:
     """The SNS topic told when a run on the endpoint ends (completed, failed, cancelled): ``<endpoint>-runs``."""
     return f"{endpoint_name}-runs"
@@ -287,6 +303,7 @@ def build_endpoint_spec(
     max_concurrent_invocations_per_instance: int | None = None,
     invocation_timeout_s: int = DEFAULT_INVOCATION_TIMEOUT_S,
     environment: Mapping[str, str] | None = None,
+    realtime: bool = False,
 ) -> EndpointSpec:
     """The spec from the profile, overridden by whatever the flow was given (``instance_types``:
     instance pools in priority order, which win over ``instance_type``)."""
@@ -318,4 +335,5 @@ def build_endpoint_spec(
         environment=dict(environment or {}),
         success_topic_arn=success_topic_arn,
         error_topic_arn=error_topic_arn,
+        realtime=realtime,
     )

@@ -2,7 +2,8 @@
 
 A run lives under ``s3://<bucket>/<prefixes.runs>/<run key>/``: ``manifest.json``,
 ``inputs/<batch id>.jsonl`` (the staged payloads) and what aggregation writes (``results.*``,
-``failures.*``, ``summary.json``). The endpoint writes attempt ``n`` of a batch to
+``failures.*``, ``summary.json``). An ask_documents run keeps one object per answered
+(document, question) pair under ``answers/`` and its table in ``ask-results.jsonl``. The endpoint writes attempt ``n`` of a batch to
 ``<S3OutputPath>/<run key>/<batch id>.a<n>.out`` (a failure to
 ``<S3FailurePath>/<run key>/<batch id>.a<n>-error.out``). Its InferenceId is
 ``<run key>-<batch id>``; ``<run key>-`` is the prefix the run's queue filters on. The run's SQS
@@ -153,3 +154,19 @@ def local_run_dir(profile: Profile, run_key: str) -> str | None:
     if not profile.local_results_dir:
         return None
     return str((Path(profile.local_results_dir) / run_key).resolve())
+
+
+def answer_key(profile: Profile, run_key: str, doc_id: str, question: int) -> str:
+    """Key of one answered pair of an ask run: <runs>/<run_key>/answers/<doc hash>/q<n>.json."""
+    digest = hashlib.sha256(doc_id.encode()).hexdigest()[:BATCH_ID_CHARS]
+    return f"{answers_prefix(profile, run_key)}{digest}/q{question}.json"
+
+
+def answers_prefix(profile: Profile, run_key: str) -> str:
+    """The key prefix under which an ask run keeps its answered pairs."""
+    return split_s3_uri(run_uri(profile, run_key, "answers"))[1] + "/"
+
+
+def ask_results_uri(profile: Profile, run_key: str) -> str:
+    """s3://bucket/<runs>/<run_key>/ask-results.jsonl: one row per (document, question)."""
+    return run_uri(profile, run_key, "ask-results.jsonl")

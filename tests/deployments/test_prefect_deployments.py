@@ -46,6 +46,7 @@ FLOW_FILES = {
     "package-model": "flows/package_model.py",
     "deploy-endpoint": "flows/deploy_endpoint.py",
     "process-documents": "flows/process_documents.py",
+    "ask-documents": "flows/ask_documents.py",
     "teardown-endpoint": "flows/teardown_endpoint.py",
     "end-to-end": "flows/end_to_end.py",
     "run-status": "flows/run_status.py",
@@ -58,6 +59,7 @@ DEPLOYMENTS = {
     "teardown-endpoint/local",
     "end-to-end/local",
     "run-status/local",
+    "ask-documents/local",
 }
 LOCALCLOUD_ENV = ("AWS_ENDPOINT_URL", "DOCFLOW_ENDPOINT_URL", "DOCFLOW_CREDENTIALS_BLOCK")
 

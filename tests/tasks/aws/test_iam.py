@@ -138,6 +138,10 @@ def test_pass_role_is_conditioned_on_sagemaker(docs: dict[str, dict[str, Any]]) 
     assert queues["Resource"] == f"arn:aws:sqs:eu-west-1:{ACCOUNT}:docflow-acme-llm-*"
     sagemaker = orchestrator["SageMakerEndpointLifecycle"]["Resource"]
     assert f"arn:aws:sagemaker:eu-west-1:{ACCOUNT}:endpoint/acme-llm" in sagemaker
+    # The real-time endpoint deployed beside the async one (endpoint_mode: both).
+    assert f"arn:aws:sagemaker:eu-west-1:{ACCOUNT}:endpoint/acme-llm-rt" in sagemaker
+    actions = orchestrator["SageMakerEndpointLifecycle"]["Action"]
+    assert {"sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"} <= set(actions)
 
 
 def test_kms_and_ecr_statements_only_when_known() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import socket
 
@@ -12,6 +14,7 @@ from tasks.endpoint.spec import (
     EndpointSpecError,
     build_endpoint_spec,
     model_location,
+    realtime_endpoint_name,
     resolve_image_uri,
 )
 from tasks.settings import load_profile
@@ -171,6 +174,7 @@ def test_instance_pools_replace_instance_type_and_leave_other_hashes_alone() -> 
     plain = _spec()
     data = plain.model_dump(mode="json")
     assert data.pop("instance_pools") == []
+    assert data.pop("realtime") is False
     # A spec without pools hashes as before pools existed: deployed endpoints are not updated.
     old = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
     assert plain.spec_hash() == old.hexdigest()
@@ -186,3 +190,20 @@ def test_instance_pools_replace_instance_type_and_leave_other_hashes_alone() -> 
     ]
     with pytest.raises(EndpointSpecError, match="instance_types"):
         _spec(instance_types=["ml.g6.2xlarge", "ml.g6.2xlarge"])
+
+
+def test_a_realtime_spec_has_no_async_config_and_its_own_hash() -> None:
+    async_spec, realtime = _spec(), _spec(realtime=True)
+    assert "AsyncInferenceConfig" in async_spec.create_endpoint_config_request()
+    config = realtime.create_endpoint_config_request()
+    assert "AsyncInferenceConfig" not in config
+    assert config["ProductionVariants"][0]["ModelName"] == realtime.resource_name
+    assert realtime.resource_name != async_spec.resource_name  # both can exist side by side
+    # An async spec hashes as it did before real-time specs existed: no redeploy on upgrade.
+    fields = async_spec.model_dump(mode="json")
+    assert fields.pop("realtime") is False
+    assert fields.pop("instance_pools") == []
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    assert async_spec.spec_hash() == hashlib.sha256(canonical.encode()).hexdigest()
+    assert realtime_endpoint_name("docflow-llm") == "docflow-llm-rt"
+    assert len(realtime_endpoint_name("x" * 63)) == 63
