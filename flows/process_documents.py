@@ -47,8 +47,9 @@ from tasks.run.tokens import TokenCounter, token_counter
 from tasks.settings import Profile, load_profile
 
 TABLE_ROWS = 20
-# Long enough for the summarize template's two or three sentences (see the README's defaults).
-DEFAULT_MAX_NEW_TOKENS = 128
+# SmolLM2 on the 50 sample documents (summarize): 46 answers end by themselves within 256 tokens
+# (median 76, longest 216); the other 4 repeat a phrase until any budget ends (README, defaults).
+DEFAULT_MAX_NEW_TOKENS = 256
 
 
 @task(name="load-corpus", cache_policy=NO_CACHE)
