@@ -392,6 +392,7 @@ def process_documents(
             assert counter is not None  # map_reduce is refused without a tokenizer
             reduce_manifest, reduce_stats = reduce_step(
                 phase,
+                (retry_failed, retry_reason),
                 key,
                 manifest,
                 plan,
@@ -543,6 +544,7 @@ def build_reduce_corpus(
 
 def reduce_step(
     phase: Phase,
+    retry: tuple[bool, str | None],
     key: str,
     manifest: RunManifest,
     plan: LongDocuments,
@@ -554,7 +556,8 @@ def reduce_step(
     spool: OutputSpool,
 ) -> tuple[RunManifest | None, DriveStats]:
     """map_reduce + summarize: summarize each split document's chunk summaries, as the run
-    ``<run key>_r<corpus>`` (its own manifest, batches and resume)."""
+    ``<run key>_r<corpus>`` (its own manifest, batches and resume). ``retry``: the run's
+    retry_failed and retry_reason, applied to the reduce step's failures as well."""
     documents = build_reduce_corpus(
         quoted(manifest),
         quoted(plan),
@@ -577,6 +580,8 @@ def reduce_step(
         batch_size,
         max_batch_bytes,
         parameters={"reduce_of": key},
+        retry_failed=retry[0],
+        retry_reason=retry[1],
     )
     get_run_logger().info(
         "run %s: reduce step %s, %d prompts in %d batches, %s",
