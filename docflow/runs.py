@@ -68,6 +68,12 @@ def retry_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         )
         return 2
     params = dict(manifest.parameters)
+    if "reduce_of" in params:
+        sys.stderr.write(
+            f"run {args.run_key!r} is the reduce step of run {params['reduce_of']!r}: retry that "
+            "run (its failed chunks and reduce prompts run again)\n"
+        )
+        return 2
     process_documents(
         **params,
         profile=args.profile,
