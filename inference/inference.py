@@ -32,7 +32,12 @@ of strings (ids ``"0"``, ``"1"``, ...).
 ``parameters`` (all optional; unknown names are an error for that document):
 ``max_new_tokens`` (int >= 1, default ``$DOCFLOW_MAX_NEW_TOKENS`` or 128), ``do_sample`` (default
 false: greedy), ``temperature`` (> 0), ``top_p`` (0 < p <= 1), ``top_k`` (int >= 0),
-``repetition_penalty`` (> 0), ``stop`` (a string or a list of strings), ``seed`` (int >= 0).
+``repetition_penalty`` (> 0), ``stop`` (a string or a list of strings), ``seed`` (int >= 0),
+``json_schema`` (a JSON Schema object: the text is compact JSON that validates against it) or
+``choices`` (a list of strings: the text is exactly one of them); constrained documents cannot
+have ``stop``. The grammar is compiled once per distinct schema or choice list on an instance
+(``constraints.py``, xgrammar) and masks every token; a constrained document whose budget runs out
+before its answer is complete gets an ``error`` line ("constrained output incomplete: ...").
 When sampling, unset knobs mean plain sampling (temperature 1, top_p 1, top_k 0 = off); they
 and ``seed`` are ignored when ``do_sample`` is false. A document with ``do_sample`` and a
 ``seed`` is generated on its own, so its text depends only on its prompt, parameters and seed.
@@ -90,6 +95,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from constraints import Constraint, ConstraintError
 from loaded_model import LoadedModel, load_model
 from request_contract import (
     JSON_TYPE,
@@ -146,7 +152,10 @@ def _runnable(
                     f"the model's context of {model.context_length} tokens; shorten or split the "
                     "document, or lower max_new_tokens"
                 )
-        except DocumentError as exc:
+            constraint = Constraint.of(entry.params)
+            if constraint is not None:  # compiled once per constraint, here, for either path
+                model.grammars.compiled(constraint)
+        except (DocumentError, ConstraintError) as exc:
             results[index] = {"id": entry.doc_id, "error": str(exc)}
             continue
         runnable.append((index, entry, ids))
