@@ -157,3 +157,18 @@ def incomplete_error(params: Params, finish_reason: str) -> str:
             "(maxLength, maxItems)"
         )
     return f"constrained output incomplete: generation stopped before the {what} was complete"
+
+
+def strict_text(params: Params, text: str) -> str:
+    """A JSON answer in strict JSON: the grammar lets raw control characters into strings.
+
+    Re-serialised with the separators the grammar uses, so only those characters change (they
+    become escapes) and any JSON parser reads the text.
+    """
+    if params.json_schema is None:
+        return text
+    try:
+        value = json.loads(text, strict=False)
+    except ValueError:
+        return text
+    return json.dumps(value, ensure_ascii=False)

@@ -63,7 +63,9 @@ def _logits_width(model: Any) -> int:
     embeddings = model.get_output_embeddings()
     if embeddings is not None and hasattr(embeddings, "weight"):
         return int(embeddings.weight.shape[0])
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
     return int(config.vocab_size)
 
 

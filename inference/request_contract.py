@@ -157,11 +157,7 @@ def _choices(raw: dict[str, Any]) -> tuple[str, ...]:
     value = raw.get("choices")
     if value is None:
         return ()
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(c, str) and c for c in value)
-    ):
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
         raise DocumentError("parameter choices must be a non-empty list of non-empty strings")
     if len(value) > MAX_CHOICES:
         raise DocumentError(f"at most {MAX_CHOICES} choices, got {len(value)}")

@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from constraints import TokenMask, incomplete_error
+from constraints import TokenMask, incomplete_error, strict_text
 from request_contract import Decode, Item, env_int, finish
 from transformers import (
     RepetitionPenaltyLogitsProcessor,
@@ -467,7 +467,12 @@ class Generation:
                 "finish_reason": reason,
             }
             if self.mask is not None and not self.mask.complete:
-                result = {"id": self.document.doc_id, "error": incomplete_error(self.params, reason)}
+                result = {
+                    "id": self.document.doc_id,
+                    "error": incomplete_error(self.params, reason),
+                }
+            elif self.mask is not None:
+                result["text"] = strict_text(self.params, text)
         self.result, self.failure = result, failure
         self.prefill = None
         self.done.set()
@@ -547,7 +552,12 @@ class Engine:
         grammars = self.loaded.grammars
         made = [
             Generation(
-                item, invocation, eos_ids, decode, self.loaded.device, grammars.mask_for(item[1].params)
+                item,
+                invocation,
+                eos_ids,
+                decode,
+                self.loaded.device,
+                grammars.mask_for(item[1].params),
             )
             for item in items
         ]
@@ -875,7 +885,9 @@ class Engine:
         for row, generation in live:
             params = generation.params
             plain = (
-                not params.do_sample and params.repetition_penalty is None and generation.mask is None
+                not params.do_sample
+                and params.repetition_penalty is None
+                and generation.mask is None
             )
             token = greedy[row] if plain else generation.choose(logits[row : row + 1])
             if generation.append(token):

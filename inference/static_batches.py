@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from constraints import TokenMask, incomplete_error
+from constraints import TokenMask, incomplete_error, strict_text
 from request_contract import Decode, Item, finish
 from transformers import (
     LogitsProcessor,
@@ -108,7 +108,7 @@ def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
             **kwargs,
         )
     generated = output[:, width:].tolist()
-    results = []
+    results: list[dict[str, Any]] = []
     for row, ((_, document, ids), tokens) in enumerate(zip(batch, generated, strict=True)):
         stopped_at = stops.stopped_at[row] if stops is not None else None
         text, count, reason = finish(tokens, eos_ids, stopped_at, params.stop, decode)
@@ -119,6 +119,7 @@ def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
             if not mask.complete:
                 results.append({"id": document.doc_id, "error": incomplete_error(params, reason)})
                 continue
+            text = strict_text(params, text)
         results.append(
             {
                 "id": document.doc_id,
