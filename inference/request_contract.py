@@ -323,10 +323,19 @@ def parse_body(body: Any, content_type: str | None) -> list[Entry]:
 def prompt_ids(document: Document, tokenizer: Any) -> list[int]:
     """Token ids of the document's prompt: chat-templated when the tokenizer has a template."""
     if getattr(tokenizer, "chat_template", None):
+        chat = document.chat()
         try:
-            text = tokenizer.apply_chat_template(
-                document.chat(), tokenize=False, add_generation_prompt=True
-            )
+            try:
+                text = tokenizer.apply_chat_template(
+                    chat, tokenize=False, add_generation_prompt=True
+                )
+            except Exception:
+                folded = fold_system(chat)
+                if folded is None:
+                    raise
+                text = tokenizer.apply_chat_template(
+                    folded, tokenize=False, add_generation_prompt=True
+                )
         except Exception as exc:  # jinja raises on e.g. roles that do not alternate
             raise DocumentError(f"the model's chat template rejected the messages: {exc}") from None
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -336,6 +345,15 @@ def prompt_ids(document: Document, tokenizer: Any) -> list[int]:
     else:
         ids = tokenizer(document.prompt or "")["input_ids"]
     return [int(i) for i in ids]
+
+
+def fold_system(chat: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """A leading system message folded into the first user turn (for templates without a system
+    role, e.g. Mistral Instruct's); None when there is nothing to fold."""
+    if len(chat) < 2 or chat[0]["role"] != "system" or chat[1]["role"] != "user":
+        return None
+    first = {"role": "user", "content": f"{chat[0]['content']}\n\n{chat[1]['content']}"}
+    return [first, *chat[2:]]
 
 
 Decode = Callable[[Sequence[int]], str]
