@@ -9,16 +9,17 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
-from pydantic import ValidationError
 
 from tasks.run.aggregate import Preview, aggregate_run
+from tasks.run.answers import Answers
 from tasks.run.batching import compute_run_key
+from tasks.run.controls import run_controls
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.drive import drive_run
 from tasks.run.driver import DriveStats
 from tasks.run.layout import run_artifact_key, validate_run_key
 from tasks.run.manifest import RunManifest
-from tasks.run.messages import one_sentence, process_run_name, template_problem
+from tasks.run.messages import process_run_name, template_problem
 from tasks.run.notifications import (
     EndpointOutputs,
     RunQueue,
@@ -29,7 +30,7 @@ from tasks.run.notifications import (
 from tasks.run.notify import notify_run_end
 from tasks.run.policy import DriveOptions
 from tasks.run.prepare import prepare_manifest
-from tasks.run.prompts import GenerationParameters, PromptTemplate
+from tasks.run.prompts import PromptTemplate
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import resume_reconcile
 from tasks.run.scale import scale_to_zero_if_idle
@@ -82,6 +83,7 @@ def aggregate(
     output_format: Literal["parquet", "csv", "jsonl"],
     output_dir: str | None,
     spool: OutputSpool | None,
+    answers: Answers | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Join every output back to its input row and write results, failures and summary."""
     return aggregate_run(
@@ -93,6 +95,7 @@ def aggregate(
         local_dir=output_dir,
         preview_rows=TABLE_ROWS,
         spool=spool,
+        answers=answers,
     )
 
 
@@ -126,24 +129,26 @@ def build_template(
     template: str, fields: list[str] | None, labels: list[str] | None, custom_template: str | None
 ) -> PromptTemplate:
     """The prompt template from the flow's parameters (a clear error for an unknown kind)."""
-    kinds = ("summarize", "extract", "classify", "custom")
-    if template not in kinds:
-        raise ValueError(f"template {template!r} is unknown; use one of {list(kinds)}")
     problem = template_problem(template, fields, labels, custom_template)
     if problem:
         raise ValueError(problem)
-    try:
-        return PromptTemplate.model_validate(
-            {
-                "kind": template,
-                "fields": fields or [],
-                "labels": labels or [],
-                "template": custom_template,
-            }
-        )
-    except ValidationError as exc:
-        whole = "custom_template" if template == "custom" else "template"
-        raise ValueError(one_sentence(exc, whole=whole)) from None
+    return run_controls(
+        template=template,
+        fields=fields,
+        labels=labels,
+        custom_template=custom_template,
+        schema=None,
+        multi_label=False,
+        system_prompt=None,
+        messages_column=None,
+        max_new_tokens=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        repetition_penalty=None,
+        stop=None,
+        seed=None,
+    ).template
 
 
 def run_parameters(corpus: str, **shaping: Any) -> dict[str, Any]:
@@ -183,10 +188,20 @@ def process_documents(
     fields: list[str] | None = None,
     labels: list[str] | None = None,
     custom_template: str | None = None,
+    schema: dict[str, Any] | str | None = None,
+    multi_label: bool = False,
+    system_prompt: str | None = None,
+    messages_column: str | None = None,
     id_column: str = "id",
     text_column: str = "text",
     metadata_columns: list[str] | None = None,
     max_new_tokens: int = 128,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    repetition_penalty: float | None = None,
+    stop: list[str] | None = None,
+    seed: int | None = None,
     max_doc_bytes: int = 100_000,
     batch_size: int = 16,
     max_batch_bytes: int = 1_000_000,
@@ -209,14 +224,29 @@ def process_documents(
             documents (.pdf .docx .html .eml .md .txt; every other file is rejected with its reason).
         profile: Deployment profile name (deployments/<name>.yaml) or path to one.
         endpoint: SageMaker endpoint name; default: the profile's endpoint_name.
-        template: Prompt kind: summarize, extract (fields), classify (labels) or custom.
-        fields: Field names to extract (template=extract).
-        labels: Labels to choose from (template=classify).
+        template: Prompt kind: summarize, extract (schema or fields), classify (labels) or custom.
+        fields: Field names to extract, all strings (template=extract; or use schema).
+        labels: Labels to choose from (template=classify); the answer is always one of them,
+            stored as a categorical column ``label``.
         custom_template: A template with {text} and other {metadata} placeholders (template=custom).
+        schema: template=extract: field names with types, e.g. {"party": "string", "amount":
+            "number", "signed": "boolean", "date": "date", "tags": "list[string]", "kind":
+            ["sale", "lease"]} (or a JSON Schema fragment per field), or the path of a JSON
+            Schema file. The answer is constrained to it and stored as one typed column per field.
+        multi_label: template=classify: the answer is a list of the labels (column ``labels``).
+        system_prompt: A system message sent before every prompt.
+        messages_column: Input column holding each document's own chat messages (a list of
+            {role, content}, or its JSON text), sent instead of a template's prompt.
         id_column: Input column holding the document id.
         text_column: Input column holding the document text.
         metadata_columns: Columns kept as metadata; default: all other columns.
         max_new_tokens: Generation budget per document.
+        temperature: Sampling temperature (> 0 samples; 0 or unset: greedy).
+        top_p: Nucleus sampling (0 < top_p <= 1); turns sampling on.
+        top_k: Sample among the k likeliest tokens (>= 1); turns sampling on.
+        repetition_penalty: > 1 discourages repeating tokens.
+        stop: Strings that end a document's answer (not with extract or classify).
+        seed: Seed of each document's sampling (needs sampling), for reproducible answers.
         max_doc_bytes: Longest document text (UTF-8 bytes); longer ones are rejected.
         batch_size: Documents per invocation payload.
         max_batch_bytes: Bytes per invocation payload.
@@ -236,9 +266,32 @@ def process_documents(
     started = time.monotonic()
     prof = load_profile(profile)
     endpoint_name = endpoint or prof.endpoint_name
-    tmpl = build_template(template, fields, labels, custom_template)
-    params = GenerationParameters(max_new_tokens=max_new_tokens)
-    mapping = ColumnMapping(id=id_column, text=text_column, metadata=metadata_columns)
+    problem = template_problem(template, fields, labels, custom_template)
+    if problem and not (template == "extract" and schema is not None):
+        raise ValueError(problem)
+    tmpl, params, answers = run_controls(
+        template=template,
+        fields=fields,
+        labels=labels,
+        custom_template=custom_template,
+        schema=schema,
+        multi_label=multi_label,
+        system_prompt=system_prompt,
+        messages_column=messages_column,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        stop=stop,
+        seed=seed,
+    )
+    mapping = ColumnMapping(
+        id=id_column,
+        text=messages_column or text_column,
+        metadata=metadata_columns,
+        messages=messages_column is not None,
+    )
 
     loaded = load_documents(corpus, mapping, prof, max_doc_bytes)
     target = describe_target(prof, endpoint_name)
@@ -263,10 +316,20 @@ def process_documents(
             fields=fields,
             labels=labels,
             custom_template=custom_template,
+            schema=schema,
+            multi_label=multi_label,
+            system_prompt=system_prompt,
+            messages_column=messages_column,
             id_column=id_column,
             text_column=text_column,
             metadata_columns=metadata_columns,
             max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            stop=stop,
+            seed=seed,
             batch_size=batch_size,
             max_batch_bytes=max_batch_bytes,
             max_attempts=max_attempts,
@@ -317,6 +380,7 @@ def process_documents(
             output_format,
             output_dir,
             quoted(spool),
+            answers,
         )
     publish_artifacts(summary, quoted(preview), key)
     if summary.failed or summary.rejected or summary.canceled:

@@ -34,7 +34,10 @@ def template_problem(
 ) -> str | None:
     """What the prompt parameters lack for ``template``, or None when they fit."""
     if template == "extract" and not fields:
-        return "template='extract' needs the parameter fields: the names of the fields to extract"
+        return (
+            "template='extract' needs the parameter schema (field names with types, e.g. "
+            '{"party": "string", "amount": "number"}) or fields (names; all strings)'
+        )
     if template == "classify" and not labels:
         return "template='classify' needs the parameter labels: the labels to choose from"
     if template == "custom" and not (custom_template and custom_template.strip()):

@@ -38,9 +38,7 @@ class GenerationParameters(BaseModel):
 
     @model_validator(mode="after")
     def _sampling_knobs_need_sampling(self) -> GenerationParameters:
-        knobs = [
-            k for k in ("temperature", "top_p", "top_k", "seed") if getattr(self, k) is not None
-        ]
+        knobs = [k for k in ("temperature", "top_p", "top_k") if getattr(self, k) is not None]
         if knobs and not self.do_sample:
             raise ValueError(
                 f"{', '.join(knobs)} only apply when sampling; set do_sample=True or leave them out"
