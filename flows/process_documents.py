@@ -137,7 +137,6 @@ def build_template(
         fields=fields,
         labels=labels,
         custom_template=custom_template,
-        schema=None,
         multi_label=False,
         system_prompt=None,
         messages_column=None,
@@ -185,10 +184,9 @@ def process_documents(
     profile: str = "local",
     endpoint: str | None = None,
     template: Literal["summarize", "extract", "classify", "custom"] = "summarize",
-    fields: list[str] | None = None,
+    fields: list[str] | dict[str, Any] | str | None = None,
     labels: list[str] | None = None,
     custom_template: str | None = None,
-    schema: dict[str, Any] | str | None = None,
     multi_label: bool = False,
     system_prompt: str | None = None,
     messages_column: str | None = None,
@@ -224,15 +222,15 @@ def process_documents(
             documents (.pdf .docx .html .eml .md .txt; every other file is rejected with its reason).
         profile: Deployment profile name (deployments/<name>.yaml) or path to one.
         endpoint: SageMaker endpoint name; default: the profile's endpoint_name.
-        template: Prompt kind: summarize, extract (schema or fields), classify (labels) or custom.
-        fields: Field names to extract, all strings (template=extract; or use schema).
+        template: Prompt kind: summarize, extract (fields), classify (labels) or custom.
+        fields: template=extract: the fields, with types, e.g. {"party": "string", "amount":
+            "number", "signed": "boolean", "when": "date", "tags": "list[string]", "kind":
+            ["sale", "lease"]} (or a JSON Schema fragment per field); a list of names (all
+            strings); or the path of a JSON Schema file. The answer is constrained to it and
+            stored as one typed column per field, beside the raw JSON in ``text``.
         labels: Labels to choose from (template=classify); the answer is always one of them,
             stored as a categorical column ``label``.
         custom_template: A template with {text} and other {metadata} placeholders (template=custom).
-        schema: template=extract: field names with types, e.g. {"party": "string", "amount":
-            "number", "signed": "boolean", "date": "date", "tags": "list[string]", "kind":
-            ["sale", "lease"]} (or a JSON Schema fragment per field), or the path of a JSON
-            Schema file. The answer is constrained to it and stored as one typed column per field.
         multi_label: template=classify: the answer is a list of the labels (column ``labels``).
         system_prompt: A system message sent before every prompt.
         messages_column: Input column holding each document's own chat messages (a list of
@@ -266,15 +264,11 @@ def process_documents(
     started = time.monotonic()
     prof = load_profile(profile)
     endpoint_name = endpoint or prof.endpoint_name
-    problem = template_problem(template, fields, labels, custom_template)
-    if problem and not (template == "extract" and schema is not None):
-        raise ValueError(problem)
     tmpl, params, answers = run_controls(
         template=template,
         fields=fields,
         labels=labels,
         custom_template=custom_template,
-        schema=schema,
         multi_label=multi_label,
         system_prompt=system_prompt,
         messages_column=messages_column,
@@ -316,7 +310,6 @@ def process_documents(
             fields=fields,
             labels=labels,
             custom_template=custom_template,
-            schema=schema,
             multi_label=multi_label,
             system_prompt=system_prompt,
             messages_column=messages_column,

@@ -49,6 +49,8 @@ Output (JSON Lines, one line per input document, in input order)::
 
 ``prompt_tokens`` counts the tokens of the (chat-templated) prompt, padding excluded;
 ``cached_tokens`` how many of them were served from the prefix cache (0 on the static path).
+A constrained document's line also has ``grammar_compilations``: how many grammars the instance
+has compiled so far (one per distinct ``json_schema`` / ``choices``, not one per document).
 ``completion_tokens`` counts the tokens generated for that document, padding excluded: up to and
 including the EOS token when the model stopped there, up to and including the token that
 completed a stop string when one did. ``finish_reason`` is ``stop`` (EOS or a stop string) or
@@ -217,6 +219,11 @@ def predict_fn(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> li
             for (index, _, _), result in zip(batch, run_batch(model, batch), strict=True):
                 results[index] = result
         how = f"in {len(batches)} micro-batches"
+    for index, document, _ in runnable:
+        line = results[index]
+        if line is not None and "text" in line and Constraint.of(document.params):
+            # The instance's count so far: one per distinct schema / choice list, not per document.
+            line["grammar_compilations"] = model.grammars.compilations
     done = [r for r in results if r is not None]
     logger.info(
         "%d documents (%d errors) %s: %d prompt (%d cached) + %d completion tokens, %.2f s",

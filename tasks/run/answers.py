@@ -1,7 +1,7 @@
 """Typed answers: an extraction schema or a label set, the constraint the endpoint decodes under,
 and the typed result columns each answer is parsed into.
 
-The flow parameter ``schema`` maps field names to a type (``"string"``, ``"integer"``,
+The flow parameter ``fields`` lists field names (all strings), or maps field names to a type (``"string"``, ``"integer"``,
 ``"number"``, ``"boolean"``, ``"date"``, ``"list[string]"``), a list of allowed strings (an enum),
 or a JSON Schema fragment for one field (e.g. ``{"type": "string", "maxLength": 40}``); or it is
 the path of a JSON Schema file (an object schema whose properties are such fields). Every field is
@@ -214,47 +214,39 @@ def _from_file(path: str) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise SchemaError(
-            f"schema {path!r} is no file; pass a JSON Schema file's path or a mapping of field "
+            f"fields {path!r} is no file; pass a JSON Schema file's path or a mapping of field "
             'names to types, e.g. {"party": "string", "amount": "number"}'
         )
     try:
         document = json.loads(file.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise SchemaError(f"schema file {path} is not valid JSON: {exc}") from None
+        raise SchemaError(f"fields: schema file {path} is not valid JSON: {exc}") from None
     properties = document.get("properties") if isinstance(document, dict) else None
     if not isinstance(properties, dict) or not properties:
         raise SchemaError(
-            f"schema file {path} must be an object schema with 'properties' (one per field)"
+            f"fields: schema file {path} must be an object schema with 'properties' (one per field)"
         )
     return properties
 
 
 def extraction_answers(
-    schema: dict[str, Any] | str | None, fields: list[str] | None, reserved: set[str]
+    fields: list[str] | dict[str, Any] | str | None, reserved: set[str]
 ) -> Answers:
-    """The answer of template=extract from ``schema`` (or ``fields``, all strings)."""
-    if schema is not None and fields:
-        raise SchemaError(
-            "give the parameter schema or fields, not both (schema names the fields itself)"
-        )
-    where = "schema"
-    if schema is None:
-        if not fields:
-            raise SchemaError(
-                "template='extract' needs the parameter schema (field names with types, e.g. "
-                '{"party": "string", "amount": "number"}) or fields (names; all strings)'
-            )
+    """The answer of template=extract from the ``fields`` parameter (names, types or a file)."""
+    where = "fields"
+    if isinstance(fields, list) and fields:
+        if not all(isinstance(name, str) for name in fields):
+            raise SchemaError(f"fields must be names (strings), got {fields!r}")
         spec: dict[str, Any] = dict.fromkeys(fields, "string")
-        where = "fields"
-    elif isinstance(schema, str):
-        spec = _from_file(schema)
-    elif isinstance(schema, dict) and schema:
-        spec = schema
+    elif isinstance(fields, str) and fields.strip():
+        spec = _from_file(fields)
+    elif isinstance(fields, dict) and fields:
+        spec = fields
     else:
         raise SchemaError(
-            "schema must map field names to types, e.g. "
-            '{"party": "string", "amount": "number", "kind": ["sale", "lease"]}, '
-            "or be a JSON Schema file's path"
+            "template='extract' needs the parameter fields: field names with types, e.g. "
+            '{"party": "string", "amount": "number", "kind": ["sale", "lease"]}, a list of '
+            "names (all strings), or a JSON Schema file's path"
         )
     if len(spec) > MAX_FIELDS:
         raise SchemaError(f"{where}: at most {MAX_FIELDS} fields, got {len(spec)}")

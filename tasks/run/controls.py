@@ -75,10 +75,9 @@ def sampling(
 def run_controls(
     *,
     template: str,
-    fields: list[str] | None,
+    fields: list[str] | dict[str, Any] | str | None,
     labels: list[str] | None,
     custom_template: str | None,
-    schema: dict[str, Any] | str | None,
     multi_label: bool,
     system_prompt: str | None,
     messages_column: str | None,
@@ -93,8 +92,6 @@ def run_controls(
     """Validate the flow's prompt and generation parameters; ValueError names the parameter."""
     if template not in KINDS:
         raise ValueError(f"template {template!r} is unknown; use one of {list(KINDS)}")
-    if template != "extract" and schema is not None:
-        raise ValueError("schema applies to template='extract'; set template='extract'")
     if multi_label and template != "classify":
         raise ValueError("multi_label applies to template='classify'")
     if messages_column is not None and (template == "custom" or custom_template):
@@ -107,7 +104,7 @@ def run_controls(
     answers: Answers | None = None
     try:
         if template == "extract":
-            answers = extraction_answers(schema, fields, set(COLUMNS))
+            answers = extraction_answers(fields, set(COLUMNS))
             fields = _describe(answers)
         elif template == "classify":
             answers = classification_answers(labels, multi_label)
@@ -121,7 +118,7 @@ def run_controls(
         prompt = PromptTemplate.model_validate(
             {
                 "kind": template,
-                "fields": fields or [],
+                "fields": fields if isinstance(fields, list) else [],
                 "labels": labels or [],
                 "template": custom_template,
                 "multi_label": multi_label,
