@@ -37,6 +37,13 @@ TYPE_NAMES: dict[str, Kind] = {
 DEFAULT_MAX_CHARS = 200  # a string field's maxLength unless the schema gives one
 DEFAULT_MAX_ITEMS = 20  # a list field's maxItems unless the schema gives one
 MAX_FIELDS = 100
+# A calendar date YYYY-MM-DD (years 1000-9999), days per month checked; "format": "date" alone
+# lets the grammar write June 31st. February 29th is allowed in every year, so a non-leap one
+# is the only date the grammar lets through that the column refuses (the document fails).
+DATE_PATTERN = (
+    r"^[1-9][0-9]{3}-(0[13578]-(0[1-9]|[12][0-9]|3[01])|1[02]-(0[1-9]|[12][0-9]|3[01])"
+    r"|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-9]))$"
+)
 
 
 class AnswerError(ValueError):
@@ -65,7 +72,7 @@ class AnswerField(BaseModel):
             "number": pa.float64(),
             "boolean": pa.bool_(),
             "date": pa.date32(),
-            "enum": pa.dictionary(pa.int32(), pa.large_string()),
+            "enum": pa.dictionary(pa.int32(), pa.string()),
             "list": pa.list_(pa.large_string()),
         }[self.kind]
 
@@ -125,7 +132,7 @@ class Answers(BaseModel):
     def columns(self) -> list[tuple[str, pa.DataType]]:
         """(name, Arrow type) of each answer column, in order."""
         if self.mode == "labels":
-            return [("labels", pa.list_(pa.dictionary(pa.int32(), pa.large_string())))]
+            return [("labels", pa.list_(pa.dictionary(pa.int32(), pa.string())))]
         return [(f.name, f.arrow()) for f in self.fields]
 
     def parse(self, text: Any) -> dict[str, Any]:
@@ -182,6 +189,8 @@ def _field(name: str, spec: Any, where: str) -> AnswerField:
     kind_of = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean"}
     json_type = fragment.get("type")
     if json_type == "string" and fragment.get("format") == "date":
+        fragment.pop("format")
+        fragment["pattern"] = DATE_PATTERN
         return AnswerField(name=name, kind="date", json_schema=fragment)
     if json_type == "array":
         items = fragment.get("items")
@@ -203,7 +212,7 @@ def _field(name: str, spec: Any, where: str) -> AnswerField:
 def _fragment(kind: Kind) -> dict[str, Any]:
     """The JSON Schema of a field given by type name."""
     if kind == "date":
-        return {"type": "string", "format": "date"}
+        return {"type": "string", "format": "date"}  # becomes DATE_PATTERN in _field
     if kind == "list":
         return {"type": "array", "items": {"type": "string"}}
     return {"type": kind}
