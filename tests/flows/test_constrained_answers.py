@@ -190,3 +190,32 @@ def test_constrained_extraction_and_classification_from_a_random_model(
         table = _table(profile, short).to_pylist()
         assert all("max_new_tokens=4 ran out" in row["reason"] for row in table)
         assert all(row["party"] is None and row["amount"] is None for row in table)
+
+
+def test_a_messages_column_and_an_answer_that_is_not_a_label(
+    deploy_echo: Any, tmp_path: Path
+) -> None:
+    """The echo model (version 1) answers "v1:" + its prompt upper-cased: from a messages column,
+    "yes" is the label v1:YES; "maybe" is no label, so it fails with the reason (no half row)."""
+    deployment = deploy_echo()
+    corpus = tmp_path / "chats.jsonl"
+    chats = {"c-yes": "yes", "c-no": "no", "c-maybe": "maybe"}
+    with corpus.open("w", encoding="utf-8") as fh:
+        for doc_id, content in chats.items():
+            chat = [{"role": "user", "content": content}]
+            fh.write(json.dumps({"id": doc_id, "chat": chat, "source": "web"}) + "\n")
+    result = process_documents(
+        corpus=str(corpus),
+        profile=deployment.profile_path,
+        template="classify",
+        labels=["v1:YES", "v1:NO"],
+        messages_column="chat",
+        max_new_tokens=8,
+    )
+    rows = {r["doc_id"]: r for r in _table(deployment.profile, result).to_pylist()}
+    assert result["completed"] == 2 and result["failed"] == 1, result
+    assert rows["c-yes"]["label"] == "v1:YES" and rows["c-no"]["label"] == "v1:NO"
+    maybe = rows["c-maybe"]
+    assert maybe["status"] == "failed" and maybe["label"] is None
+    assert maybe["reason"].startswith("invalid answer: answer field 'label' is \"v1:MAYBE\"")
+    assert {r["source"] for r in rows.values()} == {"web"}  # other columns stay metadata
