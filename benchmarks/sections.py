@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import BenchConfig
+from benchmarks.constrained import constrained
 from benchmarks.corpus import write_corpus
 from benchmarks.endpoints import deploy_echo, deploy_model, download_model
 from benchmarks.environment import BenchEnvironment
@@ -209,4 +210,5 @@ SECTIONS = {
     "completion": completion,
     "scaling": scaling,
     "serving": serving,
+    "constrained": constrained,
 }
