@@ -5,7 +5,9 @@ The same file runs unchanged in the Hugging Face PyTorch inference container on 
 localcloud's hosting emulator; it imports only the standard library, torch, transformers and
 its sibling modules under ``code/`` (the toolkit puts that directory on ``sys.path``):
 ``request_contract`` (bodies in, result lines out), ``loaded_model`` (``model_fn``'s loading),
-``static_batches`` (the static path) and ``serving_engine`` (continuous batching).
+``static_batches`` (the static path), ``serving_engine`` (continuous batching) and
+``constraints`` (constrained output: xgrammar, the one package it needs beyond those above,
+listed in ``code/requirements.txt`` and imported only when a document is constrained).
 
 Model: a causal LM saved with ``save_pretrained(safe_serialization=True)`` at the root of the
 model directory (``*.safetensors`` + ``config.json`` + tokenizer files), loaded with
