@@ -110,7 +110,7 @@ def constrained(bench: Any) -> dict[str, Any]:
     try:
         deploy(bench.env, name, artifact, per_instance=1, environment=environment)
         # Warm-up: torch's first calls, and the grammar's one compilation, out of the timing.
-        for mode in MODES:
+        for mode in payloads:
             first = payloads[mode][0]
             run_level(bench.env.profile, name, [first[: first.index(b"\n") + 1]], 1, timeout)
         for index in range(len(payloads["constrained"])):
