@@ -18,9 +18,9 @@ from benchmarks.report import RESULTS_DIR, check_targets, git_commit, machine_in
 from benchmarks.tables import render
 
 # Run order: the sections that reuse docflow's echo runs follow the one that makes them.
-ORDER = ("overhead", "completion", "scaling", "model", "serving", "sessions")
-# --quick leaves out the serving and sessions sections (SmolLM2 instances) unless asked for.
-QUICK_ORDER = ORDER[:-2]
+ORDER = ("overhead", "completion", "scaling", "model", "serving", "sessions", "constrained")
+# --quick leaves out the SmolLM2 sections (serving, sessions, constrained) unless asked for.
+QUICK_ORDER = tuple(s for s in ORDER if s not in ("serving", "sessions", "constrained"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sections",
-        help=f"comma-separated subset of {','.join(ORDER)} (default: all; --quick: all but serving and sessions)",
+        help=f"comma-separated subset of {','.join(ORDER)} (default: all; --quick: all but serving, sessions, constrained)",
     )
     parser.add_argument(
         "--profile",

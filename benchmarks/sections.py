@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.config import BenchConfig
+from benchmarks.constrained import constrained
 from benchmarks.corpus import write_corpus
 from benchmarks.endpoints import deploy_echo, deploy_model, download_model
 from benchmarks.environment import BenchEnvironment
@@ -211,4 +212,5 @@ SECTIONS = {
     "scaling": scaling,
     "serving": serving,
     "sessions": sessions,
+    "constrained": constrained,
 }

@@ -116,9 +116,16 @@ def _invoke(profile: Any, endpoint: str, body: bytes, timeout_s: float) -> list[
 
 
 def run_level(
-    profile: Any, endpoint: str, payloads: list[bytes], concurrency: int, timeout_s: float
+    profile: Any,
+    endpoint: str,
+    payloads: list[bytes],
+    concurrency: int,
+    timeout_s: float,
+    *,
+    keep_rows: bool = False,
 ) -> dict[str, Any]:
-    """Keep ``concurrency`` invocations in flight until every payload is answered."""
+    """Keep ``concurrency`` invocations in flight until every payload is answered (``keep_rows``:
+    the result lines too, under ``rows``)."""
     pending = list(reversed(payloads))
     rows: list[dict[str, Any]] = []
     errors: list[BaseException] = []
@@ -150,7 +157,8 @@ def run_level(
         raise errors[0]
     done = [r for r in rows if "error" not in r]
     generated = sum(int(r["completion_tokens"]) for r in done)
-    return {
+    kept = {"rows": rows} if keep_rows else {}
+    return kept | {
         "concurrency": concurrency,
         "payloads": len(payloads),
         "docs": len(rows),

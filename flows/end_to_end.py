@@ -26,6 +26,7 @@ def end_to_end(
     environment: dict[str, str] | None = None,
     wait_delay_s: int = 2,
     wait_max_attempts: int = 300,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Package → deploy → process: the whole path from a model and a corpus to a results table.
 
@@ -42,6 +43,8 @@ def end_to_end(
         environment: Extra environment variables for the model container.
         wait_delay_s: Seconds between endpoint status polls while deploying.
         wait_max_attempts: Polls before deployment gives up.
+        options: More process-documents parameters, e.g. {"fields": {"amount": "number"},
+            "temperature": 0.7, "system_prompt": "..."}.
     """
     artifact = package_model(source=model_source, profile=profile)
     deployed = deploy_endpoint(
@@ -61,4 +64,5 @@ def end_to_end(
         batch_size=batch_size,
         output_dir=output_dir,
         output_format=output_format,
+        **(options or {}),
     )

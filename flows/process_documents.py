@@ -9,11 +9,12 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
-from pydantic import ValidationError
 
 from tasks.endpoint.usage import EndpointUsage
 from tasks.run.aggregate import Preview, aggregate_run
+from tasks.run.answers import Answers
 from tasks.run.batching import compute_run_key
+from tasks.run.controls import run_controls
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.drive import drive_run
 from tasks.run.driver import DriveStats
@@ -26,7 +27,7 @@ from tasks.run.long_documents import (
     plan_long_documents,
 )
 from tasks.run.manifest import RunManifest
-from tasks.run.messages import one_sentence, process_run_name, template_problem
+from tasks.run.messages import process_run_name, template_problem
 from tasks.run.notifications import (
     EndpointOutputs,
     RunQueue,
@@ -143,6 +144,7 @@ def aggregate(
     kind: str = "summarize",
     reduce_manifest: RunManifest | None = None,
     usage: EndpointUsage | None = None,
+    answers: Answers | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Join every output back to its input row and write results, failures and summary."""
     return aggregate_run(
@@ -158,6 +160,7 @@ def aggregate(
         kind=kind,
         reduce_manifest=reduce_manifest,
         usage=usage,
+        answers=answers,
     )
 
 
@@ -191,24 +194,25 @@ def build_template(
     template: str, fields: list[str] | None, labels: list[str] | None, custom_template: str | None
 ) -> PromptTemplate:
     """The prompt template from the flow's parameters (a clear error for an unknown kind)."""
-    kinds = ("summarize", "extract", "classify", "custom")
-    if template not in kinds:
-        raise ValueError(f"template {template!r} is unknown; use one of {list(kinds)}")
     problem = template_problem(template, fields, labels, custom_template)
     if problem:
         raise ValueError(problem)
-    try:
-        return PromptTemplate.model_validate(
-            {
-                "kind": template,
-                "fields": fields or [],
-                "labels": labels or [],
-                "template": custom_template,
-            }
-        )
-    except ValidationError as exc:
-        whole = "custom_template" if template == "custom" else "template"
-        raise ValueError(one_sentence(exc, whole=whole)) from None
+    return run_controls(
+        template=template,
+        fields=fields,
+        labels=labels,
+        custom_template=custom_template,
+        multi_label=False,
+        system_prompt=None,
+        messages_column=None,
+        max_new_tokens=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        repetition_penalty=None,
+        stop=None,
+        seed=None,
+    ).template
 
 
 def run_parameters(corpus: str, **shaping: Any) -> dict[str, Any]:
@@ -245,13 +249,22 @@ def process_documents(
     profile: str = "local",
     endpoint: str | None = None,
     template: Literal["summarize", "extract", "classify", "custom"] = "summarize",
-    fields: list[str] | None = None,
+    fields: list[str] | dict[str, Any] | str | None = None,
     labels: list[str] | None = None,
     custom_template: str | None = None,
+    multi_label: bool = False,
+    system_prompt: str | None = None,
+    messages_column: str | None = None,
     id_column: str = "id",
     text_column: str = "text",
     metadata_columns: list[str] | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    repetition_penalty: float | None = None,
+    stop: list[str] | None = None,
+    seed: int | None = None,
     max_doc_bytes: int = 100_000,
     long_documents: Literal["reject", "truncate", "map_reduce"] = "reject",
     chunk_overlap_tokens: int = 64,
@@ -282,13 +295,28 @@ def process_documents(
         profile: Deployment profile name (deployments/<name>.yaml) or path to one.
         endpoint: SageMaker endpoint name; default: the profile's endpoint_name.
         template: Prompt kind: summarize, extract (fields), classify (labels) or custom.
-        fields: Field names to extract (template=extract).
-        labels: Labels to choose from (template=classify).
+        fields: template=extract: the fields, with types, e.g. {"party": "string", "amount":
+            "number", "signed": "boolean", "when": "date", "tags": "list[string]", "kind":
+            ["sale", "lease"]} (or a JSON Schema fragment per field); a list of names (all
+            strings); or the path of a JSON Schema file. The answer is constrained to it and
+            stored as one typed column per field, beside the raw JSON in ``text``.
+        labels: Labels to choose from (template=classify); the answer is always one of them,
+            stored as a categorical column ``label``.
         custom_template: A template with {text} and other {metadata} placeholders (template=custom).
+        multi_label: template=classify: the answer is a list of the labels (column ``labels``).
+        system_prompt: A system message sent before every prompt.
+        messages_column: Input column holding each document's own chat messages (a list of
+            {role, content}, or its JSON text), sent instead of a template's prompt.
         id_column: Input column holding the document id.
         text_column: Input column holding the document text.
         metadata_columns: Columns kept as metadata; default: all other columns.
         max_new_tokens: Generation budget per document.
+        temperature: Sampling temperature (> 0 samples; 0 or unset: greedy).
+        top_p: Nucleus sampling (0 < top_p <= 1); turns sampling on.
+        top_k: Sample among the k likeliest tokens (>= 1); turns sampling on.
+        repetition_penalty: > 1 discourages repeating tokens.
+        stop: Strings that end a document's answer (not with extract or classify).
+        seed: Seed of each document's sampling (needs sampling), for reproducible answers.
         max_doc_bytes: Longest document text (UTF-8 bytes); longer ones are rejected.
         long_documents: A prompt over the model's context minus max_new_tokens (counted with the
             model's tokenizer): reject it, truncate it to its first tokens that fit (tokens_cut
@@ -321,9 +349,28 @@ def process_documents(
     started = time.monotonic()
     prof = load_profile(profile)
     endpoint_name = endpoint or prof.endpoint_name
-    tmpl = build_template(template, fields, labels, custom_template)
-    params = GenerationParameters(max_new_tokens=max_new_tokens)
-    mapping = ColumnMapping(id=id_column, text=text_column, metadata=metadata_columns)
+    tmpl, params, answers = run_controls(
+        template=template,
+        fields=fields,
+        labels=labels,
+        custom_template=custom_template,
+        multi_label=multi_label,
+        system_prompt=system_prompt,
+        messages_column=messages_column,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        stop=stop,
+        seed=seed,
+    )
+    mapping = ColumnMapping(
+        id=id_column,
+        text=messages_column or text_column,
+        metadata=metadata_columns,
+        messages=messages_column is not None,
+    )
 
     loaded = load_documents(corpus, mapping, prof, max_doc_bytes)
     if shard is not None:  # a child of a sharded run: only its shard, under the key it was given
@@ -373,7 +420,16 @@ def process_documents(
         "id_column": id_column,
         "text_column": text_column,
         "metadata_columns": metadata_columns,
+        "multi_label": multi_label,
+        "system_prompt": system_prompt,
+        "messages_column": messages_column,
         "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "repetition_penalty": repetition_penalty,
+        "stop": stop,
+        "seed": seed,
         "max_doc_bytes": max_doc_bytes,
         "long_documents": long_documents,
         "chunk_overlap_tokens": chunk_overlap_tokens,
@@ -443,6 +499,7 @@ def process_documents(
             tmpl.kind,
             quoted(reduce_manifest),
             stats.usage,  # the instances the endpoint kept up while the run was driven
+            answers,
         )
     publish_artifacts(summary, quoted(preview), key)
     if summary.failed or summary.rejected or summary.canceled:

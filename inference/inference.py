@@ -5,7 +5,9 @@ The same file runs unchanged in the Hugging Face PyTorch inference container on 
 localcloud's hosting emulator; it imports only the standard library, torch, transformers and
 its sibling modules under ``code/`` (the toolkit puts that directory on ``sys.path``):
 ``request_contract`` (bodies in, result lines out), ``loaded_model`` (``model_fn``'s loading),
-``static_batches`` (the static path) and ``serving_engine`` (continuous batching).
+``static_batches`` (the static path), ``serving_engine`` (continuous batching) and
+``constraints`` (constrained output: xgrammar, the one package it needs beyond those above,
+listed in ``code/requirements.txt`` and imported only when a document is constrained).
 
 Model: a causal LM saved with ``save_pretrained(safe_serialization=True)`` at the root of the
 model directory (``*.safetensors`` + ``config.json`` + tokenizer files), loaded with
@@ -32,7 +34,12 @@ of strings (ids ``"0"``, ``"1"``, ...).
 ``parameters`` (all optional; unknown names are an error for that document):
 ``max_new_tokens`` (int >= 1, default ``$DOCFLOW_MAX_NEW_TOKENS`` or 128), ``do_sample`` (default
 false: greedy), ``temperature`` (> 0), ``top_p`` (0 < p <= 1), ``top_k`` (int >= 0),
-``repetition_penalty`` (> 0), ``stop`` (a string or a list of strings), ``seed`` (int >= 0).
+``repetition_penalty`` (> 0), ``stop`` (a string or a list of strings), ``seed`` (int >= 0),
+``json_schema`` (a JSON Schema object: the text is compact JSON that validates against it) or
+``choices`` (a list of strings: the text is exactly one of them); constrained documents cannot
+have ``stop``. The grammar is compiled once per distinct schema or choice list on an instance
+(``constraints.py``, xgrammar) and masks every token; a constrained document whose budget runs out
+before its answer is complete gets an ``error`` line ("constrained output incomplete: ...").
 When sampling, unset knobs mean plain sampling (temperature 1, top_p 1, top_k 0 = off); they
 and ``seed`` are ignored when ``do_sample`` is false. A document with ``do_sample`` and a
 ``seed`` is generated on its own, so its text depends only on its prompt, parameters and seed.
@@ -44,6 +51,8 @@ Output (JSON Lines, one line per input document, in input order)::
 
 ``prompt_tokens`` counts the tokens of the (chat-templated) prompt, padding excluded;
 ``cached_tokens`` how many of them were served from the prefix cache (0 on the static path).
+A constrained document's line also has ``grammar_compilations``: how many grammars the instance
+has compiled so far (one per distinct ``json_schema`` / ``choices``, not one per document).
 ``completion_tokens`` counts the tokens generated for that document, padding excluded: up to and
 including the EOS token when the model stopped there, up to and including the token that
 completed a stop string when one did. ``finish_reason`` is ``stop`` (EOS or a stop string) or
@@ -102,6 +111,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from constraints import Constraint, ConstraintError
 from loaded_model import LoadedModel, load_model
 from request_contract import (
     JSON_TYPE,
@@ -171,7 +181,10 @@ def _runnable(
                     f"the model's context of {model.context_length} tokens; shorten or split the "
                     "document, or lower max_new_tokens"
                 )
-        except DocumentError as exc:
+            constraint = Constraint.of(entry.params)
+            if constraint is not None:  # compiled once per constraint, here, for either path
+                model.grammars.compiled(constraint)
+        except (DocumentError, ConstraintError) as exc:
             results[index] = {"id": entry.doc_id, "error": str(exc)}
             continue
         runnable.append((index, entry, ids))
@@ -244,6 +257,11 @@ def _predict(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> list
             for (index, _, _), result in zip(batch, run_batch(model, batch), strict=True):
                 results[index] = result
         how = f"in {len(batches)} micro-batches"
+    for index, document, _ in runnable:
+        line = results[index]
+        if line is not None and "text" in line and Constraint.of(document.params):
+            # The instance's count so far: one per distinct schema / choice list, not per document.
+            line["grammar_compilations"] = model.grammars.compilations
     done = [r for r in results if r is not None]
     logger.info(
         "%d documents (%d errors) %s: %d prompt (%d cached) + %d completion tokens, %.2f s",

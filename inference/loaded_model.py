@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import transformers
+from constraints import GrammarCache
 from request_contract import env_int
 from serving_engine import Engine, engine_limits
 from transformers import (
@@ -41,6 +42,8 @@ class LoadedModel:
         self.lock = threading.Lock()
         # The serving engine (continuous batching); None: the static micro-batch path.
         self.engine: Engine | None = None
+        # Constrained output: one compiled grammar per json_schema / choices, for both paths.
+        self.grammars = GrammarCache(tokenizer, _logits_width(model), self.eos_ids())
 
     def eos_ids(self) -> list[int]:
         """Every token id that ends a completion (generation config and tokenizer)."""
@@ -53,6 +56,17 @@ class LoadedModel:
         if self.tokenizer.eos_token_id is not None:
             ids.add(int(self.tokenizer.eos_token_id))
         return sorted(ids)
+
+
+def _logits_width(model: Any) -> int:
+    """How many scores the model gives per position (its vocabulary, padding included)."""
+    embeddings = model.get_output_embeddings()
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return int(embeddings.weight.shape[0])
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
+    return int(config.vocab_size)
 
 
 def _context_length(config: Any, tokenizer: Any) -> int:

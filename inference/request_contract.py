@@ -26,9 +26,12 @@ PARAMETER_NAMES = (
     "repetition_penalty",
     "stop",
     "seed",
+    "json_schema",
+    "choices",
 )
 DEFAULT_MAX_NEW_TOKENS = 128
 MAX_STOP_STRINGS = 16
+MAX_CHOICES = 1000
 
 
 class DocumentError(ValueError):
@@ -46,6 +49,8 @@ class Params(NamedTuple):
     repetition_penalty: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    json_schema: str | None = None  # canonical JSON text: the output must validate against it
+    choices: tuple[str, ...] = ()  # the output must be exactly one of these
 
     def key(self) -> tuple[Any, ...]:
         """A hashable identity: documents with equal keys can be generated together."""
@@ -136,6 +141,29 @@ def _integer(params: dict[str, Any], name: str, minimum: int) -> int | None:
     return value
 
 
+def _json_schema(raw: dict[str, Any]) -> str | None:
+    value = raw.get("json_schema")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise DocumentError(
+            f"parameter json_schema must be a non-empty JSON Schema object, got {value!r}"
+        )
+    # Key order kept: the properties are generated in the order the schema lists them.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _choices(raw: dict[str, Any]) -> tuple[str, ...]:
+    value = raw.get("choices")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+        raise DocumentError("parameter choices must be a non-empty list of non-empty strings")
+    if len(value) > MAX_CHOICES:
+        raise DocumentError(f"at most {MAX_CHOICES} choices, got {len(value)}")
+    return tuple(dict.fromkeys(value))
+
+
 def parse_params(raw: Any) -> Params:
     """Validate a document's ``parameters`` object into ``Params`` (DocumentError if invalid)."""
     if raw is None:
@@ -161,6 +189,14 @@ def parse_params(raw: Any) -> Params:
     top_p = _number(raw, "top_p", 0.0, 1.0)
     top_k = _integer(raw, "top_k", 0)
     seed = _integer(raw, "seed", 0)
+    json_schema, choices = _json_schema(raw), _choices(raw)
+    if json_schema is not None and choices:
+        raise DocumentError("give at most one of parameters json_schema and choices")
+    if stops and (json_schema is not None or choices):
+        raise DocumentError(
+            "parameter stop cannot be combined with json_schema or choices: a stop string "
+            "would cut the constrained output; leave stop out"
+        )
     return Params(
         max_new_tokens=max_new or env_int("DOCFLOW_MAX_NEW_TOKENS", DEFAULT_MAX_NEW_TOKENS),
         do_sample=do_sample,
@@ -170,6 +206,8 @@ def parse_params(raw: Any) -> Params:
         repetition_penalty=_number(raw, "repetition_penalty", 0.0, None),
         stop=tuple(dict.fromkeys(stops)),
         seed=seed if do_sample else None,
+        json_schema=json_schema,
+        choices=choices,
     )
 
 
@@ -285,10 +323,19 @@ def parse_body(body: Any, content_type: str | None) -> list[Entry]:
 def prompt_ids(document: Document, tokenizer: Any) -> list[int]:
     """Token ids of the document's prompt: chat-templated when the tokenizer has a template."""
     if getattr(tokenizer, "chat_template", None):
+        chat = document.chat()
         try:
-            text = tokenizer.apply_chat_template(
-                document.chat(), tokenize=False, add_generation_prompt=True
-            )
+            try:
+                text = tokenizer.apply_chat_template(
+                    chat, tokenize=False, add_generation_prompt=True
+                )
+            except Exception:
+                folded = fold_system(chat)
+                if folded is None:
+                    raise
+                text = tokenizer.apply_chat_template(
+                    folded, tokenize=False, add_generation_prompt=True
+                )
         except Exception as exc:  # jinja raises on e.g. roles that do not alternate
             raise DocumentError(f"the model's chat template rejected the messages: {exc}") from None
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -298,6 +345,15 @@ def prompt_ids(document: Document, tokenizer: Any) -> list[int]:
     else:
         ids = tokenizer(document.prompt or "")["input_ids"]
     return [int(i) for i in ids]
+
+
+def fold_system(chat: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """A leading system message folded into the first user turn (for templates without a system
+    role, e.g. Mistral Instruct's); None when there is nothing to fold."""
+    if len(chat) < 2 or chat[0]["role"] != "system" or chat[1]["role"] != "user":
+        return None
+    first = {"role": "user", "content": f"{chat[0]['content']}\n\n{chat[1]['content']}"}
+    return [first, *chat[2:]]
 
 
 Decode = Callable[[Sequence[int]], str]

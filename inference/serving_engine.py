@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+from constraints import TokenMask, incomplete_error, strict_text
 from request_contract import Decode, Item, env_int, finish
 from transformers import (
     RepetitionPenaltyLogitsProcessor,
@@ -385,9 +386,16 @@ class Generation:
     """One document inside the engine: a handle to wait on, stream from, or cancel."""
 
     def __init__(
-        self, item: Item, invocation: int, eos_ids: list[int], decode: Decode, device: torch.device
+        self,
+        item: Item,
+        invocation: int,
+        eos_ids: list[int],
+        decode: Decode,
+        device: torch.device,
+        mask: TokenMask | None = None,
     ) -> None:
         self.index, self.document, self.prompt = item
+        self.mask = mask  # constrained output: the grammar's token mask, else None
         self.params = self.document.params
         self.invocation = invocation
         self.eos_ids = eos_ids
@@ -450,6 +458,8 @@ class Generation:
     def choose(self, scores: torch.Tensor) -> int:
         """The next token from this row's logits ([1, vocab], float32) under its parameters."""
         params = self.params
+        if self.mask is not None:  # first: penalties and warpers keep refused tokens at -inf
+            scores = self.mask.apply(scores)
         ids = None
         if params.repetition_penalty is not None or params.do_sample:
             ids = torch.tensor([self.prompt + self.tokens], dtype=torch.long, device=scores.device)
@@ -471,6 +481,8 @@ class Generation:
         """Record a generated token; True when the document is finished."""
         self.tokens.append(token)
         self._events.put(token)
+        if self.mask is not None:
+            self.mask.accept(token)
         count = len(self.tokens)
         if self.params.stop and self.stopped_at is None:
             tail = self.decode(self.tokens[-self.window :])
@@ -498,6 +510,13 @@ class Generation:
                 "completion_tokens": count,
                 "finish_reason": reason,
             }
+            if self.mask is not None and not self.mask.complete:
+                result = {
+                    "id": self.document.doc_id,
+                    "error": incomplete_error(self.params, reason),
+                }
+            elif self.mask is not None:
+                result["text"] = strict_text(self.params, text)
         self.result, self.failure = result, failure
         self.prefill = None
         self.done.set()
@@ -574,7 +593,18 @@ class Engine:
             return str(tokenizer.decode(list(ids), skip_special_tokens=True))
 
         eos_ids = self.loaded.eos_ids()
-        made = [Generation(item, invocation, eos_ids, decode, self.loaded.device) for item in items]
+        grammars = self.loaded.grammars
+        made = [
+            Generation(
+                item,
+                invocation,
+                eos_ids,
+                decode,
+                self.loaded.device,
+                grammars.mask_for(item[1].params),
+            )
+            for item in items
+        ]
         for generation in made:
             generation.wake = self._wake
         with self.cond:
@@ -898,7 +928,11 @@ class Engine:
         )
         for row, generation in live:
             params = generation.params
-            plain = not params.do_sample and params.repetition_penalty is None
+            plain = (
+                not params.do_sample
+                and params.repetition_penalty is None
+                and generation.mask is None
+            )
             token = greedy[row] if plain else generation.choose(logits[row : row + 1])
             if generation.append(token):
                 self.rows[row] = None

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from constraints import TokenMask, incomplete_error, strict_text
 from request_contract import Decode, Item, finish
 from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
 )
@@ -45,6 +48,27 @@ class StopStrings(StoppingCriteria):
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
+class GrammarMasks(LogitsProcessor):
+    """Constrained output on ``model.generate``: each row's grammar masks its next token's scores.
+
+    Runs before generate's own penalties and warpers (it is passed as ``logits_processor``), so
+    refused tokens stay at -inf whatever the sampling parameters.
+    """
+
+    def __init__(self, masks: list[TokenMask], prompt_width: int) -> None:
+        self.masks = masks
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Advance each row's grammar past its last token, then mask that row's scores."""
+        generated = int(input_ids.shape[1]) - self.prompt_width
+        for row, mask in enumerate(self.masks):
+            if generated:
+                mask.accept(int(input_ids[row, -1]))
+            mask.apply(scores[row : row + 1])
+        return scores
+
+
 def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
     """Run one micro-batch (same parameters) with left padding; results in batch order."""
     params = batch[0][1].params
@@ -65,6 +89,11 @@ def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
     stops = StopStrings(params.stop, decode, width, len(batch)) if params.stop else None
     if stops is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([stops])
+    masks = [loaded.grammars.mask_for(document.params) for _, document, _ in batch]
+    grammar = None
+    if all(mask is not None for mask in masks):  # a micro-batch shares its parameters
+        grammar = GrammarMasks([m for m in masks if m is not None], width)
+        kwargs["logits_processor"] = LogitsProcessorList([grammar])
     # A seed applies to this micro-batch only: the global generator state is restored after it.
     cuda = [loaded.device] if loaded.device.type == "cuda" else []
     rng = torch.random.fork_rng(devices=cuda, enabled=params.seed is not None)
@@ -79,10 +108,18 @@ def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
             **kwargs,
         )
     generated = output[:, width:].tolist()
-    results = []
+    results: list[dict[str, Any]] = []
     for row, ((_, document, ids), tokens) in enumerate(zip(batch, generated, strict=True)):
         stopped_at = stops.stopped_at[row] if stops is not None else None
         text, count, reason = finish(tokens, eos_ids, stopped_at, params.stop, decode)
+        if grammar is not None:
+            mask = grammar.masks[row]
+            if tokens:  # the processor has seen all but the last step's token
+                mask.accept(tokens[-1])
+            if not mask.complete:
+                results.append({"id": document.doc_id, "error": incomplete_error(params, reason)})
+                continue
+            text = strict_text(params, text)
         results.append(
             {
                 "id": document.doc_id,

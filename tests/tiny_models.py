@@ -137,6 +137,7 @@ def make_tiny_model(
     tokenizer = make_tiny_tokenizer(
         arch, with_pad=(arch == "llama") if with_pad is None else with_pad
     )
+    tokenizer.model_max_length = context
     eos_ids = [tokenizer.eos_token_id]
     if arch == "llama":
         eos_ids.append(tokenizer.convert_tokens_to_ids("<|eot_id|>"))

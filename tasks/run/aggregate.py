@@ -7,6 +7,7 @@ CSV/JSONL) files on local disk, and the files are uploaded from disk when the la
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.usage import EndpointUsage
+from tasks.run.answers import AnswerError, Answers
 from tasks.run.columns import Column, arrow_schema, prefixed, result_columns, to_table
 from tasks.run.combine import combine_chunks
 from tasks.run.corpus import Corpus, Document, Rejected
@@ -43,9 +45,17 @@ LONG_COLUMNS = [Column("tokens_cut", pa.int64(), "Int64"), Column("chunks", pa.i
 
 
 def _outcome(
-    doc_id: str, record: BatchRecord, output: BatchOutput | None, canceled: str | None = None
+    doc_id: str,
+    record: BatchRecord,
+    output: BatchOutput | None,
+    canceled: str | None = None,
+    answers: Answers | None = None,
 ) -> dict[str, Any]:
-    """The result columns of one batched document (``canceled``: why the run was cancelled)."""
+    """The result columns of one batched document (``canceled``: why the run was cancelled).
+
+    With ``answers``, a completed document's text is parsed into the typed answer columns; one
+    whose text is not a valid answer is failed with the reason, never stored half-parsed.
+    """
     row: dict[str, Any] = {"doc_id": doc_id, "batch_id": record.batch_id}
     if record.status is BatchStatus.FAILED:
         return row | {"status": "failed", "reason": record.reason or "batch failed"}
@@ -68,13 +78,23 @@ def _outcome(
         return row | {"status": "failed", "reason": reason}
     if line.get("error") is not None:
         return row | {"status": "failed", "reason": str(line["error"])}
-    return row | {
-        "status": "completed",
-        "text": line.get("text"),
-        "prompt_tokens": line.get("prompt_tokens"),
-        "completion_tokens": line.get("completion_tokens"),
-        "finish_reason": line.get("finish_reason"),
-    }
+    typed: dict[str, Any] = {}
+    if answers is not None:
+        try:
+            typed = answers.parse(line.get("text"))
+        except AnswerError as exc:
+            return row | {"status": "failed", "reason": f"invalid answer: {exc}"}
+    return (
+        typed
+        | row
+        | {
+            "status": "completed",
+            "text": line.get("text"),
+            "prompt_tokens": line.get("prompt_tokens"),
+            "completion_tokens": line.get("completion_tokens"),
+            "finish_reason": line.get("finish_reason"),
+        }
+    )
 
 
 # --- the table's schema, decided from the whole corpus before the first chunk ----------------
@@ -143,6 +163,7 @@ class _Joiner:
     plan: LongDocuments | None = None
     kind: str = "summarize"
     reduce_leaves: dict[str, BatchRecord] = field(default_factory=dict)
+    answers: Answers | None = None
 
     def rows(self, chunk: list[Document | Rejected]) -> list[dict[str, Any]]:
         """Result rows of ``chunk``; reads the outputs of its documents' completed batches."""
@@ -212,14 +233,21 @@ class _Joiner:
         self, doc: Document, leaf: BatchRecord | None, outputs: dict[str, BatchOutput]
     ) -> dict[str, Any]:
         if leaf is not None:
-            outcome = _outcome(doc.doc_id, leaf, outputs.get(leaf.batch_id), self.manifest.canceled)
+            outcome = _outcome(
+                doc.doc_id,
+                leaf,
+                outputs.get(leaf.batch_id),
+                self.manifest.canceled,
+                self.answers,
+            )
         elif doc.doc_id in self.late:
             reason = self.late[doc.doc_id].reason
             outcome = {"doc_id": doc.doc_id, "status": "rejected", "reason": reason}
         else:
             reason = f"document is in no batch of run {self.manifest.run_key}"
             outcome = {"doc_id": doc.doc_id, "status": "failed", "reason": reason}
-        return {"row": doc.row, **prefixed(doc.metadata), **outcome}
+        typed = {name for name, _ in self.answers.columns()} if self.answers else set()
+        return {"row": doc.row, **prefixed(doc.metadata, typed), **outcome}
 
 
 # --- writing, counting and previewing the chunks ---------------------------------------------
@@ -293,6 +321,8 @@ def _preview_rows(table: pa.Table, n: int) -> list[dict[str, Any]]:
 
 
 def _shorten(value: Any) -> Any:
+    if isinstance(value, dt.date):  # a date answer column: JSON has no dates
+        return value.isoformat()
     if isinstance(value, str) and len(value) > PREVIEW_TEXT_CHARS:
         return value[:PREVIEW_TEXT_CHARS] + "…"
     return value
@@ -316,17 +346,19 @@ def aggregate_run(
     kind: str = "summarize",
     reduce_manifest: RunManifest | None = None,
     usage: EndpointUsage | None = None,
+    answers: Answers | None = None,
 ) -> tuple[RunSummary, Preview]:
     """Write results, failures.parquet and summary.json under runs/<run_key>/ (and local_dir).
 
     Streams the input rows ``chunk_rows`` at a time; returns the summary and the first
     ``preview_rows`` result and failure rows. Batch outputs come from ``spool`` when it has them.
+    ``answers``: typed answer columns parsed from each completed text (extract, classify).
     """
     if output_format not in ("parquet", "csv", "jsonl"):
         raise ValueError(f"output_format {output_format!r} is not one of parquet, csv, jsonl")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
-    columns = result_columns(corpus)
+    columns = result_columns(corpus, answers)
     if long_documents is not None and long_documents.mode != "reject":
         columns += LONG_COLUMNS
     schema = arrow_schema(columns)
@@ -338,6 +370,7 @@ def aggregate_run(
         plan=long_documents,
         kind=kind,
         reduce_leaves=_leaves(reduce_manifest) if reduce_manifest else {},
+        answers=answers,
     )
     if reduce_manifest is not None:  # the summary counts the reduce step's batches too
         manifest = manifest.model_copy(

@@ -29,8 +29,8 @@ class BatchPayload(BaseModel):
 
 
 def payload_line(doc: Document, template: PromptTemplate, params: GenerationParameters) -> bytes:
-    """The wire line for one document: {"id", "prompt", "parameters"} and a newline."""
-    line = {"id": doc.doc_id, "prompt": template.render(doc), "parameters": params.to_wire()}
+    """The wire line for one document: {"id", "prompt" or "messages", "parameters"} and a newline."""
+    line = {"id": doc.doc_id, **template.request(doc), "parameters": params.to_wire()}
     text = json.dumps(line, ensure_ascii=False, separators=(",", ":"))
     # Escape the code points str.splitlines() breaks on, so any reader sees one line per document.
     text = text.translate(_LINE_BREAKS)

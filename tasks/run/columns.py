@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
+from tasks.run.answers import Answers
 from tasks.run.corpus import Corpus, Document
 
 COLUMNS = [
@@ -46,22 +48,27 @@ class Column:
     arrow: pa.DataType
     dtype: str
     as_json: bool = False
+    labels: tuple[str, ...] = ()  # a categorical answer column: every label, in order
 
 
-def prefixed(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Metadata as columns; a key that clashes with a result column gets a metadata_ prefix."""
-    return {(f"metadata_{k}" if k in COLUMNS else str(k)): v for k, v in metadata.items()}
+def prefixed(metadata: dict[str, Any], answers: Collection[str] = ()) -> dict[str, Any]:
+    """Metadata as columns; a key that clashes with a result or answer column gets a metadata_
+    prefix."""
+    return {
+        (f"metadata_{k}" if k in COLUMNS or k in answers else str(k)): v
+        for k, v in metadata.items()
+    }
 
 
 def _is_null(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _scan_metadata(documents: list[Document]) -> dict[str, _MetaStats]:
+def _scan_metadata(documents: list[Document], answers: Collection[str]) -> dict[str, _MetaStats]:
     """Per metadata column (in order of first appearance): value types, nulls, missing keys."""
     stats: dict[str, _MetaStats] = {}
     for index, doc in enumerate(documents):
-        meta = prefixed(doc.metadata)
+        meta = prefixed(doc.metadata, answers)
         for name, value in meta.items():
             column = stats.get(name)
             if column is None:
@@ -101,17 +108,39 @@ def _meta_column(name: str, stats: _MetaStats, rejected_rows: bool) -> Column:
     return Column(name, pa.large_string(), "string", as_json=True)
 
 
-def result_columns(corpus: Corpus) -> list[Column]:
-    """The fixed result columns, then one column per metadata key."""
+_ANSWER_DTYPES = {
+    pa.large_string(): "string",
+    pa.int64(): "Int64",
+    pa.float64(): "float64",
+    pa.bool_(): "boolean",
+}
+
+
+def answer_columns(answers: Answers | None) -> list[Column]:
+    """One typed column per answer field (extract), or the label(s) column (classify)."""
+    if answers is None:
+        return []
+    columns = []
+    for (name, arrow), answer in zip(answers.columns(), answers.fields, strict=True):
+        if pa.types.is_dictionary(arrow):
+            columns.append(Column(name, arrow, "category", labels=tuple(answer.labels)))
+        else:
+            columns.append(Column(name, arrow, _ANSWER_DTYPES.get(arrow, "object")))
+    return columns
+
+
+def result_columns(corpus: Corpus, answers: Answers | None = None) -> list[Column]:
+    """The fixed result columns, the answer's typed columns, then one column per metadata key."""
     fixed = [
         Column(c, pa.int64(), "Int64")
         if c in INT_COLUMNS
         else Column(c, pa.large_string(), "string")
         for c in COLUMNS
     ]
-    stats = _scan_metadata(corpus.documents)
+    typed = answer_columns(answers)
+    stats = _scan_metadata(corpus.documents, {c.name for c in typed})
     rejected_rows = bool(corpus.rejected)
-    return fixed + [_meta_column(n, s, rejected_rows) for n, s in stats.items()]
+    return fixed + typed + [_meta_column(n, s, rejected_rows) for n, s in stats.items()]
 
 
 def arrow_schema(columns: list[Column]) -> pa.Schema:
@@ -151,7 +180,17 @@ def _cell(column: Column, value: Any) -> Any:
 def to_table(rows: list[dict[str, Any]], columns: list[Column], schema: pa.Schema) -> pa.Table:
     """The chunk's rows as an Arrow table of exactly ``schema`` (NaN stored as null)."""
     arrays = [
-        pa.array([_cell(c, row.get(c.name)) for row in rows], type=c.arrow, from_pandas=True)
+        _labels_array(c, [row.get(c.name) for row in rows])
+        if c.labels and pa.types.is_dictionary(c.arrow)
+        else pa.array([_cell(c, row.get(c.name)) for row in rows], type=c.arrow, from_pandas=True)
         for c in columns
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _labels_array(column: Column, values: list[Any]) -> pa.Array:
+    """A categorical column whose dictionary is every label (so unused labels are categories too)."""
+    index = {label: i for i, label in enumerate(column.labels)}
+    codes = pa.array([None if v is None else index[v] for v in values], type=pa.int32())
+    dictionary = pa.array(column.labels, type=column.arrow.value_type)
+    return pa.DictionaryArray.from_arrays(codes, dictionary)

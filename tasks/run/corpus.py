@@ -53,6 +53,8 @@ class ColumnMapping(BaseModel):
     id: str = "id"
     text: str = "text"
     metadata: list[str] | None = None
+    # The text column holds chat messages (a list, or its JSON text): kept as JSON text.
+    messages: bool = False
 
 
 class Corpus(BaseModel):
@@ -150,6 +152,8 @@ def validate_rows(
             rejected.append(Rejected(row=index, reason=problem))
             continue
         text = row.get(mapping.text)
+        if mapping.messages and isinstance(text, list | tuple):
+            text = json.dumps(list(text), ensure_ascii=False, default=str)
         reason = _text_problem(text, mapping.text, max_doc_bytes)
         if reason is None and doc_id in seen:
             reason = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,11 +31,14 @@ def one_sentence(
 
 
 def template_problem(
-    template: str, fields: list[str] | None, labels: list[str] | None, custom_template: str | None
+    template: str, fields: Any, labels: list[str] | None, custom_template: str | None
 ) -> str | None:
     """What the prompt parameters lack for ``template``, or None when they fit."""
     if template == "extract" and not fields:
-        return "template='extract' needs the parameter fields: the names of the fields to extract"
+        return (
+            "template='extract' needs the parameter fields: field names with types, e.g. "
+            '{"party": "string", "amount": "number"} (or a list of names, all strings)'
+        )
     if template == "classify" and not labels:
         return "template='classify' needs the parameter labels: the labels to choose from"
     if template == "custom" and not (custom_template and custom_template.strip()):

@@ -29,8 +29,12 @@ class GenerationParameters(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
     repetition_penalty: float | None = Field(None, gt=0)
-    stop: list[str] | None = None
-    seed: int | None = None
+    stop: list[str] | None = Field(None, min_length=1, max_length=16)
+    seed: int | None = Field(None, ge=0)
+    # Constrained output (tasks/run/answers.py): the answer validates against the schema, or is
+    # exactly one of the choices.
+    json_schema: dict[str, Any] | None = None
+    choices: list[str] | None = None
 
     @model_validator(mode="after")
     def _sampling_knobs_need_sampling(self) -> GenerationParameters:
@@ -38,6 +42,13 @@ class GenerationParameters(BaseModel):
         if knobs and not self.do_sample:
             raise ValueError(
                 f"{', '.join(knobs)} only apply when sampling; set do_sample=True or leave them out"
+            )
+        if self.stop is not None and not all(self.stop):
+            raise ValueError("stop strings must be non-empty")
+        if self.stop and (self.json_schema is not None or self.choices):
+            raise ValueError(
+                "stop cannot be combined with template extract or classify: a stop string "
+                "would cut the constrained answer"
             )
         return self
 
@@ -56,14 +67,17 @@ _BUILTIN: dict[str, str] = {
     ),
     "extract": (
         "Extract the following fields from the document: {fields}.\n"
-        "Answer with a single JSON object with exactly these keys; use null for a field "
-        "the document does not state.\n\nDocument:\n{text}"
+        "Answer with a single JSON object with exactly these keys.\n\nDocument:\n{text}"
     ),
     "classify": (
         "Classify the document into exactly one of these labels: {labels}.\n"
         "Answer with the label only.\n\nDocument:\n{text}"
     ),
 }
+_MULTI_LABEL = (
+    "Classify the document with every one of these labels that applies: {labels}.\n"
+    "Answer with a JSON list of the labels.\n\nDocument:\n{text}"
+)
 
 _RESERVED = ("text", "doc_id", "fields", "labels")
 
@@ -81,6 +95,11 @@ class PromptTemplate(BaseModel):
     fields: list[str] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
     template: str | None = None
+    multi_label: bool = False
+    # A system message before each prompt (or before a messages column's own messages).
+    system: str | None = None
+    # The document text is its chat messages (a messages column): sent as they are.
+    from_messages: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> PromptTemplate:
@@ -99,6 +118,8 @@ class PromptTemplate(BaseModel):
         """The template text actually used (the user's, else the kind's built-in)."""
         if self.template is not None:
             return self.template
+        if self.kind == "classify" and self.multi_label:
+            return _MULTI_LABEL
         return _BUILTIN[self.kind]
 
     def placeholders(self) -> list[str]:
@@ -128,16 +149,53 @@ class PromptTemplate(BaseModel):
                 f"prompt template cannot be rendered for document {doc.doc_id!r}: {exc}"
             ) from exc
 
+    def request(self, doc: Document) -> dict[str, Any]:
+        """What the document sends: ``{"prompt": ...}``, or ``{"messages": [...]}`` with a
+        system prompt or a messages column; TemplateError names what is wrong."""
+        if self.from_messages:
+            messages = chat_messages(doc)
+        elif self.system is None:
+            return {"prompt": self.render(doc)}
+        else:
+            messages = [{"role": "user", "content": self.render(doc)}]
+        if self.system is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system}, *messages]
+        return {"messages": messages}
+
     def fingerprint(self) -> str:
         """A stable hash of what the template renders (part of the run key)."""
-        return _digest(
-            {
-                "kind": self.kind,
-                "fields": self.fields,
-                "labels": self.labels,
-                "source": self.source(),
-            }
+        shape: dict[str, Any] = {
+            "kind": self.kind,
+            "fields": self.fields,
+            "labels": self.labels,
+            "source": self.source(),
+        }
+        if self.system is not None or self.from_messages:  # run keys of older runs unchanged
+            shape.update(system=self.system, from_messages=self.from_messages)
+        return _digest(shape)
+
+
+def chat_messages(doc: Document) -> list[dict[str, str]]:
+    """A messages column's value (JSON text of a list of {role, content}); TemplateError if not."""
+    try:
+        value = json.loads(doc.text)
+    except ValueError:
+        value = None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
         )
+    ):
+        raise TemplateError(
+            f"document {doc.doc_id!r}: its messages column must hold a non-empty list of "
+            '{"role": ..., "content": ...} objects (or that list as JSON text)'
+        )
+    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 @lru_cache(maxsize=64)

@@ -325,3 +325,27 @@ def test_plain_prompt_without_chat_template(
     (chat,) = run(fresh, [doc])
     expected = fresh.tokenizer(f"user: {prompt}\nassistant:")["input_ids"]
     assert chat["prompt_tokens"] == len(expected)
+
+
+def test_a_system_message_the_template_refuses_is_folded_into_the_first_user_turn(
+    loaded_models: dict[str, Any], run: Run
+) -> None:
+    """The tiny Mistral template (like Mistral Instruct's) has no system role."""
+    model = loaded_models["mistral"]
+    system = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
+    folded = [{"role": "user", "content": "Be terse.\n\nHi"}]
+    params = {"max_new_tokens": 4}
+    rows = run(
+        model,
+        [
+            {"id": "s", "messages": system, "parameters": params},
+            {"id": "f", "messages": folded, "parameters": params},
+        ],
+    )
+    assert "error" not in rows[0], rows[0]
+    assert {k: v for k, v in rows[0].items() if k != "id"} == {
+        k: v for k, v in rows[1].items() if k != "id"
+    }
+    bad = [{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]
+    [refused] = run(model, [{"id": "b", "messages": bad, "parameters": params}])
+    assert "chat template rejected the messages" in refused["error"]

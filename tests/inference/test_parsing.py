@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +21,7 @@ def _errors(entries: list[object]) -> dict[str, str]:
     return {e.doc_id: e.error for e in entries if hasattr(e, "error")}  # type: ignore[attr-defined]
 
 
-def test_handler_imports_only_stdlib_torch_transformers_and_its_siblings() -> None:
+def test_handler_imports_only_stdlib_torch_transformers_its_siblings_and_requirements() -> None:
     code_dir = HANDLER_PATH.parent
     siblings = {Path(name).stem for name in code_files(code_dir) if name.endswith(".py")}
     roots: set[str] = set()
@@ -32,7 +33,11 @@ def test_handler_imports_only_stdlib_torch_transformers_and_its_siblings() -> No
             roots.add(node.module.split(".")[0])
     assert {"request_contract", "loaded_model", "serving_engine"} <= siblings
     third_party = roots - set(sys.stdlib_module_names) - siblings
-    assert third_party <= {"torch", "transformers", "safetensors"}, third_party
+    lines = (code_dir / "requirements.txt").read_text().splitlines()
+    required = {re.split(r"[=<>!~ ;\[]", line)[0] for line in lines if line.strip()}
+    required = {name for name in required if name and not name.startswith("#")}
+    assert third_party <= {"torch", "transformers", "safetensors"} | required, third_party
+    assert required == {"xgrammar"}  # each listed package is installed at every instance start
 
 
 @pytest.mark.parametrize(

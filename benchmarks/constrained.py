@@ -1,0 +1,187 @@
+"""Section 6: the cost of constrained decoding, SmolLM2 on CPU through localcloud.
+
+The sample corpus's documents as docflow's own extract payload lines (a 3-field schema), run on
+one SmolLM2 endpoint (the serving engine) three ways, one invocation in flight, interleaved
+payload by payload: unconstrained (the same prompts, free text up to max_new_tokens),
+constrained (``json_schema``: xgrammar's token mask in the engine's sampling step), and
+unconstrained again with each document's max_new_tokens set to what its constrained answer took
+(the same prompts and the same number of generated tokens, so only the constraint differs: the
+ratio, target >= 0.8x, is constrained vs this). Free-length answers are longer, so prefill weighs
+less per generated token there; their tokens/s is shown, not compared. Also: the share of rows
+that are valid answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from benchmarks.formatting import fmt
+from benchmarks.serving import run_level
+
+SAMPLE = Path(__file__).resolve().parents[1] / "datasets" / "sample" / "documents.jsonl"
+FIELDS: dict[str, Any] = {
+    "place": {"type": "string", "maxLength": 40},
+    "category": ["politics", "business", "science", "sports", "culture", "other"],
+    "year": {"type": "integer", "minimum": 1900, "maximum": 2100},
+}
+TARGET = 0.8
+DOCS_PER_PAYLOAD = 10
+# Per mode: documents of the sample corpus, max_new_tokens. --quick only checks that it works.
+SIZES = {"full": (50, 64), "quick": (10, 48)}
+MODES = ("unconstrained", "constrained", "unconstrained_same_lengths")
+
+
+def constrained_payloads(n_docs: int, max_new_tokens: int) -> tuple[dict[str, list[bytes]], Any]:
+    """Per mode, JSON Lines payloads of docflow's extract lines; and the typed answer parser."""
+    from tasks.run.batching import payload_line
+    from tasks.run.controls import run_controls
+    from tasks.run.corpus import ColumnMapping, load_corpus
+
+    corpus = load_corpus(str(SAMPLE), ColumnMapping())
+    template, params, answers = run_controls(
+        template="extract",
+        fields=FIELDS,
+        labels=None,
+        custom_template=None,
+        multi_label=False,
+        system_prompt=None,
+        messages_column=None,
+        max_new_tokens=max_new_tokens,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        repetition_penalty=None,
+        stop=None,
+        seed=None,
+    )
+    free = params.model_copy(update={"json_schema": None})
+    docs = corpus.documents[:n_docs]
+    payloads: dict[str, list[bytes]] = {}
+    for mode, mode_params in (("unconstrained", free), ("constrained", params)):
+        lines = [payload_line(doc, template, mode_params) for doc in docs]
+        payloads[mode] = [
+            b"".join(lines[i : i + DOCS_PER_PAYLOAD])
+            for i in range(0, len(lines), DOCS_PER_PAYLOAD)
+        ]
+    return payloads, answers
+
+
+def _with_lengths(body: bytes, lengths: dict[str, int]) -> bytes:
+    """The payload with each document's max_new_tokens set to its constrained answer's length."""
+    lines = []
+    for raw in body.splitlines():
+        line = json.loads(raw)
+        line["parameters"]["max_new_tokens"] = max(lengths.get(line["id"], 1), 1)
+        lines.append(json.dumps(line, ensure_ascii=False).encode() + b"\n")
+    return b"".join(lines)
+
+
+def _valid(rows: list[dict[str, Any]], answers: Any) -> int:
+    """Rows whose text is a valid answer (parses and validates as the typed columns would)."""
+    count = 0
+    for row in rows:
+        try:
+            answers.parse(row.get("text"))
+        except ValueError:
+            continue
+        count += 1
+    return count
+
+
+def constrained(bench: Any) -> dict[str, Any]:
+    """Section 6: constrained vs unconstrained generated tokens/s, and the share of valid rows."""
+    from benchmarks.endpoints import deploy
+    from flows.package_model import package_model
+    from tasks.aws.clients import aws_client
+
+    n_docs, max_new_tokens = SIZES["quick" if bench.cfg.name.startswith("quick") else "full"]
+    payloads, answers = constrained_payloads(n_docs, max_new_tokens)
+    artifact = dict(package_model(source=bench.cfg.model_source, profile="local"))
+    name = bench.env.new_endpoint_name("constrained")
+    environment = {"DOCFLOW_NUM_THREADS": str(bench.cfg.model_threads)}
+    timeout = bench.cfg.contender_timeout_s
+    totals = {
+        m: {"wall_s": 0.0, "generated_tokens": 0, "docs": 0, "failed": 0, "valid": 0} for m in MODES
+    }
+    try:
+        deploy(bench.env, name, artifact, per_instance=1, environment=environment)
+        # Warm-up: torch's first calls, and the grammar's one compilation, out of the timing.
+        for mode in payloads:
+            first = payloads[mode][0]
+            run_level(bench.env.profile, name, [first[: first.index(b"\n") + 1]], 1, timeout)
+        for index in range(len(payloads["constrained"])):
+            lengths: dict[str, int] = {}
+            for mode in MODES:
+                body = payloads.get(mode, payloads["unconstrained"])[index]
+                if mode == "unconstrained_same_lengths":
+                    body = _with_lengths(body, lengths)
+                result = run_level(bench.env.profile, name, [body], 1, timeout, keep_rows=True)
+                if mode == "constrained":
+                    lengths = {r["id"]: int(r["completion_tokens"]) for r in result["rows"]}
+                total = totals[mode]
+                for key in ("wall_s", "generated_tokens", "docs", "failed"):
+                    total[key] += result[key]
+                total["valid"] += _valid(result.pop("rows"), answers)
+                bench.log(
+                    f"constrained: {mode} payload {index + 1}: "
+                    f"{result['tokens_per_s']:.1f} generated tok/s"
+                )
+    finally:
+        aws_client("sagemaker", bench.env.profile).delete_endpoint(EndpointName=name)
+    for total in totals.values():
+        total["tokens_per_s"] = total["generated_tokens"] / total["wall_s"]
+        total["valid_pct"] = 100.0 * total["valid"] / total["docs"] if total["docs"] else 0.0
+    ratio = (
+        totals["constrained"]["tokens_per_s"] / totals["unconstrained_same_lengths"]["tokens_per_s"]
+    )
+    free_ratio = totals["constrained"]["tokens_per_s"] / totals["unconstrained"]["tokens_per_s"]
+    return {
+        "model_source": bench.cfg.model_source,
+        "torch_threads": bench.cfg.model_threads,
+        "documents": n_docs,
+        "max_new_tokens": max_new_tokens,
+        "fields": FIELDS,
+        "modes": totals,
+        "ratio": ratio,
+        "ratio_vs_free_length": free_ratio,
+        "targets": {
+            "constrained_vs_unconstrained_tokens_per_s": {
+                "target": TARGET,
+                "value": ratio,
+                "met": ratio >= TARGET,
+            }
+        },
+    }
+
+
+def constrained_table(section: dict[str, Any]) -> Table:
+    """The constrained section: one row per mode."""
+    table = Table(
+        title=(
+            f"6. Constrained vs unconstrained decoding, {section['model_source']} on CPU "
+            f"({section['torch_threads']} thread), {section['documents']} sample documents, "
+            f"3-field schema, max_new_tokens {section['max_new_tokens']}"
+        )
+    )
+    for col in ("mode", "generated tok/s", "generated tok", "wall s", "docs", "valid rows %"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, r in section["modes"].items():
+        table.add_row(
+            mode,
+            fmt(r["tokens_per_s"]),
+            str(r["generated_tokens"]),
+            fmt(r["wall_s"]),
+            str(r["docs"]),
+            fmt(r["valid_pct"], 0),
+        )
+    target = section["targets"]["constrained_vs_unconstrained_tokens_per_s"]
+    table.caption = (
+        f"constrained / unconstrained with the same lengths, tokens/s: {section['ratio']:.2f}x "
+        f"(target >= {target['target']}, {'met' if target['met'] else 'NOT met'}); "
+        f"vs free-length unconstrained: {section['ratio_vs_free_length']:.2f}x"
+    )
+    return table
