@@ -19,9 +19,11 @@ def _emit(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def list_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def list_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`docflow runs list`."""
     from tasks.run.status import format_list, list_runs
+
+    out = out or sys.stdout
 
     runs = list_runs(_profile(args.profile), limit=args.limit)
     if args.json:
@@ -31,9 +33,11 @@ def list_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def show_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def show_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`docflow runs show KEY`."""
     from tasks.run.status import format_show, read_status
+
+    out = out or sys.stdout
 
     status = read_status(_profile(args.profile), args.run_key)
     if status is None:
@@ -48,12 +52,13 @@ def show_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def retry_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def retry_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`docflow runs retry KEY [--only-reason TEXT]`: run the failed (and canceled) documents again."""
     from flows.process_documents import process_documents
     from tasks.run.manifest import load_manifest
     from tasks.run.status import format_show, read_status
 
+    out = out or sys.stdout
     profile = _profile(args.profile)
     manifest = load_manifest(args.run_key, profile)
     if manifest is None:
@@ -94,9 +99,11 @@ def retry_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 RESULT_FILES = ("results.", "failures.parquet", "summary.json")
 
 
-def fetch_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def fetch_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`docflow runs fetch KEY [--to DIR]`: download a run's results, failures and summary."""
     from pathlib import Path
+
+    out = out or sys.stdout
 
     from tasks.aws.clients import aws_client
     from tasks.aws.s3 import split_s3_uri
