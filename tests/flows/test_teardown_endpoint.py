@@ -81,9 +81,9 @@ def test_delete_removes_endpoint_configs_models_and_scaling_but_keeps_data(
     # kept: artifacts in S3 and the topics
     keys = aws_client("s3", profile).list_objects_v2(Bucket=profile.bucket, Prefix="models/")
     assert len(keys.get("Contents", [])) == 2
-    topics = {
-        t["TopicArn"].rsplit(":", 1)[1] for t in aws_client("sns", profile).list_topics()["Topics"]
-    }
+    # ListTopics pages 100 at a time, and the session's localcloud holds every test's topics.
+    pages = aws_client("sns", profile).get_paginator("list_topics").paginate()
+    topics = {t["TopicArn"].rsplit(":", 1)[1] for page in pages for t in page["Topics"]}
     assert {f"{name}-success", f"{name}-error"} <= topics
 
     # again: nothing to do, nothing fails
