@@ -45,18 +45,7 @@ def constrained_payloads(n_docs: int, max_new_tokens: int) -> tuple[dict[str, li
     template, params, answers = run_controls(
         template="extract",
         fields=FIELDS,
-        labels=None,
-        custom_template=None,
-        multi_label=False,
-        system_prompt=None,
-        messages_column=None,
         max_new_tokens=max_new_tokens,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        repetition_penalty=None,
-        stop=None,
-        seed=None,
     )
     free = params.model_copy(update={"json_schema": None})
     docs = corpus.documents[:n_docs]

@@ -242,10 +242,11 @@ def ensure_global_concurrency_limit(api_url: str, name: str, limit: int) -> bool
             return True
 
 
-def deploy_all(env: Mapping[str, str], *, timeout_s: float = 300.0) -> str:
-    """Run `prefect deploy --all` from the project root; returns its output, raises on failure."""
+def prefect_deploy(env: Mapping[str, str], *args: str, timeout_s: float = 300.0) -> str:
+    """Run `prefect deploy ARGS --no-prompt` from the project root; its output, raises on failure."""
+    command = prefect_cli("deploy", *args, "--no-prompt")
     proc = subprocess.run(
-        prefect_cli("deploy", "--all", "--no-prompt"),
+        command,
         cwd=PROJECT_ROOT,
         env=dict(env),
         capture_output=True,
@@ -255,8 +256,14 @@ def deploy_all(env: Mapping[str, str], *, timeout_s: float = 300.0) -> str:
     )
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        raise StackError(f"`prefect deploy --all` failed (exit {proc.returncode}):\n{output}")
+        shown = " ".join(["prefect deploy", *args])
+        raise StackError(f"`{shown}` failed (exit {proc.returncode}):\n{output}")
     return output
+
+
+def deploy_all(env: Mapping[str, str], *, timeout_s: float = 300.0) -> str:
+    """Run `prefect deploy --all` (every deployment in prefect.yaml); its output."""
+    return prefect_deploy(env, "--all", timeout_s=timeout_s)
 
 
 def worker_name(number: int) -> str:

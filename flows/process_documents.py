@@ -202,16 +202,7 @@ def build_template(
         fields=fields,
         labels=labels,
         custom_template=custom_template,
-        multi_label=False,
-        system_prompt=None,
-        messages_column=None,
         max_new_tokens=1,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        repetition_penalty=None,
-        stop=None,
-        seed=None,
     ).template
 
 

@@ -144,11 +144,6 @@ def shard_idempotency_key(run_key: str, index: int, attempt: int) -> str:
     return f"docflow:{run_key}:shard{index}:attempt{attempt}"
 
 
-def shard_results_uri(profile: Profile, run_key: str) -> str:
-    """s3://…/<run_key>/shards.json: the parent's index of its shards' runs and results."""
-    return run_uri(profile, run_key, "shards.json")
-
-
 def local_run_dir(profile: Profile, run_key: str) -> str | None:
     """``<local_results_dir>/<run key>`` as an absolute path (None: the profile keeps no local copy)."""
     if not profile.local_results_dir:

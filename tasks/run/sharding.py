@@ -33,7 +33,6 @@ CRASH_AFTER_S = 90  # no heartbeat for this long: the run is marked Crashed
 SHARD_TAG = "docflow-shard"  # every shard's flow run: what the crash automation watches
 CRASH_AUTOMATION = "docflow: mark shard runs that stop heartbeating as crashed"
 RERUN_STATES = ("CRASHED", "FAILED")
-FINAL_STATES = ("COMPLETED", "CANCELLED", *RERUN_STATES)
 MERGE_ROWS = 1_000_000  # results.parquet as one file for runs up to this many rows
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from docflow.prefect_server import PROJECT_ROOT, prefect_cli
+from docflow.prefect_server import PROJECT_ROOT, prefect_deploy
 
 POOLS = PROJECT_ROOT / "deployments" / "pools"
 AWS_DEPLOYMENTS = PROJECT_ROOT / "deployments" / "prefect-aws.yaml"
@@ -86,16 +85,7 @@ def test_aws_deployments_deploy_onto_the_pools(prefect_harness: None, tmp_path: 
         "DOCFLOW_IMAGE": image,
         "DOCFLOW_TASK_ROLE_ARN": role,
     }
-    done = subprocess.run(
-        prefect_cli("deploy", "--prefect-file", str(AWS_DEPLOYMENTS), "--all", "--no-prompt"),
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    prefect_deploy(env, "--prefect-file", str(AWS_DEPLOYMENTS), "--all")  # raises on failure
     spec = yaml.safe_load(AWS_DEPLOYMENTS.read_text())
     with get_client(sync_client=True) as client:
         for entry in spec["deployments"]:

@@ -23,14 +23,13 @@ import pytest
 
 from docflow.postgres import data_dir_for, start_postgres
 from docflow.prefect_server import (
-    PROJECT_ROOT,
     ChildProcess,
     api_url_for,
     ensure_global_concurrency_limit,
     ensure_work_pool,
     free_port,
     prefect_api,
-    prefect_cli,
+    prefect_deploy,
     prefect_env,
     spawn_server,
     spawn_worker,
@@ -69,7 +68,6 @@ class PoolStack:
 @pytest.fixture(scope="module")
 def pool_stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
     """PostgreSQL, server, pool, `prefect deploy -n process-documents/sharded`, WORKERS workers."""
-    import subprocess
 
     home = tmp_path_factory.mktemp("prefect-pool")
     # Several workers: PostgreSQL, as `docflow ui --workers N` does (SQLite locks under them),
@@ -84,16 +82,7 @@ def pool_stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         wait_for_server(server, port)
         ensure_work_pool(api_url)
         env = prefect_env(home, api_url)
-        deployed = subprocess.run(
-            prefect_cli("deploy", "--name", "process-documents/sharded", "--no-prompt"),
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        prefect_deploy(env, "--name", "process-documents/sharded")  # raises with its output
         for number in range(1, WORKERS + 1):
             workers[worker_name(number)] = spawn_worker(home, env, number=number)
         for worker in workers.values():
