@@ -44,7 +44,8 @@ from tasks.run.reconcile import resume_reconcile
 from tasks.run.reduce import reduce_corpus, reduce_template
 from tasks.run.scale import scale_to_zero_if_idle
 from tasks.run.sharded_run import run_shards
-from tasks.run.shards import Shard, select_shard
+from tasks.run.shards import Shard, keeps, shard_count
+from tasks.run.sources import SourceScan, scan_source
 from tasks.run.spool import OutputSpool
 from tasks.run.summary import RunSummary, summary_markdown
 from tasks.run.tokens import TokenCounter, token_counter
@@ -58,17 +59,43 @@ DEFAULT_MAX_NEW_TOKENS = 256
 
 @task(name="load-corpus", cache_policy=NO_CACHE)
 def load_documents(
-    uri: str, mapping: ColumnMapping, profile: Profile, max_doc_bytes: int = 100_000
+    uri: str,
+    mapping: ColumnMapping,
+    profile: Profile,
+    max_doc_bytes: int = 100_000,
+    shard: Shard | None = None,
 ) -> Corpus:
-    """Read and validate the corpus; bad rows become rejected records, never silent drops."""
-    corpus = load_corpus(uri, mapping, profile=profile, max_doc_bytes=max_doc_bytes)
+    """Read and validate the corpus (only ``shard``'s rows when given, streamed past the rest);
+    bad rows become rejected records, never silent drops."""
+    corpus = load_corpus(
+        uri,
+        mapping,
+        profile=profile,
+        max_doc_bytes=max_doc_bytes,
+        keep=keeps(shard) if shard else None,
+        report_ignored=shard is None or shard.index == 0,
+    )
     logger = get_run_logger()
     logger.info(
-        "corpus %s: %d documents, %d rejected", uri, len(corpus.documents), len(corpus.rejected)
+        "corpus %s%s: %d documents, %d rejected",
+        uri,
+        f" (shard {shard.label})" if shard else "",
+        len(corpus.documents),
+        len(corpus.rejected),
     )
     for reason in corpus.ignored:
         logger.warning("corpus %s: %s", uri, reason)
     return corpus
+
+
+@task(name="scan-corpus", cache_policy=NO_CACHE)
+def scan_corpus(uri: str, profile: Profile) -> SourceScan:
+    """One streaming pass over the corpus files: fingerprint and rows, no document held."""
+    scan = scan_source(uri, profile)
+    get_run_logger().info(
+        "corpus %s: %d files, %d bytes, about %d rows", uri, scan.files, scan.bytes, scan.rows
+    )
+    return scan
 
 
 @task(name="describe-endpoint", cache_policy=NO_CACHE)
@@ -274,6 +301,7 @@ def process_documents(
     scale_to_zero: bool = False,
     dry_run: bool = False,
     shards: int = 1,
+    shard_size: int | None = None,
     shard_deployment: str | None = None,
     max_shard_attempts: int = 3,
     shard: Shard | None = None,
@@ -332,6 +360,9 @@ def process_documents(
             prompt tokens, generation budget, instance-hours and dollars).
         shards: Split the corpus into this many shards (by a stable hash of the document id), each
             run as a child flow run on the work pool; this run waits and sums them up.
+        shard_size: Documents per shard: enough shards for this many each (at least ``shards``).
+            A sharded run's parent reads the corpus files once for their fingerprint and row
+            count; each shard streams them and keeps its own documents only.
         shard_deployment: The deployment the shards run on; default: the one this run came from.
         max_shard_attempts: Flow runs per shard before the run fails (a crashed shard resumes).
         shard: Set by a sharded run on its children: process only this shard of the corpus.
@@ -363,27 +394,27 @@ def process_documents(
         messages=messages_column is not None,
     )
 
-    loaded = load_documents(corpus, mapping, prof, max_doc_bytes)
-    if shard is not None:  # a child of a sharded run: only its shard, under the key it was given
-        if not run_key:
-            raise ValueError("shard is set by a sharded run on its children, with their run_key")
-        loaded = select_shard(loaded, shard)
-    target = describe_target(prof, endpoint_name)
+    if shard is not None and not run_key:  # a child of a sharded run, under the key it was given
+        raise ValueError("shard is set by a sharded run on its children, with their run_key")
     if retry_failed and not run_key:
         raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
+    target = describe_target(prof, endpoint_name)
     key = validate_run_key(run_key) if run_key else None
+    extra = long_key(long_documents, chunk_overlap_tokens)
+    if shard is None and not dry_run and (shards > 1 or shard_size):
+        scan = scan_corpus(corpus, prof)  # the parent holds no document: the shards load them
+        count = shard_count(shards, shard_size, scan.rows)
+        if count > 1:
+            key = key or compute_run_key(
+                scan.fingerprint, endpoint_name, target.model_artifact, tmpl, params, extra=extra
+            )
+            return run_shards(
+                prof, key, count, shard_deployment, max_shard_attempts, output_format, started
+            )
+    loaded = load_documents(corpus, mapping, prof, max_doc_bytes, shard)
     key = key or compute_run_key(
-        loaded.fingerprint,
-        endpoint_name,
-        target.model_artifact,
-        tmpl,
-        params,
-        extra=long_key(long_documents, chunk_overlap_tokens),
+        loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params, extra=extra
     )
-    if shards > 1 and not dry_run:  # the shards count their own tokens
-        return run_shards(
-            prof, key, shards, shard_deployment, max_shard_attempts, output_format, started
-        )
     output_dir = output_dir or local_run_dir(prof, key)  # local profiles: results/<run key>/
     planned, plan, counter = count_tokens(
         quoted(loaded), prof, target, tmpl, max_new_tokens, long_documents, chunk_overlap_tokens

@@ -5,22 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.run.extract import supported
-from tasks.run.files import (
-    DATA_SUFFIXES,
-    FileDocument,
-    is_data_file,
-    local_names,
-    not_read_beside_data,
-    read_documents,
-)
-from tasks.run.tables import SUPPORTED, BadRow, CorpusError, Row, parse_table
+from tasks.run.files import FileDocument, is_data_file, not_read_beside_data, read_documents
+from tasks.run.sources import Source, open_source
+from tasks.run.tables import SUPPORTED, BadRow, CorpusError, Row, iter_table
 from tasks.settings import Profile
 
 
@@ -73,20 +66,23 @@ class Corpus(BaseModel):
         return len(self.documents) + len(self.rejected)
 
 
-def corpus_fingerprint(documents: list[Document]) -> str:
+def corpus_fingerprint(documents: Iterable[Document]) -> str:
     """sha256 over the documents' canonical JSON (id, text, metadata), in order."""
     digest = hashlib.sha256()
     for doc in documents:
-        line = json.dumps(
-            [doc.doc_id, doc.text, doc.metadata],
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            default=str,
-        )
-        digest.update(line.encode("utf-8"))
-        digest.update(b"\n")
+        digest.update(_fingerprint_line(doc))
     return digest.hexdigest()
+
+
+def _fingerprint_line(doc: Document) -> bytes:
+    line = json.dumps(
+        [doc.doc_id, doc.text, doc.metadata],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return line.encode("utf-8") + b"\n"
 
 
 def load_corpus(
@@ -95,6 +91,8 @@ def load_corpus(
     *,
     max_doc_bytes: int = 100_000,
     profile: Profile | None = None,
+    keep: Callable[[str], bool] | None = None,
+    report_ignored: bool = True,
 ) -> Corpus:
     """Read and validate a corpus; bad rows become Rejected, only an unusable source raises.
 
@@ -102,6 +100,12 @@ def load_corpus(
     holding such files (read in name order) or else documents: every file, recursively, is one
     row (id = relative path), read and extracted one at a time (``tasks.run.files``).
     Rows are numbered from 1 (``Document.row``/``Rejected.row``; a JSONL row is its line).
+
+    Files are read a piece at a time (``tasks.run.sources``); with ``keep`` (a shard's test on a
+    row's id, or ``row N`` for a row without one) only the rows it keeps are validated and held,
+    so loading one shard of a big corpus holds that shard only. Every copy of an id is in the
+    same shard, so duplicates are still found. ``report_ignored``: name the files beside the
+    table files (only one shard of a sharded run does).
     """
     mapping = mapping or ColumnMapping()
     if max_doc_bytes < 1:
@@ -109,26 +113,31 @@ def load_corpus(
             f"max_doc_bytes must be at least 1, got {max_doc_bytes}; set the flow parameter "
             "max_doc_bytes to the largest document text in bytes"
         )
-    rows, is_folder = _read_rows(uri, profile)
-    ignored: list[str] = []
-    if is_folder:
-        mapping = ColumnMapping()  # document files: id = relative path, text = extracted text
-    else:
-        table = list(rows)
-        ignored = [r.reason for r in table if isinstance(r, BadRow) and r.ignored]
-        rows = table = [r for r in table if not (isinstance(r, BadRow) and r.ignored)]
-        if not table:
+    source = open_source(uri, profile)
+    tables = source.data_files
+    if source.single_table and not tables:
+        suffix = PurePosixPath(uri).suffix.lower()
+        raise CorpusError(
+            f"corpus {uri} has an unsupported type {suffix!r}; use one of {SUPPORTED}"
+        )
+    if not tables:  # document files: id = relative path, text = extracted text
+        mapping = ColumnMapping()
+    loader = _Loader(mapping, max_doc_bytes, keep)
+    rows = _table_rows(source, tables) if tables else _document_rows(source)
+    for row in rows:
+        loader.add(row)
+    if tables:
+        if loader.rows == 0:
             raise CorpusError(
                 f"corpus {uri} has no rows; point it at a non-empty {', '.join(SUPPORTED)}"
             )
-        _check_columns(uri, table, mapping)
-    documents, rejected = validate_rows(rows, mapping, max_doc_bytes=max_doc_bytes)
+        _check_columns(uri, loader.columns, mapping)
     return Corpus(
         source=uri,
-        fingerprint=corpus_fingerprint(documents),
-        documents=documents,
-        rejected=rejected,
-        ignored=ignored,
+        fingerprint=loader.fingerprint.hexdigest(),
+        documents=loader.documents,
+        rejected=loader.rejected,
+        ignored=loader.ignored if report_ignored else [],
     )
 
 
@@ -139,37 +148,66 @@ def validate_rows(
 
     Rows are numbered from 1; ``row`` is the results table's unique key (ids may repeat there).
     """
-    documents: list[Document] = []
-    rejected: list[Rejected] = []
-    seen: dict[str, int] = {}
-    for index, row in enumerate(rows, start=1):
+    loader = _Loader(mapping, max_doc_bytes, None)
+    for row in rows:
+        loader.add(row)
+    return loader.documents, loader.rejected
+
+
+class _Loader:
+    """Validates rows one at a time into documents and rejected rows (those ``keep`` keeps)."""
+
+    def __init__(
+        self, mapping: ColumnMapping, max_doc_bytes: int, keep: Callable[[str], bool] | None
+    ) -> None:
+        self.mapping = mapping
+        self.max_doc_bytes = max_doc_bytes
+        self.keep = keep or (lambda _key: True)
+        self.documents: list[Document] = []
+        self.rejected: list[Rejected] = []
+        self.ignored: list[str] = []
+        self.columns: set[str] = set()  # every column any row has (for a wrong column name)
+        self.fingerprint = hashlib.sha256()  # corpus_fingerprint of the kept documents, as added
+        self.rows = 0
+        self.seen: dict[str, int] = {}
+
+    def add(self, row: Row) -> None:
+        """Validate the next input row (numbered from 1; files ignored beside tables are not rows)."""
+        if isinstance(row, BadRow) and row.ignored:
+            self.ignored.append(row.reason)
+            return
+        self.rows += 1
+        index, mapping = self.rows, self.mapping
         if isinstance(row, BadRow):
             doc_id = row.doc_id or _readable_id(row.raw, mapping.id)
-            rejected.append(Rejected(doc_id=doc_id, row=index, reason=row.reason))
-            continue
+            if self.keep(doc_id if doc_id is not None else f"row {index}"):
+                self.rejected.append(Rejected(doc_id=doc_id, row=index, reason=row.reason))
+            return
+        self.columns.update(row)
         doc_id, problem = _doc_id(row.get(mapping.id), mapping.id)
+        if not self.keep(doc_id if doc_id is not None else f"row {index}"):
+            return
         if doc_id is None:
-            rejected.append(Rejected(row=index, reason=problem))
-            continue
+            self.rejected.append(Rejected(row=index, reason=problem))
+            return
         text = row.get(mapping.text)
         if mapping.messages and isinstance(text, list | tuple):
             text = json.dumps(list(text), ensure_ascii=False, default=str)
-        reason = _text_problem(text, mapping.text, max_doc_bytes)
-        if reason is None and doc_id in seen:
+        reason = _text_problem(text, mapping.text, self.max_doc_bytes)
+        if reason is None and doc_id in self.seen:
             reason = (
-                f"duplicate id {doc_id!r}: row {seen[doc_id]} already has it (the first "
+                f"duplicate id {doc_id!r}: row {self.seen[doc_id]} already has it (the first "
                 f"occurrence is kept); ids must be unique: fix the column {mapping.id!r} or set "
                 "the flow parameter id_column to a unique column"
             )
         if reason is not None:
-            rejected.append(Rejected(doc_id=doc_id, row=index, reason=reason))
-            continue
+            self.rejected.append(Rejected(doc_id=doc_id, row=index, reason=reason))
+            return
         assert isinstance(text, str)
-        seen[doc_id] = index
-        documents.append(
-            Document(doc_id=doc_id, text=text, metadata=_metadata(row, mapping), row=index)
-        )
-    return documents, rejected
+        self.seen[doc_id] = index
+        document = Document(doc_id=doc_id, text=text, metadata=_metadata(row, mapping), row=index)
+        self.documents.append(document)
+        self.fingerprint.update(_fingerprint_line(document))
 
 
 def _readable_id(raw: str | None, column: str) -> str | None:
@@ -242,12 +280,8 @@ def _metadata(row: dict[str, Any], mapping: ColumnMapping) -> dict[str, Any]:
     return {k: row.get(k) for k in mapping.metadata}
 
 
-def _check_columns(uri: str, rows: list[Row], mapping: ColumnMapping) -> None:
+def _check_columns(uri: str, present: set[str], mapping: ColumnMapping) -> None:
     """A mapping column that no row has is a usage error, not a bad row."""
-    present: set[str] = set()
-    for row in rows:
-        if isinstance(row, dict):
-            present.update(row)
     if not present:
         return  # every row is bad; each gets its own Rejected
     wanted = [mapping.id, mapping.text, *(mapping.metadata or [])]
@@ -263,55 +297,24 @@ def _check_columns(uri: str, rows: list[Row], mapping: ColumnMapping) -> None:
 # --- reading sources -------------------------------------------------------------------------
 
 
-def _read_rows(uri: str, profile: Profile | None) -> tuple[Iterable[Row], bool]:
-    """Raw rows of the source and whether they come from document files (id = relative path)."""
-    if uri.startswith("s3://"):
-        return _read_s3(uri, profile)
-    path = Path(uri).expanduser()
-    if path.is_dir():
-        return _folder_rows(uri, local_names(path), lambda rel: (path / rel).read_bytes())
-    if not path.exists():
-        raise CorpusError(
-            f"corpus {uri} does not exist; give a path or s3:// URI to a {', '.join(SUPPORTED)}"
-        )
-    if path.is_file() and supported(path.name):  # one document: a folder of one file
-        return _folder_rows(uri, [path.name], lambda rel: (path.parent / rel).read_bytes())
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CorpusError(f"corpus {uri} cannot be read: {exc}") from exc
-    return parse_table(uri, path.suffix.lower(), data), False
-
-
-def _hidden(parts: tuple[str, ...]) -> bool:
-    return any(part.startswith(".") for part in parts)
-
-
-def _folder_rows(
-    uri: str, names: list[str], read: Callable[[str], bytes]
-) -> tuple[Iterable[Row], bool]:
-    """A folder's data files (.jsonl/.csv/.parquet) if it has any, else its documents.
-
-    Every other file is a row too: rejected beside data files, else extracted or rejected
-    with its reason (``tasks.run.files``), one file at a time as the rows are consumed.
-    """
-    names = sorted(names)
-    if not names:
-        raise CorpusError(f"folder {uri} has no files; check the path given as `corpus`")
-    data_files = [n for n in names if is_data_file(n)]
-    if data_files:
-        rows: list[Row] = []
-        for name in data_files:
-            for row in parse_table(
-                f"{uri.rstrip('/')}/{name}", PurePosixPath(name).suffix.lower(), read(name)
-            ):
-                if isinstance(row, BadRow) and len(data_files) > 1:
+def _table_rows(source: Source, tables: list[str]) -> Iterator[Row]:
+    """Every row of the source's table files in name order, each file streamed; then a row
+    ``ignored`` for every other file beside them (rejected with its reason, never read)."""
+    for name in tables:
+        with source.open(name) as stream:
+            suffix = PurePosixPath(name).suffix.lower()
+            for row in iter_table(source.uri_of(name), suffix, stream):
+                if isinstance(row, BadRow) and len(tables) > 1:
                     row = BadRow(f"{name}: {row.reason}", row.doc_id, row.raw)
-                rows.append(row)
-        others = [n for n in names if not is_data_file(n)]
-        rows += [BadRow(not_read_beside_data(n), doc_id=n, ignored=True) for n in others]
-        return rows, False
-    return (_file_row(f) for f in read_documents(names, read)), True
+                yield row
+    for name in source.names:
+        if not is_data_file(name):
+            yield BadRow(not_read_beside_data(name), doc_id=name, ignored=True)
+
+
+def _document_rows(source: Source) -> Iterator[Row]:
+    """A folder's document files: each read and extracted as its row is consumed."""
+    return (_file_row(f) for f in read_documents(source.names, source.read))
 
 
 def _file_row(file: FileDocument) -> Row:
@@ -319,42 +322,3 @@ def _file_row(file: FileDocument) -> Row:
     if file.text is None:
         return BadRow(file.reason or f"file {file.name!r} yields no text", doc_id=file.name)
     return {"id": file.name, "text": file.text, **file.metadata}
-
-
-def _read_s3(uri: str, profile: Profile | None) -> tuple[Iterable[Row], bool]:
-    """Rows from one S3 object, or from the objects under a prefix (as for a folder)."""
-    from tasks.aws.clients import aws_client
-
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    s3 = aws_client("s3", profile)
-    suffix = PurePosixPath(key).suffix.lower()
-
-    def read(name: str) -> bytes:
-        return bytes(s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read())
-
-    try:
-        if suffix in DATA_SUFFIXES:
-            prefix = ""
-            return parse_table(uri, suffix, read(key)), False
-        if supported(key):  # one document: a folder of one object (which must exist)
-            s3.head_object(Bucket=bucket, Key=key)
-            prefix, _, name = key.rpartition("/")
-            prefix = prefix + "/" if prefix else ""
-            return _folder_rows(uri, [name], read)
-        prefix = key if not key or key.endswith("/") else key + "/"
-        names: list[str] = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            names += [o["Key"][len(prefix) :] for o in page.get("Contents", [])]
-        names = [
-            n for n in names if n and not n.endswith("/") and not _hidden(PurePosixPath(n).parts)
-        ]
-        if not names:
-            raise CorpusError(f"no objects under {uri}; check the bucket and prefix")
-        return _folder_rows(uri, names, read)
-    except CorpusError:
-        raise
-    except Exception as exc:  # botocore's NoSuchKey/NoSuchBucket/AccessDenied and friends
-        raise CorpusError(
-            f"corpus {uri} cannot be read from S3: {exc}; check the bucket and key exist "
-            "and that the profile's credentials can read them"
-        ) from exc

@@ -65,7 +65,9 @@ def plan_shards(run_key: str, count: int) -> list[ShardRun]:
 
 def child_parameters(parameters: Mapping[str, Any], shard: ShardRun) -> dict[str, Any]:
     """The parent's parameters for one shard: its run key and shard, never sharded again."""
-    child = {k: v for k, v in parameters.items() if k not in ("shards", "shard_deployment")}
+    child = {
+        k: v for k, v in parameters.items() if k not in ("shards", "shard_size", "shard_deployment")
+    }
     child.update(run_key=shard.run_key, shard=shard.shard.model_dump(), shards=1)
     return child
 
@@ -326,9 +328,11 @@ def merge_results(profile: Any, run_key: str, shards: list[ShardRun]) -> str | N
     """The shards' results.parquet files as one results.parquet under the parent's prefix.
 
     Only for Parquet results of at most ``MERGE_ROWS`` rows (None otherwise): bigger runs are read
-    as a dataset of the per-shard files that summary.json lists.
+    as a dataset of the per-shard files that summary.json lists. The files are copied to disk and
+    merged a record batch at a time, so the parent's memory does not grow with the run.
     """
-    import io
+    import tempfile
+    from pathlib import Path
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -342,19 +346,38 @@ def merge_results(profile: Any, run_key: str, shards: list[ShardRun]) -> str | N
     if rows > MERGE_ROWS or not all(isinstance(u, str) and u.endswith(".parquet") for u in uris):
         return None
     s3 = aws_client("s3", profile)
-    tables = []
-    for uri in uris:
-        bucket, key = split_s3_uri(str(uri))
-        tables.append(
-            pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
-        )
-    merged = pa.concat_tables(tables, promote_options="permissive")
-    sink = io.BytesIO()
-    pq.write_table(merged, sink)
     target = run_uri(profile, run_key, "results.parquet")
-    bucket, key = split_s3_uri(target)
-    s3.put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
+    with tempfile.TemporaryDirectory(prefix="docflow-merge-") as folder:
+        parts = []
+        for number, uri in enumerate(uris):
+            bucket, key = split_s3_uri(str(uri))
+            part = Path(folder) / f"{number:03d}.parquet"
+            s3.download_file(bucket, key, str(part))
+            parts.append(pq.ParquetFile(part))
+        # A column all null in one shard (no failures there) has another type than elsewhere.
+        schema = pa.unify_schemas([p.schema_arrow for p in parts], promote_options="permissive")
+        merged = Path(folder) / "results.parquet"
+        with pq.ParquetWriter(merged, schema) as writer:
+            for part in parts:
+                for batch in part.iter_batches():
+                    writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
+        bucket, key = split_s3_uri(target)
+        s3.upload_file(str(merged), bucket, key)
     return target
+
+
+def _conform(table: Any, schema: Any) -> Any:
+    """``table`` with ``schema``'s columns in its order and types (a missing one all null)."""
+    import pyarrow as pa
+
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table[field.name]
+            columns.append(column if column.type == field.type else column.cast(field.type))
+        else:
+            columns.append(pa.nulls(len(table), field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def write_summary(profile: Any, run_key: str, summary: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ shard is a subset of the corpus that a child flow run processes as a run of its 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -42,21 +43,40 @@ def shard_of(key: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
+def shard_count(shards: int, shard_size: int | None, rows: int) -> int:
+    """How many shards: ``shards``, or enough for ``shard_size`` rows each when that is more."""
+    if shard_size is not None and shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1 document, got {shard_size}")
+    by_size = -(-rows // shard_size) if shard_size else 1
+    count = max(shards, by_size)
+    if count > MAX_SHARDS:
+        raise ValueError(
+            f"{rows} documents in shards of {shard_size} make {count} shards, over the "
+            f"{MAX_SHARDS} allowed; raise shard_size"
+        )
+    return count
+
+
+def keeps(shard: Shard) -> Callable[[str], bool]:
+    """The test ``load_corpus(keep=…)`` applies to each row's id (``row N`` without one)."""
+    return lambda key: shard_of(key, shard.count) == shard.index
+
+
 def _rejected_key(rejected: Rejected) -> str:
     """A rejected row is sharded by its id, or by its row number when it has no readable id."""
     return rejected.doc_id if rejected.doc_id is not None else f"row {rejected.row}"
 
 
 def select_shard(corpus: Corpus, shard: Shard) -> Corpus:
-    """The documents and rejected rows of ``corpus`` that fall in ``shard`` (input order kept).
+    """The documents and rejected rows of a loaded ``corpus`` that fall in ``shard`` (input order
+    kept); what ``load_corpus(keep=keeps(shard))`` loads without holding the rest.
 
     Every input row lands in exactly one shard; the files ignored beside the data are reported
     by the first shard only, so a sharded run names each of them once.
     """
-    documents = [d for d in corpus.documents if shard_of(d.doc_id, shard.count) == shard.index]
-    rejected = [
-        r for r in corpus.rejected if shard_of(_rejected_key(r), shard.count) == shard.index
-    ]
+    keep = keeps(shard)
+    documents = [d for d in corpus.documents if keep(d.doc_id)]
+    rejected = [r for r in corpus.rejected if keep(_rejected_key(r))]
     return Corpus(
         source=corpus.source,
         fingerprint=corpus_fingerprint(documents),

@@ -296,7 +296,7 @@ def test_a_sharded_run_over_an_s3_prefix_of_files_resumes_without_reinvoking(
         "profile": deployment.profile_path,
         "endpoint": deployment.endpoint,
         "run_key": run_key,
-        "shards": 4,
+        "shard_size": 200,  # 750 rows: 4 shards
         "batch_size": 25,
         "max_new_tokens": 4,
     }
@@ -308,6 +308,7 @@ def test_a_sharded_run_over_an_s3_prefix_of_files_resumes_without_reinvoking(
 
     summary = read_summary(profile, run_key)
     assert summary is not None and summary["completed"] == summary["documents"] == len(ids)
+    assert len(summary["shard_runs"]) == 4
     batches = 0
     for run in summary["shard_runs"]:
         manifest = load_manifest(run["run_key"], profile)

@@ -1,0 +1,152 @@
+"""Corpora read a piece at a time: the same rows as a whole-file read, shards that hold only
+their own documents, a parent's scan that parses nothing, shard results merged batch by batch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tracemalloc
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.aws.clients import aws_client
+from tasks.run import tables
+from tasks.run.corpus import ColumnMapping, load_corpus
+from tasks.run.sharding import _conform
+from tasks.run.shards import Shard, keeps, select_shard, shard_count
+from tasks.run.sources import scan_source
+from tasks.run.tables import iter_table, parse_table
+from tasks.settings import Profile
+from tests.runs import write_corpus
+
+
+def _awkward_jsonl() -> bytes:
+    lines = [
+        b'\xef\xbb\xbf{"id": "a", "text": "first, after a BOM"}',
+        b'{"id": "b", "text": "caf\xe9"}',  # not UTF-8
+        b"",  # blank in the middle
+        b'{"id": "c", "text": ',  # broken JSON
+        json.dumps({"id": "d", "text": "x" * 300}).encode(),  # longer than a chunk
+        b"[1]",
+        json.dumps({"id": "e", "text": "last, no newline"}).encode(),
+    ]
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_jsonl_read_in_chunks_gives_the_rows_of_a_whole_read(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _awkward_jsonl() + b"\n  "  # a last line of blanks, without a newline: not a row
+    whole = parse_table("c.jsonl", ".jsonl", data)  # one chunk: the whole file
+    monkeypatch.setattr(tables, "CHUNK", chunk)
+    streamed = list(iter_table("c.jsonl", ".jsonl", io.BytesIO(data)))
+    as_seen = [r if isinstance(r, dict) else r.reason for r in streamed]
+    assert as_seen == [r if isinstance(r, dict) else r.reason for r in whole]
+    assert len(streamed) == 7 and streamed[0] == {"id": "a", "text": "first, after a BOM"}
+    assert "line 2 is not valid UTF-8" in streamed[1].reason  # type: ignore[union-attr]
+    assert "line 3 is blank" in streamed[2].reason  # type: ignore[union-attr]
+
+
+def test_parquet_and_csv_stream_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tables, "PARQUET_BATCH_ROWS", 3)
+    ids = [f"p{i}" for i in range(10)]
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"id": ids, "text": ids}), sink, row_group_size=4)
+    rows = list(iter_table("p.parquet", ".parquet", io.BytesIO(sink.getvalue())))
+    assert [r["id"] for r in rows] == ids  # type: ignore[index]
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerows([["id", "text"], ["1", "one,\nwith a newline"], ["2", "two"]])
+    rows = list(iter_table("c.csv", ".csv", io.BytesIO(b"\xef\xbb\xbf" + text.getvalue().encode())))
+    assert rows == [{"id": "1", "text": "one,\nwith a newline"}, {"id": "2", "text": "two"}]
+
+
+def test_shards_loaded_while_streaming_are_the_shards_of_the_whole(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    ids = write_corpus(path, 300)
+    with path.open("a") as fh:  # a duplicate, a row without an id, an empty text
+        fh.write(
+            '{"id": "doc-00007", "text": "again"}\n{"text": "no id"}\n{"id": "e", "text": ""}\n'
+        )
+    whole = load_corpus(str(path))
+    count = 4
+    for index in range(count):
+        shard = Shard(index=index, count=count)
+        streamed = load_corpus(str(path), keep=keeps(shard), report_ignored=index == 0)
+        expected = select_shard(whole, shard)
+        assert streamed.documents == expected.documents  # rows numbered over the whole file
+        assert streamed.rejected == expected.rejected
+        assert streamed.fingerprint == expected.fingerprint
+    reasons = [r.reason for r in whole.rejected]
+    assert any("duplicate id 'doc-00007'" in r for r in reasons)  # found inside its shard
+    assert len(whole.documents) == len(ids)
+
+
+def test_a_shard_holds_its_own_documents_not_the_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    write_corpus(path, 20_000, words=40)
+
+    def peak(**kwargs: object) -> int:
+        tracemalloc.start()
+        try:
+            load_corpus(str(path), ColumnMapping(), **kwargs)  # type: ignore[arg-type]
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    everything = peak()
+    one_of_eight = peak(keep=keeps(Shard(index=3, count=8)))
+    # An eighth of the documents, and no whole file in memory: far under half of the full load.
+    assert one_of_eight < everything / 4, (one_of_eight, everything)
+
+
+def test_a_scan_counts_and_fingerprints_without_parsing(tmp_path: Path, profile: Profile) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_corpus(folder / "a.jsonl", 120)
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["1", "2"]}), sink)
+    (folder / "b.parquet").write_bytes(sink.getvalue())
+    (folder / "c.csv").write_text('id,text\n1,"multi\nline"\n2,two\n')
+    (folder / "README.md").write_text("not a row")
+    scan = scan_source(str(folder))
+    assert (scan.rows, scan.files) == (124, 3)
+    assert scan_source(str(folder)) == scan  # the same files, the same fingerprint
+    s3 = aws_client("s3", profile)
+    for path in folder.iterdir():
+        s3.put_object(Bucket=profile.bucket, Key=f"scan/{path.name}", Body=path.read_bytes())
+    assert scan_source(f"s3://{profile.bucket}/scan/", profile) == scan
+    remote = load_corpus(f"s3://{profile.bucket}/scan/", profile=profile)
+    assert remote.fingerprint == load_corpus(str(folder)).fingerprint
+    assert len(remote.documents) == 124
+    with (folder / "a.jsonl").open("a") as fh:
+        fh.write('{"id": "new", "text": "one more"}\n')
+    changed = scan_source(str(folder))
+    assert changed.fingerprint != scan.fingerprint and changed.rows == 125
+
+
+def test_shard_count_from_a_target_size() -> None:
+    assert shard_count(1, 200, 750) == 4
+    assert shard_count(8, 200, 750) == 8  # never fewer than asked
+    assert shard_count(1, None, 10**6) == 1
+    with pytest.raises(ValueError, match="shard_size"):
+        shard_count(1, 0, 10)
+    with pytest.raises(ValueError, match="raise shard_size"):
+        shard_count(1, 1, 10**6)
+
+
+def test_shard_results_with_different_columns_merge_into_one_schema() -> None:
+    first = pa.table({"doc_id": ["a"], "error": pa.nulls(1)})  # no failures: an all-null column
+    second = pa.table({"doc_id": ["b"], "error": ["boom"], "extra": [1]})
+    schema = pa.unify_schemas([first.schema, second.schema], promote_options="permissive")
+    merged = pa.concat_tables([_conform(first, schema), _conform(second, schema)])
+    assert merged.schema == schema
+    assert merged.to_pylist() == [
+        {"doc_id": "a", "error": None, "extra": None},
+        {"doc_id": "b", "error": "boom", "extra": 1},
+    ]
