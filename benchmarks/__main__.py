@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,19 @@ from benchmarks.report import RESULTS_DIR, check_targets, git_commit, machine_in
 from benchmarks.tables import render
 
 # Run order: the sections that reuse docflow's echo runs follow the one that makes them.
-ORDER = ("overhead", "completion", "scaling", "model", "serving", "sessions", "constrained")
-# --quick leaves out the SmolLM2 sections (serving, sessions, constrained) unless asked for.
-QUICK_ORDER = tuple(s for s in ORDER if s not in ("serving", "sessions", "constrained"))
+ORDER = (
+    "overhead",
+    "completion",
+    "scaling",
+    "model",
+    "serving",
+    "sessions",
+    "constrained",
+    "scaleout",
+)
+# --quick leaves out the SmolLM2 sections (serving, sessions, constrained) and the million-document
+# scale-out unless asked for.
+QUICK_ORDER = tuple(s for s in ORDER if s not in ("serving", "sessions", "constrained", "scaleout"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="runs of docflow and the hand-written client per size; the median is reported",
     )
+    parser.add_argument(
+        "--scaleout-sizes",
+        help="scale-out corpus sizes, comma-separated (default 100000,1000000)",
+    )
+    parser.add_argument(
+        "--shard-size", type=int, help="scale-out documents per shard (default 50000)"
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     parser.add_argument(
         "--extraction",
@@ -73,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, repeat=args.repeat)
     if args.naive_budget_s:
         cfg = replace(cfg, naive_budget_s=args.naive_budget_s)
+    if args.scaleout_sizes or args.shard_size:
+        scaleout = cfg.scaleout
+        if args.scaleout_sizes:
+            sizes = tuple(int(x) for x in args.scaleout_sizes.split(","))
+            scaleout = replace(scaleout, sizes=sizes)
+        if args.shard_size:
+            scaleout = replace(scaleout, shard_size=args.shard_size)
+        cfg = replace(cfg, scaleout=scaleout, name=f"{cfg.name}-custom")
     default = QUICK_ORDER if args.quick else ORDER
     wanted = [s.strip() for s in (args.sections or ",".join(default)).split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(ORDER))
@@ -93,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "meta": {
             "mode": cfg.name,
-            "config": {k: v for k, v in vars(cfg).items()},
+            "config": asdict(cfg),
             "machine": machine_info(),
             "commit": git_commit(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

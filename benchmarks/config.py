@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from benchmarks.scaleout import ScaleoutConfig
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -26,6 +28,7 @@ class BenchConfig:
     # Runs of docflow and the hand-written client per size, interleaved; the median is reported
     # (the naive client runs once: it is tens of times slower and stopped by its budget anyway).
     repeat: int = 3
+    scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
     sections: tuple[str, ...] = field(default=("overhead", "model", "completion", "scaling"))
 
 
@@ -59,4 +62,6 @@ TARGETS = {
     "rss_growth_largest_vs_smallest": 2.0,
     "docs_per_s_largest_vs_smallest": 0.8,
     "sessions_follow_up_speedup": 3.0,
+    "scaleout_max_peak_rss_mib": 600.0,
+    "scaleout_shard_rss_largest_vs_smallest": 1.25,
 }

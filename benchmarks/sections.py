@@ -14,6 +14,7 @@ from benchmarks.endpoints import deploy_echo, deploy_model, download_model
 from benchmarks.environment import BenchEnvironment
 from benchmarks.harness import ratio, run_contender
 from benchmarks.metrics import percentile
+from benchmarks.scaleout import scaleout
 from benchmarks.serving import serving
 from benchmarks.sessions import sessions
 from benchmarks.spec import ContenderSpec, EndpointInfo
@@ -213,4 +214,5 @@ SECTIONS = {
     "serving": serving,
     "sessions": sessions,
     "constrained": constrained,
+    "scaleout": lambda bench: scaleout(bench, bench.cfg.scaleout),
 }

@@ -10,6 +10,7 @@ from rich.table import Table
 from benchmarks.constrained import constrained_table
 from benchmarks.formatting import floor_note
 from benchmarks.formatting import fmt as _fmt
+from benchmarks.scaleout import scaleout_table
 from benchmarks.serving import serving_table
 from benchmarks.sessions import sessions_table
 
@@ -31,6 +32,8 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
         console.print(sessions_table(results["sessions"]))
     if "constrained" in results:
         console.print(constrained_table(results["constrained"]))
+    if "scaleout" in results:
+        console.print(scaleout_table(results["scaleout"]))
     if results.get("targets"):
         console.print(_targets_table(results["targets"]))
     for name, error in results.get("errors", {}).items():

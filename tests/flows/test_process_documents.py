@@ -32,7 +32,7 @@ def assert_ledger(result: dict[str, Any], table: pd.DataFrame, input_rows: int) 
     assert set(table["status"]) <= {"completed", "failed", "rejected"}
 
 
-def run(dep: Deployment, corpus: Path, **params: Any) -> tuple[dict[str, Any], pd.DataFrame]:
+def run(dep: Deployment, corpus: Path | str, **params: Any) -> tuple[dict[str, Any], pd.DataFrame]:
     """process_documents on the deployment: its returned summary and its results table."""
     outcome = run_flow(dep, corpus, **params)
     return outcome.result, outcome.table
@@ -73,6 +73,32 @@ def test_happy_path(
     # The run's queue and subscriptions are gone.
     queues = aws_client("sqs", load_profile(path)).list_queues(QueueNamePrefix="docflow-")
     assert not [u for u in queues.get("QueueUrls", []) if result["run_key"] in u]
+
+
+def test_a_plain_run_over_an_s3_prefix_of_files(
+    deploy_echo: Callable[..., Deployment], tmp_path: Path
+) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dep = deploy_echo()
+    s3 = aws_client("s3", dep.profile)
+    ids = write_corpus(tmp_path / "a.jsonl", 30, prefix="j")
+    s3.put_object(
+        Bucket=dep.profile.bucket, Key="many/a.jsonl", Body=(tmp_path / "a.jsonl").read_bytes()
+    )
+    sink = io.BytesIO()
+    parquet_ids = [f"p-{i}" for i in range(25)]
+    pq.write_table(pa.table({"id": parquet_ids, "text": ["p words"] * 25}), sink, row_group_size=10)
+    s3.put_object(Bucket=dep.profile.bucket, Key="many/b.parquet", Body=sink.getvalue())
+    s3.put_object(Bucket=dep.profile.bucket, Key="many/c.csv", Body=b"id,text\nc-1,one\nc-2,\n")
+    result, table = run(dep, f"s3://{dep.profile.bucket}/many/", batch_size=10)
+    assert_ledger(result, table, 58)
+    assert result["completed"] == 57 and result["rejected"] == 1  # c-2 has no text
+    done = set(table.loc[table["status"] == "completed", "doc_id"])
+    assert done == {*ids, *parquet_ids, "c-1"}
 
 
 def test_every_notification_duplicated_gives_one_row_per_document(
