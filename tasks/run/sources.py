@@ -1,4 +1,5 @@
-"""Where a corpus comes from: one file, a folder or an S3 prefix, listed once and read a file at a time.
+"""Where a corpus comes from: one file, a folder, an S3 prefix or a glob of files (local or S3),
+listed once and read a file at a time.
 
 A ``Source`` names its files (relative names, in name order) and opens each as a seekable binary
 stream: a local file directly, an S3 object through a temporary file on disk, so no process holds
@@ -9,8 +10,10 @@ for the fingerprint and row count a sharded run's parent needs without loading a
 from __future__ import annotations
 
 import csv
+import fnmatch
 import hashlib
 import io
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -37,6 +40,7 @@ class Source:
     open: Callable[[str], AbstractContextManager[IO[bytes]]]
     read: Callable[[str], bytes]
     single_table: bool = False  # the source is one .jsonl/.csv/.parquet file, not a folder
+    root: str = ""  # what names are relative to, when not ``uri`` itself (a glob's folder)
 
     @property
     def data_files(self) -> list[str]:
@@ -45,7 +49,9 @@ class Source:
 
     def uri_of(self, name: str) -> str:
         """The URI of one file, for messages."""
-        return self.uri if self.single_table else f"{self.uri.rstrip('/')}/{name}"
+        if self.single_table:
+            return self.uri
+        return f"{(self.root or self.uri).rstrip('/')}/{name}"
 
 
 class SourceScan(BaseModel):
@@ -61,6 +67,8 @@ def open_source(uri: str, profile: Profile | None = None) -> Source:
     """The source at ``uri`` (local path or s3:// URI); a clear CorpusError when it is unusable."""
     if uri.startswith("s3://"):
         return _s3_source(uri, profile)
+    if is_glob(uri):
+        return _local_glob(uri)
     path = Path(uri).expanduser()
     if path.is_dir():
         names = local_names(path)
@@ -79,6 +87,37 @@ def open_source(uri: str, profile: Profile | None = None) -> Source:
         _local_opener(parent),
         lambda n: (parent / n).read_bytes(),
         single_table=single,
+    )
+
+
+def is_glob(uri: str) -> bool:
+    """A pattern (``*``, ``?``, ``[…]``) naming several files, e.g. ``data/part-*.parquet``."""
+    return any(ch in uri for ch in "*?[")
+
+
+def _split_glob(pattern: str) -> tuple[str, str]:
+    """The fixed folder before the first wildcard, and the rest of the pattern under it."""
+    first = min(pattern.index(ch) for ch in "*?[" if ch in pattern)
+    cut = pattern.rfind("/", 0, first) + 1
+    return pattern[:cut], pattern[cut:]
+
+
+def _matching(names: list[str], pattern: str, uri: str) -> list[str]:
+    """``names`` that match ``pattern`` (``*`` also crosses folders), or a clear error."""
+    chosen = sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+    if not chosen:
+        raise CorpusError(f"no files match {uri}; check the pattern given as `corpus`")
+    return chosen
+
+
+def _local_glob(uri: str) -> Source:
+    root_text, pattern = _split_glob(os.path.expanduser(uri))
+    root = Path(root_text or ".")
+    if not root.is_dir():
+        raise CorpusError(f"corpus {uri}: folder {root} does not exist; check the path")
+    names = _matching(local_names(root), pattern, uri)
+    return Source(
+        uri, names, _local_opener(root), lambda n: (root / n).read_bytes(), root=str(root)
     )
 
 
@@ -101,10 +140,13 @@ def _s3_source(uri: str, profile: Profile | None) -> Source:
 
     bucket, _, key = uri[len("s3://") :].partition("/")
     s3 = aws_client("s3", profile)
+    pattern = ""
+    if is_glob(key):
+        key, pattern = _split_glob(key)
     suffix = PurePosixPath(key).suffix.lower()
-    single = suffix in DATA_SUFFIXES
+    single = suffix in DATA_SUFFIXES and not pattern
     try:
-        if single or supported(key):  # one object (which must exist)
+        if single or (supported(key) and not pattern):  # one object (which must exist)
             s3.head_object(Bucket=bucket, Key=key)
             prefix, _, name = key.rpartition("/")
             prefix = prefix + "/" if prefix else ""
@@ -117,6 +159,8 @@ def _s3_source(uri: str, profile: Profile | None) -> Source:
             names = sorted(
                 n for n in names if n and not n.endswith("/") and not hidden(PurePosixPath(n).parts)
             )
+            if pattern:
+                names = _matching(names, pattern, uri)
             if not names:
                 raise CorpusError(f"no objects under {uri}; check the bucket and prefix")
     except CorpusError:
@@ -139,7 +183,8 @@ def _s3_source(uri: str, profile: Profile | None) -> Source:
             spool.seek(0)
             yield spool
 
-    return Source(uri, names, opener, read, single_table=single)
+    root = f"s3://{bucket}/{prefix}"
+    return Source(uri, names, opener, read, single_table=single, root=root)
 
 
 def _s3_error(uri: str, exc: Exception) -> CorpusError:

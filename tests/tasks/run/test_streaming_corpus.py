@@ -19,7 +19,7 @@ from tasks.run.corpus import ColumnMapping, load_corpus
 from tasks.run.sharding import _conform
 from tasks.run.shards import Shard, keeps, select_shard, shard_count
 from tasks.run.sources import scan_source
-from tasks.run.tables import iter_table, parse_table
+from tasks.run.tables import CorpusError, iter_table, parse_table
 from tasks.settings import Profile
 from tests.runs import write_corpus
 
@@ -128,6 +128,24 @@ def test_a_scan_counts_and_fingerprints_without_parsing(tmp_path: Path, profile:
         fh.write('{"id": "new", "text": "one more"}\n')
     changed = scan_source(str(folder))
     assert changed.fingerprint != scan.fingerprint and changed.rows == 125
+
+
+def test_a_glob_names_the_files_locally_and_in_s3(tmp_path: Path, profile: Profile) -> None:
+    folder = tmp_path / "data"
+    (folder / "2026").mkdir(parents=True)
+    write_corpus(folder / "part-0.jsonl", 5, prefix="a")
+    write_corpus(folder / "2026" / "part-1.jsonl", 4, prefix="b")
+    write_corpus(folder / "other.jsonl", 3, prefix="c")  # not matched
+    local = load_corpus(str(folder / "*part-*.jsonl"))
+    assert len(local.documents) == 9 and {d.doc_id[0] for d in local.documents} == {"a", "b"}
+    s3 = aws_client("s3", profile)
+    for path in folder.rglob("*.jsonl"):
+        key = f"globbed/{path.relative_to(folder).as_posix()}"
+        s3.put_object(Bucket=profile.bucket, Key=key, Body=path.read_bytes())
+    remote = load_corpus(f"s3://{profile.bucket}/globbed/*part-*.jsonl", profile=profile)
+    assert remote.fingerprint == local.fingerprint
+    with pytest.raises(CorpusError, match="no files match"):
+        load_corpus(str(folder / "*.csv"))
 
 
 def test_shard_count_from_a_target_size() -> None:
