@@ -272,9 +272,18 @@ def worker_name(number: int) -> str:
 
 
 def spawn_worker(
-    home: Path, env: Mapping[str, str], *, pool: str = WORK_POOL, number: int = 1
+    home: Path,
+    env: Mapping[str, str],
+    *,
+    pool: str = WORK_POOL,
+    number: int = 1,
+    limit: int | None = None,
 ) -> ChildProcess:
-    """`prefect worker start --pool <pool> --type process --name docflow-worker-<n>` (no wait)."""
+    """`prefect worker start --pool <pool> --type process --name docflow-worker-<n>` (no wait).
+
+    ``limit``: the most flow runs the worker runs at once (``--limit``); the rest wait for
+    another worker. Default: no limit.
+    """
     worker_env = {
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
@@ -287,7 +296,15 @@ def spawn_worker(
     return spawn(
         f"prefect worker {number}",
         prefect_cli(
-            "worker", "start", "--pool", pool, "--type", "process", "--name", worker_name(number)
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--name",
+            worker_name(number),
+            *(["--limit", str(limit)] if limit is not None else []),
         ),
         env=worker_env,
         log_path=home / "logs" / log,

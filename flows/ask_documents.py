@@ -19,10 +19,14 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.ask.answers import load_answers
 from tasks.ask.asker import AskPlan, Row, ask_all, pair_row
+from tasks.ask.sharded import ask_sharding
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
-from tasks.run.layout import ask_results_uri, run_artifact_key, validate_run_key
+from tasks.run.layout import ask_results_file, ask_results_uri, run_artifact_key, validate_run_key
+from tasks.run.sharded_run import run_shards
+from tasks.run.shards import Shard, corpus_of_run
+from tasks.run.status import write_summary
 from tasks.settings import Profile, load_profile
 
 TABLE_ROWS = 20
@@ -70,7 +74,7 @@ def write_results(profile: Profile, run_key: str, rows: list[Row], output_dir: s
     aws_client("s3", profile).put_object(Bucket=bucket, Key=key, Body=body)
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / f"ask-{run_key}.jsonl").write_bytes(body)
+        ask_results_file(output_dir, run_key).write_bytes(body)
     return uri
 
 
@@ -142,6 +146,10 @@ def ask_documents(
     max_parallel_documents: int = 4,
     run_key: str | None = None,
     output_dir: str | None = None,
+    shards: int = 1,
+    shard_deployment: str | None = None,
+    max_shard_attempts: int = 3,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Ask every question of every document, one session per document; one row per pair.
 
@@ -161,6 +169,11 @@ def ask_documents(
             of the endpoint's shared concurrency limit, so other runs are counted too.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
         output_dir: Also write the results table here (local folder).
+        shards: Split the corpus into this many shards (by a stable hash of the document id), each
+            asked by a flow run of its own on any worker of the pool; results merged at the end.
+        shard_deployment: The deployment the shards run on; default: the one this run came from.
+        max_shard_attempts: Flow runs per shard before the run fails (a crashed shard resumes).
+        shard: Set by a sharded run on its children: ask only this shard of the corpus.
     """
     from tasks.endpoint.spec import realtime_endpoint_name
 
@@ -179,10 +192,21 @@ def ask_documents(
     loaded = load_documents(
         corpus, ColumnMapping(id=id_column, text=text_column), prof, max_doc_bytes
     )
+    loaded = corpus_of_run(loaded, shard, run_key)  # a child of a sharded run: its shard
     key = validate_run_key(run_key) if run_key else None
     key = key or ask_run_key(
         loaded.fingerprint, endpoint_name, questions, {**parameters, "system": system}
     )
+    if shards > 1:  # the parent: one child ask run per shard, their tables merged
+        return run_shards(
+            prof,
+            key,
+            shards,
+            shard_deployment,
+            max_shard_attempts,
+            started,
+            ask_sharding(output_dir),
+        )
     answered = answered_pairs(prof, key)
     plan = AskPlan(
         endpoint=endpoint_name,
@@ -223,6 +247,7 @@ def ask_documents(
         "results_uri": uri,
         "wall_time_s": round(time.monotonic() - started, 3),
     }
+    summary["summary_uri"] = write_summary(prof, key, summary)
     publish_artifacts(summary, rows, key)
     if summary["failed"] or summary["rejected"]:
         logger.warning(

@@ -44,7 +44,8 @@ from tasks.run.reconcile import resume_reconcile
 from tasks.run.reduce import reduce_corpus, reduce_template
 from tasks.run.scale import scale_to_zero_if_idle
 from tasks.run.sharded_run import run_shards
-from tasks.run.shards import Shard, select_shard
+from tasks.run.sharding import PROCESS_DOCUMENTS
+from tasks.run.shards import Shard, corpus_of_run
 from tasks.run.spool import OutputSpool
 from tasks.run.summary import RunSummary, summary_markdown
 from tasks.run.tokens import TokenCounter, token_counter
@@ -364,10 +365,7 @@ def process_documents(
     )
 
     loaded = load_documents(corpus, mapping, prof, max_doc_bytes)
-    if shard is not None:  # a child of a sharded run: only its shard, under the key it was given
-        if not run_key:
-            raise ValueError("shard is set by a sharded run on its children, with their run_key")
-        loaded = select_shard(loaded, shard)
+    loaded = corpus_of_run(loaded, shard, run_key)  # a child of a sharded run: its shard
     target = describe_target(prof, endpoint_name)
     if retry_failed and not run_key:
         raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
@@ -382,7 +380,7 @@ def process_documents(
     )
     if shards > 1 and not dry_run:  # the shards count their own tokens
         return run_shards(
-            prof, key, shards, shard_deployment, max_shard_attempts, output_format, started
+            prof, key, shards, shard_deployment, max_shard_attempts, started, PROCESS_DOCUMENTS
         )
     output_dir = output_dir or local_run_dir(prof, key)  # local profiles: results/<run key>/
     planned, plan, counter = count_tokens(

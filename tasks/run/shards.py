@@ -64,3 +64,18 @@ def select_shard(corpus: Corpus, shard: Shard) -> Corpus:
         rejected=rejected,
         ignored=corpus.ignored if shard.index == 0 else [],
     )
+
+
+def corpus_of_run(corpus: Corpus, shard: Shard | None, run_key: str | None) -> Corpus:
+    """What a run processes: the whole corpus, or, for a child of a sharded run, its shard.
+
+    A child is always given its shard's run key by its parent (``<run key>.sNNNofMMM``).
+    """
+    if shard is None:
+        return corpus
+    if not run_key:
+        raise ValueError(
+            "shard is set by a sharded run on its children, together with their run_key; "
+            "to split a run yourself pass shards=N instead"
+        )
+    return select_shard(corpus, shard)

@@ -1,0 +1,160 @@
+"""Sharded ask runs (``ask_documents(shards=N)``) on a real Prefect server with process workers.
+
+The server (on PostgreSQL), the `ask-documents/local` deployment and three workers are real child
+processes; each worker runs at most two flow runs at once, so the parent and its four shards
+cannot all land on one worker. The endpoint is a real-time endpoint in the session's localcloud
+serving a tiny Llama; its request counters see every request any worker makes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docflow.prefect_server import ensure_global_concurrency_limit
+from tasks.ask.answers import load_answers
+from tasks.ask.sharded import ask_sharding
+from tasks.aws.clients import aws_client
+from tasks.aws.s3 import split_s3_uri
+from tasks.endpoint.spec import concurrency_limit_name
+from tasks.run.layout import ask_results_uri, shard_run_key
+from tasks.run.sharding import ShardRun, combine_summaries
+from tasks.run.shards import shard_of
+from tasks.run.status import read_summary
+from tasks.settings import Profile
+from tests.pool import PoolStack, pool_stack, run_parent
+from tests.realtime import deploy_tiny_realtime
+from tests.runs import unique_run_key, write_corpus
+
+pytestmark = pytest.mark.timeout(600)
+
+WORKERS = 3
+WORKER_LIMIT = 2  # flow runs per worker: 5 runs (parent + SHARDS) need at least 3 slots elsewhere
+SHARDS = 4
+DOCUMENTS = 40
+QUESTIONS = ["Who is it about?", "What happened?"]
+CAP = 4
+
+
+@pytest.fixture(scope="module")
+def stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
+    """PostgreSQL, server, pool, `prefect deploy -n ask-documents/local`, WORKERS workers."""
+    home = tmp_path_factory.mktemp("prefect-ask-pool")
+    with pool_stack(home, ["ask-documents/local"], WORKERS, worker_limit=WORKER_LIMIT) as running:
+        yield running
+
+
+def _rows(profile: Profile, uri: str) -> list[dict[str, Any]]:
+    bucket, key = split_s3_uri(uri)
+    body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
+    return [json.loads(line) for line in body.decode().splitlines()]
+
+
+def test_a_parent_sums_its_shards_and_weights_their_means() -> None:
+    runs = [
+        ShardRun(
+            index=i,
+            count=2,
+            run_key=f"k.s00{i + 1}of002",
+            state="COMPLETED",
+            summary={
+                "endpoint": "e",
+                "questions": 2,
+                "documents": docs,
+                "pairs": 2 * docs,
+                "completed": 2 * docs,
+                "failed": 0,
+                "rejected": 0,
+                "resumed_pairs": 0,
+                "asked_pairs": 2 * docs,
+                "mean_cached_tokens": cached,
+                "mean_latency_s": None,
+                "results_uri": f"s3://b/runs/k.s00{i + 1}of002/ask-results.jsonl",
+            },
+        )
+        for i, (docs, cached) in enumerate(((3, 10.0), (1, 30.0)))
+    ]
+    summary = combine_summaries("k", runs, ask_sharding(None))
+    assert summary["documents"] == 4 and summary["pairs"] == summary["completed"] == 8
+    assert summary["endpoint"] == "e" and summary["questions"] == 2  # the same in every shard
+    assert summary["mean_cached_tokens"] == 15.0  # (6 x 10 + 2 x 30) / 8
+    assert summary["mean_latency_s"] is None
+    assert [r["results_uri"] for r in summary["shard_runs"]] == [
+        "s3://b/runs/k.s001of002/ask-results.jsonl",
+        "s3://b/runs/k.s002of002/ask-results.jsonl",
+    ]
+
+
+def test_a_sharded_ask_run_answers_every_pair_once_and_a_rerun_asks_nothing(
+    stack: PoolStack,
+    profile: Profile,
+    localcloud: Any,
+    tmp_path: Path,
+    prefect_harness: None,
+) -> None:
+    prof, path = deploy_tiny_realtime(profile, tmp_path, cap=CAP)
+    endpoint = prof.endpoint_name
+    ensure_global_concurrency_limit(stack.api_url, concurrency_limit_name(endpoint), CAP)
+    run_key = unique_run_key()
+    corpus = tmp_path / "corpus.jsonl"
+    ids = write_corpus(corpus, DOCUMENTS, words=3)
+    parameters = {
+        "corpus": str(corpus),
+        "questions": QUESTIONS,
+        "profile": path,
+        "run_key": run_key,
+        "shards": SHARDS,
+        "max_new_tokens": 2,
+        "max_parallel_documents": 2,
+    }
+
+    def received() -> int:
+        return int(localcloud.stats.snapshot().get(endpoint, {}).get("received", 0))
+
+    before = received()
+    first = run_parent(stack.api_url, "ask-documents/local", parameters, timeout_s=300)
+    logs = "\n".join(w.log_tail(40) for w in stack.workers.values())
+    assert first.state.is_completed(), f"{first.state}\n{logs}"
+    asked = received() - before
+
+    summary = read_summary(prof, run_key)
+    assert summary is not None
+    pairs = DOCUMENTS * len(QUESTIONS)
+    assert summary["documents"] == DOCUMENTS and summary["questions"] == len(QUESTIONS)
+    assert summary["pairs"] == summary["completed"] == summary["asked_pairs"] == pairs
+    assert summary["failed"] == summary["rejected"] == summary["resumed_pairs"] == 0
+    runs = summary["shard_runs"]
+    assert [r["run_key"] for r in runs] == [shard_run_key(run_key, i, SHARDS) for i in range(4)]
+    assert all(r["state"] == "COMPLETED" and r["attempts"] == 1 for r in runs), runs
+    workers = {r["worker"] for r in runs}
+    assert len(workers) >= 2 and None not in workers, runs  # read back from the API
+
+    # The ledger: every (document, question) pair exactly once in the merged table.
+    assert summary["results_uri"] == ask_results_uri(prof, run_key)
+    rows = _rows(prof, summary["results_uri"])
+    got = Counter((r["document_id"], r["question_index"]) for r in rows)
+    assert set(got.values()) == {1} and set(got) == {(d, q) for d in ids for q in range(2)}
+    assert {r["status"] for r in rows} == {"completed"}
+    assert all(r["question"] == QUESTIONS[r["question_index"]] for r in rows)
+    for index, run in enumerate(runs):  # each shard asked its own documents only, kept per pair
+        shard_rows = _rows(prof, run["results_uri"])
+        assert {shard_of(r["document_id"], SHARDS) for r in shard_rows} <= {index}
+        assert len(load_answers(prof, run["run_key"])) == len(shard_rows)
+    # Per document: open its session, ask each question, close it; nothing else, nothing twice.
+    assert asked == DOCUMENTS * (len(QUESTIONS) + 2), asked
+
+    again = run_parent(stack.api_url, "ask-documents/local", parameters, timeout_s=300)
+    assert again.state.is_completed(), again.state
+    assert received() - before == asked  # the re-run found its shards done: nothing asked
+    rerun = read_summary(prof, run_key)
+    assert rerun is not None
+    assert [r["flow_run_id"] for r in rerun["shard_runs"]] == [r["flow_run_id"] for r in runs]
+    again_rows = Counter(
+        (r["document_id"], r["question_index"]) for r in _rows(prof, rerun["results_uri"])
+    )
+    assert again_rows == got
