@@ -3,7 +3,7 @@
 The server (on PostgreSQL), the `ask-documents/local` deployment and three workers are real child
 processes; each worker runs at most two flow runs at once, so the parent and its four shards
 cannot all land on one worker. The endpoint is a real-time endpoint in the session's localcloud
-serving a tiny Llama; its request counters see every request any worker makes.
+serving a tiny Llama on one instance; its request counters see every request any worker makes.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_a_sharded_ask_run_answers_every_pair_once_and_a_rerun_asks_nothing(
     tmp_path: Path,
     prefect_harness: None,
 ) -> None:
-    prof, path = deploy_tiny_realtime(profile, tmp_path, cap=CAP)
+    prof, path = deploy_tiny_realtime(profile, tmp_path, instances=1, cap=CAP)
     endpoint = prof.endpoint_name
     ensure_global_concurrency_limit(stack.api_url, concurrency_limit_name(endpoint), CAP)
     run_key = unique_run_key()
