@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from docflow.prefect_server import ensure_global_concurrency_limit
+from flows.ask_documents import ask_documents
 from tasks.ask.answers import load_answers
 from tasks.ask.sharded import ask_sharding
 from tasks.aws.clients import aws_client
@@ -24,7 +25,7 @@ from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.spec import concurrency_limit_name
 from tasks.run.layout import ask_results_uri, shard_run_key
 from tasks.run.sharding import ShardRun, combine_summaries
-from tasks.run.shards import shard_of
+from tasks.run.shards import Shard, shard_of
 from tasks.run.status import read_summary
 from tasks.settings import Profile
 from tests.pool import PoolStack, pool_stack, run_parent
@@ -90,7 +91,7 @@ def test_a_parent_sums_its_shards_and_weights_their_means() -> None:
     ]
 
 
-def test_a_sharded_ask_run_answers_every_pair_once_and_a_rerun_asks_nothing(
+def test_a_sharded_ask_run_answers_every_pair_once_resumes_shards_and_a_rerun_asks_nothing(
     stack: PoolStack,
     profile: Profile,
     localcloud: Any,
@@ -116,6 +117,18 @@ def test_a_sharded_ask_run_answers_every_pair_once_and_a_rerun_asks_nothing(
     def received() -> int:
         return int(localcloud.stats.snapshot().get(endpoint, {}).get("received", 0))
 
+    # Shard 1 was asked before, as by an attempt that crashed after its answers were kept: the
+    # sharded run's shard 1 resumes from them and asks none of its pairs again.
+    early = ask_documents(
+        corpus=str(corpus),
+        questions=QUESTIONS,
+        profile=path,
+        run_key=shard_run_key(run_key, 0, SHARDS),
+        shard=Shard(index=0, count=SHARDS),
+        max_new_tokens=2,
+    )
+    early_docs = [d for d in ids if shard_of(d, SHARDS) == 0]
+    assert early["completed"] == len(QUESTIONS) * len(early_docs) > 0
     before = received()
     first = run_parent(stack.api_url, "ask-documents/local", parameters, timeout_s=300)
     logs = "\n".join(w.log_tail(40) for w in stack.workers.values())
@@ -126,8 +139,10 @@ def test_a_sharded_ask_run_answers_every_pair_once_and_a_rerun_asks_nothing(
     assert summary is not None
     pairs = DOCUMENTS * len(QUESTIONS)
     assert summary["documents"] == DOCUMENTS and summary["questions"] == len(QUESTIONS)
-    assert summary["pairs"] == summary["completed"] == summary["asked_pairs"] == pairs
-    assert summary["failed"] == summary["rejected"] == summary["resumed_pairs"] == 0
+    assert summary["pairs"] == summary["completed"] == pairs
+    assert summary["resumed_pairs"] == len(QUESTIONS) * len(early_docs)
+    assert summary["asked_pairs"] == pairs - summary["resumed_pairs"]
+    assert summary["failed"] == summary["rejected"] == 0
     runs = summary["shard_runs"]
     assert [r["run_key"] for r in runs] == [shard_run_key(run_key, i, SHARDS) for i in range(4)]
     assert all(r["state"] == "COMPLETED" and r["attempts"] == 1 for r in runs), runs
@@ -145,8 +160,9 @@ def test_a_sharded_ask_run_answers_every_pair_once_and_a_rerun_asks_nothing(
         shard_rows = _rows(prof, run["results_uri"])
         assert {shard_of(r["document_id"], SHARDS) for r in shard_rows} <= {index}
         assert len(load_answers(prof, run["run_key"])) == len(shard_rows)
-    # Per document: open its session, ask each question, close it; nothing else, nothing twice.
-    assert asked == DOCUMENTS * (len(QUESTIONS) + 2), asked
+    # Per document left: open its session, ask each question, close it; nothing else, nothing
+    # twice, nothing for shard 1's documents.
+    assert asked == (DOCUMENTS - len(early_docs)) * (len(QUESTIONS) + 2), asked
 
     again = run_parent(stack.api_url, "ask-documents/local", parameters, timeout_s=300)
     assert again.state.is_completed(), again.state
