@@ -1,4 +1,4 @@
-"""What the parent of a sharded ask run sums and merges from its shards (``ask_documents(shards=N)``).
+"""What the parent of a sharded ask run (``ask_documents(shards=N)``) sums and merges.
 
 Each shard is an ask run of its own (its answered pairs kept per pair, its ``ask-results.jsonl``
 and ``summary.json``); the parent sums the shards' counts and streams their results tables, one

@@ -2,9 +2,9 @@
 
 The parent (``process_documents(shards=N)`` or ``ask_documents(shards=N)``) starts each shard as
 a flow run of a deployment of its own flow with ``run_deployment(timeout=0)``, so any worker of
-the pool picks it up, and waits for them through the Prefect API. Each child is an ordinary run of its
-own (``<run key>.sNNNofMMM``, its own manifest), so a child that is run again resumes where it
-stopped and invokes nothing that finished.
+the pool picks it up, and waits for them through the Prefect API. Each child is an ordinary run
+of its own (``<run key>.sNNNofMMM``, its own manifest or kept answers), so a child that is run
+again resumes where it stopped and invokes nothing that finished.
 
 Lost workers are found by Prefect's own mechanism: children send flow-run heartbeats
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``) and a server automation (``ensure_crash_detection``,
