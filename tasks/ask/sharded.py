@@ -50,16 +50,16 @@ def merge_ask_results(
                 continue
             bucket, key = split_s3_uri(uri)
             shutil.copyfileobj(s3.get_object(Bucket=bucket, Key=key)["Body"], sink, CHUNK_BYTES)
-        target = ask_results_uri(profile, run_key)
-        bucket, key = split_s3_uri(target)
-        sink.seek(0)
-        s3.upload_fileobj(sink, bucket, key)
         if output_dir:
             path = ask_results_file(output_dir, run_key)
             path.parent.mkdir(parents=True, exist_ok=True)
             sink.seek(0)
             with Path(path).open("wb") as out:
                 shutil.copyfileobj(sink, out, CHUNK_BYTES)
+        target = ask_results_uri(profile, run_key)
+        bucket, key = split_s3_uri(target)
+        sink.seek(0)
+        s3.upload_fileobj(sink, bucket, key)  # last: s3transfer closes the file it uploaded
     return target
 
 

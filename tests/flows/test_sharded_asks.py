@@ -19,13 +19,13 @@ import pytest
 from docflow.prefect_server import ensure_global_concurrency_limit
 from flows.ask_documents import ask_documents
 from tasks.ask.answers import load_answers
-from tasks.ask.sharded import ask_sharding
+from tasks.ask.sharded import ask_sharding, merge_ask_results
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.spec import concurrency_limit_name
-from tasks.run.layout import ask_results_uri, shard_run_key
+from tasks.run.layout import ask_results_file, ask_results_uri, shard_run_key
 from tasks.run.sharding import ShardRun, combine_summaries
-from tasks.run.shards import Shard, shard_of
+from tasks.run.shards import Shard, corpus_of_run, shard_of
 from tasks.run.status import read_summary
 from tasks.settings import Profile
 from tests.pool import PoolStack, pool_stack, run_parent
@@ -89,6 +89,43 @@ def test_a_parent_sums_its_shards_and_weights_their_means() -> None:
         "s3://b/runs/k.s001of002/ask-results.jsonl",
         "s3://b/runs/k.s002of002/ask-results.jsonl",
     ]
+
+
+def test_the_merge_streams_the_shards_tables_into_one_and_names_a_shard_without_one(
+    profile: Profile, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s3 = aws_client("s3", profile)
+    runs = []
+    for index, lines in enumerate((["a0", "a1"], ["b0"], None)):
+        key = shard_run_key("m", index, 3)
+        summary = None
+        if lines is not None:
+            uri = ask_results_uri(profile, key)
+            body = "".join(json.dumps({"document_id": d}) + "\n" for d in lines)
+            s3.put_object(Bucket=profile.bucket, Key=split_s3_uri(uri)[1], Body=body.encode())
+            summary = {"results_uri": uri}
+        state = "COMPLETED" if lines is not None else "CANCELLED"
+        runs.append(ShardRun(index=index, count=3, run_key=key, state=state, summary=summary))
+    with caplog.at_level("WARNING", logger="docflow.ask"):
+        uri = merge_ask_results(profile, "m", runs, output_dir=str(tmp_path / "out"))
+    assert uri == ask_results_uri(profile, "m")
+    assert [r["document_id"] for r in _rows(profile, uri)] == ["a0", "a1", "b0"]
+    local = ask_results_file(str(tmp_path / "out"), "m").read_bytes()
+    assert local == s3.get_object(Bucket=profile.bucket, Key=split_s3_uri(uri)[1])["Body"].read()
+    assert "shard 3/3 (m.s003of003) ended CANCELLED without results" in caplog.text
+
+
+def test_only_a_child_of_a_sharded_run_takes_a_shard(tmp_path: Path) -> None:
+    from tasks.run.corpus import ColumnMapping, load_corpus
+
+    corpus_file = tmp_path / "c.jsonl"
+    write_corpus(corpus_file, 10)
+    corpus = load_corpus(str(corpus_file), ColumnMapping())
+    assert corpus_of_run(corpus, None, None) is corpus
+    half = corpus_of_run(corpus, Shard(index=1, count=2), "k.s002of002")
+    assert {shard_of(d.doc_id, 2) for d in half.documents} == {1}
+    with pytest.raises(ValueError, match="pass shards=N instead"):
+        corpus_of_run(corpus, Shard(index=1, count=2), None)
 
 
 def test_a_sharded_ask_run_answers_every_pair_once_resumes_shards_and_a_rerun_asks_nothing(
