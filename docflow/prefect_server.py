@@ -279,8 +279,11 @@ def spawn_worker(
     number: int = 1,
     limit: int | None = None,
 ) -> ChildProcess:
-    """`prefect worker start --pool <pool> --type process --name docflow-worker-<n>` (no wait);
-    ``limit``: flow runs it runs at once (default: no limit)."""
+    """`prefect worker start --pool <pool> --type process --name docflow-worker-<n>` (no wait).
+
+    ``limit``: the most flow runs the worker runs at once (``--limit``); the rest wait for
+    another worker. Default: no limit.
+    """
     worker_env = {
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
@@ -301,7 +304,7 @@ def spawn_worker(
             "process",
             "--name",
             worker_name(number),
-            *(["--limit", str(limit)] if limit else []),
+            *(["--limit", str(limit)] if limit is not None else []),
         ),
         env=worker_env,
         log_path=home / "logs" / log,

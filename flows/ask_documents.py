@@ -19,26 +19,19 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.ask.answers import load_answers
 from tasks.ask.asker import AskPlan, Row, ask_all, pair_row
+from tasks.ask.sharded import ask_sharding
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
-from tasks.run.layout import ask_results_uri, run_artifact_key, validate_run_key
+from tasks.run.corpus import ColumnMapping, Corpus
+from tasks.run.layout import ask_results_file, ask_results_uri, run_artifact_key, validate_run_key
+from tasks.run.load import load_documents, scan_corpus
+from tasks.run.sharded_run import run_shards
+from tasks.run.shards import Shard, check_shard, shard_count
+from tasks.run.status import write_summary
 from tasks.settings import Profile, load_profile
 
 TABLE_ROWS = 20
 STATUSES = ("completed", "failed", "rejected")
-
-
-@task(name="load-corpus", cache_policy=NO_CACHE)
-def load_documents(
-    uri: str, mapping: ColumnMapping, profile: Profile, max_doc_bytes: int
-) -> Corpus:
-    """Read and validate the corpus; bad rows become rejected records, never silent drops."""
-    corpus = load_corpus(uri, mapping, profile=profile, max_doc_bytes=max_doc_bytes)
-    get_run_logger().info(
-        "corpus %s: %d documents, %d rejected", uri, len(corpus.documents), len(corpus.rejected)
-    )
-    return corpus
 
 
 @task(name="load-answers", cache_policy=NO_CACHE)
@@ -70,7 +63,7 @@ def write_results(profile: Profile, run_key: str, rows: list[Row], output_dir: s
     aws_client("s3", profile).put_object(Bucket=bucket, Key=key, Body=body)
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / f"ask-{run_key}.jsonl").write_bytes(body)
+        ask_results_file(output_dir, run_key).write_bytes(body)
     return uri
 
 
@@ -142,6 +135,11 @@ def ask_documents(
     max_parallel_documents: int = 4,
     run_key: str | None = None,
     output_dir: str | None = None,
+    shards: int = 1,
+    shard_size: int | None = None,
+    shard_deployment: str | None = None,
+    max_shard_attempts: int = 3,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Ask every question of every document, one session per document; one row per pair.
 
@@ -161,6 +159,12 @@ def ask_documents(
             of the endpoint's shared concurrency limit, so other runs are counted too.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
         output_dir: Also write the results table here (local folder).
+        shards: Split the corpus into this many shards (by a stable hash of the document id), each
+            asked by a flow run of its own on any worker of the pool; results merged at the end.
+        shard_size: Documents per shard: enough shards for this many each (at least ``shards``).
+        shard_deployment: The deployment the shards run on; default: the one this run came from.
+        max_shard_attempts: Flow runs per shard before the run fails (a crashed shard resumes).
+        shard: Set by a sharded run on its children: ask only this shard of the corpus.
     """
     from tasks.endpoint.spec import realtime_endpoint_name
 
@@ -176,13 +180,26 @@ def ask_documents(
     )
     endpoint_name = endpoint or default_endpoint
     parameters = {"max_new_tokens": max_new_tokens}
-    loaded = load_documents(
-        corpus, ColumnMapping(id=id_column, text=text_column), prof, max_doc_bytes
-    )
+    check_shard(shard, run_key)  # a child of a sharded run, under the key its parent gave
     key = validate_run_key(run_key) if run_key else None
-    key = key or ask_run_key(
-        loaded.fingerprint, endpoint_name, questions, {**parameters, "system": system}
-    )
+    shaping = {**parameters, "system": system}
+    if shard is None and (shards > 1 or shard_size):
+        scan = scan_corpus(corpus, prof)  # the parent holds no document: the shards load them
+        count = shard_count(shards, shard_size, scan.rows)
+        if count > 1:  # one child ask run per shard, their tables merged
+            key = key or ask_run_key(scan.fingerprint, endpoint_name, questions, shaping)
+            return run_shards(
+                prof,
+                key,
+                count,
+                shard_deployment,
+                max_shard_attempts,
+                started,
+                ask_sharding(output_dir),
+            )
+    mapping = ColumnMapping(id=id_column, text=text_column)
+    loaded = load_documents(corpus, mapping, prof, max_doc_bytes, shard)
+    key = key or ask_run_key(loaded.fingerprint, endpoint_name, questions, shaping)
     answered = answered_pairs(prof, key)
     plan = AskPlan(
         endpoint=endpoint_name,
@@ -223,6 +240,7 @@ def ask_documents(
         "results_uri": uri,
         "wall_time_s": round(time.monotonic() - started, 3),
     }
+    summary["summary_uri"] = write_summary(prof, key, summary)
     publish_artifacts(summary, rows, key)
     if summary["failed"] or summary["rejected"]:
         logger.warning(

@@ -15,11 +15,12 @@ from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.answers import Answers
 from tasks.run.batching import compute_run_key
 from tasks.run.controls import run_controls
-from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
+from tasks.run.corpus import ColumnMapping, Corpus
 from tasks.run.drive import drive_run
 from tasks.run.driver import DriveStats
 from tasks.run.estimate import Estimate, estimate_run, estimate_text
 from tasks.run.layout import local_run_dir, reduce_run_key, run_artifact_key, validate_run_key
+from tasks.run.load import load_documents, scan_corpus
 from tasks.run.long_documents import (
     LongDocuments,
     LongMode,
@@ -44,8 +45,8 @@ from tasks.run.reconcile import resume_reconcile
 from tasks.run.reduce import reduce_corpus, reduce_template
 from tasks.run.scale import scale_to_zero_if_idle
 from tasks.run.sharded_run import run_shards
-from tasks.run.shards import Shard, keeps, shard_count
-from tasks.run.sources import SourceScan, scan_source
+from tasks.run.sharding import PROCESS_DOCUMENTS
+from tasks.run.shards import Shard, check_shard, shard_count
 from tasks.run.spool import OutputSpool
 from tasks.run.summary import RunSummary, summary_markdown
 from tasks.run.tokens import TokenCounter, token_counter
@@ -55,47 +56,6 @@ TABLE_ROWS = 20
 # SmolLM2 on the 50 sample documents (summarize): 46 answers end by themselves within 256 tokens
 # (median 76, longest 216); the other 4 repeat a phrase until any budget ends (README, defaults).
 DEFAULT_MAX_NEW_TOKENS = 256
-
-
-@task(name="load-corpus", cache_policy=NO_CACHE)
-def load_documents(
-    uri: str,
-    mapping: ColumnMapping,
-    profile: Profile,
-    max_doc_bytes: int = 100_000,
-    shard: Shard | None = None,
-) -> Corpus:
-    """Read and validate the corpus (only ``shard``'s rows when given, streamed past the rest);
-    bad rows become rejected records, never silent drops."""
-    corpus = load_corpus(
-        uri,
-        mapping,
-        profile=profile,
-        max_doc_bytes=max_doc_bytes,
-        keep=keeps(shard) if shard else None,
-        report_ignored=shard is None or shard.index == 0,
-    )
-    logger = get_run_logger()
-    logger.info(
-        "corpus %s%s: %d documents, %d rejected",
-        uri,
-        f" (shard {shard.label})" if shard else "",
-        len(corpus.documents),
-        len(corpus.rejected),
-    )
-    for reason in corpus.ignored:
-        logger.warning("corpus %s: %s", uri, reason)
-    return corpus
-
-
-@task(name="scan-corpus", cache_policy=NO_CACHE)
-def scan_corpus(uri: str, profile: Profile) -> SourceScan:
-    """One streaming pass over the corpus files: fingerprint and rows, no document held."""
-    scan = scan_source(uri, profile)
-    get_run_logger().info(
-        "corpus %s: %d files, %d bytes, about %d rows", uri, scan.files, scan.bytes, scan.rows
-    )
-    return scan
 
 
 @task(name="describe-endpoint", cache_policy=NO_CACHE)
@@ -395,8 +355,7 @@ def process_documents(
         messages=messages_column is not None,
     )
 
-    if shard is not None and not run_key:  # a child of a sharded run, under the key it was given
-        raise ValueError("shard is set by a sharded run on its children, with their run_key")
+    check_shard(shard, run_key)  # a child of a sharded run, under the key its parent gave
     if retry_failed and not run_key:
         raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
     target = describe_target(prof, endpoint_name)
@@ -410,7 +369,7 @@ def process_documents(
                 scan.fingerprint, endpoint_name, target.model_artifact, tmpl, params, extra=extra
             )
             return run_shards(
-                prof, key, count, shard_deployment, max_shard_attempts, output_format, started
+                prof, key, count, shard_deployment, max_shard_attempts, started, PROCESS_DOCUMENTS
             )
     loaded = load_documents(corpus, mapping, prof, max_doc_bytes, shard)
     key = key or compute_run_key(

@@ -3,7 +3,9 @@
 A run lives under ``s3://<bucket>/<prefixes.runs>/<run key>/``: ``manifest.json``,
 ``inputs/<batch id>.jsonl`` (the staged payloads) and what aggregation writes (``results.*``,
 ``failures.*``, ``summary.json``). An ask_documents run keeps one object per answered
-(document, question) pair under ``answers/`` and its table in ``ask-results.jsonl``. The endpoint writes attempt ``n`` of a batch to
+(document, question) pair under ``answers/``, its table in ``ask-results.jsonl`` and its counts
+in ``summary.json``. A shard of a sharded run is a run of its own under
+``<run key>.sNNNofMMM``. The endpoint writes attempt ``n`` of a batch to
 ``<S3OutputPath>/<run key>/<batch id>.a<n>.out`` (a failure to
 ``<S3FailurePath>/<run key>/<batch id>.a<n>-error.out``). Its InferenceId is
 ``<run key>-<batch id>``; ``<run key>-`` is the prefix the run's queue filters on. The run's SQS
@@ -56,6 +58,12 @@ def reduce_run_key(run_key: str, corpus_fingerprint: str) -> str:
 def run_uri(profile: Profile, run_key: str, *parts: str) -> str:
     """s3://bucket/<prefixes.runs>/<run_key>/<parts…> — where everything a run writes lives."""
     return profile.s3_uri(profile.prefixes.runs, run_key, *parts)
+
+
+def summary_uri(profile: Profile, run_key: str) -> str:
+    """s3://bucket/<prefixes.runs>/<run_key>/summary.json: a finished run's counts (every flow's
+    runs write one; a sharded run's parent reads its children's)."""
+    return run_uri(profile, run_key, "summary.json")
 
 
 def manifest_uri(profile: Profile, run_key: str) -> str:
@@ -165,3 +173,8 @@ def answers_prefix(profile: Profile, run_key: str) -> str:
 def ask_results_uri(profile: Profile, run_key: str) -> str:
     """s3://bucket/<runs>/<run_key>/ask-results.jsonl: one row per (document, question)."""
     return run_uri(profile, run_key, "ask-results.jsonl")
+
+
+def ask_results_file(output_dir: str, run_key: str) -> Path:
+    """``<output_dir>/ask-<run_key>.jsonl``: the local copy of an ask run's results table."""
+    return Path(output_dir) / f"ask-{run_key}.jsonl"

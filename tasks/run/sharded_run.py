@@ -1,7 +1,8 @@
 """The parent of a sharded run: start the shards' flow runs, wait for them, sum them up.
 
 See ``tasks.run.sharding`` for how shards are started, watched and re-run, and
-``tasks.run.shards`` for which documents a shard holds.
+``tasks.run.shards`` for which documents a shard holds. The flow that shards says what its
+parent sums and merges (a ``ShardedFlow``); everything else here is the same for every flow.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.run.layout import run_artifact_key
 from tasks.run.sharding import (
+    ShardedFlow,
     ShardRun,
     combine_summaries,
     ensure_crash_detection,
-    merge_results,
     plan_shards,
     shard_deployment_name,
     sharded_markdown,
     wait_for_shards,
-    write_summary,
 )
 from tasks.run.shards import MAX_SHARDS
-from tasks.run.status import read_summary
+from tasks.run.status import read_summary, write_summary
 from tasks.settings import Profile
 
 
@@ -50,8 +50,8 @@ def run_shards(
     shards: int,
     shard_deployment: str | None,
     max_shard_attempts: int,
-    output_format: str,
     started: float,
+    kind: ShardedFlow,
 ) -> dict[str, Any]:
     """Run ``shards`` child runs of this flow run's parameters and return the whole run's summary."""
     from prefect.artifacts import create_markdown_artifact
@@ -69,25 +69,14 @@ def run_shards(
     logger.info("run %s: %d shards on %s", run_key, shards, deployment)
     done = run_shard_flows(deployment, dict(flow_run.parameters), planned, max_shard_attempts)
     done = [s.model_copy(update={"summary": read_summary(profile, s.run_key)}) for s in done]
-    summary = combine_summaries(run_key, done)
-    summary["results_uri"] = (
-        merge_results(profile, run_key, done) if output_format == "parquet" else None
-    )
+    summary = combine_summaries(run_key, done, kind)
+    summary["results_uri"] = kind.merge(profile, run_key, done)
     summary["wall_time_s"] = round(time.monotonic() - started, 3)
     summary["summary_uri"] = write_summary(profile, run_key, summary)
     create_markdown_artifact(
-        sharded_markdown(summary),
+        sharded_markdown(summary, kind),
         key=run_artifact_key(run_key, "summary"),
-        description="sharded process-documents summary",
+        description=f"sharded {kind.flow} summary",
     )
-    logger.info(
-        "run %s: %d documents in %d shards: %d completed, %d failed, %d rejected, %d canceled",
-        run_key,
-        summary["documents"],
-        shards,
-        summary["completed"],
-        summary["failed"],
-        summary["rejected"],
-        summary["canceled"],
-    )
+    logger.info("run %s: %s", run_key, kind.headline(summary))
     return summary

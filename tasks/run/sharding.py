@@ -1,10 +1,10 @@
 """A sharded run: one child flow run per shard on the work pool, re-run when one crashes.
 
-The parent (``process_documents(shards=N)``) starts each shard as a flow run of a
-``process-documents`` deployment with ``run_deployment(timeout=0)``, so any worker of the pool
-picks it up, and waits for them through the Prefect API. Each child is an ordinary run of its
-own (``<run key>.sNNNofMMM``, its own manifest), so a child that is run again resumes where it
-stopped and invokes nothing that finished.
+The parent (``process_documents(shards=N)`` or ``ask_documents(shards=N)``) starts each shard as
+a flow run of a deployment of its own flow with ``run_deployment(timeout=0)``, so any worker of
+the pool picks it up, and waits for them through the Prefect API. Each child is an ordinary run
+of its own (``<run key>.sNNNofMMM``, its own manifest or kept answers), so a child that is run
+again resumes where it stopped and invokes nothing that finished.
 
 Lost workers are found by Prefect's own mechanism: children send flow-run heartbeats
 (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``) and a server automation (``ensure_crash_detection``,
@@ -12,18 +12,18 @@ the "zombie flow runs" recipe of Prefect's docs) marks a run ``Crashed`` when th
 crashed or failed child is submitted again (a new flow run, ``attempt`` + 1, the same run key)
 up to ``max_shard_attempts``. The idempotency key names the shard and attempt, so re-running the
 parent with the same run key finds the children it already started instead of starting more.
+What a flow's parent sums and merges from its children's summary.json is its ``ShardedFlow``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from tasks.run.layout import shard_idempotency_key, shard_run_key
 from tasks.run.shards import Shard
@@ -255,36 +255,44 @@ def _progress_line(shards: list[ShardRun]) -> str:
     return "shards: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
-SUMMED = (
-    "documents",
-    "completed",
-    "failed",
-    "rejected",
-    "canceled",
-    "batches",
-    "invocations",
-    "prompt_tokens",
-    "completion_tokens",
-    "estimated_cost_usd",
-)
+class ShardedFlow(BaseModel):
+    """What differs between the flows that shard: the counts a parent sums, the one results file
+    it merges, and how it says the totals. Starting, watching and re-running shards is shared."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    flow: str  # the flow's name, for people: "process-documents"
+    summed: tuple[str, ...]  # counts summed over the shards' summary.json
+    carried: tuple[str, ...] = ()  # the same in every shard's summary.json: taken from the first
+    averaged: tuple[str, ...] = ()  # means, weighted by each shard's "completed"
+    # (profile, parent run key, finished shards) -> the merged results file's URI, or None
+    merge: Callable[[Any, str, list[ShardRun]], str | None]
+    headline: Callable[[Mapping[str, Any]], str]  # the totals in one sentence
 
 
-def combine_summaries(run_key: str, shards: list[ShardRun]) -> dict[str, Any]:
+def combine_summaries(run_key: str, shards: list[ShardRun], kind: ShardedFlow) -> dict[str, Any]:
     """The whole run's counts: every shard's summary.json summed, and where each shard's are."""
-    totals: dict[str, Any] = {name: 0 for name in SUMMED}
-    for shard in shards:
-        for name in SUMMED:
-            value = (shard.summary or {}).get(name)
+    summaries = [s.summary or {} for s in shards]
+    totals: dict[str, Any] = {name: 0 for name in kind.summed}
+    for summary in summaries:
+        for name in kind.summed:
+            value = summary.get(name)
             if isinstance(value, int | float):
                 totals[name] += value
-    totals["estimated_cost_usd"] = round(totals["estimated_cost_usd"], 6)
+    for name, value in totals.items():
+        if isinstance(value, float):
+            totals[name] = round(value, 6)
+    carried = {name: next((s[name] for s in summaries if name in s), None) for name in kind.carried}
+    averaged = {name: _weighted_mean(summaries, name) for name in kind.averaged}
     reasons: dict[str, int] = {}
-    for shard in shards:
-        for reason, n in ((shard.summary or {}).get("top_failure_reasons") or {}).items():
+    for summary in summaries:
+        for reason, n in (summary.get("top_failure_reasons") or {}).items():
             reasons[reason] = reasons.get(reason, 0) + int(n)
     return {
         "run_key": run_key,
+        **carried,
         **totals,
+        **averaged,
         "shards": len(shards),
         "top_failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:10]),
         "shard_runs": [
@@ -303,9 +311,15 @@ def combine_summaries(run_key: str, shards: list[ShardRun]) -> dict[str, Any]:
     }
 
 
-def summary_json(summary: Mapping[str, Any]) -> bytes:
-    """The parent's summary.json bytes."""
-    return json.dumps(summary, indent=2, sort_keys=False, default=str).encode("utf-8")
+def _weighted_mean(summaries: list[dict[str, Any]], name: str) -> float | None:
+    """The mean of every shard's ``name`` weighted by its completed count (None: no value)."""
+    pairs = [
+        (float(s[name]), int(s.get("completed") or 0))
+        for s in summaries
+        if isinstance(s.get(name), int | float)
+    ]
+    weight = sum(w for _, w in pairs)
+    return round(sum(v * w for v, w in pairs) / weight, 4) if weight else None
 
 
 def shard_deployment_name(explicit: str | None) -> str:
@@ -315,11 +329,11 @@ def shard_deployment_name(explicit: str | None) -> str:
     from prefect.runtime import deployment, flow_run
 
     if deployment.name is None:
+        flow = flow_run.flow_name
         raise ValueError(
-            "shards > 1 runs every shard as a flow run of a process-documents deployment, and "
-            "this run was not started from one; start it with `prefect deployment run "
-            "process-documents/local -p shards=N` or pass shard_deployment="
-            "'process-documents/<deployment name>'"
+            f"shards > 1 runs every shard as a flow run of a {flow} deployment, and this run was "
+            f"not started from one; start it from one (`prefect deployment run {flow}/<name> "
+            f"-p shards=N`) or pass shard_deployment='{flow}/<deployment name>'"
         )
     return f"{flow_run.flow_name}/{deployment.name}"
 
@@ -380,27 +394,40 @@ def _conform(table: Any, schema: Any) -> Any:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_summary(profile: Any, run_key: str, summary: Mapping[str, Any]) -> str:
-    """The parent's summary.json under its run prefix; returns its URI."""
-    from tasks.aws.clients import aws_client
-    from tasks.aws.s3 import split_s3_uri
-    from tasks.run.layout import run_uri
-
-    target = run_uri(profile, run_key, "summary.json")
-    bucket, key = split_s3_uri(target)
-    aws_client("s3", profile).put_object(Bucket=bucket, Key=key, Body=summary_json(summary))
-    return target
-
-
-def sharded_markdown(summary: Mapping[str, Any]) -> str:
-    """The parent's summary artifact: totals and one line per shard."""
-    lines = [
-        f"# Sharded run `{summary['run_key']}`",
-        "",
+def _documents_headline(summary: Mapping[str, Any]) -> str:
+    return (
         f"{summary['documents']} documents in {summary['shards']} shards: "
         f"{summary['completed']} completed, {summary['failed']} failed, "
         f"{summary['rejected']} rejected, {summary['canceled']} canceled; "
-        f"{summary['invocations']} invocations.",
+        f"{summary['invocations']} invocations."
+    )
+
+
+PROCESS_DOCUMENTS = ShardedFlow(
+    flow="process-documents",
+    summed=(
+        "documents",
+        "completed",
+        "failed",
+        "rejected",
+        "canceled",
+        "batches",
+        "invocations",
+        "prompt_tokens",
+        "completion_tokens",
+        "estimated_cost_usd",
+    ),
+    merge=merge_results,
+    headline=_documents_headline,
+)
+
+
+def sharded_markdown(summary: Mapping[str, Any], kind: ShardedFlow) -> str:
+    """The parent's summary artifact: totals and one line per shard."""
+    lines = [
+        f"# Sharded {kind.flow} run `{summary['run_key']}`",
+        "",
+        kind.headline(summary),
         "",
         "| shard | run key | state | attempts | worker | results |",
         "|---|---|---|---|---|---|",

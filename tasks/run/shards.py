@@ -84,3 +84,13 @@ def select_shard(corpus: Corpus, shard: Shard) -> Corpus:
         rejected=rejected,
         ignored=corpus.ignored if shard.index == 0 else [],
     )
+
+
+def check_shard(shard: Shard | None, run_key: str | None) -> None:
+    """A run given a shard is a child of a sharded run, which always passes the shard's run key
+    (``<run key>.sNNNofMMM``); anything else is a usage error."""
+    if shard is not None and not run_key:
+        raise ValueError(
+            "shard is set by a sharded run on its children, together with their run_key; "
+            "to split a run yourself pass shards=N instead"
+        )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from tasks.aws.s3 import split_s3_uri
-from tasks.run.layout import run_uri
+from tasks.run.layout import summary_uri
 from tasks.run.manifest import BatchStatus, RunManifest, load_manifest
 from tasks.settings import Profile
 
@@ -127,7 +128,7 @@ def read_summary(profile: Profile, run_key: str) -> dict[str, Any] | None:
 
     from tasks.aws.clients import aws_client
 
-    bucket, key = split_s3_uri(run_uri(profile, run_key, "summary.json"))
+    bucket, key = split_s3_uri(summary_uri(profile, run_key))
     try:
         body = aws_client("s3", profile).get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
@@ -136,6 +137,19 @@ def read_summary(profile: Profile, run_key: str) -> dict[str, Any] | None:
         raise
     data: dict[str, Any] = json.loads(body)
     return data
+
+
+def write_summary(profile: Profile, run_key: str, summary: Mapping[str, Any]) -> str:
+    """Write the run's summary.json (what ``read_summary`` reads back); returns its URI."""
+    from tasks.aws.clients import aws_client
+
+    target = summary_uri(profile, run_key)
+    bucket, key = split_s3_uri(target)
+    body = json.dumps(summary, indent=2, default=str).encode("utf-8")
+    aws_client("s3", profile).put_object(
+        Bucket=bucket, Key=key, Body=body, ContentType="application/json"
+    )
+    return target
 
 
 def read_status(profile: Profile, run_key: str) -> RunStatus | None:

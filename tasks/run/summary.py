@@ -12,7 +12,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from tasks.endpoint.usage import EndpointUsage, instance_cost
-from tasks.run.layout import run_uri
+from tasks.run.layout import run_uri, summary_uri
 from tasks.run.manifest import BatchStatus, RunManifest
 from tasks.settings import Profile
 
@@ -160,7 +160,7 @@ def build_summary(
         top_failure_reasons=dict(totals.reasons.most_common(5)),
         results_uri=run_uri(profile, manifest.run_key, results_name),
         failures_uri=run_uri(profile, manifest.run_key, "failures.parquet"),
-        summary_uri=run_uri(profile, manifest.run_key, "summary.json"),
+        summary_uri=summary_uri(profile, manifest.run_key),
         local_results_path=str(Path(local_dir) / results_name) if local_dir else None,
     )
 

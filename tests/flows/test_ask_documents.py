@@ -15,15 +15,12 @@ from typing import Any
 import pytest
 
 from flows.ask_documents import ask_documents
-from flows.deploy_endpoint import deploy_endpoint
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.layout import answers_prefix
-from tasks.settings import Autoscaling, Profile
-from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
-from tests.inference.test_in_localcloud import _artifact
+from tasks.settings import Profile
+from tests.realtime import deploy_tiny_realtime
 from tests.reliability.test_process_kill import _env, wait_for
-from tests.tiny_models import make_tiny_model
 
 CORPUS = "datasets/sample/documents.jsonl"
 QUESTIONS = ["Who is it about?", "What happened?", "Is it urgent?"]
@@ -33,31 +30,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def realtime(profile: Profile, tmp_path: Path, prefect_harness: None) -> tuple[Profile, str]:
     """A real-time endpoint on 2 instances serving a tiny Llama (2,048-token context)."""
-    model_dir = make_tiny_model(tmp_path / "model", "llama", context=2048)
-    config = model_dir / "tokenizer_config.json"  # the tiny tokenizer says 256 tokens
-    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 2048}))
-    key = "models/tiny-rt/model.tar.gz"
-    aws_client("s3", profile).put_object(Bucket=profile.bucket, Key=key, Body=_artifact(model_dir))
-    prof = profile.model_copy(
-        update={
-            "autoscaling": Autoscaling(enabled=False),
-            "max_outstanding_invocations": 4,
-            "instance_count": 2,
-        }
-    )
-    path = profile_file(prof, tmp_path)
-    out = deploy_endpoint(
-        profile=path,
-        model_data_url=prof.s3_uri(key),
-        endpoint_mode="realtime",
-        environment={"DOCFLOW_NUM_THREADS": "1"},
-        **FAST_WAIT,
-    )
-    assert out["realtime_endpoint_name"] == prof.endpoint_name
-    sm = aws_client("sagemaker", prof)
-    config = sm.describe_endpoint_config(EndpointConfigName=out["endpoint_config_name"])
-    assert "AsyncInferenceConfig" not in config
-    return prof, path
+    return deploy_tiny_realtime(profile, tmp_path)
 
 
 def _rows(profile: Profile, uri: str) -> list[dict[str, Any]]:

@@ -9,41 +9,27 @@ started, as when its machine goes away.
 from __future__ import annotations
 
 import io
-import shutil
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from docflow.postgres import data_dir_for, start_postgres
 from docflow.prefect_server import (
     ChildProcess,
-    api_url_for,
     ensure_global_concurrency_limit,
-    ensure_work_pool,
-    free_port,
     prefect_api,
-    prefect_deploy,
-    prefect_env,
-    spawn_server,
-    spawn_worker,
-    wait_for_server,
-    wait_for_worker,
     wait_until,
-    worker_name,
 )
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.spec import concurrency_limit_name
 from tasks.run.manifest import load_manifest
-from tasks.run.sharding import SHARD_TAG
 from tasks.run.shards import Shard, select_shard, shard_of
+from tests.pool import PoolStack, flow_run, pool_stack, run_parent, shard_runs
 from tests.runs import Deployment, EndpointProbe, unique_run_key, write_corpus
 
 pytestmark = pytest.mark.timeout(900)
@@ -55,62 +41,12 @@ SIZES = [2_000, pytest.param(20_000, marks=pytest.mark.soak)]
 MAX_ATTEMPTS = 3
 
 
-@dataclass
-class PoolStack:
-    """A Prefect server with the local pool, the sharded deployment and several workers."""
-
-    home: Path
-    api_url: str
-    server: ChildProcess
-    workers: dict[str, ChildProcess]
-
-
 @pytest.fixture(scope="module")
-def pool_stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
+def stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
     """PostgreSQL, server, pool, `prefect deploy -n process-documents/sharded`, WORKERS workers."""
-
     home = tmp_path_factory.mktemp("prefect-pool")
-    # Several workers: PostgreSQL, as `docflow ui --workers N` does (SQLite locks under them),
-    # on a fresh cluster (its folder is named after home, which a rerun's --basetemp repeats).
-    shutil.rmtree(data_dir_for(home), ignore_errors=True)
-    postgres = start_postgres(home, free_port())
-    port = free_port()
-    api_url = api_url_for(port)
-    server = spawn_server(home, port, database_url=postgres.url)
-    workers: dict[str, ChildProcess] = {}
-    try:
-        wait_for_server(server, port)
-        ensure_work_pool(api_url)
-        env = prefect_env(home, api_url)
-        prefect_deploy(env, "--name", "process-documents/sharded")  # raises with its output
-        for number in range(1, WORKERS + 1):
-            workers[worker_name(number)] = spawn_worker(home, env, number=number)
-        for worker in workers.values():
-            wait_for_worker(worker, timeout_s=120)
-        yield PoolStack(home, api_url, server, workers)
-    finally:
-        for worker in workers.values():
-            worker.stop()
-        server.stop()
-        postgres.stop()
-        shutil.rmtree(postgres.data_dir, ignore_errors=True)
-
-
-def _flow_run(api_url: str, flow_run_id: UUID) -> Any:
-    from prefect.client.orchestration import get_client
-
-    with prefect_api(api_url), get_client(sync_client=True) as client:
-        return client.read_flow_run(flow_run_id)
-
-
-def _shard_runs(api_url: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-
-    with prefect_api(api_url), get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[SHARD_TAG]))
-        )
+    with pool_stack(home, ["process-documents/sharded"], WORKERS) as running:
+        yield running
 
 
 def _kill_tree(child: ChildProcess) -> None:
@@ -153,7 +89,7 @@ def test_a_shard_selects_its_documents_and_rejected_rows(tmp_path: Path) -> None
 @pytest.mark.parametrize("documents", SIZES)
 def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
     documents: int,
-    pool_stack: PoolStack,
+    stack: PoolStack,
     deploy_echo: Any,
     probe: EndpointProbe,
     tmp_path: Path,
@@ -162,13 +98,13 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
 
     deployment: Deployment = deploy_echo(cap=8, slots=4, instances=2)
     ensure_global_concurrency_limit(
-        pool_stack.api_url, concurrency_limit_name(deployment.endpoint), deployment.cap
+        stack.api_url, concurrency_limit_name(deployment.endpoint), deployment.cap
     )
     run_key = unique_run_key()
     corpus_file = tmp_path / f"{run_key}.jsonl"
     ids = write_corpus(corpus_file, documents, words=3)
 
-    with prefect_api(pool_stack.api_url):
+    with prefect_api(stack.api_url):
         parent = run_deployment(
             "process-documents/sharded",
             parameters={
@@ -187,10 +123,8 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
 
     # Kill a worker that runs a shard (not the parent) once that shard has invoked something.
     def victim() -> str | None:
-        parent_worker = (_flow_run(pool_stack.api_url, parent_id).labels or {}).get(
-            "prefect.worker.name"
-        )
-        for run in _shard_runs(pool_stack.api_url):
+        parent_worker = (flow_run(stack.api_url, parent_id).labels or {}).get("prefect.worker.name")
+        for run in shard_runs(stack.api_url):
             worker = (run.labels or {}).get("prefect.worker.name")
             if run.state and run.state.is_running() and worker and worker != parent_worker:
                 return str(worker)
@@ -200,19 +134,19 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
         lambda: probe.accepted > 0 and victim() is not None,
         what="a shard running on a worker other than the parent's",
         timeout_s=300,
-        child=pool_stack.server,
+        child=stack.server,
     )
     killed = victim()
     assert killed is not None
-    _kill_tree(pool_stack.workers[killed])
+    _kill_tree(stack.workers[killed])
 
     def parent_done() -> bool:
-        state = _flow_run(pool_stack.api_url, parent_id).state
+        state = flow_run(stack.api_url, parent_id).state
         return state is not None and state.is_final()
 
-    wait_until(parent_done, what="the sharded run to end", timeout_s=780, child=pool_stack.server)
-    final = _flow_run(pool_stack.api_url, parent_id)
-    logs = "\n".join(w.log_tail(60) for w in pool_stack.workers.values())
+    wait_until(parent_done, what="the sharded run to end", timeout_s=780, child=stack.server)
+    final = flow_run(stack.api_url, parent_id)
+    logs = "\n".join(w.log_tail(60) for w in stack.workers.values())
     assert final.state.is_completed(), f"{final.state}\n{logs}"
 
     from tasks.run.status import read_summary
@@ -250,30 +184,14 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
     assert batches <= probe.accepted <= batches + deployment.cap, (batches, probe.accepted)
 
 
-def _run_parent(api_url: str, parameters: dict[str, Any]) -> Any:
-    """Start a sharded run through the deployment and wait for its final state."""
-    from prefect.deployments import run_deployment
-
-    with prefect_api(api_url):
-        parent = run_deployment("process-documents/sharded", parameters=parameters, timeout=0)
-    parent_id = parent.id  # type: ignore[union-attr]
-
-    def done() -> bool:
-        state = _flow_run(api_url, parent_id).state
-        return state is not None and state.is_final()
-
-    wait_until(done, what="the sharded run to end", timeout_s=600)
-    return _flow_run(api_url, parent_id)
-
-
 def test_a_sharded_run_over_an_s3_prefix_of_files_resumes_without_reinvoking(
-    pool_stack: PoolStack, deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
+    stack: PoolStack, deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
 ) -> None:
     import pyarrow as pa
 
     deployment: Deployment = deploy_echo(cap=8, slots=4)
     ensure_global_concurrency_limit(
-        pool_stack.api_url, concurrency_limit_name(deployment.endpoint), deployment.cap
+        stack.api_url, concurrency_limit_name(deployment.endpoint), deployment.cap
     )
     profile = deployment.profile
     s3 = aws_client("s3", profile)
@@ -301,7 +219,7 @@ def test_a_sharded_run_over_an_s3_prefix_of_files_resumes_without_reinvoking(
         "max_new_tokens": 4,
     }
 
-    first = _run_parent(pool_stack.api_url, parameters)
+    first = run_parent(stack.api_url, "process-documents/sharded", parameters)
     assert first.state.is_completed(), first.state
     invoked = probe.accepted
     from tasks.run.status import read_summary
@@ -316,7 +234,7 @@ def test_a_sharded_run_over_an_s3_prefix_of_files_resumes_without_reinvoking(
         batches += len(manifest.batches)
     assert invoked == batches  # nothing failed: one invocation per batch
 
-    again = _run_parent(pool_stack.api_url, parameters)
+    again = run_parent(stack.api_url, "process-documents/sharded", parameters)
     assert again.state.is_completed(), again.state
     assert probe.accepted == invoked  # the resumed run invoked nothing
     bucket, key = split_s3_uri(read_summary(profile, run_key)["results_uri"])  # type: ignore[index]
