@@ -18,7 +18,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.ask.answers import load_answers
-from tasks.ask.asker import AskPlan, Row, ask_all, pair_row
+from tasks.ask.asker import AskPlan, Row, ask_all
+from tasks.ask.controls import ask_controls
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
@@ -142,6 +143,15 @@ def ask_documents(
     max_parallel_documents: int = 4,
     run_key: str | None = None,
     output_dir: str | None = None,
+    fields: list[str] | dict[str, Any] | str | None = None,
+    labels: list[str] | None = None,
+    multi_label: bool = False,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    repetition_penalty: float | None = None,
+    stop: list[str] | str | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Ask every question of every document, one session per document; one row per pair.
 
@@ -161,6 +171,17 @@ def ask_documents(
             of the endpoint's shared concurrency limit, so other runs are counted too.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
         output_dir: Also write the results table here (local folder).
+        fields: Every answer is a JSON object of these fields, constrained on the endpoint and
+            typed into one value per field in each row (as process_documents' template
+            'extract': names, a {name: type} mapping or a JSON Schema file).
+        labels: Every answer is exactly one of these labels, in the row's ``label``.
+        multi_label: With labels: every answer is a list of distinct labels (``labels``).
+        temperature: Sampling temperature (0 or unset: greedy).
+        top_p: Nucleus sampling probability mass (sampling).
+        top_k: Sample among the k likeliest tokens.
+        repetition_penalty: Penalty (> 1) on tokens already in the prompt or answer.
+        stop: Stop string(s) that end an answer (not with fields or labels).
+        seed: Seed of each answer's sampling (needs sampling), for reproducible answers.
     """
     from tasks.endpoint.spec import realtime_endpoint_name
 
@@ -175,22 +196,35 @@ def ask_documents(
         else prof.endpoint_name
     )
     endpoint_name = endpoint or default_endpoint
-    parameters = {"max_new_tokens": max_new_tokens}
+    controls = ask_controls(
+        max_new_tokens=max_new_tokens,
+        fields=fields,
+        labels=labels,
+        multi_label=multi_label,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        stop=stop,
+        seed=seed,
+    )
     loaded = load_documents(
         corpus, ColumnMapping(id=id_column, text=text_column), prof, max_doc_bytes
     )
     key = validate_run_key(run_key) if run_key else None
     key = key or ask_run_key(
-        loaded.fingerprint, endpoint_name, questions, {**parameters, "system": system}
+        loaded.fingerprint, endpoint_name, questions, {**controls.shaping(), "system": system}
     )
     answered = answered_pairs(prof, key)
     plan = AskPlan(
         endpoint=endpoint_name,
         run_key=key,
         questions=tuple(questions),
-        parameters=parameters,
+        parameters=controls.parameters,
         system=system,
         max_parallel_documents=max_parallel_documents,
+        instruction=controls.instruction,
+        answers=controls.answers,
     )
     logger.info(
         "run %s: %d documents x %d questions on %s (%d pairs answered before)",
@@ -204,8 +238,7 @@ def ask_documents(
     for n, rejected in enumerate(loaded.rejected):
         doc_id = rejected.doc_id or f"row {rejected.row if rejected.row is not None else n}"
         rows += [
-            pair_row(doc_id, i, q, "rejected", reason=rejected.reason)
-            for i, q in enumerate(questions)
+            plan.row(doc_id, i, "rejected", reason=rejected.reason) for i in range(len(questions))
         ]
     uri = write_results(prof, key, rows, output_dir)
     completed = [r for r in rows if r["status"] == "completed"]
