@@ -173,3 +173,19 @@ def test_merged_extract_answers_fill_the_typed_columns_or_fail_with_the_reason()
         "invalid answer: the 2 chunk answers merged by field: answer field 'count' is \"many\", "
         "not a integer"
     )
+
+
+def test_a_long_messages_conversation_is_rejected_not_cut(counter: TokenCounter) -> None:
+    chat = PromptTemplate(from_messages=True, system="Be terse.")
+    short = json.dumps([{"role": "user", "content": "Hi there"}])
+    long = json.dumps([{"role": "user", "content": long_text(counter, 2)}])
+    planned, plan = plan_long_documents(
+        corpus_of(short, long), counter, chat, MAX_NEW, "map_reduce"
+    )
+    assert [d.doc_id for d in planned.documents] == ["d0"] and plan.chunks == {}
+    # Counted as the handler counts it: the system prompt folded into the first user turn.
+    assert plan.prompt_tokens["d0"] == counter.request_tokens(
+        {"messages": [{"role": "user", "content": "Be terse.\n\nHi there"}]}
+    )
+    (rejected,) = planned.rejected
+    assert rejected.doc_id == "d1" and "not a messages_column conversation" in rejected.reason
