@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.constrained import constrained_table
+from benchmarks.constrained import constrained_table, labels_table
 from benchmarks.formatting import floor_note
 from benchmarks.formatting import fmt as _fmt
 from benchmarks.serving import serving_table
@@ -31,6 +31,8 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
         console.print(sessions_table(results["sessions"]))
     if "constrained" in results:
         console.print(constrained_table(results["constrained"]))
+        if "classify" in results["constrained"]:
+            console.print(labels_table(results["constrained"]))
     if results.get("targets"):
         console.print(_targets_table(results["targets"]))
     for name, error in results.get("errors", {}).items():
