@@ -9,6 +9,12 @@ unconstrained again with each document's max_new_tokens set to what its constrai
 ratio, target >= 0.8x, is constrained vs this). Free-length answers are longer, so prefill weighs
 less per generated token there; their tokens/s is shown, not compared. Also: the share of rows
 that are valid answers.
+
+Then classification (the issue's "0 of 135 answers were one of the labels", re-tried on the
+sample corpus): docflow's classify lines with a label set, once without the constraint (the
+parameters without ``choices``: free text, as before constraints) and once with it; counted: the
+answers that are exactly one of the labels (what the typed ``label`` column accepts), and, for
+comparison, those that are one once trimmed of spaces, quotes and a full stop and lower-cased.
 """
 
 from __future__ import annotations
@@ -33,6 +39,20 @@ DOCS_PER_PAYLOAD = 10
 # Per mode: documents of the sample corpus, max_new_tokens. --quick only checks that it works.
 SIZES = {"full": (50, 64), "quick": (10, 48)}
 MODES = ("unconstrained", "constrained", "unconstrained_same_lengths")
+LABELS = [
+    "local government",
+    "economy",
+    "science",
+    "transport",
+    "environment",
+    "billing",
+    "technical problem",
+    "feature request",
+    "delivery",
+    "other",
+]
+# Documents (every second one of the sample corpus, news and tickets alike) and max_new_tokens.
+LABEL_SIZES = {"full": (20, 16), "quick": (6, 12)}
 
 
 def constrained_payloads(n_docs: int, max_new_tokens: int) -> tuple[dict[str, list[bytes]], Any]:
@@ -69,6 +89,58 @@ def _with_lengths(body: bytes, lengths: dict[str, int]) -> bytes:
     return b"".join(lines)
 
 
+def classify_payloads(n_docs: int, max_new_tokens: int) -> tuple[dict[str, bytes], Any]:
+    """Per mode (unconstrained, constrained), one JSON Lines payload of docflow's classify
+    lines; and the typed answer parser (a label, exactly)."""
+    from tasks.run.batching import payload_line
+    from tasks.run.controls import run_controls
+    from tasks.run.corpus import ColumnMapping, load_corpus
+
+    corpus = load_corpus(str(SAMPLE), ColumnMapping())
+    template, params, answers = run_controls(
+        template="classify", labels=LABELS, max_new_tokens=max_new_tokens
+    )
+    free = params.model_copy(update={"choices": None})
+    docs = corpus.documents[::2][:n_docs]
+    return {
+        "unconstrained": b"".join(payload_line(doc, template, free) for doc in docs),
+        "constrained": b"".join(payload_line(doc, template, params) for doc in docs),
+    }, answers
+
+
+def _trimmed(text: Any) -> str:
+    return str(text or "").strip().strip("\"'`.").strip().lower()
+
+
+def classify_labels(
+    bench: Any, endpoint: str, timeout: float, n_docs: int, max_new_tokens: int
+) -> dict[str, Any]:
+    """Answers that are exactly one of the labels, without and with the constraint."""
+    payloads, answers = classify_payloads(n_docs, max_new_tokens)
+    lowered = {label.lower() for label in LABELS}
+    modes: dict[str, Any] = {}
+    for mode, body in payloads.items():
+        result = run_level(bench.env.profile, endpoint, [body], 1, timeout, keep_rows=True)
+        rows = result.pop("rows")
+        modes[mode] = {
+            "docs": result["docs"],
+            "failed": result["failed"],
+            "exact_labels": _valid(rows, answers),
+            "labels_once_trimmed": sum(_trimmed(r.get("text")) in lowered for r in rows),
+            "examples": [str(r.get("text"))[:60] for r in rows[:3]],
+        }
+        bench.log(
+            f"constrained: classify {mode}: {modes[mode]['exact_labels']} of "
+            f"{result['docs']} answers are labels"
+        )
+    return {
+        "documents": n_docs,
+        "max_new_tokens": max_new_tokens,
+        "labels": LABELS,
+        "modes": modes,
+    }
+
+
 def _valid(rows: list[dict[str, Any]], answers: Any) -> int:
     """Rows whose text is a valid answer (parses and validates as the typed columns would)."""
     count = 0
@@ -87,7 +159,8 @@ def constrained(bench: Any) -> dict[str, Any]:
     from flows.package_model import package_model
     from tasks.aws.clients import aws_client
 
-    n_docs, max_new_tokens = SIZES["quick" if bench.cfg.name.startswith("quick") else "full"]
+    size = "quick" if bench.cfg.name.startswith("quick") else "full"
+    n_docs, max_new_tokens = SIZES[size]
     payloads, answers = constrained_payloads(n_docs, max_new_tokens)
     artifact = dict(package_model(source=bench.cfg.model_source, profile="local"))
     name = bench.env.new_endpoint_name("constrained")
@@ -119,6 +192,7 @@ def constrained(bench: Any) -> dict[str, Any]:
                     f"constrained: {mode} payload {index + 1}: "
                     f"{result['tokens_per_s']:.1f} generated tok/s"
                 )
+        labels = classify_labels(bench, name, timeout, *LABEL_SIZES[size])
     finally:
         aws_client("sagemaker", bench.env.profile).delete_endpoint(EndpointName=name)
     for total in totals.values():
@@ -137,6 +211,7 @@ def constrained(bench: Any) -> dict[str, Any]:
         "modes": totals,
         "ratio": ratio,
         "ratio_vs_free_length": free_ratio,
+        "classify": labels,
         "targets": {
             "constrained_vs_unconstrained_tokens_per_s": {
                 "target": TARGET,
@@ -173,4 +248,26 @@ def constrained_table(section: dict[str, Any]) -> Table:
         f"(target >= {target['target']}, {'met' if target['met'] else 'NOT met'}); "
         f"vs free-length unconstrained: {section['ratio_vs_free_length']:.2f}x"
     )
+    return table
+
+
+def labels_table(section: dict[str, Any]) -> Table:
+    """The classification part of the constrained section: answers that are labels, per mode."""
+    labels = section["classify"]
+    table = Table(
+        title=(
+            f"6b. Classification into {len(labels['labels'])} labels, {section['model_source']}, "
+            f"{labels['documents']} sample documents, max_new_tokens {labels['max_new_tokens']}"
+        )
+    )
+    for col in ("mode", "exactly a label", "a label once trimmed", "docs", "first answers"):
+        table.add_column(col, justify="left" if col in ("mode", "first answers") else "right")
+    for mode, r in labels["modes"].items():
+        table.add_row(
+            mode,
+            str(r["exact_labels"]),
+            str(r["labels_once_trimmed"]),
+            str(r["docs"]),
+            " | ".join(repr(e) for e in r["examples"]),
+        )
     return table

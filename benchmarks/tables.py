@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.constrained import constrained_table
+from benchmarks.constrained import constrained_table, labels_table
 from benchmarks.formatting import floor_note
 from benchmarks.formatting import fmt as _fmt
 from benchmarks.scaleout import scaleout_table
@@ -32,6 +32,8 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
         console.print(sessions_table(results["sessions"]))
     if "constrained" in results:
         console.print(constrained_table(results["constrained"]))
+        if "classify" in results["constrained"]:
+            console.print(labels_table(results["constrained"]))
     if "scaleout" in results:
         console.print(scaleout_table(results["scaleout"]))
     if results.get("targets"):

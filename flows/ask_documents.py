@@ -18,7 +18,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.ask.answers import load_answers
-from tasks.ask.asker import AskPlan, Row, ask_all, pair_row
+from tasks.ask.asker import AskPlan, Row, ask_all
+from tasks.ask.controls import ask_controls
 from tasks.ask.sharded import ask_sharding
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
@@ -135,6 +136,15 @@ def ask_documents(
     max_parallel_documents: int = 4,
     run_key: str | None = None,
     output_dir: str | None = None,
+    fields: list[str] | dict[str, Any] | str | None = None,
+    labels: list[str] | None = None,
+    multi_label: bool = False,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    repetition_penalty: float | None = None,
+    stop: list[str] | str | None = None,
+    seed: int | None = None,
     shards: int = 1,
     shard_size: int | None = None,
     shard_deployment: str | None = None,
@@ -159,6 +169,17 @@ def ask_documents(
             of the endpoint's shared concurrency limit, so other runs are counted too.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
         output_dir: Also write the results table here (local folder).
+        fields: Every answer is a JSON object of these fields, constrained on the endpoint and
+            typed into one value per field in each row (as process_documents' template
+            'extract': names, a {name: type} mapping or a JSON Schema file).
+        labels: Every answer is exactly one of these labels, in the row's ``label``.
+        multi_label: With labels: every answer is a list of distinct labels (``labels``).
+        temperature: Sampling temperature (0 or unset: greedy).
+        top_p: Nucleus sampling probability mass (sampling).
+        top_k: Sample among the k likeliest tokens.
+        repetition_penalty: Penalty (> 1) on tokens already in the prompt or answer.
+        stop: Stop string(s) that end an answer (not with fields or labels).
+        seed: Seed of each answer's sampling (needs sampling), for reproducible answers.
         shards: Split the corpus into this many shards (by a stable hash of the document id), each
             asked by a flow run of its own on any worker of the pool; results merged at the end.
         shard_size: Documents per shard: enough shards for this many each (at least ``shards``).
@@ -179,10 +200,21 @@ def ask_documents(
         else prof.endpoint_name
     )
     endpoint_name = endpoint or default_endpoint
-    parameters = {"max_new_tokens": max_new_tokens}
+    controls = ask_controls(
+        max_new_tokens=max_new_tokens,
+        fields=fields,
+        labels=labels,
+        multi_label=multi_label,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        stop=stop,
+        seed=seed,
+    )
     check_shard(shard, run_key)  # a child of a sharded run, under the key its parent gave
     key = validate_run_key(run_key) if run_key else None
-    shaping = {**parameters, "system": system}
+    shaping = {**controls.shaping(), "system": system}
     if shard is None and (shards > 1 or shard_size):
         scan = scan_corpus(corpus, prof)  # the parent holds no document: the shards load them
         count = shard_count(shards, shard_size, scan.rows)
@@ -205,9 +237,11 @@ def ask_documents(
         endpoint=endpoint_name,
         run_key=key,
         questions=tuple(questions),
-        parameters=parameters,
+        parameters=controls.parameters,
         system=system,
         max_parallel_documents=max_parallel_documents,
+        instruction=controls.instruction,
+        answers=controls.answers,
     )
     logger.info(
         "run %s: %d documents x %d questions on %s (%d pairs answered before)",
@@ -221,8 +255,7 @@ def ask_documents(
     for n, rejected in enumerate(loaded.rejected):
         doc_id = rejected.doc_id or f"row {rejected.row if rejected.row is not None else n}"
         rows += [
-            pair_row(doc_id, i, q, "rejected", reason=rejected.reason)
-            for i, q in enumerate(questions)
+            plan.row(doc_id, i, "rejected", reason=rejected.reason) for i in range(len(questions))
         ]
     uri = write_results(prof, key, rows, output_dir)
     completed = [r for r in rows if r["status"] == "completed"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -11,9 +13,10 @@ from prefect.cache_policies import NO_CACHE
 from tasks.artifacts import artifact_key
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import require_bucket
-from tasks.model.archive import BuiltArchive, build_archive, discard_archive
+from tasks.model.archive import DEFAULT_CODE_DIR, BuiltArchive, build_archive, discard_archive
 from tasks.model.packaging import ModelArtifact, artifact_markdown, upload_archive
 from tasks.model.sources import DEFAULT_SOURCE, ResolvedModel, default_model_name, resolve_source
+from tasks.model.vendor import DEFAULT_PLATFORM, DEFAULT_PYTHON, vendored_code_dir
 from tasks.settings import load_profile
 
 
@@ -42,10 +45,18 @@ def resolve_model(source: str) -> ResolvedModel:
 
 
 @task(name="build-model-archive", cache_policy=NO_CACHE)
-def build_model_archive(model_dir: str, name: str, source: str) -> BuiltArchive:
+def build_model_archive(
+    model_dir: str, name: str, source: str, code_dir: str | None = None
+) -> BuiltArchive:
     """Build the deterministic model.tar.gz (weights at the root, inference code under code/)."""
     logger = get_run_logger()
-    built = build_archive(Path(model_dir), name=name, source=source, logger=logger)
+    built = build_archive(
+        Path(model_dir),
+        name=name,
+        source=source,
+        code_dir=Path(code_dir) if code_dir else None,
+        logger=logger,
+    )
     if built.archive_path is None:
         logger.info(
             "content unchanged since an earlier build (sha256 %s): not compressing it again",
@@ -92,6 +103,9 @@ def package_model(
     name: str | None = None,
     profile: str = "local",
     uncompressed: bool = False,
+    wheels: str | None = None,
+    wheels_platform: str = DEFAULT_PLATFORM,
+    wheels_python: str = DEFAULT_PYTHON,
 ) -> dict[str, object]:
     """Package a model with its inference code as a content-addressed SageMaker artifact in S3.
 
@@ -103,11 +117,36 @@ def package_model(
         profile: Deployment profile name (deployments/<name>.yaml) or path to a profile YAML.
         uncompressed: Also upload the files uncompressed (for SageMaker S3Prefix model data;
             large models start faster without untarring).
+        wheels: A folder of wheels of inference/requirements.txt for the container's platform
+            (``pip download -r inference/requirements.txt --no-deps --only-binary=:all:
+            --platform manylinux_2_28_x86_64 --python-version 3.12 -d wheels``): they are
+            installed into the artifact's code/vendor/, so the instance installs nothing at start
+            (for endpoints without internet). Default: the instance pip-installs them at start.
+        wheels_platform: The container's platform tag for ``wheels``.
+        wheels_python: The container's Python version for ``wheels`` (the image's pyXYZ).
     """
     check_bucket(profile)
     resolved = resolve_model(source)
-    built = build_model_archive(resolved.path, name or default_model_name(source), source)
-    artifact = upload_model_archive(built, profile, uncompressed)
+    scratch = Path(tempfile.mkdtemp(prefix="docflow-vendor-")) if wheels else None
+    try:
+        code_dir = None
+        if wheels and scratch is not None:
+            code_dir = str(
+                vendored_code_dir(
+                    DEFAULT_CODE_DIR,
+                    Path(wheels).expanduser(),
+                    scratch,
+                    platform=wheels_platform,
+                    python_version=wheels_python,
+                )
+            )
+        built = build_model_archive(
+            resolved.path, name or default_model_name(source), source, code_dir
+        )
+        artifact = upload_model_archive(built, profile, uncompressed)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return artifact.model_dump(mode="json")
 
 

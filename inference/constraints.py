@@ -13,9 +13,11 @@ and a constrained one gets an error line that says what to install.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -50,13 +52,23 @@ def choice_grammar(choices: Sequence[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
 
 
+def _vendored_first() -> None:
+    """Put code/vendor (requirements installed at packaging time, for instances without
+    internet: ``package_model(wheels=...)``) first on sys.path, once."""
+    vendor = str(Path(__file__).resolve().with_name("vendor"))
+    if Path(vendor).is_dir() and vendor not in sys.path:
+        sys.path.insert(0, vendor)
+
+
 def _xgrammar() -> Any:
+    _vendored_first()
     try:
         import xgrammar
     except ImportError as exc:
         raise ConstraintError(
             "constrained output (json_schema or choices) needs the xgrammar package on the "
-            f"model's instance ({exc}); list it in code/requirements.txt"
+            f"model's instance ({exc}); list it in code/requirements.txt, or vendor it into the "
+            "artifact with package_model(wheels=...) for instances without internet"
         ) from None
     return xgrammar
 

@@ -21,9 +21,11 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.ask.answers import save_answer
+from tasks.ask.controls import ROW_COLUMNS, AnswerError, answer_columns, typed_values
 from tasks.ask.session_client import SessionGoneError, ask, close_session, open_session
 from tasks.aws.clients import aws_client
 from tasks.endpoint.spec import concurrency_limit_name
+from tasks.run.answers import Answers
 from tasks.run.capacity import FREE_POLL_S, SLOT_LEASE_S, CapacityError
 from tasks.run.corpus import Document
 from tasks.run.leases import LeaseBook, LimitMissing
@@ -44,23 +46,26 @@ class AskPlan:
     parameters: dict[str, Any]
     system: str | None = None
     max_parallel_documents: int = 4
+    instruction: str = ""  # appended to every question sent: the answer's expected shape
+    answers: Answers | None = None  # typed answers (fields or labels), None for free text
+
+    def row(self, document_id: str, index: int, status: str, **fields: Any) -> Row:
+        """A row of this run: its typed answer columns too."""
+        columns = answer_columns(self.answers)
+        return pair_row(document_id, index, self.questions[index], status, columns, **fields)
 
 
-def pair_row(document_id: str, index: int, question: str, status: str, **fields: Any) -> Row:
-    """One result row; every row has the same columns."""
-    row: Row = {
-        "document_id": document_id,
-        "question_index": index,
-        "question": question,
-        "status": status,
-        "answer": None,
-        "prompt_tokens": None,
-        "cached_tokens": None,
-        "completion_tokens": None,
-        "finish_reason": None,
-        "latency_s": None,
-        "reason": None,
-    }
+def pair_row(
+    document_id: str,
+    index: int,
+    question: str,
+    status: str,
+    columns: tuple[str, ...] = (),
+    **fields: Any,
+) -> Row:
+    """One result row; every row of a run has the same columns (``columns``: typed answers)."""
+    row: Row = dict.fromkeys(ROW_COLUMNS) | dict.fromkeys(columns)
+    row.update(document_id=document_id, question_index=index, question=question, status=status)
     row.update(fields)
     return row
 
@@ -114,27 +119,35 @@ def ask_document(profile: Profile, plan: AskPlan, document: Document, todo: list
                 try:
                     if session is None:
                         session = open_session(runtime, plan.endpoint, document.text, plan.system)
-                    answer = ask(runtime, plan.endpoint, session, question, plan.parameters)
+                    answer = ask(
+                        runtime,
+                        plan.endpoint,
+                        session,
+                        question + plan.instruction,
+                        plan.parameters,
+                    )
                 except SessionGoneError as exc:
                     session = None
                     if not reopened:  # expired, evicted or its instance gone: once more
                         reopened = True
                         logger.info("document %s: %s; reopening", document.doc_id, exc)
                         continue
-                    rows.append(
-                        pair_row(document.doc_id, index, question, "failed", reason=str(exc))
-                    )
+                    rows.append(plan.row(document.doc_id, index, "failed", reason=str(exc)))
                     break
                 except (ClientError, BotoCoreError, RuntimeError) as exc:
-                    rows.append(
-                        pair_row(document.doc_id, index, question, "failed", reason=_error(exc))
-                    )
+                    rows.append(plan.row(document.doc_id, index, "failed", reason=_error(exc)))
                     break
-                row = pair_row(
+                try:
+                    typed = typed_values(plan.answers, answer.get("text"))
+                except AnswerError as exc:  # not stored half-parsed; a resumed run asks again
+                    reason = f"invalid answer: {exc}"
+                    rows.append(plan.row(document.doc_id, index, "failed", reason=reason))
+                    break
+                row = plan.row(
                     document.doc_id,
                     index,
-                    question,
                     "completed",
+                    **typed,
                     answer=answer.get("text"),
                     prompt_tokens=answer.get("prompt_tokens"),
                     cached_tokens=answer.get("cached_tokens"),
@@ -173,10 +186,7 @@ def ask_all(
         try:
             return ask_document(profile, plan, document, todo)
         except Exception as exc:  # never lose a pair: an unexpected error fails the rest
-            return [
-                pair_row(document.doc_id, i, plan.questions[i], "failed", reason=_error(exc))
-                for i in todo
-            ]
+            return [plan.row(document.doc_id, i, "failed", reason=_error(exc)) for i in todo]
         finally:
             slots.release(lease)
 
@@ -196,6 +206,6 @@ def ask_all(
             key = (document.doc_id, i)
             found = fresh.get(key) or answered.get(key)
             if found is None:  # cannot happen: one() returns a row for every pair it was given
-                found = pair_row(document.doc_id, i, plan.questions[i], "failed", reason="lost")
+                found = plan.row(document.doc_id, i, "failed", reason="lost")
             out.append(found)
     return out

@@ -153,6 +153,13 @@ def archive_members(model_dir: Path, code_dir: Path) -> list[tuple[str, Path]]:
         raise PackagingError(str(exc)) from exc
     members = [(n, model_dir / n) for n in names]
     members += [(f"code/{n}", code_dir / n) for n in code_files(code_dir)]
+    vendor = code_dir / "vendor"  # requirements installed at packaging time (tasks.model.vendor)
+    if vendor.is_dir():
+        members += [
+            (f"code/{p.relative_to(code_dir).as_posix()}", p)
+            for p in vendor.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        ]
     return sorted(members)
 
 

@@ -218,8 +218,9 @@ class _Joiner:
             reduce_row = _outcome(
                 doc.doc_id, reduce_leaf, outputs.get(reduce_leaf.batch_id), canceled
             )
-        combined = combine_chunks(self.kind, chunk_rows, reduce_row)
-        return {"row": doc.row, **prefixed(doc.metadata), "doc_id": doc.doc_id, **combined}
+        combined = combine_chunks(self.kind, chunk_rows, reduce_row, self.answers)
+        typed = {name for name, _ in self.answers.columns()} if self.answers else set()
+        return {"row": doc.row, **prefixed(doc.metadata, typed), "doc_id": doc.doc_id, **combined}
 
     def _document(
         self, doc: Document, leaf: BatchRecord | None, outputs: dict[str, BatchOutput]

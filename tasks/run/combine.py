@@ -2,13 +2,17 @@
 
 extract: the chunks' JSON objects merged by field (the first non-empty value of each field wins;
 lists are concatenated without duplicates). summarize: the answer of the reduce prompt over the
-chunks' summaries. Token counts are the sums over every chunk and the reduce step.
+chunks' summaries. Token counts are the sums over every chunk and the reduce step. With typed
+answers (``fields``), the merged object is parsed into the same typed columns as a document that
+was not split, and a merge that does not validate fails the document with the reason.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from tasks.run.answers import AnswerError, Answers
 
 REDUCE_SUMMARIZE = (
     "The following are summaries of consecutive parts of one long document.\n"
@@ -55,9 +59,13 @@ def merge_objects(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def combine_chunks(
-    kind: str, chunk_rows: list[dict[str, Any]], reduce_row: dict[str, Any] | None
+    kind: str,
+    chunk_rows: list[dict[str, Any]],
+    reduce_row: dict[str, Any] | None,
+    answers: Answers | None = None,
 ) -> dict[str, Any]:
-    """The document's outcome columns from its chunks' outcomes (in order) and the reduce step's."""
+    """The document's outcome columns from its chunks' outcomes (in order) and the reduce step's;
+    with ``answers`` (extract), the merged answer's typed columns too."""
     count = len(chunk_rows)
     steps = [*chunk_rows, *([reduce_row] if reduce_row else [])]
     row: dict[str, Any] = {
@@ -81,11 +89,23 @@ def combine_chunks(
             )
             return row | {"status": "failed", "reason": reason}
         lengths = any(r.get("finish_reason") == "length" for r in chunk_rows)
-        return row | {
-            "status": "completed",
-            "text": json.dumps(merge_objects(objects), ensure_ascii=False),
-            "finish_reason": "length" if lengths else "stop",
-        }
+        text = json.dumps(merge_objects(objects), ensure_ascii=False)
+        typed: dict[str, Any] = {}
+        if answers is not None:
+            try:
+                typed = answers.parse(text)
+            except AnswerError as exc:
+                reason = f"invalid answer: the {count} chunk answers merged by field: {exc}"
+                return row | {"status": "failed", "reason": reason}
+        return (
+            typed
+            | row
+            | {
+                "status": "completed",
+                "text": text,
+                "finish_reason": "length" if lengths else "stop",
+            }
+        )
     if reduce_row is None:
         reason = (
             "the reduce step over the chunk summaries did not run; resume the run with its run_key"

@@ -102,7 +102,7 @@ def plan_long_documents(
     rejected: list[Rejected] = list(corpus.rejected)
     for doc in corpus.documents:
         try:
-            count = counter.prompt_tokens(template.render(doc))
+            count = _count(counter, template, doc)
         except TemplateError:
             documents.append(doc)  # batching rejects it with the template's reason
             continue
@@ -110,14 +110,16 @@ def plan_long_documents(
             plan.prompt_tokens[doc.doc_id] = count
             documents.append(doc)
             continue
-        if mode == "reject":
-            rejected.append(
-                Rejected(
-                    doc_id=doc.doc_id,
-                    row=doc.row,
-                    reason=too_long(count, max_new_tokens, counter.context_length),
+        if mode == "reject" or template.from_messages:
+            reason = too_long(count, max_new_tokens, counter.context_length)
+            if template.from_messages:
+                reason = (
+                    f"prompt is {count} tokens + max_new_tokens {max_new_tokens} > the model's "
+                    f"context of {counter.context_length} tokens; long_documents={mode!r} cuts a "
+                    "document's text, not a messages_column conversation: shorten the "
+                    "conversation or lower max_new_tokens"
                 )
-            )
+            rejected.append(Rejected(doc_id=doc.doc_id, row=doc.row, reason=reason))
             plan.rejected += 1
             continue
         pieces = _cut(doc, counter, template, budget, overlap, whole=mode == "map_reduce")
@@ -134,17 +136,22 @@ def plan_long_documents(
         if mode == "truncate":
             kept = doc.model_copy(update={"text": texts[0]})
             plan.tokens_cut[doc.doc_id] = cut
-            plan.prompt_tokens[doc.doc_id] = counter.prompt_tokens(template.render(kept))
+            plan.prompt_tokens[doc.doc_id] = _count(counter, template, kept)
             documents.append(kept)
             continue
         ids = [chunk_id(doc.doc_id, i, len(texts)) for i in range(len(texts))]
         plan.chunks[doc.doc_id] = ids
         for piece_id, text in zip(ids, texts, strict=True):
             chunk = doc.model_copy(update={"doc_id": piece_id, "text": text})
-            plan.prompt_tokens[piece_id] = counter.prompt_tokens(template.render(chunk))
+            plan.prompt_tokens[piece_id] = _count(counter, template, chunk)
             documents.append(chunk)
     planned = corpus.model_copy(update={"documents": documents, "rejected": rejected})
     return planned, plan
+
+
+def _count(counter: TokenCounter, template: PromptTemplate, doc: Document) -> int:
+    """The handler's prompt tokens for what ``doc`` sends (system prompt and messages included)."""
+    return counter.request_tokens(template.request(doc))
 
 
 def too_long(count: int, max_new_tokens: int, context: int) -> str:
@@ -169,7 +176,10 @@ def _cut(
     """The document's text cut into prompts that fit ``budget``: the first piece only (and the
     tokens cut), or (``whole``) every piece, consecutive pieces sharing ``overlap`` tokens."""
     ids = counter.text_ids(doc.text)
-    overhead = counter.prompt_tokens(template.render(doc.model_copy(update={"text": ""})))
+    # The template's own tokens (an empty text could make an empty prompt, which is refused).
+    probe = "x"
+    overhead = _count(counter, template, doc.model_copy(update={"text": probe}))
+    overhead -= len(counter.text_ids(probe))
     size = budget - overhead
     if size < 1:
         return None
@@ -205,7 +215,7 @@ def _fit(
     """The largest end <= ``end`` whose piece's prompt fits (re-tokenising at the seams may differ)."""
     while end > start:
         text = counter.decode(ids[start:end])
-        count = counter.prompt_tokens(template.render(doc.model_copy(update={"text": text})))
+        count = _count(counter, template, doc.model_copy(update={"text": text}))
         if count <= budget:
             return end
         end -= max(1, count - budget)

@@ -1,10 +1,12 @@
 """Count prompt tokens before invoking, with the packaged model's own tokenizer, as the handler does.
 
-The counting is the handler's own code (``request_contract.prompt_ids`` with the chat template,
-``loaded_model``'s tokenizer loader and context-length rule, imported by
-``tasks.model.handler_code``), run on the tokenizer files fetched
-from the endpoint's artifact (``tasks.model.tokenizer_files``), so a count here is the
-``prompt_tokens`` the endpoint reports for the same prompt.
+The counting is the handler's own code (``request_contract.parse_document`` and ``prompt_ids``
+with the chat template, a system prompt folded into the first user turn for templates without a
+system role, ``loaded_model``'s tokenizer loader and context-length rule, imported by
+``tasks.model.handler_code``), run on the tokenizer files fetched from the endpoint's artifact
+(``tasks.model.tokenizer_files``) over what a document sends (``PromptTemplate.request``: a
+prompt, or messages with a system prompt or from a messages column), so a count here is the
+``prompt_tokens`` the endpoint reports for the same document.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from tasks.aws.clients import aws_client
 from tasks.model.handler_code import handler_module
 from tasks.model.tokenizer_files import fetch_tokenizer_files
+from tasks.run.prompts import TemplateError
 from tasks.settings import Profile
 
 MAX_CONTEXT_ENV = "DOCFLOW_MAX_CONTEXT"
@@ -53,6 +56,19 @@ class TokenCounter:
         document = contract.Document("count", contract.Params(max_new_tokens=1), prompt=prompt)
         ids: list[int] = contract.prompt_ids(document, self.tokenizer)
         return ids
+
+    def request_tokens(self, request: dict[str, Any]) -> int:
+        """Tokens the handler feeds the model for what a document sends (``{"prompt": ...}`` or
+        ``{"messages": [...]}``); TemplateError when the handler would refuse it."""
+        contract = handler_module("request_contract")
+        line = {"id": "count", **request, "parameters": {"max_new_tokens": 1}}
+        entry = contract.parse_document(line, "count")
+        if isinstance(entry, contract.Rejected):
+            raise TemplateError(entry.error)
+        try:
+            return len(contract.prompt_ids(entry, self.tokenizer))
+        except contract.DocumentError as exc:
+            raise TemplateError(str(exc)) from None
 
     def text_ids(self, text: str) -> list[int]:
         """The ids of a piece of text alone (no special tokens), for cutting it by tokens."""

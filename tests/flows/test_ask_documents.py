@@ -5,6 +5,7 @@ SIGKILLed run resumed without asking an answered pair again (a ledger of the end
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from flows.ask_documents import ask_documents
@@ -146,3 +148,115 @@ def _free_slots(endpoint: str) -> None:
         client.update_global_concurrency_limit(
             concurrency_limit_name(endpoint), GlobalConcurrencyLimitUpdate(active_slots=0)
         )
+
+
+def _contracts(path: Path) -> Path:
+    from tests.flows.test_constrained_answers import TEXTS
+
+    with path.open("w", encoding="utf-8") as fh:
+        for i, text in enumerate(TEXTS):
+            fh.write(json.dumps({"id": f"doc-{i}", "text": text}) + "\n")
+    return path
+
+
+def test_constrained_answers_on_sessions_from_a_random_model(
+    realtime: tuple[Profile, str], tmp_path: Path
+) -> None:
+    """fields / labels constrain every question's answer in the container (the session request
+    carries json_schema / choices); each row holds the typed values beside the raw answer."""
+    from flows.ask_documents import ask_run_key
+    from tasks.ask.asker import AskPlan, ask_all
+    from tasks.run.answers import classification_answers
+    from tasks.run.corpus import ColumnMapping, load_corpus
+    from tests.flows.test_constrained_answers import LABELS, SCHEMA, TEXTS
+
+    prof, path = realtime
+    corpus = str(_contracts(tmp_path / "contracts.jsonl"))
+    questions = ["What are the terms?", "Who signed it?"]
+    pairs = len(TEXTS) * len(questions)
+
+    # Extraction: every answer validates against the schema, its values typed in the row.
+    extracted = ask_documents(
+        corpus=corpus, questions=questions, profile=path, fields=SCHEMA, max_new_tokens=300
+    )
+    rows = _rows(prof, extracted["results_uri"])
+    assert extracted["completed"] == len(rows) == pairs, [r["reason"] for r in rows][:3]
+    full = {
+        "type": "object",
+        "properties": {
+            k: ({"enum": v} if isinstance(v, list) else v if isinstance(v, dict) else {})
+            for k, v in SCHEMA.items()
+        },
+    }
+    for row in rows:
+        answer = json.loads(row["answer"])
+        jsonschema.validate(answer, full)
+        assert list(answer) == list(SCHEMA)
+        assert {k: row[k] for k in SCHEMA} == {**answer, "amount": float(answer["amount"])}
+        assert isinstance(row["count"], int) and isinstance(row["signed"], bool)
+        assert dt.date.fromisoformat(row["date"]).isoformat() == row["date"]
+        assert 0 < row["cached_tokens"] < row["prompt_tokens"], row  # the document was cached
+
+    # Classification sampled hot: always one of the labels.
+    classified = ask_documents(
+        corpus=corpus,
+        questions=questions,
+        profile=path,
+        labels=LABELS,
+        temperature=2.5,
+        seed=11,
+        max_new_tokens=20,
+    )
+    rows = _rows(prof, classified["results_uri"])
+    assert classified["completed"] == pairs, [r["reason"] for r in rows][:3]
+    assert all(row["label"] in LABELS and row["answer"] == row["label"] for row in rows)
+    assert len({row["label"] for row in rows}) > 1  # sampled, not one label forced
+
+    # Several labels: a list of distinct labels per answer.
+    multi = ask_documents(
+        corpus=corpus,
+        questions=questions,
+        profile=path,
+        labels=LABELS,
+        multi_label=True,
+        max_new_tokens=40,
+    )
+    rows = _rows(prof, multi["results_uri"])
+    assert multi["completed"] == pairs, [r["reason"] for r in rows][:3]
+    for row in rows:
+        assert row["labels"] and set(row["labels"]) <= set(LABELS)
+        assert len(set(row["labels"])) == len(row["labels"]) and "label" not in row
+
+    # A budget too small for the answer: each pair failed with that reason, no typed values.
+    short = ask_documents(
+        corpus=corpus, questions=questions, profile=path, fields=SCHEMA, max_new_tokens=4
+    )
+    rows = _rows(prof, short["results_uri"])
+    assert short["failed"] == pairs and short["completed"] == 0, short
+    assert all("max_new_tokens=4 ran out" in row["reason"] for row in rows)
+    assert all(row["party"] is None and row["answer"] is None for row in rows)
+
+    # The controls are in the run key; free text with a budget keeps the key it had before.
+    keys = {r["run_key"] for r in (extracted, classified, multi, short)}
+    assert len(keys) == 4
+    loaded = load_corpus(corpus, ColumnMapping(), profile=prof, max_doc_bytes=100_000)
+    free = ask_documents(corpus=corpus, questions=questions, profile=path, max_new_tokens=4)
+    before = ask_run_key(
+        loaded.fingerprint, prof.endpoint_name, questions, {"max_new_tokens": 4, "system": None}
+    )
+    assert free["run_key"] == before and free["completed"] == pairs
+
+    # An answer that is not a label (asked without the constraint, typed with it): that pair
+    # FAILED with the reason, nothing half-parsed, nothing kept for a resume.
+    plan = AskPlan(
+        endpoint=prof.endpoint_name,
+        run_key="askunconstrained",
+        questions=tuple(questions),
+        parameters={"max_new_tokens": 4},
+        answers=classification_answers(LABELS, False),
+    )
+    rows = ask_all(prof, plan, loaded.documents, {})
+    assert len(rows) == pairs
+    assert all(r["status"] == "failed" and r["label"] is None for r in rows), rows[:2]
+    assert all(r["reason"].startswith("invalid answer: answer field 'label' is") for r in rows)
+    assert _answers(prof, "askunconstrained") == {}

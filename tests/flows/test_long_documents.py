@@ -162,6 +162,56 @@ def test_map_reduce_gives_one_row_per_document(tiny: TinyEndpoint, tmp_path: Pat
     assert rows.loc["long-1", "prompt_tokens"] > chunks_10 * (CONTEXT // 2)
 
 
+def test_map_reduce_extract_fills_the_typed_columns(tiny: TinyEndpoint, tmp_path: Path) -> None:
+    """Each chunk's answer is constrained to the schema; their merge by field lands in the same
+    typed columns (same Parquet types) as the document that was not split."""
+    import datetime as dt
+    import io
+
+    import jsonschema
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.aws.s3 import split_s3_uri
+
+    fields = {
+        "party": {"type": "string", "maxLength": 8},
+        "count": {"type": "integer", "minimum": 0, "maximum": 99},
+        "when": "date",
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 2},
+    }
+    corpus = tmp_path / "long.jsonl"
+    ids = list(long_corpus(corpus, tiny.counter, [2]))
+    result = process_documents(
+        corpus=str(corpus),
+        profile=tiny.path,
+        template="extract",
+        fields=fields,
+        max_new_tokens=96,
+        long_documents="map_reduce",
+        batch_size=4,
+    )
+    bucket, key = split_s3_uri(str(result["results_uri"]))
+    body = aws_client("s3", tiny.profile).get_object(Bucket=bucket, Key=key)["Body"].read()
+    table = pq.read_table(io.BytesIO(body))
+    assert table.schema.field("count").type == pa.int64()
+    assert table.schema.field("when").type == pa.date32()
+    assert table.schema.field("tags").type == pa.list_(pa.large_string())
+    rows = {r["doc_id"]: r for r in table.to_pylist()}
+    assert sorted(rows) == sorted(ids)
+    assert all(r["status"] == "completed" for r in rows.values()), [
+        r["reason"] for r in rows.values()
+    ]
+    assert rows["long-0"]["chunks"] >= 2 and rows["short"]["chunks"] is None
+    schema = {"type": "object", "properties": {k: v for k, v in fields.items() if k != "when"}}
+    for row in rows.values():
+        merged = json.loads(row["text"])
+        jsonschema.validate({k: v for k, v in merged.items() if k != "tags"}, schema)
+        assert row["party"] == merged["party"] and row["count"] == merged["count"]
+        assert row["when"] == dt.date.fromisoformat(merged["when"])
+        assert row["tags"] == merged["tags"] and all(isinstance(t, str) for t in row["tags"])
+
+
 def pd_null(value: Any) -> bool:
     import pandas as pd
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -150,3 +151,41 @@ def test_a_failed_chunk_fails_its_document_with_the_chunk_named() -> None:
     reduce = {"status": "completed", "text": "all", "prompt_tokens": 7, "completion_tokens": 2}
     row = combine_chunks("summarize", [ok, ok], reduce | {"finish_reason": "stop"})
     assert row["status"] == "completed" and row["text"] == "all" and row["prompt_tokens"] == 9
+
+
+def test_merged_extract_answers_fill_the_typed_columns_or_fail_with_the_reason() -> None:
+    from tasks.run.answers import extraction_answers
+
+    answers = extraction_answers({"party": "string", "count": "integer", "when": "date"}, set())
+    chunk = {"status": "completed", "prompt_tokens": 1, "completion_tokens": 1}
+    texts = [
+        '{"party": "", "count": 3, "when": "2024-05-01"}',
+        '{"party": "Acme", "count": 7, "when": "2023-01-01"}',
+    ]
+    row = combine_chunks("extract", [chunk | {"text": t} for t in texts], None, answers)
+    assert row["status"] == "completed"
+    assert (row["party"], row["count"], row["when"]) == ("Acme", 3, dt.date(2024, 5, 1))
+    # A merge that does not validate: failed with the reason, no typed value, no text.
+    bad = ['{"party": "Acme", "count": "many", "when": "2024-05-01"}', '{"count": 2}']
+    row = combine_chunks("extract", [chunk | {"text": t} for t in bad], None, answers)
+    assert row["status"] == "failed" and "text" not in row and "count" not in row
+    assert row["reason"] == (
+        "invalid answer: the 2 chunk answers merged by field: answer field 'count' is \"many\", "
+        "not a integer"
+    )
+
+
+def test_a_long_messages_conversation_is_rejected_not_cut(counter: TokenCounter) -> None:
+    chat = PromptTemplate(from_messages=True, system="Be terse.")
+    short = json.dumps([{"role": "user", "content": "Hi there"}])
+    long = json.dumps([{"role": "user", "content": long_text(counter, 2)}])
+    planned, plan = plan_long_documents(
+        corpus_of(short, long), counter, chat, MAX_NEW, "map_reduce"
+    )
+    assert [d.doc_id for d in planned.documents] == ["d0"] and plan.chunks == {}
+    # Counted as the handler counts it: the system prompt folded into the first user turn.
+    assert plan.prompt_tokens["d0"] == counter.request_tokens(
+        {"messages": [{"role": "user", "content": "Be terse.\n\nHi there"}]}
+    )
+    (rejected,) = planned.rejected
+    assert rejected.doc_id == "d1" and "not a messages_column conversation" in rejected.reason
