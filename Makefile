@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/mypy docflow flows tasks inference localcloud
 
 test: lint
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=20 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/docflow demo
