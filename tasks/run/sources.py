@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from pydantic import BaseModel
 
@@ -166,7 +166,7 @@ def _s3_source(uri: str, profile: Profile | None) -> Source:
     except CorpusError:
         raise
     except Exception as exc:  # botocore's NoSuchKey/NoSuchBucket/AccessDenied and friends
-        raise _s3_error(uri, exc) from exc
+        raise _s3_error(uri, _why(s3, bucket, exc)) from exc
 
     def read(name: str) -> bytes:
         return bytes(s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read())
@@ -179,7 +179,7 @@ def _s3_source(uri: str, profile: Profile | None) -> Source:
             try:
                 s3.download_fileobj(bucket, prefix + name, spool)
             except Exception as exc:
-                raise _s3_error(f"s3://{bucket}/{prefix}{name}", exc) from exc
+                raise _s3_error(f"s3://{bucket}/{prefix}{name}", _why(s3, bucket, exc)) from exc
             spool.seek(0)
             yield spool
 
@@ -187,7 +187,19 @@ def _s3_source(uri: str, profile: Profile | None) -> Source:
     return Source(uri, names, opener, read, single_table=single, root=root)
 
 
-def _s3_error(uri: str, exc: Exception) -> CorpusError:
+def _why(s3: Any, bucket: str, exc: Exception) -> Exception | str:
+    """A HEAD's bare "404 Not Found" told apart: the bucket missing, or the object."""
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+    if code not in ("404", "NotFound"):
+        return exc
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except Exception:
+        return f"NoSuchBucket: the bucket {bucket!r} does not exist ({exc})"
+    return f"NoSuchKey: no such object ({exc})"
+
+
+def _s3_error(uri: str, exc: Exception | str) -> CorpusError:
     return CorpusError(
         f"corpus {uri} cannot be read from S3: {exc}; check the bucket and key exist "
         "and that the profile's credentials can read them"
