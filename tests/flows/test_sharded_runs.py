@@ -158,8 +158,15 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
     assert summary["documents"] == summary["completed"] == documents
     runs = summary["shard_runs"]
     assert len(runs) == SHARDS and all(r["state"] == "COMPLETED" for r in runs)
-    workers = {r["worker"] for r in runs}
-    assert len(workers) >= 2, runs  # read back from the API: the shards spread over workers
+    # Read back from the API: every attempt of this run's shards, and the worker that took it.
+    attempts = [
+        r
+        for r in shard_runs(stack.api_url)
+        if str(r.parameters.get("run_key", "")).startswith(run_key)
+    ]
+    workers = {(r.labels or {}).get("prefect.worker.name") for r in attempts}
+    assert len(attempts) > SHARDS and killed in workers, (killed, workers)
+    assert len(workers - {None}) >= 2, runs  # the shards spread over workers
     rerun = [r for r in runs if r["attempts"] > 1]
     assert rerun, f"no shard was run again after {killed} was killed: {runs}"
     assert all(r["worker"] != killed for r in rerun)
