@@ -21,15 +21,20 @@ from tests.runs import Deployment, EndpointProbe
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long reliability soak tests")
+    parser.addoption(
+        "--bench", action="store_true", help="run the quick bench and check what it reports"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--soak"):
-        return
-    skip = pytest.mark.skip(reason="soak test: run with --soak")
-    for item in items:
-        if "soak" in item.keywords:
-            item.add_marker(skip)
+    """Soak tests run with --soak, the quick bench with --bench (make bench runs the real one)."""
+    for option in ("soak", "bench"):
+        if config.getoption(f"--{option}"):
+            continue
+        skip = pytest.mark.skip(reason=f"{option} test: run with --{option}")
+        for item in items:
+            if option in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

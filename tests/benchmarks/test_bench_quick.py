@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Three minutes of benchmark on two cores: behind --bench, as make test keeps benchmarks out.
+pytestmark = pytest.mark.bench
+
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
