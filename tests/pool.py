@@ -40,6 +40,16 @@ class PoolStack:
     api_url: str
     server: ChildProcess
     workers: dict[str, ChildProcess]
+    env: dict[str, str]
+    worker_limit: int | None = None
+
+    def restart(self, name: str) -> None:
+        """Start the worker ``name`` again (after a test killed it), for the tests that follow."""
+        number = int(name.rsplit("-", 1)[1])
+        self.workers[name] = spawn_worker(
+            self.home, self.env, number=number, limit=self.worker_limit
+        )
+        wait_for_worker(self.workers[name], timeout_s=120)
 
 
 @contextmanager
@@ -68,7 +78,7 @@ def pool_stack(
             )
         for worker in running.values():
             wait_for_worker(worker, timeout_s=120)
-        yield PoolStack(home, api_url, server, running)
+        yield PoolStack(home, api_url, server, running, env, worker_limit)
     finally:
         for worker in running.values():
             worker.stop()

@@ -93,6 +93,7 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
     deploy_echo: Any,
     probe: EndpointProbe,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     from prefect.deployments import run_deployment
 
@@ -139,6 +140,7 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
     killed = victim()
     assert killed is not None
     _kill_tree(stack.workers[killed])
+    request.addfinalizer(lambda: stack.restart(killed))  # the next test gets all its workers
 
     def parent_done() -> bool:
         state = flow_run(stack.api_url, parent_id).state
