@@ -374,13 +374,13 @@ def merge_results(profile: Any, run_key: str, shards: list[ShardRun]) -> str | N
         with pq.ParquetWriter(merged, schema) as writer:
             for part in parts:
                 for batch in part.iter_batches():
-                    writer.write_table(_conform(pa.Table.from_batches([batch]), schema))
+                    writer.write_table(conform_table(pa.Table.from_batches([batch]), schema))
         bucket, key = split_s3_uri(target)
         s3.upload_file(str(merged), bucket, key)
     return target
 
 
-def _conform(table: Any, schema: Any) -> Any:
+def conform_table(table: Any, schema: Any) -> Any:
     """``table`` with ``schema``'s columns in its order and types (a missing one all null)."""
     import pyarrow as pa
 

@@ -16,7 +16,7 @@ import pytest
 from tasks.aws.clients import aws_client
 from tasks.run import tables
 from tasks.run.corpus import ColumnMapping, load_corpus
-from tasks.run.sharding import _conform
+from tasks.run.sharding import conform_table
 from tasks.run.shards import Shard, keeps, select_shard, shard_count
 from tasks.run.sources import scan_source
 from tasks.run.tables import CorpusError, iter_table, parse_table
@@ -162,7 +162,7 @@ def test_shard_results_with_different_columns_merge_into_one_schema() -> None:
     first = pa.table({"doc_id": ["a"], "error": pa.nulls(1)})  # no failures: an all-null column
     second = pa.table({"doc_id": ["b"], "error": ["boom"], "extra": [1]})
     schema = pa.unify_schemas([first.schema, second.schema], promote_options="permissive")
-    merged = pa.concat_tables([_conform(first, schema), _conform(second, schema)])
+    merged = pa.concat_tables([conform_table(first, schema), conform_table(second, schema)])
     assert merged.schema == schema
     assert merged.to_pylist() == [
         {"doc_id": "a", "error": None, "extra": None},
