@@ -108,14 +108,14 @@ print(json.dumps([peak(), peak(keep=keeps(Shard(index=3, count=8)))]))
 
 def test_a_shard_holds_its_own_documents_not_the_corpus(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
-    write_corpus(path, 20_000, words=40)
+    write_corpus(path, 40_000, words=40)
     # Measured in a fresh interpreter: tracemalloc counts every thread's allocations, and the
     # test process has servers running in threads of its own.
     done = subprocess.run(
         [sys.executable, "-c", PEAKS, str(path)], capture_output=True, text=True, check=True
     )
     everything, one_of_eight = json.loads(done.stdout)
-    # An eighth of the documents, and no whole file in memory: far under half of the full load.
+    # An eighth of the documents and a chunk of the file, not the file: 10 of 53 MB here.
     assert one_of_eight < everything / 4, (one_of_eight, everything)
 
 
