@@ -56,6 +56,8 @@ def prepare(spec: ContenderSpec, profile: Profile) -> dict[str, Any]:
 
 def run(spec: ContenderSpec, profile: Profile, prepared: dict[str, Any]) -> Outcome:
     """One process_documents run over the corpus on the bench's endpoint."""
+    from tasks.params.flat import grouped
+
     unknown = sorted(set(spec.parameters) - {"max_new_tokens"})
     if unknown:
         raise ValueError(f"process_documents takes only max_new_tokens of {unknown}")
@@ -68,7 +70,7 @@ def run(spec: ContenderSpec, profile: Profile, prepared: dict[str, Any]) -> Outc
     }
     if "max_new_tokens" in spec.parameters:
         kwargs["max_new_tokens"] = int(spec.parameters["max_new_tokens"])
-    summary: dict[str, Any] = prepared["flow"](**kwargs)
+    summary: dict[str, Any] = prepared["flow"](**grouped(kwargs))
     recorder: CompletionRecorder = prepared["recorder"]
     return Outcome(
         docs_completed=int(summary["completed"]),

@@ -179,11 +179,12 @@ def run_and_measure(
     from prefect.deployments import run_deployment
 
     from docflow.prefect_server import prefect_api, wait_until
+    from tasks.params.flat import grouped
 
     sampler = RssSampler({name: w.pid for name, w in stack.workers.items()})
     with prefect_api(stack.api_url), sampler.running():
         started = time.monotonic()
-        flow_run: Any = run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)
+        flow_run: Any = run_deployment(DEPLOYMENT, parameters=grouped(parameters), timeout=0)
 
         def final() -> Any:
             with get_client(sync_client=True) as client:

@@ -87,6 +87,7 @@ def run_demo(
     from flows.end_to_end import end_to_end
     from tasks.aws.clients import aws_client
     from tasks.aws.s3 import ensure_bucket
+    from tasks.params.groups import OutputOptions
     from tasks.settings import load_profile
 
     out = Path(results_dir)
@@ -101,7 +102,10 @@ def run_demo(
         prof = load_profile(profile)
         ensure_bucket(aws_client("s3", prof), prof.bucket)
         result = end_to_end(
-            corpus=corpus, profile=profile, model_source=model_source, output_dir=str(out)
+            corpus=corpus,
+            profile=profile,
+            model_source=model_source,
+            output=OutputOptions(output_dir=str(out)),
         )
         print_summary(result, out)
     return 0

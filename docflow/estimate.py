@@ -10,56 +10,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from tasks.run.estimate import Estimate
 
 
-def estimate_corpus(
-    corpus: str,
-    *,
-    profile: str = "local",
-    endpoint: str | None = None,
-    model: str | None = None,
-    template: str = "summarize",
-    fields: list[str] | None = None,
-    labels: list[str] | None = None,
-    custom_template: str | None = None,
-    id_column: str = "id",
-    text_column: str = "text",
-    max_new_tokens: int | None = None,
-    max_doc_bytes: int = 100_000,
-    long_documents: str = "reject",
-    chunk_overlap_tokens: int = 64,
-    batch_size: int = 16,
-    max_batch_bytes: int = 1_000_000,
-) -> Estimate:
-    """The estimate; ``model`` (an artifact's s3://…/model.tar.gz) instead of an endpoint's model.
-
-    Defaults are process_documents' own, so the estimate is of the run those parameters make.
-    """
-    from flows.process_documents import DEFAULT_MAX_NEW_TOKENS, build_template
+def estimate_corpus(corpus: str, *, profile: str = "local", **flat: Any) -> Estimate:
+    """The estimate of ``process_documents(corpus, dry_run=True, ...)`` with flat parameter names
+    (``template``, ``batch_size``, ...; ``endpoint``, or ``model``: an artifact's
+    s3://…/model.tar.gz instead of an endpoint's model). Defaults are the flow's own groups."""
+    from tasks.params.flat import grouped
+    from tasks.params.groups import (
+        BatchingOptions,
+        ColumnOptions,
+        GenerationOptions,
+        LongDocumentOptions,
+        PromptOptions,
+    )
+    from tasks.run.controls import controls_of
     from tasks.run.corpus import ColumnMapping, load_corpus
     from tasks.run.estimate import estimate_run
-    from tasks.run.long_documents import (
-        LongDocuments,
-        check_long_documents,
-        plan_long_documents,
-    )
     from tasks.run.notifications import endpoint_outputs
-    from tasks.run.prompts import GenerationParameters
+    from tasks.run.planning import plan_prompts
     from tasks.run.tokens import token_counter
     from tasks.settings import load_profile
 
+    given = grouped({k: v for k, v in flat.items() if v is not None})
+    endpoint, model = given.pop("endpoint", None), given.pop("model", None)
+    prompt = PromptOptions(**given.get("prompt", {}))
+    generation = GenerationOptions(**given.get("generation", {}))
+    columns = ColumnOptions(**given.get("columns", {}))
+    long = LongDocumentOptions(**given.get("long_documents", {}))
+    batching = BatchingOptions(**given.get("batching", {}))
     prof = load_profile(profile)
-    tmpl = build_template(template, fields, labels, custom_template)
-    params = GenerationParameters(max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+    tmpl, params, _ = controls_of(prompt, generation)
     loaded = load_corpus(
-        corpus,
-        ColumnMapping(id=id_column, text=text_column),
-        profile=prof,
-        max_doc_bytes=max_doc_bytes,
+        corpus, ColumnMapping.of(columns), profile=prof, max_doc_bytes=columns.max_doc_bytes
     )
     name = None
     environment: dict[str, str] = {}
@@ -70,26 +57,15 @@ def estimate_corpus(
         target = endpoint_outputs(prof, name)
         artifact, environment = target.model_artifact, target.model_environment
     counter = token_counter(prof, artifact, environment)
-    check_long_documents(long_documents, tmpl, chunk_overlap_tokens, counter)
-    if counter is None:
-        planned, plan = loaded, LongDocuments(mode=long_documents)  # type: ignore[arg-type]
-    else:
-        planned, plan = plan_long_documents(
-            loaded,
-            counter,
-            tmpl,
-            params.max_new_tokens,
-            long_documents,  # type: ignore[arg-type]
-            chunk_overlap_tokens,
-        )
+    planned, plan = plan_prompts(loaded, counter, tmpl, params.max_new_tokens, long)
     return estimate_run(
         loaded=loaded,
         planned=planned,
         plan=plan,
         template=tmpl,
         params=params,
-        batch_size=batch_size,
-        max_batch_bytes=max_batch_bytes,
+        batch_size=batching.batch_size,
+        max_batch_bytes=batching.max_batch_bytes,
         profile=prof,
         endpoint=name,
         model_artifact=artifact,
@@ -100,21 +76,10 @@ def _run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from tasks.run.estimate import estimate_text
 
     out = out or sys.stdout
-    estimate = estimate_corpus(
-        args.corpus,
-        profile=args.profile,
-        endpoint=args.endpoint,
-        model=args.model,
-        template=args.template,
-        fields=args.fields,
-        labels=args.labels,
-        custom_template=args.custom_template,
-        max_new_tokens=args.max_new_tokens,
-        max_doc_bytes=args.max_doc_bytes,
-        long_documents=args.long_documents,
-        chunk_overlap_tokens=args.chunk_overlap_tokens,
-        batch_size=args.batch_size,
-    )
+    options = {
+        k: v for k, v in vars(args).items() if k not in ("func", "corpus", "json", "command")
+    }
+    estimate = estimate_corpus(args.corpus, **options)
     if args.json:
         out.write(json.dumps(estimate.model_dump(mode="json"), indent=2) + "\n")
     else:
@@ -144,11 +109,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--labels", nargs="+")
     p.add_argument("--custom-template")
     p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--max-doc-bytes", type=int, default=100_000)
-    p.add_argument(
-        "--long-documents", default="reject", choices=["reject", "truncate", "map_reduce"]
-    )
-    p.add_argument("--chunk-overlap-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-doc-bytes", type=int)
+    p.add_argument("--long-documents", choices=["reject", "truncate", "map_reduce"])
+    p.add_argument("--chunk-overlap-tokens", type=int)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--json", action="store_true", help="the estimate as JSON")
     p.set_defaults(func=_run)

@@ -55,6 +55,8 @@ def show_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def retry_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`docflow runs retry KEY [--only-reason TEXT]`: run the failed (and canceled) documents again."""
     from flows.process_documents import process_documents
+    from tasks.params.flat import grouped
+    from tasks.params.groups import RetryOptions
     from tasks.run.manifest import load_manifest
     from tasks.run.status import format_show, read_status
 
@@ -69,7 +71,7 @@ def retry_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not manifest.parameters:
         sys.stderr.write(
             f"run {args.run_key!r} was started before docflow kept a run's parameters: run "
-            f"process-documents with run_key={args.run_key}, retry_failed=True and its corpus\n"
+            f'process-documents with run_key={args.run_key}, retry={{"retry_failed": true}} and its corpus\n'
         )
         return 2
     params = dict(manifest.parameters)
@@ -79,13 +81,12 @@ def retry_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
             "run (its failed chunks and reduce prompts run again)\n"
         )
         return 2
-    process_documents(
-        **params,
+    process_documents(  # a manifest of an older run holds flat names: grouped the same way
+        **grouped(params),
         profile=args.profile,
         endpoint=manifest.endpoint,
         run_key=args.run_key,
-        retry_failed=True,
-        retry_reason=args.only_reason,
+        retry=RetryOptions(retry_failed=True, retry_reason=args.only_reason),
     )
     status = read_status(profile, args.run_key)
     assert status is not None

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 
 from flows.deploy_endpoint import deploy_endpoint
 from flows.package_model import package_model
-from flows.process_documents import DEFAULT_MAX_NEW_TOKENS, process_documents
+from flows.process_documents import process_documents
+from tasks.params.groups import (
+    BatchingOptions,
+    ColumnOptions,
+    GenerationOptions,
+    LongDocumentOptions,
+    OutputOptions,
+    PromptOptions,
+)
 from tasks.run.messages import end_to_end_run_name
 
 
@@ -18,15 +26,15 @@ def end_to_end(
     profile: str = "local",
     model_source: str = "smollm2",
     endpoint: str | None = None,
-    template: Literal["summarize", "extract", "classify", "custom"] = "summarize",
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 8,
-    output_dir: str | None = None,
-    output_format: Literal["parquet", "csv", "jsonl"] = "parquet",
     environment: dict[str, str] | None = None,
     wait_delay_s: int = 2,
     wait_max_attempts: int = 300,
-    options: dict[str, Any] | None = None,
+    prompt: PromptOptions = PromptOptions(),
+    generation: GenerationOptions = GenerationOptions(),
+    columns: ColumnOptions = ColumnOptions(),
+    long_documents: LongDocumentOptions = LongDocumentOptions(),
+    batching: BatchingOptions = BatchingOptions(),
+    output: OutputOptions = OutputOptions(),
 ) -> dict[str, Any]:
     """Package → deploy → process: the whole path from a model and a corpus to a results table.
 
@@ -35,16 +43,15 @@ def end_to_end(
         profile: Deployment profile name or path.
         model_source: What package-model packages: "smollm2" (local default), a folder, a .gguf, a hub id.
         endpoint: Endpoint name; default: the profile's.
-        template: Prompt kind for process-documents.
-        max_new_tokens: Generation budget per document (process-documents' default).
-        batch_size: Documents per invocation payload.
-        output_dir: Also write the results table to this local folder.
-        output_format: Results table format.
         environment: Extra environment variables for the model container.
         wait_delay_s: Seconds between endpoint status polls while deploying.
         wait_max_attempts: Polls before deployment gives up.
-        options: More process-documents parameters, e.g. {"fields": {"amount": "number"},
-            "temperature": 0.7, "system_prompt": "..."}.
+        prompt: process-documents' prompt group.
+        generation: process-documents' generation group.
+        columns: process-documents' column group.
+        long_documents: process-documents' long-document group.
+        batching: process-documents' batching group.
+        output: process-documents' output group.
     """
     artifact = package_model(source=model_source, profile=profile)
     deployed = deploy_endpoint(
@@ -55,14 +62,14 @@ def end_to_end(
         wait_delay_s=wait_delay_s,
         wait_max_attempts=wait_max_attempts,
     )
-    return process_documents(
+    return process_documents(  # type: ignore[return-value]
         corpus=corpus,
         profile=profile,
         endpoint=deployed["endpoint_name"],
-        template=template,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        output_dir=output_dir,
-        output_format=output_format,
-        **(options or {}),
+        prompt=prompt,
+        generation=generation,
+        columns=columns,
+        long_documents=long_documents,
+        batching=batching,
+        output=output,
     )

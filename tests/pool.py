@@ -109,11 +109,15 @@ def shard_runs(api_url: str) -> list[Any]:
 def run_parent(
     api_url: str, deployment: str, parameters: dict[str, Any], timeout_s: float = 600
 ) -> Any:
-    """Start a sharded run through ``deployment`` and wait for its final state; the flow run."""
+    """Start a sharded run through ``deployment`` (flat parameter names, grouped as the flow takes
+    them) and wait for its final state; the flow run."""
     from prefect.deployments import run_deployment
 
+    from tasks.params.flat import ASK_GROUPS, PROCESS_GROUPS, grouped
+
+    groups = ASK_GROUPS if deployment.startswith("ask-") else PROCESS_GROUPS
     with prefect_api(api_url):
-        parent = run_deployment(deployment, parameters=parameters, timeout=0)
+        parent = run_deployment(deployment, parameters=grouped(parameters, groups), timeout=0)
     parent_id = parent.id  # type: ignore[union-attr]
 
     def done() -> bool:

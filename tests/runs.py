@@ -103,13 +103,28 @@ class RunOutcome:
     wall_s: float
 
 
+def run_process(**params: Any) -> Any:
+    """process_documents with flat parameter names (``batch_size=4``), grouped as a replayed
+    manifest or the CLI groups them (``tasks.params.flat.grouped``)."""
+    from flows.process_documents import process_documents
+    from tasks.params.flat import grouped
+
+    return process_documents(**grouped(params))
+
+
+def run_ask(**params: Any) -> Any:
+    """ask_documents with flat parameter names (``max_new_tokens=4``, ``system="..."``), grouped."""
+    from flows.ask_documents import ask_documents
+    from tasks.params.flat import ASK_GROUPS, grouped
+
+    return ask_documents(**grouped(params, ASK_GROUPS))
+
+
 def run_flow(deployment: Deployment, corpus: Path | str, **params: Any) -> RunOutcome:
     """Run process_documents in this process on the deployment and read back the results table."""
-    from flows.process_documents import process_documents
-
     params.setdefault("max_new_tokens", 16)
     started = time.monotonic()
-    result = process_documents(corpus=str(corpus), profile=deployment.profile_path, **params)
+    result = run_process(corpus=str(corpus), profile=deployment.profile_path, **params)
     wall = time.monotonic() - started
     return RunOutcome(result, read_results(result, deployment.profile), wall)
 

@@ -278,6 +278,14 @@ def realtime_endpoint_name(endpoint_name: str) -> str:
     return f"{endpoint_name[: NAME_MAX - 3].rstrip('-')}-rt"
 
 
+def ask_endpoint_name(profile: Profile) -> str:
+    """The endpoint ask_documents uses by default: the profile's, or its real-time twin when the
+    profile deploys both (``endpoint_mode: both``)."""
+    if profile.endpoint_mode == "both":
+        return realtime_endpoint_name(profile.endpoint_name)
+    return profile.endpoint_name
+
+
 def runs_topic_name(endpoint_name: str) -> str:
     """The SNS topic told when a run on the endpoint ends (completed, failed, cancelled): ``<endpoint>-runs``."""
     return f"{endpoint_name}-runs"

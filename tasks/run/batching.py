@@ -7,8 +7,9 @@ import json
 
 from pydantic import BaseModel, ConfigDict
 
+from tasks.params.groups import LongDocumentOptions
 from tasks.run.corpus import Document, Rejected
-from tasks.run.layout import BATCH_ID_CHARS, RUN_KEY_CHARS
+from tasks.run.layout import BATCH_ID_CHARS, digest_key
 from tasks.run.prompts import GenerationParameters, PromptTemplate, TemplateError
 
 _LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
@@ -141,5 +142,14 @@ def compute_run_key(
     ]
     if extra:
         parts.append(extra)
-    material = json.dumps(parts, separators=(",", ":"), sort_keys=True)
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:RUN_KEY_CHARS]
+    return digest_key(parts)
+
+
+def long_key(long: LongDocumentOptions) -> dict[str, object] | None:
+    """What the long-document parameters add to the run key (nothing for the default, reject)."""
+    if long.mode == "reject":
+        return None
+    extra: dict[str, object] = {"long_documents": long.mode}
+    if long.mode == "map_reduce":
+        extra["chunk_overlap_tokens"] = long.chunk_overlap_tokens
+    return extra

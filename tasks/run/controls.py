@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from tasks.params.groups import GenerationOptions, PromptOptions
 from tasks.run.answers import (
     Answers,
     SchemaError,
@@ -14,7 +15,7 @@ from tasks.run.answers import (
     extraction_answers,
 )
 from tasks.run.columns import COLUMNS
-from tasks.run.messages import one_sentence
+from tasks.run.messages import one_sentence, template_problem
 from tasks.run.prompts import GenerationParameters, PromptTemplate
 
 KINDS = ("summarize", "extract", "classify", "custom")
@@ -143,3 +144,24 @@ def run_controls(
     except ValidationError as exc:
         raise ValueError(one_sentence(exc, whole="the generation parameters")) from None
     return RunControls(prompt, params, answers)
+
+
+def controls_of(prompt: PromptOptions, generation: GenerationOptions) -> RunControls:
+    """``run_controls`` of a flow's prompt and generation groups."""
+    return run_controls(**prompt.model_dump(), **generation.model_dump())
+
+
+def build_template(
+    template: str, fields: list[str] | None, labels: list[str] | None, custom_template: str | None
+) -> PromptTemplate:
+    """The prompt template alone (a clear error for an unknown kind): what an estimate counts."""
+    problem = template_problem(template, fields, labels, custom_template)
+    if problem:
+        raise ValueError(problem)
+    return run_controls(
+        template=template,
+        fields=fields,
+        labels=labels,
+        custom_template=custom_template,
+        max_new_tokens=1,
+    ).template

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.params.groups import ColumnOptions
 from tasks.run.files import FileDocument, is_data_file, not_read_beside_data, read_documents
 from tasks.run.sources import Source, open_source
 from tasks.run.tables import SUPPORTED, BadRow, CorpusError, Row, iter_table
@@ -48,6 +49,16 @@ class ColumnMapping(BaseModel):
     metadata: list[str] | None = None
     # The text column holds chat messages (a list, or its JSON text): kept as JSON text.
     messages: bool = False
+
+    @classmethod
+    def of(cls, columns: ColumnOptions, messages_column: str | None = None) -> ColumnMapping:
+        """The mapping a flow's column group names (the messages column instead of the text)."""
+        return cls(
+            id=columns.id_column,
+            text=messages_column or columns.text_column,
+            metadata=columns.metadata_columns,
+            messages=messages_column is not None,
+        )
 
 
 class Corpus(BaseModel):

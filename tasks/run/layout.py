@@ -17,6 +17,7 @@ queues are ``docflow-<endpoint>-<run key>[suffix]`` and its Prefect artifacts
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -31,6 +32,13 @@ MAX_QUEUE_NAME = 80
 # A user-named run key may not contain "-": "<key>-" must never prefix another run's ids.
 _RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]*$")
 MAX_RUN_KEY = MAX_INFERENCE_ID - 1 - BATCH_ID_CHARS
+
+
+def digest_key(parts: list[object], prefix: str = "") -> str:
+    """The one run-key recipe: ``prefix`` + the first RUN_KEY_CHARS hex of the sha256 of the
+    parts' canonical JSON (every run key derived from its inputs is made here)."""
+    material = json.dumps(parts, separators=(",", ":"), sort_keys=True)
+    return prefix + hashlib.sha256(material.encode("utf-8")).hexdigest()[:RUN_KEY_CHARS]
 
 
 def validate_run_key(run_key: str) -> str:

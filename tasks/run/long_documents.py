@@ -11,16 +11,16 @@ run's manifest and resumed like any document; ``tasks.run.reduce`` combines thei
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 from pydantic import BaseModel, Field
 
+from tasks.params.groups import LongMode
 from tasks.run.corpus import Corpus, Document, Rejected
 from tasks.run.prompts import PromptTemplate, TemplateError
 from tasks.run.tokens import TokenCounter
 
-LongMode = Literal["reject", "truncate", "map_reduce"]
-LONG_MODES: tuple[str, ...] = ("reject", "truncate", "map_reduce")
+LONG_MODES: tuple[str, ...] = get_args(LongMode)
 MAP_REDUCE_KINDS = ("summarize", "extract")
 CHUNK_MARK = "#"
 

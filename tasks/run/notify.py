@@ -99,3 +99,24 @@ def notify_run_end(event: str, flow_run: Any, state: Any) -> None:
         publish(profile, endpoint, message)
     except Exception:  # a notification must never turn a finished run into a failed one
         logger.exception("could not publish the run notification for flow run %s", flow_run.id)
+
+
+def _on_completion(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("completed", flow_run, state)
+
+
+def _on_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("failed", flow_run, state)
+
+
+def _on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    notify_run_end("cancelled", flow_run, state)
+
+
+# A flow's state hooks that publish the run's end to the ``<endpoint>-runs`` topic.
+RUN_END_HOOKS: dict[str, Any] = {
+    "on_completion": [_on_completion],
+    "on_failure": [_on_failure],
+    "on_cancellation": [_on_cancellation],
+    "on_crashed": [_on_failure],
+}

@@ -130,3 +130,19 @@ def check_resumable(manifest: RunManifest, corpus: Corpus, endpoint: str) -> Non
             f"{manifest.endpoint!r}; this corpus has {corpus.size} rows for {endpoint!r}): pass a "
             "new run_key, or leave it out to derive one from the inputs"
         )
+
+
+def run_parameters(corpus: str, groups: dict[str, Any]) -> dict[str, Any]:
+    """What a run's manifest keeps of its parameters: the corpus (a local path made absolute) and
+    the groups that shape its results, so that ``docflow runs retry`` runs it the same way."""
+    from pathlib import Path
+
+    local = Path(corpus)
+    where = str(local.resolve()) if "://" not in corpus and local.exists() else corpus
+    return {
+        "corpus": where,
+        **{
+            name: g.model_dump(mode="json") if hasattr(g, "model_dump") else g
+            for name, g in groups.items()
+        },
+    }

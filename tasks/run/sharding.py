@@ -65,10 +65,8 @@ def plan_shards(run_key: str, count: int) -> list[ShardRun]:
 
 def child_parameters(parameters: Mapping[str, Any], shard: ShardRun) -> dict[str, Any]:
     """The parent's parameters for one shard: its run key and shard, never sharded again."""
-    child = {
-        k: v for k, v in parameters.items() if k not in ("shards", "shard_size", "shard_deployment")
-    }
-    child.update(run_key=shard.run_key, shard=shard.shard.model_dump(), shards=1)
+    child = {k: v for k, v in parameters.items() if k != "sharding"}
+    child.update(run_key=shard.run_key, shard=shard.shard.model_dump())
     return child
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 def main(params_path: str, result_path: str) -> int:
     """Run the flow with the given keyword arguments and write its result."""
-    from flows.ask_documents import ask_documents
+    from tests.runs import run_ask
 
-    result = ask_documents(**json.loads(Path(params_path).read_text()))
+    result = run_ask(**json.loads(Path(params_path).read_text()))
     Path(result_path).write_text(json.dumps(result))
     return 0
 

@@ -16,13 +16,13 @@ from typing import Any
 import jsonschema
 import pytest
 
-from flows.ask_documents import ask_documents
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.layout import answers_prefix
 from tasks.settings import Profile
 from tests.realtime import deploy_tiny_realtime
 from tests.reliability.test_process_kill import _env, wait_for
+from tests.runs import run_ask
 
 CORPUS = "datasets/sample/documents.jsonl"
 QUESTIONS = ["Who is it about?", "What happened?", "Is it urgent?"]
@@ -49,7 +49,7 @@ def _documents() -> list[str]:
 
 def test_three_questions_give_three_rows_per_document(realtime: tuple[Profile, str]) -> None:
     prof, path = realtime
-    result = ask_documents(corpus=CORPUS, questions=QUESTIONS, profile=path, max_new_tokens=4)
+    result = run_ask(corpus=CORPUS, questions=QUESTIONS, profile=path, max_new_tokens=4)
     rows = _rows(prof, result["results_uri"])
     docs = _documents()
     assert sorted((r["document_id"], r["question_index"]) for r in rows) == sorted(
@@ -112,7 +112,7 @@ def test_sigkill_then_resume_asks_no_answered_pair_again(
 
     received = localcloud.stats.snapshot()[prof.endpoint_name]["received"]
     params.pop("corpus")
-    result = ask_documents(corpus=str(PROJECT / CORPUS), **params)
+    result = run_ask(corpus=str(PROJECT / CORPUS), **params)
     asked = localcloud.stats.snapshot()[prof.endpoint_name]["received"] - received
 
     after = _answers(prof, run_key)
@@ -164,8 +164,8 @@ def test_constrained_answers_on_sessions_from_a_random_model(
 ) -> None:
     """fields / labels constrain every question's answer in the container (the session request
     carries json_schema / choices); each row holds the typed values beside the raw answer."""
-    from flows.ask_documents import ask_run_key
     from tasks.ask.asker import AskPlan, ask_all
+    from tasks.ask.run import ask_run_key
     from tasks.run.answers import classification_answers
     from tasks.run.corpus import ColumnMapping, load_corpus
     from tests.flows.test_constrained_answers import LABELS, SCHEMA, TEXTS
@@ -176,7 +176,7 @@ def test_constrained_answers_on_sessions_from_a_random_model(
     pairs = len(TEXTS) * len(questions)
 
     # Extraction: every answer validates against the schema, its values typed in the row.
-    extracted = ask_documents(
+    extracted = run_ask(
         corpus=corpus, questions=questions, profile=path, fields=SCHEMA, max_new_tokens=300
     )
     rows = _rows(prof, extracted["results_uri"])
@@ -198,7 +198,7 @@ def test_constrained_answers_on_sessions_from_a_random_model(
         assert 0 < row["cached_tokens"] < row["prompt_tokens"], row  # the document was cached
 
     # Classification sampled hot: always one of the labels.
-    classified = ask_documents(
+    classified = run_ask(
         corpus=corpus,
         questions=questions,
         profile=path,
@@ -213,7 +213,7 @@ def test_constrained_answers_on_sessions_from_a_random_model(
     assert len({row["label"] for row in rows}) > 1  # sampled, not one label forced
 
     # Several labels: a list of distinct labels per answer.
-    multi = ask_documents(
+    multi = run_ask(
         corpus=corpus,
         questions=questions,
         profile=path,
@@ -228,7 +228,7 @@ def test_constrained_answers_on_sessions_from_a_random_model(
         assert len(set(row["labels"])) == len(row["labels"]) and "label" not in row
 
     # A budget too small for the answer: each pair failed with that reason, no typed values.
-    short = ask_documents(
+    short = run_ask(
         corpus=corpus, questions=questions, profile=path, fields=SCHEMA, max_new_tokens=4
     )
     rows = _rows(prof, short["results_uri"])
@@ -240,7 +240,7 @@ def test_constrained_answers_on_sessions_from_a_random_model(
     keys = {r["run_key"] for r in (extracted, classified, multi, short)}
     assert len(keys) == 4
     loaded = load_corpus(corpus, ColumnMapping(), profile=prof, max_doc_bytes=100_000)
-    free = ask_documents(corpus=corpus, questions=questions, profile=path, max_new_tokens=4)
+    free = run_ask(corpus=corpus, questions=questions, profile=path, max_new_tokens=4)
     before = ask_run_key(
         loaded.fingerprint, prof.endpoint_name, questions, {"max_new_tokens": 4, "system": None}
     )

@@ -25,6 +25,7 @@ from tests.runs import (
     EndpointProbe,
     InvokeCounter,
     run_flow,
+    run_process,
     unique_run_key,
     write_corpus,
 )
@@ -80,7 +81,6 @@ def test_cancel_mid_run_records_canceled_documents_and_resume_finishes_them(
     tmp_path: Path,
 ) -> None:
     """Load: 80 documents + 1 bad row, 40 batches of 2, cap 4; cancelled at the 8th invocation."""
-    from flows.process_documents import process_documents
 
     dep, prof, key, corpus = slow_echo_run(deploy_echo, tmp_path)
     ids = write_corpus(corpus, DOCS)
@@ -92,7 +92,7 @@ def test_cancel_mid_run_records_canceled_documents_and_resume_finishes_them(
     params = {"corpus": str(corpus), "profile": dep.profile_path, "run_key": key}
     with InvokeCounter(dep.profile_path) as first, ThreadPoolExecutor(1) as pool:
         future = pool.submit(
-            process_documents, **params, batch_size=BATCH, max_new_tokens=16, return_state=True
+            run_process, **params, batch_size=BATCH, max_new_tokens=16, return_state=True
         )
         assert eighth.wait(120), "the run never reached its 8th invocation"
         cancel_flow_run(flow_run_named(f"summarize-{corpus.name}"))

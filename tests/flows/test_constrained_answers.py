@@ -21,13 +21,13 @@ import pytest
 
 from flows.deploy_endpoint import deploy_endpoint
 from flows.package_model import package_model
-from flows.process_documents import process_documents
 from flows.teardown_endpoint import teardown_endpoint
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.manifest import load_manifest
 from tasks.settings import Profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
+from tests.runs import run_process
 from tests.tiny_models import make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -112,7 +112,7 @@ def test_constrained_extraction_and_classification_from_a_random_model(
     corpus = _corpus(tmp_path / "contracts.jsonl")
     with _tiny_endpoint(profile, tmp_path, arch) as path:
         # Extraction: every answer validates, and lands in one typed column per field.
-        extracted = process_documents(
+        extracted = run_process(
             corpus=str(corpus),
             profile=path,
             template="extract",
@@ -146,7 +146,7 @@ def test_constrained_extraction_and_classification_from_a_random_model(
         assert {line["grammar_compilations"] for line in lines} == {1}
 
         # Classification, sampled hot: always one of the labels, a categorical column.
-        classified = process_documents(
+        classified = run_process(
             corpus=str(corpus),
             profile=path,
             template="classify",
@@ -164,7 +164,7 @@ def test_constrained_extraction_and_classification_from_a_random_model(
         assert {line["grammar_compilations"] for line in lines} == {2}
 
         # Several labels: a list of distinct labels per document.
-        multi = process_documents(
+        multi = run_process(
             corpus=str(corpus),
             profile=path,
             template="classify",
@@ -179,7 +179,7 @@ def test_constrained_extraction_and_classification_from_a_random_model(
             assert labels and set(labels) <= set(LABELS) and len(set(labels)) == len(labels)
 
         # A budget too small for the answer: every document failed with that reason, no half rows.
-        short = process_documents(
+        short = run_process(
             corpus=str(corpus),
             profile=path,
             template="extract",
@@ -204,7 +204,7 @@ def test_a_messages_column_and_an_answer_that_is_not_a_label(
         for doc_id, content in chats.items():
             chat = [{"role": "user", "content": content}]
             fh.write(json.dumps({"id": doc_id, "chat": chat, "source": "web"}) + "\n")
-    result = process_documents(
+    result = run_process(
         corpus=str(corpus),
         profile=deployment.profile_path,
         template="classify",

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from flows.process_documents import process_documents
 from tasks.aws.clients import aws_client
 from tasks.run.manifest import load_manifest
 from tasks.run.tokens import TokenCounter
@@ -25,7 +24,7 @@ from tasks.settings import Autoscaling, Profile, load_profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.long_corpora import CONTEXT, long_corpus, tiny_model
 from tests.reliability.ledger import read_results
-from tests.runs import InvokeCounter
+from tests.runs import InvokeCounter, run_process
 
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "sample"
 MAX_NEW = 8
@@ -79,7 +78,7 @@ def test_estimate_counts_what_the_handler_reports_and_invokes_nothing(
 ) -> None:
     corpus = str(SAMPLE / "documents.jsonl")
     with InvokeCounter(tiny.path) as calls:
-        estimate = process_documents(
+        estimate = run_process(
             corpus=corpus, profile=tiny.path, max_new_tokens=MAX_NEW, dry_run=True
         )
         assert calls.total == 0
@@ -89,7 +88,7 @@ def test_estimate_counts_what_the_handler_reports_and_invokes_nothing(
     assert estimate["invocations"] == 0
     assert load_manifest("anything", tiny.profile) is None  # nothing written for a dry run
 
-    result = process_documents(corpus=corpus, profile=tiny.path, max_new_tokens=MAX_NEW)
+    result = run_process(corpus=corpus, profile=tiny.path, max_new_tokens=MAX_NEW)
     table = read_results(result, tiny.profile)
     assert (table["status"] == "completed").all()
     reported = int(table["prompt_tokens"].sum())
@@ -101,7 +100,7 @@ def test_reject_names_the_options(tiny: TinyEndpoint, tmp_path: Path) -> None:
     corpus = tmp_path / "long.jsonl"
     long_corpus(corpus, tiny.counter, [2, 10])
     with InvokeCounter(tiny.path) as calls:
-        result = process_documents(corpus=str(corpus), profile=tiny.path, max_new_tokens=MAX_NEW)
+        result = run_process(corpus=str(corpus), profile=tiny.path, max_new_tokens=MAX_NEW)
     assert calls.total == 1  # the short document alone is sent
     table = read_results(result, tiny.profile).set_index("doc_id")
     assert table.loc["short", "status"] == "completed"
@@ -114,7 +113,7 @@ def test_reject_names_the_options(tiny: TinyEndpoint, tmp_path: Path) -> None:
 def test_truncate_records_the_tokens_cut(tiny: TinyEndpoint, tmp_path: Path) -> None:
     corpus = tmp_path / "long.jsonl"
     tokens = long_corpus(corpus, tiny.counter, [2, 10])
-    result = process_documents(
+    result = run_process(
         corpus=str(corpus), profile=tiny.path, max_new_tokens=MAX_NEW, long_documents="truncate"
     )
     table = read_results(result, tiny.profile).set_index("doc_id")
@@ -133,7 +132,7 @@ def test_map_reduce_gives_one_row_per_document(tiny: TinyEndpoint, tmp_path: Pat
     corpus = tmp_path / "long.jsonl"
     ids = list(long_corpus(corpus, tiny.counter, [2, 10]))
     with InvokeCounter(tiny.path) as calls:
-        result = process_documents(
+        result = run_process(
             corpus=str(corpus),
             profile=tiny.path,
             max_new_tokens=MAX_NEW,
@@ -182,7 +181,7 @@ def test_map_reduce_extract_fills_the_typed_columns(tiny: TinyEndpoint, tmp_path
     }
     corpus = tmp_path / "long.jsonl"
     ids = list(long_corpus(corpus, tiny.counter, [2]))
-    result = process_documents(
+    result = run_process(
         corpus=str(corpus),
         profile=tiny.path,
         template="extract",
@@ -230,9 +229,7 @@ def test_docflow_estimate_prints_the_dry_runs_numbers(
         printed = json.loads(capsys.readouterr().out)
         assert main([*args, "--model", tiny.artifact["model_data_url"]]) == 0
         text = capsys.readouterr().out
-        flow = process_documents(
-            corpus=corpus, profile=tiny.path, max_new_tokens=MAX_NEW, dry_run=True
-        )
+        flow = run_process(corpus=corpus, profile=tiny.path, max_new_tokens=MAX_NEW, dry_run=True)
     assert calls.total == 0
     for name in ("documents", "accepted", "rejected", "batches", "prompt_tokens"):
         assert printed[name] == flow[name], name

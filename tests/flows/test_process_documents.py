@@ -16,7 +16,7 @@ from tasks.aws.s3 import split_s3_uri
 from tasks.run.manifest import load_manifest
 from tasks.settings import Profile, load_profile
 from tests.reliability.ledger import read_results
-from tests.runs import Deployment, EndpointProbe, InvokeCounter, run_flow, write_corpus
+from tests.runs import Deployment, EndpointProbe, InvokeCounter, run_flow, run_process, write_corpus
 
 # faults: every test starts and ends with localcloud's fault switchboard off.
 pytestmark = pytest.mark.usefixtures("prefect_harness", "faults")
@@ -349,14 +349,12 @@ def test_ten_thousand_documents(deploy_echo: Callable[..., Deployment], tmp_path
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.process_documents import process_documents
-
     dep = deploy_echo(cap=16, slots=8)
 
     path = dep.profile_path
     write_corpus(tmp_path / "big.jsonl", 10_000)
     started = time.monotonic()
-    state = process_documents(
+    state = run_process(
         corpus=str(tmp_path / "big.jsonl"),
         profile=path,
         batch_size=32,

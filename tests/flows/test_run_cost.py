@@ -18,7 +18,7 @@ from tasks.run import drive
 from tasks.run.status import format_show, read_status
 from tasks.settings import Autoscaling, Profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
-from tests.runs import write_corpus
+from tests.runs import run_process, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "faults")
 
@@ -66,7 +66,6 @@ def test_cost_is_the_instance_seconds_that_ran_at_the_deployed_types_price(
 ) -> None:
     """Load: 1 instance at the start; target tracking (backlog 1 per instance) adds a second."""
     from flows.deploy_endpoint import deploy_endpoint
-    from flows.process_documents import process_documents
 
     prof = profile.model_copy(
         update={
@@ -98,7 +97,7 @@ def test_cost_is_the_instance_seconds_that_ran_at_the_deployed_types_price(
     localcloud.faults.set(autoscale_time_scale=0.005)  # scale-out after 0.9 s of high backlog
     started = time.monotonic()
     with ReadyWatch(localcloud, prof.endpoint_name) as watch:
-        result = process_documents(
+        result = run_process(
             corpus=str(tmp_path / "docs.jsonl"), profile=path, batch_size=1, max_new_tokens=8
         )
     wall = time.monotonic() - started

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from docflow.prefect_server import ensure_global_concurrency_limit
-from flows.ask_documents import ask_documents
 from tasks.ask.answers import load_answers
 from tasks.ask.sharded import ask_sharding, merge_ask_results
 from tasks.aws.clients import aws_client
@@ -30,7 +29,7 @@ from tasks.run.status import read_summary
 from tasks.settings import Profile
 from tests.pool import PoolStack, pool_stack, run_parent
 from tests.realtime import deploy_tiny_realtime
-from tests.runs import unique_run_key, write_corpus
+from tests.runs import run_ask, unique_run_key, write_corpus
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -157,7 +156,7 @@ def test_a_sharded_ask_run_answers_every_pair_once_resumes_shards_and_a_rerun_as
 
     # Shard 1 was asked before, as by an attempt that crashed after its answers were kept: the
     # sharded run's shard 1 resumes from them and asks none of its pairs again.
-    early = ask_documents(
+    early = run_ask(
         corpus=str(corpus),
         questions=QUESTIONS,
         profile=path,

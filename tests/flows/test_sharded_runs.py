@@ -97,6 +97,8 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
 ) -> None:
     from prefect.deployments import run_deployment
 
+    from tasks.params.flat import grouped
+
     deployment: Deployment = deploy_echo(cap=8, slots=4, instances=2)
     ensure_global_concurrency_limit(
         stack.api_url, concurrency_limit_name(deployment.endpoint), deployment.cap
@@ -108,16 +110,18 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
     with prefect_api(stack.api_url):
         parent = run_deployment(
             "process-documents/sharded",
-            parameters={
-                "corpus": str(corpus_file),
-                "profile": deployment.profile_path,
-                "endpoint": deployment.endpoint,
-                "run_key": run_key,
-                "shards": SHARDS,
-                "batch_size": 50,
-                "max_attempts": MAX_ATTEMPTS,
-                "max_new_tokens": 4,
-            },
+            parameters=grouped(
+                {
+                    "corpus": str(corpus_file),
+                    "profile": deployment.profile_path,
+                    "endpoint": deployment.endpoint,
+                    "run_key": run_key,
+                    "shards": SHARDS,
+                    "batch_size": 50,
+                    "max_attempts": MAX_ATTEMPTS,
+                    "max_new_tokens": 4,
+                }
+            ),
             timeout=0,
         )
     parent_id = parent.id  # type: ignore[union-attr]

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from tests.runs import run_process
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM), in MB.
@@ -25,10 +27,8 @@ def peak_rss_mb() -> float:
 
 def main(params_path: str, result_path: str) -> int:
     """Run the flow with the given parameters and write its result and peak RSS."""
-    from flows.process_documents import process_documents
-
     params = json.loads(Path(params_path).read_text())
-    result = process_documents(**params)
+    result = run_process(**params)
     Path(result_path).write_text(json.dumps({"result": result, "peak_rss_mb": peak_rss_mb()}))
     return 0
 

@@ -23,7 +23,7 @@ from tasks.aws.iam import account_id, render_policies
 from tasks.run.notifications import EndpointOutputs, close_run_queue, open_run_queue
 from tasks.settings import Profile, load_profile
 from tests.reliability.ledger import ledger_of, read_results
-from tests.runs import Deployment, run_flow, unique_run_key, write_corpus
+from tests.runs import Deployment, run_flow, run_process, unique_run_key, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -271,8 +271,6 @@ def test_no_secret_in_logs_or_artifacts(
     )
     from prefect.logging.handlers import APILogWorker
 
-    from flows.process_documents import process_documents
-
     secret_attribute = f"tenant=acme;token={uuid.uuid4().hex}"
     write_corpus(tmp_path / "c.jsonl", 16)
     caller = make_user(echo.profile, orchestrator_policy(echo.profile))
@@ -296,7 +294,7 @@ def test_no_secret_in_logs_or_artifacts(
         runtime.meta.events.register(
             "before-send.sagemaker-runtime.InvokeEndpointAsync", record_header
         )
-        state = process_documents(
+        state = run_process(
             corpus=str(tmp_path / "c.jsonl"),
             profile=echo.profile_path,
             batch_size=BATCH,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.process_documents import build_template
+from tasks.run.controls import build_template
 from tasks.run.messages import short_corpus_name
 
 
