@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmarks.scaleout import ScaleoutConfig
+from tasks.params.groups import DEFAULT_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class BenchConfig:
     model_docs: int
     model_new_tokens: int
     model_batch_size: int
-    batch_size: int = 16  # docflow's default max_docs per payload
+    batch_size: int = DEFAULT_BATCH_SIZE  # docflow's default documents per payload
     cap: int = 8  # the local profile's max_outstanding_invocations
     contender_timeout_s: float = 3600.0
     model_source: str = "smollm2"

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 # SmolLM2 on the 50 sample documents (summarize): 46 answers end by themselves within 256 tokens
 # (median 76, longest 216); the other 4 repeat a phrase until any budget ends (README, defaults).
 DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_MAX_DOC_BYTES = 100_000
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_MAX_BATCH_BYTES = 1_000_000
 
 TemplateKind = Literal["summarize", "extract", "classify", "custom"]
 LongMode = Literal["reject", "truncate", "map_reduce"]
@@ -96,7 +99,7 @@ class ColumnOptions(Group):
         None, description="Columns kept as metadata; default: all other columns."
     )
     max_doc_bytes: int = Field(
-        100_000, description="Longest document text in UTF-8 bytes; longer: rejected."
+        DEFAULT_MAX_DOC_BYTES, description="Longest document text in UTF-8 bytes; longer: rejected."
     )
 
 
@@ -116,8 +119,10 @@ class LongDocumentOptions(Group):
 class BatchingOptions(Group):
     """How documents become invocations, and how long and often they are tried."""
 
-    batch_size: int = Field(16, description="Documents per invocation payload.")
-    max_batch_bytes: int = Field(1_000_000, description="Bytes per invocation payload.")
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, description="Documents per invocation payload.")
+    max_batch_bytes: int = Field(
+        DEFAULT_MAX_BATCH_BYTES, description="Bytes per invocation payload."
+    )
     max_attempts: int = Field(3, description="Invocations per batch before it fails.")
     deadline_s: float | None = Field(
         None, description="Give up on outstanding batches after this long."

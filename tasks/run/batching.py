@@ -7,7 +7,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict
 
-from tasks.params.groups import LongDocumentOptions
+from tasks.params.groups import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_BYTES, LongDocumentOptions
 from tasks.run.corpus import Document, Rejected
 from tasks.run.layout import BATCH_ID_CHARS, digest_key
 from tasks.run.prompts import GenerationParameters, PromptTemplate, TemplateError
@@ -53,8 +53,8 @@ def make_batches(
     template: PromptTemplate,
     params: GenerationParameters,
     *,
-    max_docs: int = 16,
-    max_bytes: int = 1_000_000,
+    max_docs: int = DEFAULT_BATCH_SIZE,
+    max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
 ) -> tuple[list[BatchPayload], list[Rejected]]:
     """Pack documents in input order into payloads of at most max_docs documents and max_bytes bytes."""
     if max_docs < 1:

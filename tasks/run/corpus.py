@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.params.groups import ColumnOptions
+from tasks.params.groups import DEFAULT_MAX_DOC_BYTES, ColumnOptions
 from tasks.run.files import FileDocument, is_data_file, not_read_beside_data, read_documents
 from tasks.run.sources import Source, open_source
 from tasks.run.tables import SUPPORTED, BadRow, CorpusError, Row, iter_table
@@ -100,7 +100,7 @@ def load_corpus(
     uri: str,
     mapping: ColumnMapping | None = None,
     *,
-    max_doc_bytes: int = 100_000,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
     profile: Profile | None = None,
     keep: Callable[[str], bool] | None = None,
     report_ignored: bool = True,

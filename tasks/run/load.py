@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.params.groups import DEFAULT_MAX_DOC_BYTES
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.shards import Shard, keeps
 from tasks.run.sources import SourceScan, scan_source
@@ -16,7 +17,7 @@ def load_documents(
     uri: str,
     mapping: ColumnMapping,
     profile: Profile,
-    max_doc_bytes: int = 100_000,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
     shard: Shard | None = None,
 ) -> Corpus:
     """Read and validate the corpus (only ``shard``'s rows when given, streamed past the rest);

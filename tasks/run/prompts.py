@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks.params.groups import DEFAULT_MAX_NEW_TOKENS
+
 if TYPE_CHECKING:
     from tasks.run.corpus import Document
 
@@ -23,7 +25,7 @@ class GenerationParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_new_tokens: int = Field(128, ge=1, le=32_768)
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, le=32_768)
     do_sample: bool = False
     temperature: float | None = Field(None, gt=0)
     top_p: float | None = Field(None, gt=0, le=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from tasks.params.groups import DEFAULT_MAX_NEW_TOKENS
 from tasks.run.corpus import Document
 from tasks.run.prompts import GenerationParameters, PromptTemplate, TemplateError
 
@@ -73,7 +74,7 @@ def test_fingerprints_are_stable_and_sensitive() -> None:
     assert labels_a != labels_b
     assert (
         GenerationParameters().fingerprint()
-        == GenerationParameters(max_new_tokens=128).fingerprint()
+        == GenerationParameters(max_new_tokens=DEFAULT_MAX_NEW_TOKENS).fingerprint()
     )
     assert GenerationParameters().fingerprint() != GenerationParameters(seed=1).fingerprint()
 
