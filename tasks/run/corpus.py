@@ -152,19 +152,6 @@ def load_corpus(
     )
 
 
-def validate_rows(
-    rows: Iterable[Row], mapping: ColumnMapping, *, max_doc_bytes: int
-) -> tuple[list[Document], list[Rejected]]:
-    """Turn raw rows into documents, each bad row into exactly one Rejected with its reason.
-
-    Rows are numbered from 1; ``row`` is the results table's unique key (ids may repeat there).
-    """
-    loader = _Loader(mapping, max_doc_bytes, None)
-    for row in rows:
-        loader.add(row)
-    return loader.documents, loader.rejected
-
-
 class _Loader:
     """Validates rows one at a time into documents and rejected rows (those ``keep`` keeps)."""
 

@@ -12,8 +12,6 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.run.corpus import Corpus, Rejected, corpus_fingerprint
-
 MAX_SHARDS = 999
 
 
@@ -60,30 +58,6 @@ def shard_count(shards: int, shard_size: int | None, rows: int) -> int:
 def keeps(shard: Shard) -> Callable[[str], bool]:
     """The test ``load_corpus(keep=…)`` applies to each row's id (``row N`` without one)."""
     return lambda key: shard_of(key, shard.count) == shard.index
-
-
-def _rejected_key(rejected: Rejected) -> str:
-    """A rejected row is sharded by its id, or by its row number when it has no readable id."""
-    return rejected.doc_id if rejected.doc_id is not None else f"row {rejected.row}"
-
-
-def select_shard(corpus: Corpus, shard: Shard) -> Corpus:
-    """The documents and rejected rows of a loaded ``corpus`` that fall in ``shard`` (input order
-    kept); what ``load_corpus(keep=keeps(shard))`` loads without holding the rest.
-
-    Every input row lands in exactly one shard; the files ignored beside the data are reported
-    by the first shard only, so a sharded run names each of them once.
-    """
-    keep = keeps(shard)
-    documents = [d for d in corpus.documents if keep(d.doc_id)]
-    rejected = [r for r in corpus.rejected if keep(_rejected_key(r))]
-    return Corpus(
-        source=corpus.source,
-        fingerprint=corpus_fingerprint(documents),
-        documents=documents,
-        rejected=rejected,
-        ignored=corpus.ignored if shard.index == 0 else [],
-    )
 
 
 def check_shard(shard: Shard | None, run_key: str | None) -> None:

@@ -42,11 +42,6 @@ class BadRow:
 Row = dict[str, Any] | BadRow
 
 
-def parse_table(uri: str, suffix: str, data: bytes) -> list[Row]:
-    """Rows of a JSONL, CSV or Parquet file held in memory."""
-    return list(iter_table(uri, suffix, io.BytesIO(data)))
-
-
 def iter_table(uri: str, suffix: str, stream: IO[bytes]) -> Iterator[Row]:
     """Rows of a JSONL, CSV or Parquet file, read from ``stream`` a piece at a time.
 

@@ -28,7 +28,8 @@ from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.spec import concurrency_limit_name
 from tasks.run.manifest import load_manifest
-from tasks.run.shards import Shard, select_shard, shard_of
+from tasks.run.shards import Shard, shard_of
+from tests.oracles import select_shard
 from tests.pool import PoolStack, flow_run, pool_stack, run_parent, shard_runs
 from tests.runs import Deployment, EndpointProbe, unique_run_key, write_corpus
 

@@ -18,10 +18,11 @@ from tasks.aws.clients import aws_client
 from tasks.run import tables
 from tasks.run.corpus import load_corpus
 from tasks.run.sharding import conform_table
-from tasks.run.shards import Shard, keeps, select_shard, shard_count
+from tasks.run.shards import Shard, keeps, shard_count
 from tasks.run.sources import scan_source
-from tasks.run.tables import CorpusError, iter_table, parse_table
+from tasks.run.tables import CorpusError, iter_table
 from tasks.settings import Profile
+from tests.oracles import parse_table, select_shard
 from tests.runs import write_corpus
 
 
