@@ -31,8 +31,8 @@ def estimate_corpus(corpus: str, *, profile: str = "local", **flat: Any) -> Esti
     from tasks.run.controls import controls_of
     from tasks.run.corpus import ColumnMapping, load_corpus
     from tasks.run.estimate import estimate_run
-    from tasks.run.notifications import endpoint_outputs
     from tasks.run.planning import plan_prompts
+    from tasks.run.target import endpoint_outputs
     from tasks.run.tokens import token_counter
     from tasks.settings import load_profile
 

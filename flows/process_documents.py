@@ -31,8 +31,8 @@ from tasks.run.prepare import prepare_manifest, run_parameters
 from tasks.run.publish import aggregate, canceled_state, publish_artifacts, report_run
 from tasks.run.quoting import quoted
 from tasks.run.scale import scale_to_zero_if_idle
+from tasks.run.shard_merge import PROCESS_DOCUMENTS
 from tasks.run.sharded_run import run_shards
-from tasks.run.sharding import PROCESS_DOCUMENTS
 from tasks.run.shards import Shard, check_shard, shard_count
 from tasks.run.spool import OutputSpool
 from tasks.settings import load_profile

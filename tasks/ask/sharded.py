@@ -19,7 +19,8 @@ from typing import Any
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.layout import ask_results_file, ask_results_uri
-from tasks.run.sharding import ShardedFlow, ShardRun
+from tasks.run.shard_merge import ShardedFlow
+from tasks.run.sharding import ShardRun
 from tasks.settings import Profile
 
 logger = logging.getLogger("docflow.ask")

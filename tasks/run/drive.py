@@ -11,15 +11,17 @@ from tasks.endpoint.usage import InstanceMeter
 from tasks.run.batching import BatchPayload
 from tasks.run.cancel import CancelWatch, current_flow_run_id
 from tasks.run.capacity import require_invocation_limit
-from tasks.run.driver import DriveStats, RunDriver
+from tasks.run.drive_stats import DriveStats
+from tasks.run.driver import RunDriver
 from tasks.run.layout import run_artifact_key
 from tasks.run.manifest import RunManifest
-from tasks.run.notifications import EndpointOutputs, RunQueue
 from tasks.run.policy import POLLING, DriveOptions
 from tasks.run.progress import ProgressLog, RunProgress
 from tasks.run.quoting import quoted
+from tasks.run.run_queue import RunQueue
 from tasks.run.spool import OutputSpool
 from tasks.run.staging import PayloadStager, stage_payloads
+from tasks.run.target import EndpointOutputs
 from tasks.settings import Profile
 
 

@@ -9,20 +9,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger
-from pydantic import BaseModel, Field
 
 from tasks.aws.sagemaker_runtime import InvokeRequest, InvokeResult, InvokeSettings, invoke_one
-from tasks.endpoint.usage import EndpointUsage
 from tasks.run.cancel import CancelWatch
 from tasks.run.capacity import CapShare, Demand, cap_share, fair_share
+from tasks.run.drive_stats import DriveStats
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
-from tasks.run.notifications import (
-    EndpointOutputs,
-    Outcome,
-    Received,
-    RunQueue,
-    outcome_from_notification,
-)
+from tasks.run.notifications import Outcome, Received, outcome_from_notification
 from tasks.run.outcomes import (
     Decision,
     apply_outcome,
@@ -32,32 +25,11 @@ from tasks.run.outcomes import (
 from tasks.run.policy import POLLING, DriveOptions
 from tasks.run.poller import QueuePoller
 from tasks.run.reconcile import expired, found_in_s3
+from tasks.run.run_queue import RunQueue
 from tasks.run.spool import OutputSpool
 from tasks.run.staging import PayloadStager
+from tasks.run.target import EndpointOutputs
 from tasks.settings import Profile
-
-
-class DriveStats(BaseModel):
-    """What driving the run took."""
-
-    waves: int = Field(0, description="Submission rounds (a refill of one or more batches).")
-    invocations: int = 0
-    invoke_errors: int = 0
-    reconciled: int = 0
-    retries: int = 0
-    splits: int = 0
-    expired: int = 0
-    deadline_failed: int = 0
-    canceled_documents: int = Field(
-        0, description="Documents unfinished when the flow run was cancelled (resume runs them)."
-    )
-    slots_held_max: int = Field(0, description="Most slots of the shared cap held at once.")
-    slots_released: int = Field(
-        0, description="Slots given back mid-run (the tail draining, or another run's fair share)."
-    )
-    usage: EndpointUsage | None = Field(
-        None, description="The endpoint's instances, metered while the run was driven."
-    )
 
 
 class RunDriver:

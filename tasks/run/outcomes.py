@@ -11,8 +11,9 @@ from tasks.aws.sagemaker_runtime import max_inline_body
 from tasks.run import layout
 from tasks.run.batching import BatchPayload, split_batch
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
-from tasks.run.notifications import EndpointOutputs, Outcome
+from tasks.run.notifications import Outcome
 from tasks.run.staging import stage_inputs, staged_input
+from tasks.run.target import EndpointOutputs
 from tasks.settings import Profile
 
 

@@ -8,18 +8,19 @@ from prefect.cache_policies import NO_CACHE
 from tasks.params.groups import BatchingOptions, RetryOptions
 from tasks.run.corpus import Corpus
 from tasks.run.drive import drive_run
-from tasks.run.driver import DriveStats
+from tasks.run.drive_stats import DriveStats
 from tasks.run.layout import reduce_run_key
 from tasks.run.long_documents import LongDocuments, plan_long_documents
 from tasks.run.manifest import RunManifest
-from tasks.run.notifications import EndpointOutputs, RunQueue, close_run_queue, open_run_queue
 from tasks.run.policy import DriveOptions
 from tasks.run.prepare import PreparedRun, prepare_manifest
 from tasks.run.prompts import GenerationParameters
 from tasks.run.quoting import quoted
 from tasks.run.reconcile import resume_reconcile
 from tasks.run.reduce import reduce_corpus, reduce_template
+from tasks.run.run_queue import RunQueue, close_run_queue, open_run_queue
 from tasks.run.spool import OutputSpool
+from tasks.run.target import EndpointOutputs
 from tasks.run.tokens import TokenCounter
 from tasks.settings import Profile
 

@@ -14,8 +14,8 @@ from tasks.params.groups import LongDocumentOptions
 from tasks.run.corpus import Corpus
 from tasks.run.estimate import Estimate, estimate_text
 from tasks.run.long_documents import LongDocuments, check_long_documents, plan_long_documents
-from tasks.run.notifications import EndpointOutputs, endpoint_outputs
 from tasks.run.prompts import PromptTemplate
+from tasks.run.target import EndpointOutputs, endpoint_outputs
 from tasks.run.tokens import TokenCounter, token_counter
 from tasks.settings import Profile
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import queue as queue_module
 import threading
 
-from tasks.run.notifications import Received, RunQueue, delete, receive
+from tasks.run.notifications import Received
 from tasks.run.policy import POLLING
+from tasks.run.run_queue import RunQueue, delete, receive
 from tasks.settings import Profile
 
 

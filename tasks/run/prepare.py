@@ -17,10 +17,10 @@ from tasks.run.manifest import (
     load_manifest,
     save_manifest,
 )
-from tasks.run.notifications import EndpointOutputs
 from tasks.run.outcomes import new_record
 from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.retry import reopen_failed
+from tasks.run.target import EndpointOutputs
 from tasks.settings import Profile
 
 

@@ -14,7 +14,7 @@ from tasks.params.groups import OutputOptions
 from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.answers import Answers
 from tasks.run.corpus import Corpus
-from tasks.run.driver import DriveStats
+from tasks.run.drive_stats import DriveStats
 from tasks.run.layout import run_artifact_key
 from tasks.run.long_documents import LongDocuments
 from tasks.run.manifest import RunManifest

@@ -16,9 +16,10 @@ from pydantic import BaseModel
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
-from tasks.run.notifications import EndpointOutputs, Outcome, is_expiry
+from tasks.run.notifications import Outcome, is_expiry
 from tasks.run.outcomes import Decision, apply_outcome, overdue, split_failed_batch
 from tasks.run.quoting import quoted
+from tasks.run.target import EndpointOutputs
 from tasks.settings import Profile
 
 

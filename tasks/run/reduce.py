@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tasks.run.aggregate import _leaves
 from tasks.run.combine import REDUCE_SUMMARIZE
 from tasks.run.corpus import Corpus, Document, corpus_fingerprint
+from tasks.run.join import leaf_batches
 from tasks.run.long_documents import LongDocuments
 from tasks.run.manifest import BatchStatus, RunManifest
 from tasks.run.outputs import OutputCache
@@ -38,7 +38,7 @@ def reduce_corpus(
     """One reduce document per split document whose chunks all completed (same id, row, metadata):
     its text is the chunks' answers, numbered, in order. The others get their chunk's reason at
     aggregation."""
-    leaves = _leaves(manifest)
+    leaves = leaf_batches(manifest)
     cache = OutputCache(profile, spool)
     documents: list[Document] = []
     for doc in corpus.documents:

@@ -14,14 +14,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.run.layout import run_artifact_key
+from tasks.run.shard_merge import ShardedFlow, combine_summaries, sharded_markdown
 from tasks.run.sharding import (
-    ShardedFlow,
     ShardRun,
-    combine_summaries,
     ensure_crash_detection,
     plan_shards,
     shard_deployment_name,
-    sharded_markdown,
     wait_for_shards,
 )
 from tasks.run.shards import MAX_SHARDS

@@ -23,7 +23,8 @@ from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.spec import concurrency_limit_name
 from tasks.run.layout import ask_results_file, ask_results_uri, shard_run_key
-from tasks.run.sharding import ShardRun, combine_summaries
+from tasks.run.shard_merge import combine_summaries
+from tasks.run.sharding import ShardRun
 from tasks.run.shards import Shard, check_shard, keeps, shard_of
 from tasks.run.status import read_summary
 from tasks.settings import Profile

@@ -1,4 +1,4 @@
-"""tasks.run.notifications: the run's queue on the endpoint topics, parsing AWS's JSON."""
+"""tasks.run.run_queue and tasks.run.notifications: the run's queue on the endpoint topics, parsing AWS's JSON."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ from typing import Any
 
 from tasks.aws.clients import aws_client
 from tasks.run.layout import queue_name
-from tasks.run.notifications import (
-    EndpointOutputs,
-    close_run_queue,
-    delete,
-    is_expiry,
-    open_run_queue,
-    parse_notification,
-    receive,
-)
+from tasks.run.notifications import is_expiry, parse_notification
+from tasks.run.run_queue import close_run_queue, delete, open_run_queue, receive
+from tasks.run.target import EndpointOutputs
 from tasks.settings import Profile
 
 SUCCESS = {

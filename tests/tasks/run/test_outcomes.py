@@ -11,7 +11,7 @@ from tasks.aws.s3 import split_s3_uri
 from tasks.run.batching import make_batches
 from tasks.run.corpus import Document
 from tasks.run.manifest import BatchStatus, RunManifest
-from tasks.run.notifications import EndpointOutputs, Outcome
+from tasks.run.notifications import Outcome
 from tasks.run.outcomes import (
     Decision,
     apply_outcome,
@@ -22,6 +22,7 @@ from tasks.run.outcomes import (
 )
 from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.staging import stage_inputs, staged_input
+from tasks.run.target import EndpointOutputs
 from tasks.settings import Profile, load_profile
 
 OUTPUTS = EndpointOutputs(

@@ -17,7 +17,7 @@ import pytest
 from tasks.aws.clients import aws_client
 from tasks.run import tables
 from tasks.run.corpus import load_corpus
-from tasks.run.sharding import conform_table
+from tasks.run.shard_merge import conform_table
 from tasks.run.shards import Shard, keeps, shard_count
 from tasks.run.sources import scan_source
 from tasks.run.tables import CorpusError, iter_table
