@@ -16,12 +16,7 @@ from tasks.run.capacity import CapShare, Demand, cap_share, fair_share
 from tasks.run.drive_stats import DriveStats
 from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, save_manifest
 from tasks.run.notifications import Outcome, Received, outcome_from_notification
-from tasks.run.outcomes import (
-    Decision,
-    apply_outcome,
-    fail_outstanding,
-    split_failed_batch,
-)
+from tasks.run.outcomes import Decision, apply_outcome, fail_outstanding, split_failed_batch
 from tasks.run.policy import POLLING, DriveOptions
 from tasks.run.poller import QueuePoller
 from tasks.run.reconcile import expired, found_in_s3

@@ -9,8 +9,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.aws.s3 import split_s3_uri
+from tasks.aws.sagemaker_runtime import max_inline_body
+from tasks.run import layout
+from tasks.run.batching import BatchPayload
 from tasks.run.corpus import Rejected
 from tasks.run.layout import batch_id_of, manifest_uri
+from tasks.run.target import EndpointOutputs
 from tasks.settings import Profile
 
 
@@ -218,3 +222,25 @@ def load_manifest(run_key: str, profile: Profile) -> RunManifest | None:
             ) from exc
         raise
     return RunManifest.from_json(body)
+
+
+def new_record(
+    profile: Profile,
+    outputs: EndpointOutputs,
+    run_key: str,
+    payload: BatchPayload,
+    *,
+    parent: str | None = None,
+) -> BatchRecord:
+    """A pending manifest record for a payload, with the locations its first attempt will use."""
+    return BatchRecord(
+        batch_id=payload.batch_id,
+        doc_ids=list(payload.doc_ids),
+        input_uri=profile.s3_uri(layout.input_key(profile, run_key, payload.batch_id)),
+        output_uri=outputs.output_uri(run_key, payload.batch_id, 1),
+        failure_uri=outputs.failure_uri(run_key, payload.batch_id, 1),
+        inference_id=layout.inference_id(run_key, payload.batch_id),
+        parent=parent,
+        # A first-level payload small enough goes inline; halves of a split are staged in S3.
+        inline=parent is None and 0 < len(payload.body) <= max_inline_body(),
+    )

@@ -7,10 +7,8 @@ from enum import StrEnum
 
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-from tasks.aws.sagemaker_runtime import max_inline_body
-from tasks.run import layout
 from tasks.run.batching import BatchPayload, split_batch
-from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest
+from tasks.run.manifest import BatchRecord, BatchStatus, RunManifest, new_record
 from tasks.run.notifications import Outcome
 from tasks.run.staging import stage_inputs, staged_input
 from tasks.run.target import EndpointOutputs
@@ -25,28 +23,6 @@ class Decision(StrEnum):
     SPLIT = "split"
     FAILED = "failed"
     IGNORED = "ignored"
-
-
-def new_record(
-    profile: Profile,
-    outputs: EndpointOutputs,
-    run_key: str,
-    payload: BatchPayload,
-    *,
-    parent: str | None = None,
-) -> BatchRecord:
-    """A pending manifest record for a payload, with the locations its first attempt will use."""
-    return BatchRecord(
-        batch_id=payload.batch_id,
-        doc_ids=list(payload.doc_ids),
-        input_uri=profile.s3_uri(layout.input_key(profile, run_key, payload.batch_id)),
-        output_uri=outputs.output_uri(run_key, payload.batch_id, 1),
-        failure_uri=outputs.failure_uri(run_key, payload.batch_id, 1),
-        inference_id=layout.inference_id(run_key, payload.batch_id),
-        parent=parent,
-        # A first-level payload small enough goes inline; halves of a split are staged in S3.
-        inline=parent is None and 0 < len(payload.body) <= max_inline_body(),
-    )
 
 
 def _is_stale_failure(record: BatchRecord, outcome: Outcome) -> bool:

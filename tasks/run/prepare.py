@@ -15,9 +15,9 @@ from tasks.run.manifest import (
     BatchStatus,
     RunManifest,
     load_manifest,
+    new_record,
     save_manifest,
 )
-from tasks.run.outcomes import new_record
 from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.retry import reopen_failed
 from tasks.run.target import EndpointOutputs

@@ -10,13 +10,12 @@ from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.batching import make_batches
 from tasks.run.corpus import Document
-from tasks.run.manifest import BatchStatus, RunManifest
+from tasks.run.manifest import BatchStatus, RunManifest, new_record
 from tasks.run.notifications import Outcome
 from tasks.run.outcomes import (
     Decision,
     apply_outcome,
     fail_outstanding,
-    new_record,
     overdue,
     split_failed_batch,
 )
