@@ -72,6 +72,46 @@ def test_flat_names_of_older_runs_and_the_cli_land_in_their_groups() -> None:
     assert back["long_documents"] == "truncate" and back["system_prompt"] == "Be brief."
 
 
+def test_a_manifest_of_flat_parameters_replays_through_the_grouped_flow() -> None:
+    """`docflow runs retry` on a run started before the groups: its manifest's flat names."""
+    from flows.ask_documents import ask_documents
+    from flows.process_documents import process_documents
+
+    older = {
+        "corpus": "/data/c.jsonl",
+        "template": "extract",
+        "fields": {"amount": "number"},
+        "custom_template": None,
+        "id_column": "id",
+        "text_column": "text",
+        "metadata_columns": None,
+        "multi_label": False,
+        "system_prompt": None,
+        "messages_column": None,
+        "max_new_tokens": 64,
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        "repetition_penalty": None,
+        "stop": None,
+        "seed": None,
+        "max_doc_bytes": 100_000,
+        "long_documents": "reject",
+        "chunk_overlap_tokens": 64,
+        "batch_size": 8,
+        "max_batch_bytes": 1_000_000,
+        "max_attempts": 3,
+        "output_format": "parquet",
+    }
+    checked = process_documents.validate_parameters(grouped(older))
+    assert checked["prompt"].fields == {"amount": "number"}
+    assert checked["batching"].batch_size == 8 and checked["generation"].max_new_tokens == 64
+    asked = ask_documents.validate_parameters(
+        grouped({"questions": ["q?"], "system": "Be brief.", "max_new_tokens": 4}, ASK_GROUPS)
+    )
+    assert asked["answers"].system_prompt == "Be brief."
+
+
 def test_a_misspelt_group_field_is_refused_by_name() -> None:
     with pytest.raises(ValidationError, match="templat"):
         PromptOptions(templat="classify")  # type: ignore[call-arg]
