@@ -147,21 +147,11 @@ def run_controls(
 
 
 def controls_of(prompt: PromptOptions, generation: GenerationOptions) -> RunControls:
-    """``run_controls`` of a flow's prompt and generation groups."""
-    return run_controls(**prompt.model_dump(), **generation.model_dump())
-
-
-def build_template(
-    template: str, fields: list[str] | None, labels: list[str] | None, custom_template: str | None
-) -> PromptTemplate:
-    """The prompt template alone (a clear error for an unknown kind): what an estimate counts."""
-    problem = template_problem(template, fields, labels, custom_template)
+    """``run_controls`` of a flow's prompt and generation groups (process_documents, its dry run
+    and ``docflow estimate`` alike); what a template lacks is said first, naming the parameter."""
+    problem = template_problem(
+        prompt.template, prompt.fields, prompt.labels, prompt.custom_template
+    )
     if problem:
         raise ValueError(problem)
-    return run_controls(
-        template=template,
-        fields=fields,
-        labels=labels,
-        custom_template=custom_template,
-        max_new_tokens=1,
-    ).template
+    return run_controls(**prompt.model_dump(), **generation.model_dump())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.run.controls import build_template
+from tasks.params.groups import GenerationOptions, PromptOptions
+from tasks.run.controls import controls_of
 from tasks.run.messages import short_corpus_name
 
 
@@ -25,7 +26,13 @@ def test_prompt_parameter_errors_are_one_sentence_naming_the_parameter(
     parameter: str,
 ) -> None:
     with pytest.raises(ValueError) as caught:
-        build_template(template, fields, labels, custom)
+        prompt = PromptOptions(
+            template=template,
+            fields=fields,
+            labels=labels,
+            custom_template=custom,  # type: ignore[arg-type]
+        )
+        controls_of(prompt, GenerationOptions())
     message = str(caught.value)
     assert parameter in message, message
     assert "\n" not in message and "validation error" not in message, message
