@@ -1,0 +1,151 @@
+"""One file of a folder corpus to documents: detected, opened through compression and archives,
+extracted (with OCR where pages have no text), or rejected with its reason.
+
+A plain file is one document; an archive is one per member (``bundle.zip!reports/q3.pdf``),
+nested archives too (``a.zip!b.zip!c.txt``), within ``ArchiveLimits``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.corpus import ocr, office
+from tasks.corpus.archives import members
+from tasks.corpus.compressed import decompress, inner_name
+from tasks.corpus.detect import DOCUMENTS, detect
+from tasks.corpus.limits import ArchiveLimits, Budget, LimitExceeded
+from tasks.run.extract import _EXTRACTORS, MOVE, REMOVE, Extracted, Unreadable
+
+
+@dataclass
+class FileDocument:
+    """One file (or archive member) of a folder corpus: its text and metadata, or the reason it
+    yields no document."""
+
+    name: str
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How files are read: OCR mode and the limits of archives and compressed files."""
+
+    ocr: ocr.OcrMode = "auto"
+    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+
+
+def read_file(
+    name: str, read: Callable[[str], bytes], options: ReadOptions | None = None
+) -> Iterator[FileDocument]:
+    """The documents of one corpus file: one, or one per archive member, each accounted for."""
+    try:
+        data = read(name)
+    except Exception as exc:  # OSError locally; botocore errors on S3
+        yield FileDocument(
+            name, reason=f"file {name!r} cannot be read ({exc}); fix its permissions {REMOVE}"
+        )
+        return
+    yield from expand(name, data, options or ReadOptions(), Budget(), 0, name)
+
+
+def expand(
+    doc_id: str, data: bytes, options: ReadOptions, budget: Budget, depth: int, detect_as: str
+) -> Iterator[FileDocument]:
+    """``data`` (stored as ``doc_id``, typed as if named ``detect_as``) as documents."""
+    base = {"path": doc_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if not data:
+        yield FileDocument(
+            doc_id, reason=f"file {doc_id!r} is empty (0 bytes); fill it in {REMOVE}"
+        )
+        return
+    kind = detect(detect_as, data)
+    fmt = kind.format
+    if fmt is None:
+        yield FileDocument(
+            doc_id,
+            reason=f"file {doc_id!r} is {kind.what}, which docflow does not read (it reads "
+            f"{', '.join(sorted(set(DOCUMENTS.values())))}, any text, compressed files and "
+            f"archives); convert it {REMOVE}",
+            metadata=base,
+        )
+        return
+    opener, _, codec = fmt.partition(":")
+    if opener in ("archive", "compressed") and depth >= options.limits.max_depth:
+        reason = options.limits.reason(
+            f"file {doc_id!r}", "max_depth", f"is {kind.what} at depth {depth}"
+        )
+        yield FileDocument(doc_id, reason=reason, metadata=base)
+        return
+    if opener == "archive":
+        for member in members(doc_id, codec, data, options.limits, budget):
+            if member.data is None:
+                yield FileDocument(member.doc_id, reason=member.reason)
+            else:
+                yield from expand(
+                    member.doc_id, member.data, options, budget, depth + 1, member.doc_id
+                )
+        return
+    if opener == "compressed":
+        try:
+            inner = decompress(doc_id, codec, data, options.limits, budget)
+        except LimitExceeded as exc:
+            yield FileDocument(doc_id, reason=str(exc), metadata=base)
+            return
+        except Exception as exc:  # OSError, EOFError, lzma.LZMAError, zstandard.ZstdError
+            yield FileDocument(
+                doc_id,
+                reason=f"file {doc_id!r} is damaged {codec} data ({type(exc).__name__}: {exc}); "
+                f"{MOVE}",
+                metadata=base,
+            )
+            return
+        for doc in expand(doc_id, inner, options, budget, depth + 1, inner_name(detect_as)):
+            if doc.name == doc_id and doc.metadata:  # the file itself, not an archive's member
+                doc.metadata.update(base, compression=codec)
+            yield doc
+        return
+    yield _extracted(doc_id, data, fmt, options, base)
+
+
+def _extracted(
+    doc_id: str, data: bytes, fmt: str, options: ReadOptions, base: dict[str, Any]
+) -> FileDocument:
+    try:
+        extracted = extract_format(doc_id, data, fmt, options)
+    except Unreadable as exc:
+        return FileDocument(doc_id, reason=str(exc), metadata=base)
+    except Exception as exc:  # a library's own error on a damaged file
+        return FileDocument(
+            doc_id,
+            reason=f"file {doc_id!r} could not be extracted ({type(exc).__name__}: {exc}); {MOVE}",
+            metadata=base,
+        )
+    return FileDocument(doc_id, text=extracted.text, metadata={**base, **extracted.metadata()})
+
+
+def extract_format(name: str, data: bytes, fmt: str, options: ReadOptions) -> Extracted:
+    """The text of ``data`` read as ``fmt``; Unreadable says why there is none."""
+    if fmt == "pdf":
+        extracted = ocr.pdf(name, data, options.ocr)
+    elif fmt == "image":
+        extracted = ocr.image(name, data, options.ocr)
+    elif fmt.startswith("code:"):
+        extracted = _EXTRACTORS["text"](name, data)
+        extracted.format = fmt
+    elif fmt in office.EXTRACTORS:
+        extracted = office.EXTRACTORS[fmt](name, data)
+    else:
+        extracted = _EXTRACTORS[fmt](name, data)
+    if not extracted.text.strip():
+        raise Unreadable(
+            f"file {name!r} has no text after extraction ({fmt}); add text to it {REMOVE}"
+        )
+    return extracted
+
+
+__all__ = ["FileDocument", "ReadOptions", "expand", "read_file"]
