@@ -10,6 +10,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
 
+from tasks.corpus.limits import ArchiveLimits
+from tasks.corpus.read import ReadOptions
 from tasks.endpoint.usage import EndpointUsage
 from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.answers import Answers
@@ -244,6 +246,10 @@ def process_documents(
     stop: list[str] | None = None,
     seed: int | None = None,
     max_doc_bytes: int = 100_000,
+    ocr: Literal["auto", "off", "force"] = "auto",
+    archive_limits: ArchiveLimits | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
     long_documents: Literal["reject", "truncate", "map_reduce"] = "reject",
     chunk_overlap_tokens: int = 64,
     batch_size: int = 16,
@@ -298,6 +304,13 @@ def process_documents(
         stop: Strings that end a document's answer (not with extract or classify).
         seed: Seed of each document's sampling (needs sampling), for reproducible answers.
         max_doc_bytes: Longest document text (UTF-8 bytes); longer ones are rejected.
+        ocr: Folders: read pages without a text layer (scans) and images with OCR: auto (pages
+            with no text), off, or force (every page).
+        archive_limits: Folders: what one file may expand to through archives and compression
+            (member and total bytes, members, nesting depth, compression ratio).
+        include: Folders: glob patterns of the files to read (``docs/**``); default all.
+        exclude: Folders: glob patterns of files to leave out (``*.png``, ``build/**``), each
+            counted in the summary's ``excluded``.
         long_documents: A prompt over the model's context minus max_new_tokens (counted with the
             model's tokenizer): reject it, truncate it to its first tokens that fit (tokens_cut
             column), or map_reduce it (split by tokens with overlap, run each chunk, combine the
@@ -362,7 +375,9 @@ def process_documents(
     key = validate_run_key(run_key) if run_key else None
     extra = long_key(long_documents, chunk_overlap_tokens)
     if shard is None and not dry_run and (shards > 1 or shard_size):
-        scan = scan_corpus(corpus, prof)  # the parent holds no document: the shards load them
+        scan = scan_corpus(
+            corpus, prof, include, exclude
+        )  # the parent holds no document: the shards load them
         count = shard_count(shards, shard_size, scan.rows)
         if count > 1:
             key = key or compute_run_key(
@@ -371,7 +386,10 @@ def process_documents(
             return run_shards(
                 prof, key, count, shard_deployment, max_shard_attempts, started, PROCESS_DOCUMENTS
             )
-    loaded = load_documents(corpus, mapping, prof, max_doc_bytes, shard)
+    reading = ReadOptions(
+        ocr=ocr, archive_limits=archive_limits or ArchiveLimits(), include=include, exclude=exclude
+    )
+    loaded = load_documents(corpus, mapping, prof, max_doc_bytes, shard, reading)
     key = key or compute_run_key(
         loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params, extra=extra
     )

@@ -125,13 +125,26 @@ def by_content(data: bytes) -> Kind:
     output = _magika().identify_bytes(data).output
     label = str(output.label)
     what = f"{output.description} ({label}, found by content)"
-    if label in _LABELS:
-        return Kind(_LABELS[label], what, "content")
-    if output.is_text:
-        return Kind(f"code:{label}", what, "content")
-    if label in ("unknown", "undefined") and _looks_like_text(data):
-        return Kind("text", "text (found by content)", "content")
-    return Kind(None, what, "content")
+    found = _LABELS.get(label) or (f"code:{label}" if output.is_text else None)
+    if found is None and label in ("unknown", "undefined") and _looks_like_text(data):
+        found, what = "text", "text (found by content)"
+    textual = found in _TEXTUAL or (found or "").startswith("code:")
+    if textual and _nul_bytes(data):  # magika calls a few NUL bytes text; no text has them
+        return Kind(None, "binary data (it holds NUL bytes, found by content)", "content")
+    return Kind(found, what, "content")
+
+
+_TEXTUAL = {"text", "markdown", "rst", "html", "eml"}
+
+
+def _nul_bytes(data: bytes) -> bool:
+    """NUL bytes in the first 8 KiB, other than those of UTF-16 text."""
+    from tasks.run.extract import _utf16_without_bom
+
+    head = data[:8192]
+    if b"\x00" not in head or head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return False
+    return _utf16_without_bom(head[: len(head) // 2 * 2]) is None
 
 
 def _looks_like_text(data: bytes) -> bool:

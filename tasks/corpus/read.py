@@ -12,11 +12,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.corpus import ocr, office
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.corpus import ocr as ocr_engine
+from tasks.corpus import office
 from tasks.corpus.archives import members
 from tasks.corpus.compressed import decompress, inner_name
 from tasks.corpus.detect import DOCUMENTS, detect
 from tasks.corpus.limits import ArchiveLimits, Budget, LimitExceeded
+from tasks.corpus.ocr import OcrMode
 from tasks.run.extract import _EXTRACTORS, MOVE, REMOVE, Extracted, Unreadable
 
 
@@ -31,12 +35,16 @@ class FileDocument:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
-class ReadOptions:
-    """How files are read: OCR mode and the limits of archives and compressed files."""
+class ReadOptions(BaseModel):
+    """How a folder's files are chosen and read: include/exclude patterns (tasks.corpus.patterns),
+    the OCR mode, and the limits of archives and compressed files."""
 
-    ocr: ocr.OcrMode = "auto"
-    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ocr: OcrMode = "auto"
+    archive_limits: ArchiveLimits = Field(default_factory=ArchiveLimits)
+    include: list[str] | None = None
+    exclude: list[str] | None = None
 
 
 def read_file(
@@ -75,14 +83,14 @@ def expand(
         )
         return
     opener, _, codec = fmt.partition(":")
-    if opener in ("archive", "compressed") and depth >= options.limits.max_depth:
-        reason = options.limits.reason(
+    if opener in ("archive", "compressed") and depth >= options.archive_limits.max_depth:
+        reason = options.archive_limits.reason(
             f"file {doc_id!r}", "max_depth", f"is {kind.what} at depth {depth}"
         )
         yield FileDocument(doc_id, reason=reason, metadata=base)
         return
     if opener == "archive":
-        for member in members(doc_id, codec, data, options.limits, budget):
+        for member in members(doc_id, codec, data, options.archive_limits, budget):
             if member.data is None:
                 yield FileDocument(member.doc_id, reason=member.reason)
             else:
@@ -92,7 +100,7 @@ def expand(
         return
     if opener == "compressed":
         try:
-            inner = decompress(doc_id, codec, data, options.limits, budget)
+            inner = decompress(doc_id, codec, data, options.archive_limits, budget)
         except LimitExceeded as exc:
             yield FileDocument(doc_id, reason=str(exc), metadata=base)
             return
@@ -131,9 +139,9 @@ def _extracted(
 def extract_format(name: str, data: bytes, fmt: str, options: ReadOptions) -> Extracted:
     """The text of ``data`` read as ``fmt``; Unreadable says why there is none."""
     if fmt == "pdf":
-        extracted = ocr.pdf(name, data, options.ocr)
+        extracted = ocr_engine.pdf(name, data, options.ocr)
     elif fmt == "image":
-        extracted = ocr.image(name, data, options.ocr)
+        extracted = ocr_engine.image(name, data, options.ocr)
     elif fmt.startswith("code:"):
         extracted = _EXTRACTORS["text"](name, data)
         extracted.format = fmt

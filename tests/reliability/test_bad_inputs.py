@@ -227,12 +227,17 @@ REJECTED_ROWS: dict[str, tuple[Any, dict[str, Any], tuple[str, ...]]] = {
     "unsupported file in a folder": (
         lambda p: _folder(p, {"a.txt": b"A readable document.", "b.bin": b"\x00\x01"}),
         {},
-        ("unsupported type .bin", "`corpus`"),
+        ("binary data (it holds NUL bytes", "`corpus`"),
     ),
-    "scanned PDF in a folder": (
+    "scanned PDF in a folder, OCR off": (
         lambda p: _folder(p, {"a.txt": b"A readable document.", "scan.pdf": _scan()}),
+        {"ocr": "off"},
+        ("no text layer and ocr='off'", "set the flow parameter ocr"),
+    ),
+    "zip bomb in a folder": (
+        lambda p: _folder(p, {"a.txt": b"A readable document.", "bomb.zip": _bomb()}),
         {},
-        ("no text layer; OCR is not supported", "`corpus`"),
+        ("over archive_limits.max_ratio=100", "raise the flow parameter archive_limits.max_ratio"),
     ),
 }
 
@@ -243,6 +248,17 @@ def _folder(root: Path, files: dict[str, bytes]) -> Path:
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return folder
+
+
+def _bomb() -> bytes:
+    """A zip whose one member is 20 MB of zeros in ~20 KB."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.txt", bytes(20_000_000))
+    return out.getvalue()
 
 
 def _scan() -> bytes:
