@@ -100,6 +100,8 @@ def _run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from tasks.run.estimate import estimate_text
 
     out = out or sys.stdout
+    if not args.endpoint and not args.model and not _profile_endpoint_exists(args.profile):
+        return _survey(args, out)
     estimate = estimate_corpus(
         args.corpus,
         profile=args.profile,
@@ -119,6 +121,42 @@ def _run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(json.dumps(estimate.model_dump(mode="json"), indent=2) + "\n")
     else:
         out.write(estimate_text(estimate))
+    return 0
+
+
+def _profile_endpoint_exists(profile: str) -> bool:
+    """Whether the profile's own endpoint is deployed (else the estimate is of the corpus only)."""
+    from tasks.aws.clients import aws_client
+    from tasks.settings import load_profile
+
+    prof = load_profile(profile)
+    try:
+        aws_client("sagemaker", prof).describe_endpoint(EndpointName=prof.endpoint_name)
+    except Exception as exc:  # botocore ClientError: ValidationException "Could not find ..."
+        if "Could not find" in str(exc) or "ValidationException" in str(exc):
+            return False
+        raise
+    return True
+
+
+def _survey(args: argparse.Namespace, out: TextIO) -> int:
+    """No endpoint and no model: what docflow makes of the corpus, and what tokens need."""
+    from tasks.corpus.read import ReadOptions
+    from tasks.corpus.survey import survey_corpus, survey_text
+    from tasks.run.corpus import ColumnMapping
+    from tasks.settings import load_profile
+
+    survey = survey_corpus(
+        args.corpus,
+        load_profile(args.profile),
+        ColumnMapping(),
+        max_doc_bytes=args.max_doc_bytes,
+        options=ReadOptions(ocr=args.ocr, include=args.include, exclude=args.exclude),
+    )
+    if args.json:
+        out.write(json.dumps(survey.model_dump(mode="json"), indent=2) + "\n")
+    else:
+        out.write(survey_text(survey))
     return 0
 
 
@@ -151,4 +189,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--chunk-overlap-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true", help="the estimate as JSON")
+    p.add_argument(
+        "--ocr", default="auto", choices=["auto", "off", "force"], help="folders: OCR of scans"
+    )
+    p.add_argument("--include", nargs="+", help="folders: glob patterns of files to read")
+    p.add_argument("--exclude", nargs="+", help="folders: glob patterns of files to leave out")
     p.set_defaults(func=_run)
