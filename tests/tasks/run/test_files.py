@@ -129,7 +129,7 @@ def test_files_are_read_one_at_a_time() -> None:
 def test_extraction_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.extraction import main
 
-    assert main(["--files", "2"]) == 0
+    assert main(["--files", "2", "--ocr-pages", "0"]) == 0  # OCR: tests/tasks/corpus/test_ocr.py
     out = capsys.readouterr().out
     assert "pdf (3 pages)" in out and "all formats" in out and "files/s" in out
 
