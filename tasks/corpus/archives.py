@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import IO
 
 from tasks.corpus.compressed import open_compressed, read_capped
 from tasks.corpus.limits import ArchiveLimits, Budget, LimitExceeded
@@ -125,3 +126,27 @@ def _tar(
                     yield Member(member_id, body)
                     continue
             yield Member(member_id, reason=reason)
+
+
+def count_rows(name: str, stream: IO[bytes]) -> int:
+    """Rows a corpus file makes: its archive members (top level; 1 when unreadable), else 1.
+
+    What a sharded run's parent sizes its shards by, without extracting anything.
+    """
+    from tasks.corpus.detect import by_suffix
+
+    kind = by_suffix(name)
+    if kind is None or kind.format is None or not kind.format.startswith("archive:"):
+        return 1
+    try:
+        if kind.format == "archive:zip":
+            with zipfile.ZipFile(stream) as archive:
+                infos = archive.infolist()
+                return max(1, sum(not i.is_dir() and not _hidden(i.filename) for i in infos))
+        raw = (
+            open_compressed("zstd", stream.read()) if kind.format == "archive:tar:zstd" else stream
+        )
+        with tarfile.open(fileobj=raw, mode="r|*") as tar:
+            return max(1, sum(not i.isdir() and not _hidden(i.name) for i in tar))
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, ValueError):
+        return 1

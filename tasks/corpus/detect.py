@@ -100,16 +100,19 @@ def suffix_of(name: str) -> str:
 
 def by_suffix(name: str) -> Kind | None:
     """The kind a known suffix names, or None when the suffix is unknown or missing."""
-    lower = name.lower()
-    for suffix, archive in ARCHIVES.items():
-        if lower.endswith(suffix):
-            return Kind(f"archive:{archive}", f"a {suffix} archive", "suffix")
     suffix = suffix_of(name)
+    if suffix in _BY_SUFFIX:  # the common case first: one dict look-up
+        return _BY_SUFFIX[suffix]
+    lower = name.lower()
+    for ending, archive in ARCHIVES.items():
+        if lower.endswith(ending):
+            return Kind(f"archive:{archive}", f"a {ending} archive", "suffix")
     if suffix in COMPRESSED:
         return Kind(f"compressed:{COMPRESSED[suffix]}", f"a {suffix} file", "suffix")
-    if suffix in DOCUMENTS:
-        return Kind(DOCUMENTS[suffix], f"a {suffix} file", "suffix")
     return None
+
+
+_BY_SUFFIX = {suffix: Kind(fmt, f"a {suffix} file", "suffix") for suffix, fmt in DOCUMENTS.items()}
 
 
 def detect(name: str, data: bytes) -> Kind:

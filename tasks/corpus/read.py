@@ -18,10 +18,14 @@ from tasks.corpus import ocr as ocr_engine
 from tasks.corpus import office
 from tasks.corpus.archives import members
 from tasks.corpus.compressed import decompress, inner_name
-from tasks.corpus.detect import DOCUMENTS, detect
+from tasks.corpus.detect import DOCUMENTS, Kind, by_suffix, detect
 from tasks.corpus.limits import ArchiveLimits, Budget, LimitExceeded
 from tasks.corpus.ocr import OcrMode
 from tasks.run.extract import _EXTRACTORS, MOVE, REMOVE, Extracted, Unreadable
+
+OTHER_SHARD = "(another shard's document: not read here)"
+EXTRACTED = set(DOCUMENTS.values())  # formats that are one document, not a container
+_NONE = Kind(None, "", "suffix")
 
 
 @dataclass
@@ -48,9 +52,19 @@ class ReadOptions(BaseModel):
 
 
 def read_file(
-    name: str, read: Callable[[str], bytes], options: ReadOptions | None = None
+    name: str,
+    read: Callable[[str], bytes],
+    options: ReadOptions | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> Iterator[FileDocument]:
-    """The documents of one corpus file: one, or one per archive member, each accounted for."""
+    """The documents of one corpus file: one, or one per archive member, each accounted for.
+
+    ``keep`` (a shard's test on ids): a document it does not keep is yielded unread, as a row
+    the loader drops, so a shard extracts (and OCRs) only its own files and members.
+    """
+    if keep is not None and not keep(name) and (by_suffix(name) or _NONE).format in EXTRACTED:
+        yield FileDocument(name, reason=OTHER_SHARD)  # a plain document of another shard
+        return
     try:
         data = read(name)
     except Exception as exc:  # OSError locally; botocore errors on S3
@@ -58,11 +72,17 @@ def read_file(
             name, reason=f"file {name!r} cannot be read ({exc}); fix its permissions {REMOVE}"
         )
         return
-    yield from expand(name, data, options or ReadOptions(), Budget(), 0, name)
+    yield from expand(name, data, options or ReadOptions(), Budget(), 0, name, keep)
 
 
 def expand(
-    doc_id: str, data: bytes, options: ReadOptions, budget: Budget, depth: int, detect_as: str
+    doc_id: str,
+    data: bytes,
+    options: ReadOptions,
+    budget: Budget,
+    depth: int,
+    detect_as: str,
+    keep: Callable[[str], bool] | None = None,
 ) -> Iterator[FileDocument]:
     """``data`` (stored as ``doc_id``, typed as if named ``detect_as``) as documents."""
     base = {"path": doc_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -95,7 +115,7 @@ def expand(
                 yield FileDocument(member.doc_id, reason=member.reason)
             else:
                 yield from expand(
-                    member.doc_id, member.data, options, budget, depth + 1, member.doc_id
+                    member.doc_id, member.data, options, budget, depth + 1, member.doc_id, keep
                 )
         return
     if opener == "compressed":
@@ -112,10 +132,14 @@ def expand(
                 metadata=base,
             )
             return
-        for doc in expand(doc_id, inner, options, budget, depth + 1, inner_name(detect_as)):
+        inner_as = inner_name(detect_as)
+        for doc in expand(doc_id, inner, options, budget, depth + 1, inner_as, keep):
             if doc.name == doc_id and doc.metadata:  # the file itself, not an archive's member
                 doc.metadata.update(base, compression=codec)
             yield doc
+        return
+    if keep is not None and not keep(doc_id):
+        yield FileDocument(doc_id, reason=OTHER_SHARD)
         return
     yield _extracted(doc_id, data, fmt, options, base)
 

@@ -129,7 +129,7 @@ def load_corpus(
     if not tables:  # document files: id = relative path, text = extracted text
         mapping = ColumnMapping()
     loader = _Loader(mapping, max_doc_bytes, keep)
-    rows = _table_rows(source, tables) if tables else _document_rows(source, options)
+    rows = _table_rows(source, tables) if tables else _document_rows(source, options, keep)
     for row in rows:
         loader.add(row)
     if tables:
@@ -319,10 +319,12 @@ def _table_rows(source: Source, tables: list[str]) -> Iterator[Row]:
             yield BadRow(not_read_beside_data(name), doc_id=name, ignored=True)
 
 
-def _document_rows(source: Source, options: ReadOptions) -> Iterator[Row]:
+def _document_rows(
+    source: Source, options: ReadOptions, keep: Callable[[str], bool] | None
+) -> Iterator[Row]:
     """A folder's document files (an archive's members): each read and extracted as its row is
-    consumed."""
-    return (_file_row(f) for f in read_documents(source.names, source.read, options))
+    consumed; those ``keep`` does not keep are rows left unread."""
+    return (_file_row(f) for f in read_documents(source.names, source.read, options, keep))
 
 
 def _file_row(file: FileDocument) -> Row:

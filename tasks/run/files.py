@@ -40,12 +40,15 @@ def not_read_beside_data(name: str) -> str:
 
 
 def read_documents(
-    names: Iterable[str], read: Callable[[str], bytes], options: ReadOptions | None = None
+    names: Iterable[str],
+    read: Callable[[str], bytes],
+    options: ReadOptions | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> Iterator[FileDocument]:
     """Each file in ``names`` order, extracted while only its own bytes are held; an archive
-    yields one document per member (tasks.corpus.read)."""
+    yields one document per member (tasks.corpus.read); ``keep``: a shard's own only."""
     for name in names:
-        yield from read_file(name, read, options)
+        yield from read_file(name, read, options, keep)
 
 
 def read_document(

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 
+from tasks.corpus.archives import count_rows
 from tasks.corpus.detect import by_suffix
 from tasks.corpus.patterns import select
 from tasks.run.files import DATA_SUFFIXES, hidden, is_data_file, local_names
@@ -232,7 +233,7 @@ def scan_source(
     """Fingerprint and count a source in one streaming pass (no document is parsed or kept).
 
     Rows: non-blank lines of JSON Lines, records of CSV, rows of Parquet (from its footer), or
-    one per document file; the documents a run accepts are at most this many.
+    one per document file (one per member of an archive, nested archives counted as one).
     """
     source, _ = select_source(open_source(uri, profile), include, exclude)
     tables = source.data_files
@@ -242,7 +243,7 @@ def scan_source(
         with source.open(name) as stream:
             file_digest, file_size = _hash_stream(stream)
             stream.seek(0)
-            rows += _count_rows(name, stream) if tables else 1
+            rows += _count_rows(name, stream) if tables else count_rows(name, stream)
         digest.update(f"{name}\0{file_size}\0{file_digest}\n".encode())
         size += file_size
     return SourceScan(

@@ -16,9 +16,8 @@ KNOWN = {
     "text/utf8.txt": "Zoë paid 12 € for crème brûlée in Kraków.",
     "text/latin1.txt": "Le café était déjà fermé à minuit, dit-il à sa sœur.".replace("œ", "oe"),
     "text/utf16.txt": "Die Straße nach Köln war gesperrt, sagte der Fahrer.",
-    # A page image only, read by OCR (ocr="auto"); its tiny bitmap font reads "Scanned page: pixe
-    # ls no text layer", so only the first words are asked for.
-    "scans/scan.pdf": "Scanned page",
+    # A page image only (no text layer), read by OCR (ocr="auto").
+    "scans/scan.pdf": "Scanned page: pixels, no text layer",
 }
 # File -> words its rejection reason must contain.
 REJECTED = {
