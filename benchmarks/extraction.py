@@ -22,6 +22,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks import documents as make
 from benchmarks import more_documents as more
@@ -194,6 +195,51 @@ def render(rows: list[tuple[str, int, float, float]]) -> str:
     for name, files, seconds, mb in rows:
         lines.append(f"{name:<52} {files:>6} {files / seconds:>9.1f} {mb / seconds:>7.2f}")
     return "\n".join(lines)
+
+
+def section(files: int, ocr_pages: int) -> dict[str, Any]:
+    """The bench's extraction section: files/s per format, and OCR's error rate and pages/s."""
+    from benchmarks.ocr import measure as measure_ocr
+
+    with tempfile.TemporaryDirectory(prefix="docflow-extraction-") as tmp:
+        rows = measure(generate(Path(tmp), files))
+    result: dict[str, Any] = {
+        "formats": [
+            {"format": name, "files": n, "files_per_s": n / seconds, "mb_per_s": mb / seconds}
+            for name, n, seconds, mb in rows
+        ]
+    }
+    if ocr_pages:
+        cer, pages_per_s, done = measure_ocr(ocr_pages)
+        result["ocr"] = {
+            "engine": "RapidOCR",
+            "pages": done,
+            "cer": cer,
+            "pages_per_s": pages_per_s,
+        }
+    return result
+
+
+def extraction_table(result: dict[str, Any]) -> Any:
+    """The section as a rich table: one row per format, then the OCR row."""
+    from rich.table import Table
+
+    table = Table(title="Text extraction per format (generated files) and OCR")
+    for column in ("format", "files", "files/s", "MB/s"):
+        table.add_column(column, justify="left" if column == "format" else "right")
+    for row in result["formats"]:
+        table.add_row(
+            row["format"], str(row["files"]), f"{row['files_per_s']:.1f}", f"{row['mb_per_s']:.2f}"
+        )
+    ocr = result.get("ocr")
+    if ocr:
+        table.add_row(
+            f"OCR ({ocr['engine']}): CER {ocr['cer']:.2%}",
+            str(ocr["pages"]),
+            f"{ocr['pages_per_s']:.2f} pages/s",
+            "",
+        )
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,7 +277,9 @@ def process_documents(
     Args:
         corpus: Local path or s3:// URI of a .jsonl/.csv/.parquet file, of a folder (prefix) or
             glob (``s3://bucket/corpora/part-*.parquet``) of such files, read a piece at a time, or
-            of a folder of documents (.pdf .docx .html .eml .md .txt; every other file is rejected with its reason).
+            of a folder of documents (PDF, Office, OpenDocument, RTF, EPUB, HTML, e-mail, text of any
+            name, images by OCR, compressed files, archives member by member; docs/corpora.md;
+            every other file is rejected with its reason).
         profile: Deployment profile name (deployments/<name>.yaml) or path to one.
         endpoint: SageMaker endpoint name; default: the profile's endpoint_name.
         template: Prompt kind: summarize, extract (fields), classify (labels) or custom.
