@@ -56,3 +56,16 @@ def test_excluded_files_are_counted_per_pattern(tmp_path: Path) -> None:
 def test_select_keeps_order_and_first_matching_pattern_counts() -> None:
     kept, counts = select(["b.log", "a.txt", "c.log"], None, ["*.log", "b.*"])
     assert kept == ["a.txt"] and counts == {"*.log": 2}
+
+
+def test_a_sharded_run_summary_keeps_the_excluded_counts() -> None:
+    from tasks.run.sharding import PROCESS_DOCUMENTS, ShardRun, combine_summaries
+
+    shards = [
+        ShardRun(
+            index=0, count=2, run_key="k-0", summary={"documents": 3, "excluded": {"*.png": 2}}
+        ),
+        ShardRun(index=1, count=2, run_key="k-1", summary={"documents": 4}),
+    ]
+    combined = combine_summaries("k", shards, PROCESS_DOCUMENTS)
+    assert combined["documents"] == 7 and combined["excluded"] == {"*.png": 2}
