@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from tasks.corpus.read import ReadOptions
     from tasks.run.estimate import Estimate
 
 
@@ -34,6 +35,7 @@ def estimate_corpus(
     chunk_overlap_tokens: int = 64,
     batch_size: int = 16,
     max_batch_bytes: int = 1_000_000,
+    options: ReadOptions | None = None,
 ) -> Estimate:
     """The estimate; ``model`` (an artifact's s3://…/model.tar.gz) instead of an endpoint's model.
 
@@ -60,6 +62,7 @@ def estimate_corpus(
         ColumnMapping(id=id_column, text=text_column),
         profile=prof,
         max_doc_bytes=max_doc_bytes,
+        options=options,
     )
     name = None
     environment: dict[str, str] = {}
@@ -97,6 +100,7 @@ def estimate_corpus(
 
 
 def _run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from tasks.corpus.read import ReadOptions
     from tasks.run.estimate import estimate_text
 
     out = out or sys.stdout
@@ -116,6 +120,7 @@ def _run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         long_documents=args.long_documents,
         chunk_overlap_tokens=args.chunk_overlap_tokens,
         batch_size=args.batch_size,
+        options=ReadOptions(ocr=args.ocr, include=args.include, exclude=args.exclude),
     )
     if args.json:
         out.write(json.dumps(estimate.model_dump(mode="json"), indent=2) + "\n")

@@ -19,6 +19,7 @@ from benchmarks import documents as make
 from tasks.corpus.limits import ArchiveLimits
 from tasks.corpus.read import FileDocument, ReadOptions, read_file
 from tasks.run.corpus import load_corpus
+from tasks.settings import Profile
 
 LICENSE = b"Permission is hereby granted, free of charge, to any person obtaining a copy.\n"
 PYTHON = b"#!/usr/bin/env python3\nimport sys\n\n\ndef main():\n    print(sys.argv)\n\n\nmain()\n"
@@ -200,3 +201,28 @@ def test_a_folder_ledger_accounts_for_every_file_and_member(tmp_path: Path) -> N
     assert rows == list(range(1, corpus.size + 1))
     # Every document has the same columns, so the results table has one schema.
     assert len({tuple(sorted(d.metadata)) for d in corpus.documents}) == 1
+
+
+def test_an_s3_prefix_with_archives_and_suffixless_text_reads_like_a_folder(
+    profile: Profile, tmp_path: Path
+) -> None:
+    from tasks.aws.clients import aws_client
+
+    files = {
+        "LICENSE": LICENSE,
+        "notes.txt.gz": gzip.compress(b"Notes of the spring meeting."),
+        "bundle.zip": zip_bytes({"a.md": b"# A\n\nMember text.", "b/c.txt": b"Deeper member."}),
+    }
+    s3 = aws_client("s3", profile)
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        s3.put_object(Bucket=profile.bucket, Key=f"real/{name}", Body=data)
+    remote = load_corpus(f"s3://{profile.bucket}/real/", profile=profile)
+    local = load_corpus(str(tmp_path))
+    assert [d.doc_id for d in remote.documents] == [
+        "LICENSE",
+        "bundle.zip!a.md",
+        "bundle.zip!b/c.txt",
+        "notes.txt.gz",
+    ]
+    assert remote.rejected == [] and remote.fingerprint == local.fingerprint
