@@ -30,12 +30,16 @@ class Member:
 
 
 def members(
-    doc_id: str, kind: str, data: bytes, limits: ArchiveLimits, budget: Budget
+    doc_id: str, kind: str, data: bytes | IO[bytes], limits: ArchiveLimits, budget: Budget
 ) -> Iterator[Member]:
     """Every member of the archive ``doc_id`` (``kind`` zip, tar or tar:zstd), in stored order.
 
-    A damaged archive ends with a Member whose id is the archive's own and whose reason says so.
+    ``data``: the archive's bytes, or a seekable binary stream of them (a corpus file, which is
+    then never held whole). A damaged archive ends with a Member whose id is the archive's own
+    and whose reason says so.
     """
+    if isinstance(data, bytes):
+        data = io.BytesIO(data)
     try:
         if kind == "zip":
             yield from _zip(doc_id, data, limits, budget)
@@ -64,8 +68,8 @@ def _counted(member_id: str, limits: ArchiveLimits, budget: Budget) -> str | Non
     return None
 
 
-def _zip(doc_id: str, data: bytes, limits: ArchiveLimits, budget: Budget) -> Iterator[Member]:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+def _zip(doc_id: str, data: IO[bytes], limits: ArchiveLimits, budget: Budget) -> Iterator[Member]:
+    with zipfile.ZipFile(data) as archive:
         for info in archive.infolist():
             if info.is_dir() or _hidden(info.filename):
                 continue
@@ -99,10 +103,11 @@ def _zip(doc_id: str, data: bytes, limits: ArchiveLimits, budget: Budget) -> Ite
 
 
 def _tar(
-    doc_id: str, kind: str, data: bytes, limits: ArchiveLimits, budget: Budget
+    doc_id: str, kind: str, data: IO[bytes], limits: ArchiveLimits, budget: Budget
 ) -> Iterator[Member]:
-    raw = open_compressed("zstd", data) if kind == "tar:zstd" else io.BytesIO(data)
-    stored = len(data)
+    stored = data.seek(0, io.SEEK_END)
+    data.seek(0)
+    raw = open_compressed("zstd", data) if kind == "tar:zstd" else data
     with tarfile.open(fileobj=raw, mode="r|*") as archive:
         for info in archive:
             if info.isdir() or _hidden(info.name):

@@ -17,9 +17,10 @@ from tasks.corpus.limits import ArchiveLimits, Budget, LimitExceeded
 CHUNK = 1 << 16  # bytes decompressed at a time
 
 
-def open_compressed(codec: str, data: bytes) -> Any:
-    """A binary stream of the decompressed bytes of ``data`` (nothing is decompressed yet)."""
-    raw = io.BytesIO(data)
+def open_compressed(codec: str, data: bytes | IO[bytes]) -> Any:
+    """A binary stream of the decompressed bytes of ``data`` (bytes or a binary stream; nothing
+    is decompressed yet)."""
+    raw = io.BytesIO(data) if isinstance(data, bytes) else data
     if codec == "gzip":
         return gzip.GzipFile(fileobj=raw)
     if codec == "bzip2":

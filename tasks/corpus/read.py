@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,13 +57,22 @@ def read_file(
     read: Callable[[str], bytes],
     options: ReadOptions | None = None,
     keep: Callable[[str], bool] | None = None,
+    stream: Callable[[str], AbstractContextManager[IO[bytes]]] | None = None,
 ) -> Iterator[FileDocument]:
     """The documents of one corpus file: one, or one per archive member, each accounted for.
 
     ``keep`` (a shard's test on ids): a document it does not keep is yielded unread, as a row
     the loader drops, so a shard extracts (and OCRs) only its own files and members.
+    ``stream`` (a seekable stream of a file): an archive named as one is read through it, a
+    member at a time, never held whole.
     """
-    if keep is not None and not keep(name) and (by_suffix(name) or _NONE).format in EXTRACTED:
+    options = options or ReadOptions()
+    kind = by_suffix(name)
+    found = (kind or _NONE).format or ""
+    if stream is not None and found.startswith("archive:") and options.archive_limits.max_depth:
+        yield from _streamed_archive(name, found.removeprefix("archive:"), stream, options, keep)
+        return
+    if keep is not None and not keep(name) and (kind or _NONE).format in EXTRACTED:
         yield FileDocument(name, reason=OTHER_SHARD)  # a plain document of another shard
         return
     try:
@@ -72,7 +82,33 @@ def read_file(
             name, reason=f"file {name!r} cannot be read ({exc}); fix its permissions {REMOVE}"
         )
         return
-    yield from expand(name, data, options or ReadOptions(), Budget(), 0, name, keep)
+    yield from expand(name, data, options, Budget(), 0, name, keep)
+
+
+def _streamed_archive(
+    name: str,
+    kind: str,
+    stream: Callable[[str], AbstractContextManager[IO[bytes]]],
+    options: ReadOptions,
+    keep: Callable[[str], bool] | None,
+) -> Iterator[FileDocument]:
+    """An archive corpus file's members, read from its stream one at a time."""
+    budget = Budget()
+    with ExitStack() as stack:
+        try:
+            handle = stack.enter_context(stream(name))
+        except Exception as exc:  # CorpusError (local), botocore errors (S3)
+            yield FileDocument(
+                name, reason=f"file {name!r} cannot be read ({exc}); fix its permissions {REMOVE}"
+            )
+            return
+        for member in members(name, kind, handle, options.archive_limits, budget):
+            if member.data is None:
+                yield FileDocument(member.doc_id, reason=member.reason)
+            else:
+                yield from expand(
+                    member.doc_id, member.data, options, budget, 1, member.doc_id, keep
+                )
 
 
 def expand(

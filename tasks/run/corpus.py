@@ -324,7 +324,8 @@ def _document_rows(
 ) -> Iterator[Row]:
     """A folder's document files (an archive's members): each read and extracted as its row is
     consumed; those ``keep`` does not keep are rows left unread."""
-    return (_file_row(f) for f in read_documents(source.names, source.read, options, keep))
+    files = read_documents(source.names, source.read, options, keep, source.open)
+    return (_file_row(f) for f in files)
 
 
 def _file_row(file: FileDocument) -> Row:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from tasks.corpus.read import FileDocument, ReadOptions, read_file
 
@@ -44,11 +46,13 @@ def read_documents(
     read: Callable[[str], bytes],
     options: ReadOptions | None = None,
     keep: Callable[[str], bool] | None = None,
+    stream: Callable[[str], AbstractContextManager[IO[bytes]]] | None = None,
 ) -> Iterator[FileDocument]:
     """Each file in ``names`` order, extracted while only its own bytes are held; an archive
-    yields one document per member (tasks.corpus.read); ``keep``: a shard's own only."""
+    yields one document per member (tasks.corpus.read), read through ``stream`` when given;
+    ``keep``: a shard's own only."""
     for name in names:
-        yield from read_file(name, read, options, keep)
+        yield from read_file(name, read, options, keep, stream)
 
 
 def read_document(
