@@ -27,6 +27,7 @@ ORDER = (
     "sessions",
     "constrained",
     "scaleout",
+    "extraction",
 )
 # --quick leaves out the SmolLM2 sections (serving, sessions, constrained) and the million-document
 # scale-out unless asked for.

@@ -30,6 +30,9 @@ class BenchConfig:
     # (the naive client runs once: it is tens of times slower and stopped by its budget anyway).
     repeat: int = 3
     scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
+    # The extraction section: files per format, and rendered pages for the OCR error rate.
+    extraction_files: int = 20
+    ocr_pages: int = 3
     sections: tuple[str, ...] = field(default=("overhead", "model", "completion", "scaling"))
 
 
@@ -53,6 +56,8 @@ QUICK = BenchConfig(
     model_batch_size=4,
     contender_timeout_s=600.0,
     repeat=1,
+    extraction_files=5,
+    ocr_pages=1,
 )
 
 TARGETS = {
@@ -65,4 +70,5 @@ TARGETS = {
     "sessions_follow_up_speedup": 3.0,
     "scaleout_max_peak_rss_mib": 600.0,
     "scaleout_shard_rss_largest_vs_smallest": 1.25,
+    "ocr_character_error_rate": 0.05,
 }

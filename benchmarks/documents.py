@@ -46,10 +46,11 @@ def pdf_bytes(
 def scanned_pdf_bytes() -> bytes:
     """A PDF like a scan: one page holding only an image, no text layer."""
     from fpdf import FPDF
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
-    image = Image.new("L", (400, 200), color=255)
-    ImageDraw.Draw(image).text((20, 80), "Scanned page: pixels, no text layer", fill=0)
+    image = Image.new("L", (800, 200), color=255)  # 28 px print: a legible scan, for OCR
+    font = ImageFont.load_default(size=28)
+    ImageDraw.Draw(image).text((20, 80), "Scanned page: pixels, no text layer", fill=0, font=font)
     pdf = FPDF()
     pdf.add_page()
     pdf.image(image, x=10, y=10, w=180)

@@ -72,6 +72,8 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("docs_per_s_largest_vs_smallest", results["scaling"]["docs_per_s_change"])
     if "sessions" in results:
         add("sessions_follow_up_speedup", results["sessions"]["follow_up_speedup"])
+    if "extraction" in results and results["extraction"].get("ocr"):
+        add("ocr_character_error_rate", results["extraction"]["ocr"]["cer"], at_most=True)
     if "scaleout" in results:
         section = results["scaleout"]
         add("scaleout_max_peak_rss_mib", section["max_peak_rss_mib"], at_most=True)

@@ -12,6 +12,7 @@ from benchmarks.constrained import constrained
 from benchmarks.corpus import write_corpus
 from benchmarks.endpoints import deploy_echo, deploy_model, download_model
 from benchmarks.environment import BenchEnvironment
+from benchmarks.extraction import section as extraction
 from benchmarks.harness import ratio, run_contender
 from benchmarks.metrics import percentile
 from benchmarks.scaleout import scaleout
@@ -215,4 +216,5 @@ SECTIONS = {
     "sessions": sessions,
     "constrained": constrained,
     "scaleout": lambda bench: scaleout(bench, bench.cfg.scaleout),
+    "extraction": lambda bench: extraction(bench.cfg.extraction_files, bench.cfg.ocr_pages),
 }

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.constrained import constrained_table, labels_table
+from benchmarks.extraction import extraction_table
 from benchmarks.formatting import floor_note
 from benchmarks.formatting import fmt as _fmt
 from benchmarks.scaleout import scaleout_table
@@ -36,6 +37,8 @@ def render(results: dict[str, Any], console: Console | None = None) -> None:
             console.print(labels_table(results["constrained"]))
     if "scaleout" in results:
         console.print(scaleout_table(results["scaleout"]))
+    if "extraction" in results:
+        console.print(extraction_table(results["extraction"]))
     if results.get("targets"):
         console.print(_targets_table(results["targets"]))
     for name, error in results.get("errors", {}).items():

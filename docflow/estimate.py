@@ -27,6 +27,7 @@ def estimate_corpus(corpus: str, *, profile: str = "local", **flat: Any) -> Esti
         GenerationOptions,
         LongDocumentOptions,
         PromptOptions,
+        ReadOptions,
     )
     from tasks.run.controls import controls_of
     from tasks.run.corpus import ColumnMapping, load_corpus
@@ -43,10 +44,15 @@ def estimate_corpus(corpus: str, *, profile: str = "local", **flat: Any) -> Esti
     columns = ColumnOptions(**given.get("columns", {}))
     long = LongDocumentOptions(**given.get("long_documents", {}))
     batching = BatchingOptions(**given.get("batching", {}))
+    reading = ReadOptions(**given.get("reading", {}))
     prof = load_profile(profile)
     tmpl, params, _ = controls_of(prompt, generation)
     loaded = load_corpus(
-        corpus, ColumnMapping.of(columns), profile=prof, max_doc_bytes=columns.max_doc_bytes
+        corpus,
+        ColumnMapping.of(columns),
+        profile=prof,
+        max_doc_bytes=columns.max_doc_bytes,
+        options=reading,
     )
     name = None
     environment: dict[str, str] = {}
@@ -76,14 +82,58 @@ def _run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from tasks.run.estimate import estimate_text
 
     out = out or sys.stdout
-    options = {
-        k: v for k, v in vars(args).items() if k not in ("func", "corpus", "json", "command")
-    }
-    estimate = estimate_corpus(args.corpus, **options)
+    if not args.endpoint and not args.model and not _profile_endpoint_exists(args.profile):
+        return _survey(args, out)
+    estimate = estimate_corpus(args.corpus, **_flags(args))
     if args.json:
         out.write(json.dumps(estimate.model_dump(mode="json"), indent=2) + "\n")
     else:
         out.write(estimate_text(estimate))
+    return 0
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given, by their flat parameter names (what was left out: the flow's default)."""
+    skip = ("func", "corpus", "json", "command")
+    return {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+
+
+def _profile_endpoint_exists(profile: str) -> bool:
+    """Whether the profile's own endpoint is deployed (else the estimate is of the corpus only)."""
+    from tasks.aws.clients import aws_client
+    from tasks.settings import load_profile
+
+    prof = load_profile(profile)
+    try:
+        aws_client("sagemaker", prof).describe_endpoint(EndpointName=prof.endpoint_name)
+    except Exception as exc:  # botocore ClientError: ValidationException "Could not find ..."
+        if "Could not find" in str(exc) or "ValidationException" in str(exc):
+            return False
+        raise
+    return True
+
+
+def _survey(args: argparse.Namespace, out: TextIO) -> int:
+    """No endpoint and no model: what docflow makes of the corpus, and what tokens need."""
+    from tasks.corpus.survey import survey_corpus, survey_text
+    from tasks.params.flat import grouped
+    from tasks.params.groups import ColumnOptions, ReadOptions
+    from tasks.run.corpus import ColumnMapping
+    from tasks.settings import load_profile
+
+    given = grouped(_flags(args))
+    columns = ColumnOptions(**given.get("columns", {}))
+    survey = survey_corpus(
+        args.corpus,
+        load_profile(args.profile),
+        ColumnMapping.of(columns),
+        max_doc_bytes=columns.max_doc_bytes,
+        options=ReadOptions(**given.get("reading", {})),
+    )
+    if args.json:
+        out.write(json.dumps(survey.model_dump(mode="json"), indent=2) + "\n")
+    else:
+        out.write(survey_text(survey))
     return 0
 
 
@@ -114,4 +164,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--chunk-overlap-tokens", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--json", action="store_true", help="the estimate as JSON")
+    p.add_argument(
+        "--ocr", choices=["auto", "off", "force"], help="folders: OCR of scans (default auto)"
+    )
+    p.add_argument("--include", nargs="+", help="folders: glob patterns of files to read")
+    p.add_argument("--exclude", nargs="+", help="folders: glob patterns of files to leave out")
     p.set_defaults(func=_run)

@@ -20,7 +20,13 @@ from tasks.ask.results import publish_artifacts, summarize, write_results
 from tasks.ask.run import answered_pairs, ask_questions, ask_run_key
 from tasks.ask.sharded import ask_sharding
 from tasks.endpoint.spec import ask_endpoint_name
-from tasks.params.groups import AnswerOptions, ColumnOptions, GenerationOptions, ShardingOptions
+from tasks.params.groups import (
+    AnswerOptions,
+    ColumnOptions,
+    GenerationOptions,
+    ReadOptions,
+    ShardingOptions,
+)
 from tasks.run.corpus import ColumnMapping
 from tasks.run.layout import validate_run_key
 from tasks.run.load import load_documents, scan_corpus
@@ -46,6 +52,7 @@ def ask_documents(
     answers: AnswerOptions = AnswerOptions(),
     generation: GenerationOptions = GenerationOptions(),
     columns: ColumnOptions = ColumnOptions(),
+    reading: ReadOptions = ReadOptions(),
     max_parallel_documents: int = 4,
     run_key: str | None = None,
     output_dir: str | None = None,
@@ -63,6 +70,7 @@ def ask_documents(
         answers: The answers' shape (fields, labels) and the sessions' system prompt.
         generation: How answers are generated: max_new_tokens and the sampling knobs.
         columns: Which input columns hold the id and the text; the longest document.
+        reading: Folders: include/exclude patterns, OCR, and the limits of archives.
         max_parallel_documents: Documents (sessions) in flight at once; each also holds a slot
             of the endpoint's shared concurrency limit, so other runs are counted too.
         run_key: Name of the run; the same key resumes it. Default: derived from the inputs.
@@ -83,7 +91,7 @@ def ask_documents(
     key = validate_run_key(run_key) if run_key else None
     shaping = {**controls.shaping(), "system": answers.system_prompt}
     if shard is None and sharding.wanted:
-        scan = scan_corpus(corpus, prof)  # the parent holds no document: the shards load them
+        scan = scan_corpus(corpus, prof, reading)  # the parent holds no document: shards load them
         count = shard_count(sharding.shards, sharding.shard_size, scan.rows)
         if count > 1:  # one child ask run per shard, their tables merged
             key = key or ask_run_key(scan.fingerprint, endpoint_name, questions, shaping)
@@ -96,7 +104,8 @@ def ask_documents(
                 started,
                 ask_sharding(output_dir),
             )
-    loaded = load_documents(corpus, ColumnMapping.of(columns), prof, columns.max_doc_bytes, shard)
+    mapping = ColumnMapping.of(columns)
+    loaded = load_documents(corpus, mapping, prof, columns.max_doc_bytes, shard, reading)
     key = key or ask_run_key(loaded.fingerprint, endpoint_name, questions, shaping)
     answered = answered_pairs(prof, key)
     plan = AskPlan(

@@ -16,6 +16,7 @@ from tasks.params.groups import (
     LongDocumentOptions,
     OutputOptions,
     PromptOptions,
+    ReadOptions,
 )
 from tasks.run.messages import end_to_end_run_name
 
@@ -32,6 +33,7 @@ def end_to_end(
     prompt: PromptOptions = PromptOptions(),
     generation: GenerationOptions = GenerationOptions(),
     columns: ColumnOptions = ColumnOptions(),
+    reading: ReadOptions = ReadOptions(),
     long_documents: LongDocumentOptions = LongDocumentOptions(),
     batching: BatchingOptions = BatchingOptions(),
     output: OutputOptions = OutputOptions(),
@@ -49,6 +51,7 @@ def end_to_end(
         prompt: process-documents' prompt group.
         generation: process-documents' generation group.
         columns: process-documents' column group.
+        reading: process-documents' reading group (folders: patterns, OCR, archive limits).
         long_documents: process-documents' long-document group.
         batching: process-documents' batching group.
         output: process-documents' output group.
@@ -69,6 +72,7 @@ def end_to_end(
         prompt=prompt,
         generation=generation,
         columns=columns,
+        reading=reading,
         long_documents=long_documents,
         batching=batching,
         output=output,

@@ -14,6 +14,7 @@ from tasks.params.groups import (
     LongDocumentOptions,
     OutputOptions,
     PromptOptions,
+    ReadOptions,
     RetryOptions,
     ShardingOptions,
 )
@@ -46,6 +47,7 @@ def process_documents(
     prompt: PromptOptions = PromptOptions(),
     generation: GenerationOptions = GenerationOptions(),
     columns: ColumnOptions = ColumnOptions(),
+    reading: ReadOptions = ReadOptions(),
     long_documents: LongDocumentOptions = LongDocumentOptions(),
     batching: BatchingOptions = BatchingOptions(),
     output: OutputOptions = OutputOptions(),
@@ -60,12 +62,15 @@ def process_documents(
 
     Args:
         corpus: Local path or s3:// URI of a .jsonl/.csv/.parquet file, a folder, prefix or glob
-            of such files, or a folder of documents (every file read or rejected with its reason).
+            of such files, or a folder of documents (PDF, Office, OpenDocument, RTF, EPUB, HTML,
+            e-mail, text of any name, scans by OCR, compressed files, archives member by member;
+            every file read or rejected with its reason).
         profile: Deployment profile name (deployments/<name>.yaml) or path to one.
         endpoint: SageMaker endpoint name; default: the profile's endpoint_name.
         prompt: What each document is asked: template, fields, labels, system prompt.
         generation: How answers are generated: max_new_tokens and the sampling knobs.
         columns: Which input columns hold the id, text and metadata; the longest document.
+        reading: Folders: include/exclude patterns, OCR, and the limits of archives.
         long_documents: A prompt over the model's context: reject, truncate or map_reduce it.
         batching: Documents and bytes per invocation, attempts, TTL, timeouts, deadline.
         output: The local copy of the results table and its format.
@@ -87,7 +92,7 @@ def process_documents(
     key = validate_run_key(run_key) if run_key else None
     extra = long_key(long_documents)
     if shard is None and not dry_run and sharding.wanted:
-        scan = scan_corpus(corpus, prof)  # the parent holds no document: the shards load them
+        scan = scan_corpus(corpus, prof, reading)  # the parent holds no document: shards load them
         count = shard_count(sharding.shards, sharding.shard_size, scan.rows)
         if count > 1:
             key = key or compute_run_key(
@@ -103,7 +108,7 @@ def process_documents(
                 PROCESS_DOCUMENTS,
             )
     mapping = ColumnMapping.of(columns, prompt.messages_column)
-    loaded = load_documents(corpus, mapping, prof, columns.max_doc_bytes, shard)
+    loaded = load_documents(corpus, mapping, prof, columns.max_doc_bytes, shard, reading)
     key = key or compute_run_key(
         loaded.fingerprint, endpoint_name, target.model_artifact, tmpl, params, extra=extra
     )
@@ -126,7 +131,7 @@ def process_documents(
         )
         publish_estimate(estimate)
         return estimate.model_dump(mode="json")
-    shaping = {"prompt": prompt, "generation": generation, "columns": columns}
+    shaping = {"prompt": prompt, "generation": generation, "columns": columns, "reading": reading}
     shaping |= {"long_documents": long_documents, "batching": batching, "output": output}
     prepared = prepare_manifest(
         prof,

@@ -21,6 +21,7 @@ from tasks.params.groups import (
     LongDocumentOptions,
     OutputOptions,
     PromptOptions,
+    ReadOptions,
     RetryOptions,
     ShardingOptions,
 )
@@ -30,6 +31,7 @@ PROCESS_GROUPS: dict[str, type[BaseModel]] = {
     "prompt": PromptOptions,
     "generation": GenerationOptions,
     "columns": ColumnOptions,
+    "reading": ReadOptions,
     "long_documents": LongDocumentOptions,
     "batching": BatchingOptions,
     "output": OutputOptions,
@@ -40,6 +42,7 @@ ASK_GROUPS: dict[str, type[BaseModel]] = {
     "answers": AnswerOptions,
     "generation": GenerationOptions,
     "columns": ColumnOptions,
+    "reading": ReadOptions,
     "sharding": ShardingOptions,
 }
 # Flat names (older runs, CLI flags) of the group fields that are named otherwise.

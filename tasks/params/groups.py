@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.corpus.limits import ArchiveLimits
+
 # SmolLM2 on the 50 sample documents (summarize): 46 answers end by themselves within 256 tokens
 # (median 76, longest 216); the other 4 repeat a phrase until any budget ends (README, defaults).
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -22,6 +24,7 @@ DEFAULT_MAX_BATCH_BYTES = 1_000_000
 TemplateKind = Literal["summarize", "extract", "classify", "custom"]
 LongMode = Literal["reject", "truncate", "map_reduce"]
 OutputFormat = Literal["parquet", "csv", "jsonl"]
+OcrMode = Literal["auto", "off", "force"]
 Fields = list[str] | dict[str, Any] | str
 
 
@@ -100,6 +103,29 @@ class ColumnOptions(Group):
     )
     max_doc_bytes: int = Field(
         DEFAULT_MAX_DOC_BYTES, description="Longest document text in UTF-8 bytes; longer: rejected."
+    )
+
+
+class ReadOptions(Group):
+    """How a folder's files are chosen and read: include/exclude patterns, OCR, archive limits."""
+
+    ocr: OcrMode = Field(
+        "auto",
+        description="Pages without a text layer (scans) and images: auto (OCR only those), off, "
+        "or force (every page).",
+    )
+    archive_limits: ArchiveLimits = Field(
+        default_factory=ArchiveLimits,
+        description="What one file may expand to through archives and compression (member and "
+        "total bytes, members, nesting depth, compression ratio); a rejection names the limit.",
+    )
+    include: list[str] | None = Field(
+        None, description="Glob patterns of the files to read (``docs/**``); default: all."
+    )
+    exclude: list[str] | None = Field(
+        None,
+        description="Glob patterns of files to leave out (``*.png``, ``build/**``), each counted "
+        "in the summary's excluded.",
     )
 
 

@@ -190,6 +190,8 @@ def aggregate_run(
             local_dir,
             usage,
         )
+        if corpus.excluded:  # files the include/exclude patterns left out, per pattern
+            summary = summary.model_copy(update={"excluded": corpus.excluded})
         (files.folder / "summary.json").write_text(
             summary.model_dump_json(indent=2), encoding="utf-8"
         )

@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.params.groups import DEFAULT_MAX_DOC_BYTES, ColumnOptions
+from tasks.params.groups import DEFAULT_MAX_DOC_BYTES, ColumnOptions, ReadOptions
 from tasks.run.files import FileDocument, is_data_file, not_read_beside_data, read_documents
-from tasks.run.sources import Source, open_source
+from tasks.run.sources import Source, open_source, select_source
 from tasks.run.tables import SUPPORTED, BadRow, CorpusError, Row, iter_table
 from tasks.settings import Profile
 
@@ -70,6 +70,8 @@ class Corpus(BaseModel):
     rejected: list[Rejected]
     # Files beside the table files of a folder (a README): not rows, each named with its reason.
     ignored: list[str] = Field(default_factory=list)
+    # Files left out by the include/exclude patterns: how many each pattern left out.
+    excluded: dict[str, int] = Field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -104,6 +106,7 @@ def load_corpus(
     profile: Profile | None = None,
     keep: Callable[[str], bool] | None = None,
     report_ignored: bool = True,
+    options: ReadOptions | None = None,
 ) -> Corpus:
     """Read and validate a corpus; bad rows become Rejected, only an unusable source raises.
 
@@ -116,7 +119,8 @@ def load_corpus(
     row's id, or ``row N`` for a row without one) only the rows it keeps are validated and held,
     so loading one shard of a big corpus holds that shard only. Every copy of an id is in the
     same shard, so duplicates are still found. ``report_ignored``: name the files beside the
-    table files (only one shard of a sharded run does).
+    table files (only one shard of a sharded run does). ``options``: include/exclude patterns,
+    OCR and archive limits of a folder's files (``tasks.corpus.read``).
     """
     mapping = mapping or ColumnMapping()
     if max_doc_bytes < 1:
@@ -124,7 +128,8 @@ def load_corpus(
             f"max_doc_bytes must be at least 1, got {max_doc_bytes}; set the flow parameter "
             "max_doc_bytes to the largest document text in bytes"
         )
-    source = open_source(uri, profile)
+    options = options or ReadOptions()
+    source, excluded = select_source(open_source(uri, profile), options.include, options.exclude)
     tables = source.data_files
     if source.single_table and not tables:
         suffix = PurePosixPath(uri).suffix.lower()
@@ -134,7 +139,7 @@ def load_corpus(
     if not tables:  # document files: id = relative path, text = extracted text
         mapping = ColumnMapping()
     loader = _Loader(mapping, max_doc_bytes, keep)
-    rows = _table_rows(source, tables) if tables else _document_rows(source)
+    rows = _table_rows(source, tables) if tables else _document_rows(source, options, keep)
     for row in rows:
         loader.add(row)
     if tables:
@@ -149,6 +154,7 @@ def load_corpus(
         documents=loader.documents,
         rejected=loader.rejected,
         ignored=loader.ignored if report_ignored else [],
+        excluded=excluded if report_ignored else {},
     )
 
 
@@ -310,9 +316,13 @@ def _table_rows(source: Source, tables: list[str]) -> Iterator[Row]:
             yield BadRow(not_read_beside_data(name), doc_id=name, ignored=True)
 
 
-def _document_rows(source: Source) -> Iterator[Row]:
-    """A folder's document files: each read and extracted as its row is consumed."""
-    return (_file_row(f) for f in read_documents(source.names, source.read))
+def _document_rows(
+    source: Source, options: ReadOptions, keep: Callable[[str], bool] | None
+) -> Iterator[Row]:
+    """A folder's document files (an archive's members): each read and extracted as its row is
+    consumed; those ``keep`` does not keep are rows left unread."""
+    files = read_documents(source.names, source.read, options, keep, source.open)
+    return (_file_row(f) for f in files)
 
 
 def _file_row(file: FileDocument) -> Row:

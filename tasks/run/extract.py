@@ -51,6 +51,8 @@ class Extracted:
     author: str | None = None
     date: str | None = None
     pages: int | None = None
+    ocr_pages: str | None = None  # the pages read with OCR ("1,3"), None when none were
+    compression: str | None = None  # gzip, bzip2, xz or zstd for a compressed file
 
     def metadata(self) -> dict[str, Any]:
         """The format's metadata as result columns (the same keys for every file)."""
@@ -60,6 +62,8 @@ class Extracted:
             "author": self.author,
             "date": self.date,
             "pages": self.pages,
+            "ocr_pages": self.ocr_pages,
+            "compression": self.compression,
         }
 
 
@@ -156,10 +160,11 @@ def _docx(name: str, data: bytes) -> Extracted:
                 f"renamed .docx; save it as an unencrypted .docx {REMOVE}"
             ) from exc
         raise Unreadable(f"file {name!r} is not a readable DOCX ({exc}); {MOVE}") from exc
+    from tasks.corpus.markdown import markdown_table
+
     parts = [p.text for p in document.paragraphs]
-    for table in document.tables:
-        for row in table.rows:
-            parts.append("\t".join(cell.text for cell in row.cells))
+    for table in document.tables:  # as Markdown tables, which extraction prompts can read
+        parts.append("\n" + markdown_table([[c.text for c in row.cells] for row in table.rows]))
     core = document.core_properties
     return Extracted(
         text="\n".join(parts).strip(),

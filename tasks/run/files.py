@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO
 
-from tasks.run.extract import MOVE, REMOVE, Unreadable, extract, supported, unsupported_reason
+from tasks.corpus.read import FileDocument, read_file
+from tasks.params.groups import ReadOptions
 
 DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
-
-
-@dataclass
-class FileDocument:
-    """One file of a folder corpus: its text and metadata, or the reason it yields no document."""
-
-    name: str
-    text: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    reason: str | None = None
+__all__ = ["FileDocument", "ReadOptions", "read_document", "read_documents"]
 
 
 def hidden(parts: Iterable[str]) -> bool:
@@ -51,34 +42,22 @@ def not_read_beside_data(name: str) -> str:
     )
 
 
-def read_documents(names: Iterable[str], read: Callable[[str], bytes]) -> Iterator[FileDocument]:
-    """Each file in ``names`` order, extracted while only its own bytes are held.
-
-    Files of an unsupported type are rejected without being read.
-    """
+def read_documents(
+    names: Iterable[str],
+    read: Callable[[str], bytes],
+    options: ReadOptions | None = None,
+    keep: Callable[[str], bool] | None = None,
+    stream: Callable[[str], AbstractContextManager[IO[bytes]]] | None = None,
+) -> Iterator[FileDocument]:
+    """Each file in ``names`` order, extracted while only its own bytes are held; an archive
+    yields one document per member (tasks.corpus.read), read through ``stream`` when given;
+    ``keep``: a shard's own only."""
     for name in names:
-        yield read_document(name, read)
+        yield from read_file(name, read, options, keep, stream)
 
 
-def read_document(name: str, read: Callable[[str], bytes]) -> FileDocument:
-    """One file: read, hashed and extracted; a rejection reason instead when it cannot be."""
-    if supported(name) is None:
-        return FileDocument(name, reason=unsupported_reason(name))
-    try:
-        data = read(name)
-    except Exception as exc:  # OSError locally; botocore errors on S3
-        return FileDocument(
-            name, reason=f"file {name!r} cannot be read ({exc}); fix its permissions {REMOVE}"
-        )
-    base = {"path": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    try:
-        extracted = extract(name, data)
-    except Unreadable as exc:
-        return FileDocument(name, reason=str(exc), metadata=base)
-    except Exception as exc:  # a library's own error on a damaged file
-        return FileDocument(
-            name,
-            reason=f"file {name!r} could not be extracted ({type(exc).__name__}: {exc}); {MOVE}",
-            metadata=base,
-        )
-    return FileDocument(name, text=extracted.text, metadata={**base, **extracted.metadata()})
+def read_document(
+    name: str, read: Callable[[str], bytes], options: ReadOptions | None = None
+) -> FileDocument:
+    """One file that is one document (not an archive): read, hashed and extracted, or rejected."""
+    return next(iter(read_file(name, read, options)))

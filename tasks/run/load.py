@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.params.groups import DEFAULT_MAX_DOC_BYTES
+from tasks.params.groups import DEFAULT_MAX_DOC_BYTES, ReadOptions
 from tasks.run.corpus import ColumnMapping, Corpus, load_corpus
 from tasks.run.shards import Shard, keeps
 from tasks.run.sources import SourceScan, scan_source
@@ -19,6 +19,7 @@ def load_documents(
     profile: Profile,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
     shard: Shard | None = None,
+    options: ReadOptions | None = None,
 ) -> Corpus:
     """Read and validate the corpus (only ``shard``'s rows when given, streamed past the rest);
     bad rows become rejected records, never silent drops."""
@@ -29,6 +30,7 @@ def load_documents(
         max_doc_bytes=max_doc_bytes,
         keep=keeps(shard) if shard else None,
         report_ignored=shard is None or shard.index == 0,
+        options=options,
     )
     logger = get_run_logger()
     logger.info(
@@ -40,14 +42,17 @@ def load_documents(
     )
     for reason in corpus.ignored:
         logger.warning("corpus %s: %s", uri, reason)
+    for pattern, count in corpus.excluded.items():
+        logger.info("corpus %s: %d files left out by %s", uri, count, pattern)
     return corpus
 
 
 @task(name="scan-corpus", cache_policy=NO_CACHE)
-def scan_corpus(uri: str, profile: Profile) -> SourceScan:
+def scan_corpus(uri: str, profile: Profile, reading: ReadOptions | None = None) -> SourceScan:
     """One streaming pass over the corpus files: fingerprint and rows, no document held (the
     parent of a sharded run keys on it and sizes its shards by it)."""
-    scan = scan_source(uri, profile)
+    reading = reading or ReadOptions()
+    scan = scan_source(uri, profile, reading.include, reading.exclude)
     get_run_logger().info(
         "corpus %s: %d files, %d bytes, about %d rows", uri, scan.files, scan.bytes, scan.rows
     )

@@ -46,6 +46,10 @@ def combine_summaries(run_key: str, shards: list[ShardRun], kind: ShardedFlow) -
     for summary in summaries:
         for reason, n in (summary.get("top_failure_reasons") or {}).items():
             reasons[reason] = reasons.get(reason, 0) + int(n)
+    excluded: dict[str, int] = {}  # files left out by include/exclude (shard 0 reports them)
+    for summary in summaries:
+        for pattern, n in (summary.get("excluded") or {}).items():
+            excluded[pattern] = excluded.get(pattern, 0) + int(n)
     return {
         "run_key": run_key,
         **carried,
@@ -53,6 +57,7 @@ def combine_summaries(run_key: str, shards: list[ShardRun], kind: ShardedFlow) -
         **averaged,
         "shards": len(shards),
         "top_failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:10]),
+        **({"excluded": excluded} if excluded else {}),
         "shard_runs": [
             {
                 "shard": s.shard.label,

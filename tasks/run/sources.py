@@ -17,13 +17,15 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from pydantic import BaseModel
 
-from tasks.run.extract import supported
+from tasks.corpus.archives import count_rows
+from tasks.corpus.detect import by_suffix
+from tasks.corpus.patterns import select
 from tasks.run.files import DATA_SUFFIXES, hidden, is_data_file, local_names
 from tasks.run.tables import SUPPORTED, CorpusError
 from tasks.settings import Profile
@@ -80,7 +82,7 @@ def open_source(uri: str, profile: Profile | None = None) -> Source:
             f"corpus {uri} does not exist; give a path or s3:// URI to a {', '.join(SUPPORTED)}"
         )
     parent = path.parent
-    single = path.suffix.lower() in DATA_SUFFIXES or not supported(path.name)
+    single = path.suffix.lower() in DATA_SUFFIXES
     return Source(
         uri,
         [path.name],
@@ -146,7 +148,7 @@ def _s3_source(uri: str, profile: Profile | None) -> Source:
     suffix = PurePosixPath(key).suffix.lower()
     single = suffix in DATA_SUFFIXES and not pattern
     try:
-        if single or (supported(key) and not pattern):  # one object (which must exist)
+        if single or (by_suffix(key) and not pattern):  # one object (which must exist)
             s3.head_object(Bucket=bucket, Key=key)
             prefix, _, name = key.rpartition("/")
             prefix = prefix + "/" if prefix else ""
@@ -206,13 +208,34 @@ def _s3_error(uri: str, exc: Exception | str) -> CorpusError:
     )
 
 
-def scan_source(uri: str, profile: Profile | None = None) -> SourceScan:
+def select_source(
+    source: Source, include: list[str] | None, exclude: list[str] | None
+) -> tuple[Source, dict[str, int]]:
+    """The source with only the files the include/exclude patterns keep, and how many each
+    pattern left out; a CorpusError when they leave none."""
+    if not include and not exclude:
+        return source, {}
+    names, counts = select(source.names, include, exclude)
+    if not names:
+        raise CorpusError(
+            f"corpus {source.uri}: the include/exclude patterns leave no file ({counts}); "
+            "check the flow parameters include and exclude"
+        )
+    return replace(source, names=names), counts
+
+
+def scan_source(
+    uri: str,
+    profile: Profile | None = None,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> SourceScan:
     """Fingerprint and count a source in one streaming pass (no document is parsed or kept).
 
     Rows: non-blank lines of JSON Lines, records of CSV, rows of Parquet (from its footer), or
-    one per document file; the documents a run accepts are at most this many.
+    one per document file (one per member of an archive, nested archives counted as one).
     """
-    source = open_source(uri, profile)
+    source, _ = select_source(open_source(uri, profile), include, exclude)
     tables = source.data_files
     digest = hashlib.sha256()
     rows = size = 0
@@ -220,7 +243,7 @@ def scan_source(uri: str, profile: Profile | None = None) -> SourceScan:
         with source.open(name) as stream:
             file_digest, file_size = _hash_stream(stream)
             stream.seek(0)
-            rows += _count_rows(name, stream) if tables else 1
+            rows += _count_rows(name, stream) if tables else count_rows(name, stream)
         digest.update(f"{name}\0{file_size}\0{file_digest}\n".encode())
         size += file_size
     return SourceScan(

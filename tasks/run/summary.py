@@ -63,6 +63,9 @@ class RunSummary(BaseModel):
     duplicate_notifications: int = 0
     unknown_notifications: int = 0
     top_failure_reasons: dict[str, int] = {}
+    excluded: dict[str, int] = Field(
+        {}, description="Folder files left out by the include/exclude patterns, per pattern."
+    )
     results_uri: str
     failures_uri: str
     summary_uri: str

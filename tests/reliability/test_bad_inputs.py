@@ -170,7 +170,7 @@ def test_template_with_unknown_placeholder(
 def test_a_folder_of_mixed_files_accounts_for_every_file(
     deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
 ) -> None:
-    """Load: a folder of 8 documents (PDF, DOCX, HTML, .eml, Markdown, text in UTF-8/Latin-1/UTF-16) and 6 files that yield none."""
+    """Load: a folder of 9 documents (PDF, a scanned PDF read by OCR, DOCX, HTML, .eml, Markdown, text in UTF-8/Latin-1/UTF-16) and 5 files that yield none."""
     from tests.tasks.run.mixed import KNOWN, REJECTED, mixed_folder
 
     dep = deploy_echo()
@@ -189,7 +189,9 @@ def test_a_folder_of_mixed_files_accounts_for_every_file(
     pdf = table.set_index("doc_id").loc["reports/annual.pdf"]
     assert (pdf["format"], pdf["title"], pdf["pages"]) == ("pdf", "Annual report", 3)
     assert len(pdf["sha256"]) == 64 and pdf["bytes"] > 0
-    assert probe.accepted == out.result["invocations"] == 2  # 8 documents in batches of 4
+    assert probe.accepted == out.result["invocations"] == 3  # 9 documents in batches of 4
+    scan = table.set_index("doc_id").loc["scans/scan.pdf"]
+    assert (scan["status"], scan["ocr_pages"]) == ("completed", "1")
 
 
 def _jsonl(path: Path, *lines: bytes) -> Path:
@@ -227,12 +229,17 @@ REJECTED_ROWS: dict[str, tuple[Any, dict[str, Any], tuple[str, ...]]] = {
     "unsupported file in a folder": (
         lambda p: _folder(p, {"a.txt": b"A readable document.", "b.bin": b"\x00\x01"}),
         {},
-        ("unsupported type .bin", "`corpus`"),
+        ("binary data (it holds NUL bytes", "`corpus`"),
     ),
-    "scanned PDF in a folder": (
+    "scanned PDF in a folder, OCR off": (
         lambda p: _folder(p, {"a.txt": b"A readable document.", "scan.pdf": _scan()}),
+        {"ocr": "off"},
+        ("no text layer and ocr='off'", "set the flow parameter ocr"),
+    ),
+    "zip bomb in a folder": (
+        lambda p: _folder(p, {"a.txt": b"A readable document.", "bomb.zip": _bomb()}),
         {},
-        ("no text layer; OCR is not supported", "`corpus`"),
+        ("over archive_limits.max_ratio=100", "raise the flow parameter archive_limits.max_ratio"),
     ),
 }
 
@@ -243,6 +250,17 @@ def _folder(root: Path, files: dict[str, bytes]) -> Path:
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return folder
+
+
+def _bomb() -> bytes:
+    """A zip whose one member is 20 MB of zeros in ~20 KB."""
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.txt", bytes(20_000_000))
+    return out.getvalue()
 
 
 def _scan() -> bytes:

@@ -16,12 +16,13 @@ KNOWN = {
     "text/utf8.txt": "Zoë paid 12 € for crème brûlée in Kraków.",
     "text/latin1.txt": "Le café était déjà fermé à minuit, dit-il à sa sœur.".replace("œ", "oe"),
     "text/utf16.txt": "Die Straße nach Köln war gesperrt, sagte der Fahrer.",
+    # A page image only (no text layer), read by OCR (ocr="auto").
+    "scans/scan.pdf": "Scanned page: pixels, no text layer",
 }
 # File -> words its rejection reason must contain.
 REJECTED = {
     "reports/locked.pdf": ("encrypted PDF", "`corpus`"),
-    "scans/scan.pdf": ("no text layer; OCR is not supported", "`corpus`"),
-    "bin/blob.bin": ("unsupported type .bin", "`corpus`"),
+    "bin/blob.bin": ("is Unknown binary data", "which docflow does not read", "`corpus`"),
     "text/empty.txt": ("is empty (0 bytes)", "`corpus`"),
     "text/binary.txt": ("binary, not text", "`corpus`"),
     "web/blank.html": ("no text after extraction", "`corpus`"),

@@ -138,7 +138,7 @@ def test_folder_of_text_files(tmp_path: Path) -> None:
     reasons = {r.doc_id: r.reason for r in corpus.rejected}
     assert "'notes/bad.txt' is binary, not text" in reasons["notes/bad.txt"]
     assert "no text after extraction" in reasons["notes/empty.md"]
-    assert "unsupported type .png" in reasons["image.png"]  # not skipped in silence
+    assert "not a readable image" in reasons["image.png"]  # not skipped in silence
     assert len(reasons) == 3
 
 
@@ -186,9 +186,10 @@ def test_unusable_sources_raise_with_the_fix(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_bytes(b"")
     with pytest.raises(CorpusError, match="has no rows"):
         load_corpus(str(tmp_path / "empty.jsonl"))
-    (tmp_path / "c.xml").write_text("<x/>")
-    with pytest.raises(CorpusError, match="unsupported type '.xml'"):
-        load_corpus(str(tmp_path / "c.xml"))
+    xml = '<?xml version="1.0" encoding="UTF-8"?>\n<catalog>\n  <book id="b1">\n'
+    (tmp_path / "c.xml").write_text(xml + "    <title>Tides</title>\n  </book>\n</catalog>\n")
+    # Not a table: a corpus of one document, its type found by content.
+    assert load_corpus(str(tmp_path / "c.xml")).documents[0].metadata["format"] == "code:xml"
     (tmp_path / "dir").mkdir()
     with pytest.raises(CorpusError, match="has no files; check the path given as `corpus`"):
         load_corpus(str(tmp_path / "dir"))
