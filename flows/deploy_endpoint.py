@@ -143,7 +143,9 @@ def deploy_endpoint(
     name = validate_endpoint_name(endpoint_name or prof.endpoint_name)
     itype = instance_types[0] if instance_types else instance_type or prof.instance_type
     image = (
-        image_uri or prof.image_uri or resolve_image_uri(prof.region, itype, stack=prof.serving_stack)
+        image_uri
+        or prof.image_uri
+        or resolve_image_uri(prof.region, itype, stack=prof.serving_stack)
     )
     actions: list[str] = []
 
