@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled
 
 from tasks.endpoint.usage import EndpointUsage
+from tasks.model.grammar import check_grammar
 from tasks.run.aggregate import Preview, aggregate_run
 from tasks.run.answers import Answers
 from tasks.run.batching import compute_run_key
@@ -359,6 +360,7 @@ def process_documents(
     if retry_failed and not run_key:
         raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
     target = describe_target(prof, endpoint_name)
+    check_grammar(prof, target.model_artifact, constrained=answers is not None)  # before invoking
     key = validate_run_key(run_key) if run_key else None
     extra = long_key(long_documents, chunk_overlap_tokens)
     if shard is None and not dry_run and (shards > 1 or shard_size):
