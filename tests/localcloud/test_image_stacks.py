@@ -85,3 +85,28 @@ def test_an_image_localcloud_cannot_emulate_is_refused_by_name(
         time.sleep(0.2)
     assert described["EndpointStatus"] == "Failed"
     assert image in described["FailureReason"] and "cannot emulate" in described["FailureReason"]
+
+
+@pytest.mark.parametrize(
+    ("image", "server", "transformers", "engine_env"),
+    [
+        (IMAGES["4.51.3"], "mms", "4.51.3", {"DOCFLOW_ENGINE": "static"}),
+        (IMAGES["5.5.3"], "mms", "5.5.3", {}),
+        (HF.replace("-gpu-", "-cpu-") + "transformers4.51.3-cpu-py312-ubuntu22.04", "mms", "4.51.3",
+         {"DOCFLOW_ENGINE": "static"}),
+        ("docflow-serving:local", "docflow", None, {}),
+        (None, "docflow", None, {}),
+    ],
+)  # fmt: skip
+def test_image_profiles(
+    image: str | None, server: str, transformers: str | None, engine_env: dict[str, str]
+) -> None:
+    from localcloud.sagemaker.images import image_profile
+
+    profile = image_profile(image)
+    assert (profile.server, profile.transformers, profile.streams) == (
+        server,
+        transformers,
+        server == "docflow",
+    )
+    assert profile.environment() == engine_env
