@@ -62,6 +62,9 @@ def _deploy(bench: Any, artifact: dict[str, Any], environment: dict[str, str]) -
         instance_count=1,
         environment={"DOCFLOW_NUM_THREADS": str(bench.cfg.model_threads), **environment},
         realtime=True,
+        # It streams: docflow's own serving contract, not the HF image (MMS does not stream;
+        # localcloud refuses response streams there as AWS does; docs/aws-stacks.md).
+        image_uri="docflow-serving:local",
     )
     apply_endpoint(profile, spec, delay_s=1, max_attempts=600)
     return name

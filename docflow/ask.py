@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,13 +25,35 @@ def _endpoint(args: argparse.Namespace, profile: Any) -> str:
     return str(profile.endpoint_name)
 
 
+def _answer_lines(
+    runtime: Any,
+    endpoint: str,
+    session: str,
+    question: str,
+    parameters: dict[str, Any],
+    mode: dict[str, bool],
+    err: TextIO,
+) -> Iterator[dict[str, Any]]:
+    """The answer's lines, streamed; on an endpoint that cannot stream, whole (said once)."""
+    from tasks.ask.session_client import StreamUnsupportedError, ask, stream, whole_lines
+
+    if not mode.get("whole"):
+        try:
+            yield from stream(runtime, endpoint, session, question, parameters)
+            return
+        except StreamUnsupportedError as exc:
+            mode["whole"] = True
+            print(f"[not streamed: {exc}; answers come whole]", file=err, flush=True)
+    yield from whole_lines(ask(runtime, endpoint, session, question, parameters))
+
+
 def ask_command(
     args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     """Stream each question's answer; returns the exit code (1 when an answer failed)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from tasks.ask.session_client import SessionGoneError, close_session, open_session, stream
+    from tasks.ask.session_client import SessionGoneError, close_session, open_session
     from tasks.aws.clients import aws_client
     from tasks.settings import load_profile
 
@@ -50,13 +73,14 @@ def ask_command(
             opened = True
             print(f"[session {session} on {endpoint}]", file=err, flush=True)
         parameters = {"max_new_tokens": args.max_new_tokens}
+        mode: dict[str, bool] = {}  # "whole": the endpoint cannot stream (said once)
         for question in args.questions:
             print(f"Q: {question}", file=out)
             print("A: ", end="", file=out, flush=True)
             started = time.monotonic()
             first: float | None = None
             last: dict[str, Any] = {}
-            for line in stream(runtime, endpoint, session, question, parameters):
+            for line in _answer_lines(runtime, endpoint, session, question, parameters, mode, err):
                 if "token" in line:
                     first = first if first is not None else time.monotonic() - started
                     print(line["token"]["text"], end="", file=out, flush=True)

@@ -115,7 +115,8 @@ def deploy_endpoint(
         model_artifact: the dict package_model returned (used when model_data_url is not given).
         endpoint_name: overrides the profile's endpoint_name.
         image_uri: container image; default: the profile's, else the Hugging Face PyTorch
-            inference image for the region, resolved offline with the sagemaker SDK.
+            image of the profile's serving stack (transformers 5.5.3) for the region and instance
+            type, resolved offline from the SageMaker SDK v3 tables (sagemaker-core).
         instance_type: overrides the profile's (default ml.g5.2xlarge).
         instance_types: instance pools: up to 5 instance types in priority order; SageMaker
             starts the first that has capacity (at create, scale-out and scale-in). Overrides
@@ -141,7 +142,11 @@ def deploy_endpoint(
     model = model_data_url or model_artifact or latest_packaged(prof)
     name = validate_endpoint_name(endpoint_name or prof.endpoint_name)
     itype = instance_types[0] if instance_types else instance_type or prof.instance_type
-    image = image_uri or prof.image_uri or resolve_image_uri(prof.region, itype)
+    image = (
+        image_uri
+        or prof.image_uri
+        or resolve_image_uri(prof.region, itype, stack=prof.serving_stack)
+    )
     actions: list[str] = []
 
     topics = ensure_topics_task(prof, name)

@@ -14,6 +14,7 @@ from tasks.artifacts import artifact_key
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import require_bucket
 from tasks.model.archive import DEFAULT_CODE_DIR, BuiltArchive, build_archive, discard_archive
+from tasks.model.grammar import fetch_wheels, vendors_grammar
 from tasks.model.packaging import ModelArtifact, artifact_markdown, upload_archive
 from tasks.model.sources import DEFAULT_SOURCE, ResolvedModel, default_model_name, resolve_source
 from tasks.model.vendor import DEFAULT_PLATFORM, DEFAULT_PYTHON, vendored_code_dir
@@ -106,6 +107,7 @@ def package_model(
     wheels: str | None = None,
     wheels_platform: str = DEFAULT_PLATFORM,
     wheels_python: str = DEFAULT_PYTHON,
+    vendor_grammar: bool | None = None,
 ) -> dict[str, object]:
     """Package a model with its inference code as a content-addressed SageMaker artifact in S3.
 
@@ -124,11 +126,18 @@ def package_model(
             (for endpoints without internet). Default: the instance pip-installs them at start.
         wheels_platform: The container's platform tag for ``wheels``.
         wheels_python: The container's Python version for ``wheels`` (the image's pyXYZ).
+        vendor_grammar: Vendor xgrammar (constrained output) even without ``wheels``: its
+            wheels are fetched with pip for ``wheels_python``/``wheels_platform`` (offline: an
+            error naming the fix). Default: the profile's vendor_grammar (AWS profiles: yes).
     """
     check_bucket(profile)
-    resolved = resolve_model(source)
-    scratch = Path(tempfile.mkdtemp(prefix="docflow-vendor-")) if wheels else None
+    prof = load_profile(profile)
+    vendor = vendors_grammar(prof) if vendor_grammar is None else vendor_grammar
+    scratch = Path(tempfile.mkdtemp(prefix="docflow-vendor-")) if wheels or vendor else None
     try:
+        if not wheels and scratch is not None:  # fetched now, for the image's Python/platform
+            wheels = str(fetch_wheels(scratch / "wheels", wheels_python, wheels_platform))
+        resolved = resolve_model(source)
         code_dir = None
         if wheels and scratch is not None:
             code_dir = str(

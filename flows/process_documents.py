@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from tasks.model.grammar import check_grammar
 from tasks.params.groups import (
     BatchingOptions,
     ColumnOptions,
@@ -21,13 +22,12 @@ from tasks.params.groups import (
 from tasks.run.batching import compute_run_key, long_key
 from tasks.run.controls import controls_of
 from tasks.run.corpus import ColumnMapping
-from tasks.run.estimate import estimate_run
 from tasks.run.layout import local_run_dir, validate_run_key
 from tasks.run.load import load_documents, scan_corpus
 from tasks.run.messages import process_run_name
 from tasks.run.notify import RUN_END_HOOKS
 from tasks.run.phase import Phase, drive_with_reduce
-from tasks.run.planning import count_tokens, describe_target, publish_estimate
+from tasks.run.planning import count_tokens, describe_target, dry_run_estimate
 from tasks.run.prepare import prepare_manifest, run_parameters
 from tasks.run.publish import aggregate, canceled_state, publish_artifacts, report_run
 from tasks.run.quoting import quoted
@@ -89,6 +89,7 @@ def process_documents(
     if retry.retry_failed and not run_key:
         raise ValueError("retry_failed needs the run_key of the run whose failures to retry")
     target = describe_target(prof, endpoint_name)
+    check_grammar(prof, target.model_artifact, constrained=answers is not None)  # before invoking
     key = validate_run_key(run_key) if run_key else None
     extra = long_key(long_documents)
     if shard is None and not dry_run and sharding.wanted:
@@ -116,21 +117,8 @@ def process_documents(
     planned, plan, counter = count_tokens(
         quoted(loaded), prof, target, tmpl, generation.max_new_tokens, long_documents
     )
-    if dry_run:
-        estimate = estimate_run(
-            loaded=loaded,
-            planned=planned,
-            plan=plan,
-            template=tmpl,
-            params=params,
-            batch_size=batching.batch_size,
-            max_batch_bytes=batching.max_batch_bytes,
-            profile=prof,
-            endpoint=endpoint_name,
-            model_artifact=target.model_artifact,
-        )
-        publish_estimate(estimate)
-        return estimate.model_dump(mode="json")
+    if dry_run:  # what the run would send and cost; nothing invoked
+        return dry_run_estimate(loaded, planned, plan, tmpl, params, batching, prof, target)
     shaping = {"prompt": prompt, "generation": generation, "columns": columns, "reading": reading}
     shaping |= {"long_documents": long_documents, "batching": batching, "output": output}
     prepared = prepare_manifest(

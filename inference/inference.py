@@ -5,7 +5,10 @@ The same file runs unchanged in the Hugging Face PyTorch inference container on 
 localcloud's hosting emulator; it imports only the standard library, torch, transformers and
 its sibling modules under ``code/`` (the toolkit puts that directory on ``sys.path``):
 ``request_contract`` (bodies in, result lines out), ``loaded_model`` (``model_fn``'s loading),
-``static_batches`` (the static path), ``serving_engine`` (continuous batching) and
+``generator`` (the one interface in front of generation), ``serving`` (engine or static path,
+chosen at load), ``static_batches`` (the static path), the engine in vLLM v1's parts
+(``engine_core``, ``scheduler``, ``model_runner``, ``sampler``, ``request_state``, ``kv_cache``,
+``prefix_cache``), ``result_line`` (every result line) and
 ``constraints`` (constrained output: xgrammar, the one package it needs beyond those above,
 listed in ``code/requirements.txt`` and imported only when a document is constrained).
 
@@ -68,7 +71,7 @@ UTF-8, has no documents or has an unsupported content type raises ``ValueError``
 ``application/json`` gives one JSON object for a single document, else a JSON array; anything
 else raises ``ValueError``.
 
-Serving: one ``Engine`` per instance (see "The serving engine" below) generates for every
+Serving: one ``Engine`` per instance (``engine_core``; its scheduling rules in ``scheduler``) generates for every
 concurrent invocation and every document at once, at token granularity (continuous batching);
 ``stream_fn`` yields one document's text as it is generated. ``DOCFLOW_ENGINE``: ``continuous``
 (the default with transformers >= 5) or ``static`` (the default under transformers 4.x, e.g. the
@@ -126,19 +129,21 @@ from request_contract import (
     parse_document,
     prompt_ids,
 )
-from serving_engine import Engine
+from serving import start
 from session_requests import handle as handle_session
 from session_requests import stream as stream_answer
 from session_requests import stream_item
 from sessions import SessionRequest, session_request
-from static_batches import plan_batches, run_batch
 
 logger = logging.getLogger(__name__)
 
 
 def model_fn(model_dir: str) -> LoadedModel:
-    """Load the causal LM and its tokenizer from the safetensors in ``model_dir``."""
-    return load_model(model_dir)
+    """Load the causal LM and its tokenizer, and start its generator (engine or static path)."""
+    loaded = load_model(model_dir)
+    loaded.generator = start(loaded)
+    logger.info("generating with the %s", loaded.generator.kind)
+    return loaded
 
 
 def input_fn(
@@ -207,28 +212,23 @@ def _invocation_timeout() -> float | None:
     return value
 
 
-def _run_on_engine(
-    engine: Engine, model: LoadedModel, items: list[Item], results: list[dict[str, Any] | None]
-) -> None:
-    """Submit the invocation's documents to the shared engine and collect their lines."""
-    generations = engine.submit(items)
+def _generate(model: LoadedModel, items: list[Item], results: list[dict[str, Any] | None]) -> None:
+    """Submit the invocation's documents to the instance's generator and collect their lines."""
+    handles = model.generator.submit(items)
     timeout = _invocation_timeout()
     deadline = None if timeout is None else time.monotonic() + timeout
-    for generation in generations:
+    for handle in handles:
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        if not generation.wait(remaining):
+        if not handle.wait(remaining):
             reason = (
                 f"timed out: the invocation ran past DOCFLOW_INVOCATION_TIMEOUT_S={timeout:g} s "
                 "and its unfinished documents were cancelled; send smaller payloads or raise it"
             )
-            for other in generations:
+            for other in handles:
                 other.cancel(reason)
-            generation.wait()
-    for generation, item in zip(generations, items, strict=True):
-        if generation.failure is not None:  # the engine step failed: this document alone, static
-            results[item[0]] = run_batch(model, [item])[0]
-        else:
-            results[item[0]] = generation.result
+            handle.wait()
+    for handle, item in zip(handles, items, strict=True):
+        results[item[0]] = handle.line()
 
 
 def predict_fn(
@@ -247,16 +247,7 @@ def _predict(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> list
     started = time.monotonic()
     results: list[dict[str, Any] | None] = [None] * len(data)
     runnable = _runnable(data, model, results)
-    engine = model.engine
-    if engine is not None:
-        _run_on_engine(engine, model, runnable, results)
-        how = "on the engine"
-    else:
-        batches = plan_batches(runnable, model.max_batch_size)
-        for batch in batches:
-            for (index, _, _), result in zip(batch, run_batch(model, batch), strict=True):
-                results[index] = result
-        how = f"in {len(batches)} micro-batches"
+    _generate(model, runnable, results)
     for index, document, _ in runnable:
         line = results[index]
         if line is not None and "text" in line and Constraint.of(document.params):
@@ -264,10 +255,10 @@ def _predict(data: Sequence[Entry | dict[str, Any]], model: LoadedModel) -> list
             line["grammar_compilations"] = model.grammars.compilations
     done = [r for r in results if r is not None]
     logger.info(
-        "%d documents (%d errors) %s: %d prompt (%d cached) + %d completion tokens, %.2f s",
+        "%d documents (%d errors) on the %s: %d prompt (%d cached) + %d completion tokens, %.2f s",
         len(done),
         sum("error" in r for r in done),
-        how,
+        model.generator.kind,
         sum(r.get("prompt_tokens", 0) for r in done),
         sum(r.get("cached_tokens", 0) for r in done),
         sum(r.get("completion_tokens", 0) for r in done),
@@ -282,17 +273,11 @@ def stream_fn(document: Entry | dict[str, Any], model: LoadedModel) -> Iterator[
     runnable = _runnable([document], model, results)
     if not runnable:
         raise DocumentError(str((results[0] or {}).get("error")))
-    if model.engine is None:
-        (result,) = run_batch(model, runnable)
-        if "error" in result:
-            raise RuntimeError(result["error"])
-        yield result["text"]
-        return
-    (generation,) = model.engine.submit(runnable)
+    (handle,) = model.generator.submit(runnable)
     try:
-        yield from generation.stream()
+        yield from (piece for _, piece in handle.pieces() if piece)
     finally:
-        generation.cancel("cancelled: the stream's reader went away")
+        handle.cancel("cancelled: the stream's reader went away")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import transformers
 from constraints import GrammarCache
+from generator import Generator
 from request_contract import env_int
-from serving_engine import Engine, engine_limits
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -40,10 +40,21 @@ class LoadedModel:
         self.max_batch_size = env_int("DOCFLOW_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE)
         # generate() and the global torch seed are not shared safely between threads.
         self.lock = threading.Lock()
-        # The serving engine (continuous batching); None: the static micro-batch path.
-        self.engine: Engine | None = None
+        # What generates (generator.py): the engine or the static path; serving.start sets it.
+        self._generator: Generator | None = None
         # Constrained output: one compiled grammar per json_schema / choices, for both paths.
         self.grammars = GrammarCache(tokenizer, _logits_width(model), self.eos_ids())
+
+    @property
+    def generator(self) -> Generator:
+        """The engine or the static path (``model_fn`` starts it)."""
+        if self._generator is None:
+            raise RuntimeError("no generator: load the model with model_fn")
+        return self._generator
+
+    @generator.setter
+    def generator(self, generator: Generator) -> None:
+        self._generator = generator
 
     def eos_ids(self) -> list[int]:
         """Every token id that ends a completion (generation config and tokenizer)."""
@@ -207,19 +218,16 @@ def load_model(model_dir: str) -> LoadedModel:
         pad_token_id=tokenizer.pad_token_id,
     )
     context = _context_length(model.config, tokenizer)
-    loaded = LoadedModel(model, tokenizer, device, context)
-    if engine_kind() == "continuous":
-        loaded.engine = Engine(loaded, engine_limits(model, device, context))
     logger.info(
-        "loaded %s (%s) on %s as %s; context %d tokens; %s",
+        "loaded %s (%s) on %s as %s; context %d tokens; transformers %s",
         model_dir,
         model.config.model_type,
         device,
         dtype,
         context,
-        f"engine {loaded.engine.limits}" if loaded.engine else "static micro-batches",
+        transformers.__version__,
     )
-    return loaded
+    return LoadedModel(model, tokenizer, device, context)
 
 
 def engine_kind() -> str:

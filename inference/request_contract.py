@@ -237,10 +237,15 @@ def parse_document(obj: Any, fallback_id: str) -> Entry:
         return Rejected(fallback_id, f"{fallback_id} has no 'id' (a non-empty string); add one")
     try:
         params = parse_params(obj.get("parameters"))
+        if "inputs" in obj:  # the TGI/LMI key: a string is the prompt, a list the messages
+            if "prompt" in obj or "messages" in obj:
+                raise DocumentError("give one of 'inputs', 'prompt' or 'messages', not several")
+            inputs = obj["inputs"]
+            obj = {"messages" if isinstance(inputs, list) else "prompt": inputs}
         has_prompt, has_messages = "prompt" in obj, "messages" in obj
         if has_prompt == has_messages:
             raise DocumentError(
-                "give exactly one of 'prompt' (a string) or 'messages' (a chat list)"
+                "give exactly one of 'prompt' or 'inputs' (a string), or 'messages' (a chat list)"
             )
         if has_messages:
             return Document(doc_id, params, messages=_messages(obj["messages"]))
@@ -277,19 +282,18 @@ def _json_request(text: str) -> list[Entry]:
             f"application/json body is not valid JSON ({exc}); send "
             '{"inputs": "...", "parameters": {...}} or use application/jsonlines'
         ) from None
-    if not isinstance(request, dict) or "inputs" not in request:
+    if not isinstance(request, dict) or not {"inputs", "prompt", "messages"} & set(request):
         raise ValueError(
-            'application/json requests look like {"inputs": "...", "parameters": {...}}; '
-            "for batches send application/jsonlines"
+            'application/json requests look like {"inputs": "...", "parameters": {...}} '
+            '(or "prompt"/"messages" as in JSON Lines); for batches send application/jsonlines'
         )
-    inputs, params = request["inputs"], request.get("parameters")
+    inputs, params = request.get("inputs"), request.get("parameters")
     if isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs):
         return [
             parse_document({"id": str(i), "prompt": p, "parameters": params}, str(i))
             for i, p in enumerate(inputs)
         ]
-    key = "messages" if isinstance(inputs, list) else "prompt"
-    return [parse_document({"id": "0", key: inputs, "parameters": params}, "0")]
+    return [parse_document({**request, "id": str(request.get("id") or "0")}, "0")]
 
 
 def parse_body(body: Any, content_type: str | None) -> list[Entry]:

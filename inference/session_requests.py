@@ -16,8 +16,7 @@ from sessions import (
     set_response_header,
     store_for,
 )
-from static_batches import run_batch
-from token_stream import engine_lines, whole_lines
+from token_stream import lines
 
 
 def _is_close(body: dict[str, Any]) -> bool:
@@ -25,15 +24,9 @@ def _is_close(body: dict[str, Any]) -> bool:
 
 
 def _answer(model: LoadedModel, item: Item) -> dict[str, Any]:
-    """One question's result line, on the engine (prefix cache) or the static path."""
-    engine = model.engine
-    if engine is None:
-        return run_batch(model, [item])[0]
-    (generation,) = engine.submit([item])
-    generation.wait()
-    if generation.failure is not None:
-        return run_batch(model, [item])[0]
-    return generation.result or {"id": item[1].doc_id, "error": "no result"}
+    """One question's result line (on the engine, from the session's cached prefix)."""
+    (handle,) = model.generator.submit([item])
+    return handle.line()
 
 
 def handle(request: SessionRequest, model: LoadedModel, context: Any) -> dict[str, Any]:
@@ -64,18 +57,15 @@ def handle(request: SessionRequest, model: LoadedModel, context: Any) -> dict[st
 def stream(request: SessionRequest | None, item: Item, model: LoadedModel) -> Iterator[bytes]:
     """JSON lines of one answer as it is generated (``item`` from the session or the body)."""
     extra = {"session_id": request.session_id} if request is not None else {}
-    engine = model.engine
-    if engine is None:
-        return whole_lines(run_batch(model, [item])[0], extra)
-    (generation,) = engine.submit([item])
+    (handle,) = model.generator.submit([item])
 
-    def lines() -> Iterator[bytes]:
+    def answer() -> Iterator[bytes]:
         try:
-            yield from engine_lines(generation, extra)
+            yield from lines(handle, extra)
         finally:
-            generation.cancel("cancelled: the stream's reader went away")
+            handle.cancel("cancelled: the stream's reader went away")
 
-    return lines()
+    return answer()
 
 
 def stream_item(request: SessionRequest, model: LoadedModel) -> Item:

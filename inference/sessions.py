@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loaded_model import LoadedModel
-from request_contract import Document, DocumentError, Item, Rejected, parse_document, parse_params
+from request_contract import Document, DocumentError, Item, Rejected, parse_document
 
 SESSION_HEADER = "X-Amzn-SageMaker-Session-Id"
 CLOSED_HEADER = "X-Amzn-SageMaker-Closed-Session-Id"
@@ -145,11 +145,7 @@ def session_ttl_s() -> float:
 
 def session_budget(model: LoadedModel) -> int:
     """DOCFLOW_SESSION_TOKENS: pinned prefix tokens of all sessions together (LRU beyond it)."""
-    if model.engine is not None:
-        default = model.engine.limits.max_tokens // 2
-    else:
-        default = 64 * model.context_length
-    return int(_env_float("DOCFLOW_SESSION_TOKENS", default))
+    return int(_env_float("DOCFLOW_SESSION_TOKENS", model.generator.session_tokens()))
 
 
 # -- prompts ------------------------------------------------------------------------------------
@@ -232,8 +228,7 @@ class SessionStore:
     def _forget(self, session: Session, why: str) -> None:
         """Drop a session (caller holds the lock) and remember why, for a clear refusal later."""
         self.sessions.pop(session.id, None)
-        if self.model.engine is not None:
-            self.model.engine.prefix.unpin(session.id)
+        self.model.generator.drop_prefix(session.id)
         self.gone[session.id] = why
         while len(self.gone) > _GONE_REMEMBERED:
             self.gone.popitem(last=False)
@@ -307,15 +302,8 @@ class SessionStore:
 
     def _prefill(self, session: Session) -> None:
         """Compute the prefix's keys/values once and pin them in the engine's prefix cache."""
-        engine = self.model.engine
-        if engine is None:  # the static path keeps no cache: follow-ups prefill the document again
-            return
-        engine.prefix.pin(session.id, session.prefix_ids)
-        document = Document(session.id, parse_params({"max_new_tokens": 1}), prompt="")
-        (generation,) = engine.submit([(0, document, session.prefix_ids)])
-        generation.wait()
-        if engine.prefix.pinned_tokens(session.id) != len(session.prefix_ids):
-            error = (generation.result or {}).get("error") or generation.failure
+        error = self.model.generator.cache_prefix(session.id, session.prefix_ids)
+        if error is not None:
             with self.lock:
                 self._forget(session, "failed to open")
             raise SessionError(f"session {session.id} could not cache the document: {error}", 424)

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
-from constraints import TokenMask, incomplete_error, strict_text
-from request_contract import Decode, Item, finish
+from constraints import TokenMask
+from generator import Handle, ModelParts
+from request_contract import Decode, Item
+from result_line import error_line, result_line
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
 )
-
-if TYPE_CHECKING:
-    from loaded_model import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class GrammarMasks(LogitsProcessor):
         return scores
 
 
-def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
+def _generate(loaded: StaticModel, batch: list[Item]) -> list[dict[str, Any]]:
     """Run one micro-batch (same parameters) with left padding; results in batch order."""
     params = batch[0][1].params
     tokenizer = loaded.tokenizer
@@ -111,24 +111,11 @@ def _generate(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for row, ((_, document, ids), tokens) in enumerate(zip(batch, generated, strict=True)):
         stopped_at = stops.stopped_at[row] if stops is not None else None
-        text, count, reason = finish(tokens, eos_ids, stopped_at, params.stop, decode)
-        if grammar is not None:
-            mask = grammar.masks[row]
-            if tokens:  # the processor has seen all but the last step's token
-                mask.accept(tokens[-1])
-            if not mask.complete:
-                results.append({"id": document.doc_id, "error": incomplete_error(params, reason)})
-                continue
-            text = strict_text(params, text)
+        mask = grammar.masks[row] if grammar is not None else None
+        if mask is not None and tokens:  # the processor has seen all but the last step's token
+            mask.accept(tokens[-1])
         results.append(
-            {
-                "id": document.doc_id,
-                "text": text,
-                "prompt_tokens": len(ids),
-                "cached_tokens": 0,
-                "completion_tokens": count,
-                "finish_reason": reason,
-            }
+            result_line(document, len(ids), tokens, eos_ids, stopped_at, decode, mask=mask)
         )
     return results
 
@@ -148,7 +135,7 @@ def plan_batches(items: list[Item], max_batch_size: int) -> list[list[Item]]:
     return batches
 
 
-def run_batch(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
+def run_batch(loaded: StaticModel, batch: list[Item]) -> list[dict[str, Any]]:
     """Generate a micro-batch; if it fails, retry its documents alone so one bad one fails alone."""
     try:
         return _generate(loaded, batch)
@@ -157,6 +144,69 @@ def run_batch(loaded: LoadedModel, batch: list[Item]) -> list[dict[str, Any]]:
             torch.cuda.empty_cache()
         if len(batch) == 1:
             logger.exception("generation failed for %s", batch[0][1].doc_id)
-            return [{"id": batch[0][1].doc_id, "error": f"generation failed: {exc}"}]
+            return [error_line(batch[0][1].doc_id, f"generation failed: {exc}")]
         logger.warning("micro-batch of %d failed (%s); retrying one by one", len(batch), exc)
         return [result for item in batch for result in run_batch(loaded, [item])]
+
+
+class StaticModel(ModelParts, Protocol):
+    """What the static path needs beyond ``ModelParts``: a lock and the micro-batch size."""
+
+    lock: threading.Lock
+    max_batch_size: int
+
+
+class StaticHandle:
+    """A document generated at submit: its line is ready, its text comes as one piece."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        self.result = result
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Always done."""
+        return True
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Nothing left to stop."""
+
+    def line(self) -> dict[str, Any]:
+        """The result line."""
+        return self.result
+
+    def pieces(self) -> Iterator[tuple[int | None, str]]:
+        """The whole text at once (raises on an error line)."""
+        if "error" in self.result:
+            raise RuntimeError(str(self.result["error"]))
+        yield None, str(self.result["text"])
+
+
+class StaticGenerator:
+    """The static path behind ``generator.Generator``: micro-batches in the caller's thread."""
+
+    kind = "static"
+
+    def __init__(self, loaded: StaticModel) -> None:
+        self.loaded = loaded
+
+    def submit(self, items: list[Item]) -> list[Handle]:
+        """Generate the documents now, in length-sorted micro-batches; handles in input order."""
+        lines: dict[int, dict[str, Any]] = {}
+        numbered = [(at, document, ids) for at, (_, document, ids) in enumerate(items)]
+        for batch in plan_batches(numbered, self.loaded.max_batch_size):
+            for (at, _, _), result in zip(batch, run_batch(self.loaded, batch), strict=True):
+                lines[at] = result
+        return [StaticHandle(lines[at]) for at in range(len(items))]
+
+    def cache_prefix(self, name: str, prefix: Sequence[int]) -> str | None:
+        """No cache: a session's follow-ups prefill its document again."""
+        return None
+
+    def drop_prefix(self, name: str) -> None:
+        """Nothing is pinned."""
+
+    def session_tokens(self) -> int:
+        """A budget of 64 contexts (the sessions hold token ids only)."""
+        return 64 * int(self.loaded.context_length)
+
+    def close(self) -> None:
+        """Nothing runs in the background."""

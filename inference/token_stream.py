@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from serving_engine import Generation
+from generator import Handle
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -34,38 +34,8 @@ def summary(result: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def engine_lines(generation: Generation, extra: dict[str, Any]) -> Iterator[bytes]:
-    """JSON lines for one generation on the engine, token by token as they are generated."""
-    hold = max((len(s) for s in generation.params.stop), default=1) - 1
-    tokens: list[int] = []
-    emitted = ""
-    pending: dict[str, Any] | None = None  # each token line waits for the next (the last one
-    # takes the text a stop string held back)
-    for token in generation.token_ids():
-        tokens.append(token)
-        text = generation.decode([t for t in tokens if t not in generation.eos_ids])
-        text = text.rstrip("\ufffd")
-        safe = text[: max(len(text) - hold, 0)]
-        piece = ""
-        if len(safe) > len(emitted) and safe.startswith(emitted):
-            piece, emitted = safe[len(emitted) :], safe
-        if pending is not None:
-            yield _line(pending)
-        pending = {"token": {"id": token, "text": piece}}
-    generation.wait()
-    if generation.failure is not None:
-        raise RuntimeError(f"generation failed: {generation.failure}")
-    last = summary(generation.result or {"error": "no result"}, extra)
-    final = last["generated_text"]
-    if pending is not None:
-        if final.startswith(emitted) and len(final) > len(emitted):
-            pending["token"]["text"] += final[len(emitted) :]
-        yield _line(pending)
-    yield _line(last)
-
-
-def whole_lines(result: dict[str, Any], extra: dict[str, Any]) -> Iterator[bytes]:
-    """JSON lines for a result computed at once (static path): one text line, then the summary."""
-    last = summary(result, extra)
-    yield _line({"token": {"id": None, "text": last["generated_text"]}})
-    yield _line(last)
+def lines(handle: Handle, extra: dict[str, Any]) -> Iterator[bytes]:
+    """JSON lines of one answer: its pieces as generated (static: one piece), then the summary."""
+    for token, piece in handle.pieces():
+        yield _line({"token": {"id": token, "text": piece}})
+    yield _line(summary(handle.line(), extra))

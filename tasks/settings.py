@@ -70,6 +70,22 @@ class Profile(BaseModel):
     instance_count: int = Field(1, ge=1)
     max_concurrent_invocations_per_instance: int = Field(4, ge=1, le=1000)
     execution_role_arn: str | None = None
+    vendor_grammar: bool | None = Field(
+        None,
+        description=(
+            "Vendor xgrammar (constrained output) into the artifact at packaging, and refuse a "
+            "fields/labels run on an artifact without it. None: yes for AWS profiles (no "
+            "endpoint_url), no for localcloud (it runs the code with docflow's own xgrammar)."
+        ),
+    )
+    serving_stack: Literal["huggingface"] = Field(
+        "huggingface",
+        description=(
+            "The serving stack whose image deploy_endpoint resolves (tasks/endpoint/images.py): "
+            "huggingface, the Hugging Face PyTorch inference image with transformers 5.5.3. "
+            "image_uri overrides the image."
+        ),
+    )
     image_uri: str | None = None
     kms_key_id: str | None = None
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)

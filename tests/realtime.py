@@ -14,7 +14,12 @@ from tests.tiny_models import make_tiny_model
 
 
 def deploy_realtime(
-    profile: Profile, model_dir: Path, env: dict[str, str], instances: int = 2
+    profile: Profile,
+    model_dir: Path,
+    env: dict[str, str],
+    instances: int = 2,
+    image: str = "docflow-serving:local",
+    wait: bool = True,
 ) -> str:
     """A real-time endpoint (no AsyncInferenceConfig) serving the real handler on ``model_dir``."""
     s3, sm = aws_client("s3", profile), aws_client("sagemaker", profile)
@@ -25,7 +30,7 @@ def deploy_realtime(
         ModelName=f"rt-{tag}",
         ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
         PrimaryContainer={
-            "Image": "huggingface-pytorch-inference:local",
+            "Image": image,  # docflow-serving: our own serving contract, it streams (localcloud/sagemaker/images.py)
             "ModelDataUrl": profile.s3_uri(key),
             "Environment": {"DOCFLOW_NUM_THREADS": "1", **env},
         },
@@ -42,7 +47,9 @@ def deploy_realtime(
         ],
     )
     sm.create_endpoint(EndpointName=profile.endpoint_name, EndpointConfigName=f"rt-{tag}")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName=profile.endpoint_name, WaiterConfig=WAIT)
+    if wait:
+        waiter = sm.get_waiter("endpoint_in_service")
+        waiter.wait(EndpointName=profile.endpoint_name, WaiterConfig=WAIT)
     return profile.endpoint_name
 
 

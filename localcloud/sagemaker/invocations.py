@@ -11,6 +11,7 @@ from typing import Any
 
 from localcloud.accounts import ACCOUNT_ID
 from localcloud.sagemaker.exceptions import ModelError, ServiceUnavailable, ValidationError
+from localcloud.sagemaker.images import image_profile, stream_refusal
 from localcloud.sagemaker.models import SageMakerBackend
 from localcloud.sagemaker.queue import Invocation, Reply
 from localcloud.sagemaker.records import EndpointRecord
@@ -141,6 +142,10 @@ class RuntimeBackend:
         ValidationError for bad input or a session whose instance is gone.
         """
         ep = self._serving(name)
+        if stream:
+            for pool in list(ep.runtime.pools.values()):
+                if not image_profile(pool.container.image).streams:
+                    raise ValidationError(stream_refusal(name, pool.container.image))
         session_id = h.get("SessionId")
         if session_id is not None:
             if session_id != NEW_SESSION and (

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from localcloud.sagemaker.images import ImageNotEmulated, image_profile
 from localcloud.sagemaker.process import ContainerSpec, InstanceProcess, InstanceStartError
 from localcloud.sagemaker.queue import Invocation, RequestQueue
 
@@ -70,6 +71,10 @@ class VariantPool:
         """Start ``count`` instances in parallel and wait for all to load (all or nothing)."""
         if count <= 0:
             return []
+        try:
+            image_profile(self.container.image)
+        except ImageNotEmulated as exc:
+            raise InstanceStartError(str(exc)) from None
         instances = [
             InstanceProcess(self.variant, self.container, self.aws_env) for _ in range(count)
         ]

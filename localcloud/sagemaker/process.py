@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localcloud.sagemaker.images import image_profile
 from localcloud.sagemaker.instance import FAULT_HEADER, SPEC_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,7 @@ class ContainerSpec:
     model_data_url: str | None
     s3_prefix: str | None
     environment: dict[str, str]
+    image: str = "localcloud"
 
 
 class InstanceProcess:
@@ -71,6 +73,10 @@ class InstanceProcess:
         # An instance's stderr is the user's terminal: no per-instance weight-loading bars.
         env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         env.update(aws_env)
+        env.pop(
+            "DOCFLOW_ENGINE", None
+        )  # the image decides (ImageProfile), then the model's Environment
+        env.update(image_profile(container.image).environment())
         env.update(container.environment)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p

@@ -64,14 +64,13 @@ def container_spec(model: ModelRecord) -> ContainerSpec:
     """Where an instance finds the model and which Environment it gets."""
     container = model.spec.get("PrimaryContainer") or (model.spec.get("Containers") or [{}])[0]
     env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
+    image = str(container.get("Image") or "localcloud")
     source = (container.get("ModelDataSource") or {}).get("S3DataSource") or {}
     if source:
         if source.get("S3DataType") == "S3Prefix" and source.get("CompressionType") == "None":
-            return ContainerSpec(model_data_url=None, s3_prefix=source["S3Uri"], environment=env)
-        return ContainerSpec(model_data_url=source["S3Uri"], s3_prefix=None, environment=env)
-    return ContainerSpec(
-        model_data_url=container.get("ModelDataUrl"), s3_prefix=None, environment=env
-    )
+            return ContainerSpec(None, source["S3Uri"], env, image)
+        return ContainerSpec(source["S3Uri"], None, env, image)
+    return ContainerSpec(container.get("ModelDataUrl"), None, env, image)
 
 
 def page(

@@ -21,6 +21,14 @@ class SessionGoneError(RuntimeError):
     """The session is no longer open (closed, expired, evicted or its instance gone)."""
 
 
+class StreamUnsupportedError(RuntimeError):
+    """The endpoint's container cannot stream (a Hugging Face inference image: MMS); ask whole."""
+
+
+# What SageMaker (and localcloud) says when the container cannot stream a response.
+_STREAM_REFUSED = "does not support response streaming"
+
+
 def _gone(exc: ClientError) -> bool:
     message = str(exc.response.get("Error", {}).get("Message", ""))
     return any(
@@ -83,8 +91,11 @@ def stream(
             SessionId=session,
         )
     except ClientError as exc:
+        message = str(exc.response["Error"].get("Message", ""))
         if _gone(exc):
-            raise SessionGoneError(str(exc.response["Error"]["Message"])) from exc
+            raise SessionGoneError(message) from exc
+        if _STREAM_REFUSED in message:
+            raise StreamUnsupportedError(message) from exc
         raise
     buffer = b""
     for event in response["Body"]:
@@ -95,6 +106,15 @@ def stream(
                 yield json.loads(line)
     if buffer.strip():
         yield json.loads(buffer)
+
+
+def whole_lines(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A non-streamed answer as the stream's lines: its text as one token line, then the summary."""
+    summary = {k: v for k, v in answer.items() if k != "text"}
+    return [
+        {"token": {"id": None, "text": answer["text"]}},
+        {"generated_text": answer["text"], **summary},
+    ]
 
 
 def close_session(runtime: Any, endpoint: str, session: str) -> bool:

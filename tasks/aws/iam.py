@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     image = (
         args.image_uri
         or profile.image_uri
-        or resolve_image_uri(profile.region, profile.instance_type)
+        or resolve_image_uri(profile.region, profile.instance_type, stack=profile.serving_stack)
     )
     docs = render_policies(profile, account=args.account or account_id(profile), image_uri=image)
     print(json.dumps(docs, indent=2))

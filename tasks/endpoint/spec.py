@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -17,11 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.aws.sagemaker_runtime import DEFAULT_INVOCATION_TIMEOUT_S, MAX_INVOCATION_TIMEOUT_S
+from tasks.endpoint import images
+from tasks.endpoint.images import DEFAULT_STACK
 from tasks.settings import Profile
 
-# The Hugging Face PyTorch inference DLC the sagemaker SDK knows offline (bundled JSON).
-DEFAULT_TRANSFORMERS_VERSION = "4.51.3"
-DEFAULT_PYTORCH_VERSION = "2.6.0"
 VARIANT_NAME = "AllTraffic"
 HASH_LENGTH = 10
 NAME_MAX = 63
@@ -81,34 +78,21 @@ def resolve_image_uri(
     region: str,
     instance_type: str,
     *,
-    transformers_version: str = DEFAULT_TRANSFORMERS_VERSION,
-    pytorch_version: str = DEFAULT_PYTORCH_VERSION,
+    stack: str = DEFAULT_STACK,
+    transformers_version: str | None = None,
+    pytorch_version: str | None = None,
 ) -> str:
-    """The Hugging Face PyTorch inference image for the region, from the SDK's bundled tables."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    config_logger = logging.getLogger("sagemaker.config")
-    if config_logger.level == logging.NOTSET:
-        # Left unset, the SDK prints INFO lines about its config files to stdout.
-        config_logger.setLevel(logging.WARNING)
-    from sagemaker import image_uris
-
+    """The serving stack's inference image for the region and instance type (offline tables)."""
     try:
-        return str(
-            image_uris.retrieve(
-                "huggingface",
-                region=region,
-                version=transformers_version,
-                base_framework_version=f"pytorch{pytorch_version}",
-                instance_type=instance_type,
-                image_scope="inference",
-            )
+        return images.resolve_image_uri(
+            region,
+            instance_type,
+            stack=stack,
+            transformers_version=transformers_version,
+            pytorch_version=pytorch_version,
         )
-    except ValueError as exc:
-        raise EndpointSpecError(
-            f"no Hugging Face inference image for region {region!r}, instance {instance_type!r}, "
-            f"transformers {transformers_version}, pytorch {pytorch_version}: {exc}; "
-            "pass image_uri=... or set image_uri in the profile"
-        ) from exc
+    except images.ImageLookupError as exc:
+        raise EndpointSpecError(str(exc)) from exc
 
 
 class EndpointSpec(BaseModel):
@@ -327,7 +311,9 @@ def build_endpoint_spec(
     return EndpointSpec(
         endpoint_name=validate_endpoint_name(endpoint_name or profile.endpoint_name),
         model_data_url=location,
-        image_uri=image_uri or profile.image_uri or resolve_image_uri(profile.region, itype),
+        image_uri=image_uri
+        or profile.image_uri
+        or resolve_image_uri(profile.region, itype, stack=profile.serving_stack),
         execution_role_arn=execution_role_arn,
         instance_type=itype,
         instance_pools=pools if len(pools) > 1 else (),

@@ -7,14 +7,16 @@ model's tokenizer (long documents rejected, truncated or split), and the dry run
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.params.groups import LongDocumentOptions
+from tasks.params.groups import BatchingOptions, LongDocumentOptions
 from tasks.run.corpus import Corpus
-from tasks.run.estimate import Estimate, estimate_text
+from tasks.run.estimate import estimate_run, estimate_text
 from tasks.run.long_documents import LongDocuments, check_long_documents, plan_long_documents
-from tasks.run.prompts import PromptTemplate
+from tasks.run.prompts import GenerationParameters, PromptTemplate
 from tasks.run.target import EndpointOutputs, endpoint_outputs
 from tasks.run.tokens import TokenCounter, token_counter
 from tasks.settings import Profile
@@ -78,12 +80,35 @@ def count_tokens(
 
 
 @task(name="publish-estimate", cache_policy=NO_CACHE)
-def publish_estimate(estimate: Estimate) -> None:
-    """The estimate as a markdown artifact and in the log."""
+def dry_run_estimate(
+    loaded: Corpus,
+    planned: Corpus,
+    plan: LongDocuments,
+    template: PromptTemplate,
+    params: GenerationParameters,
+    batching: BatchingOptions,
+    profile: Profile,
+    target: EndpointOutputs,
+) -> dict[str, Any]:
+    """A dry run's estimate (``estimate_run``, as ``docflow estimate`` makes it), published as a
+    markdown artifact and in the log; returned as the flow's result."""
     from prefect.artifacts import create_markdown_artifact
 
+    estimate = estimate_run(
+        loaded=loaded,
+        planned=planned,
+        plan=plan,
+        template=template,
+        params=params,
+        batch_size=batching.batch_size,
+        max_batch_bytes=batching.max_batch_bytes,
+        profile=profile,
+        endpoint=target.endpoint,
+        model_artifact=target.model_artifact,
+    )
     text = estimate_text(estimate)
     get_run_logger().info("estimate (nothing invoked):\n%s", text)
     create_markdown_artifact(
         f"# Estimate\n\n```\n{text}```\n", description="process-documents dry run"
     )
+    return estimate.model_dump(mode="json")

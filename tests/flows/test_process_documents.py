@@ -241,12 +241,12 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
     """
     from botocore.exceptions import ClientError
 
-    import tasks.run.outcomes
+    import tasks.run.manifest
     import tasks.run.staging
 
     dep = deploy_echo(cap=2, slots=1, environment={"ECHO_SLEEP_S": "0.05"})
     # Every payload through S3, as payloads over 128,000 bytes (or a botocore without Body) go.
-    monkeypatch.setattr(tasks.run.outcomes, "max_inline_body", lambda: 0)
+    monkeypatch.setattr(tasks.run.manifest, "max_inline_body", lambda: 0)
 
     path = dep.profile_path
     prof = load_profile(path)

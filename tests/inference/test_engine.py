@@ -65,14 +65,14 @@ def test_engine_greedy_output_equals_the_static_path(
 ) -> None:
     engine = _fresh(handler, tiny_dirs[arch], monkeypatch)
     static = _fresh(handler, tiny_dirs[arch], monkeypatch, DOCFLOW_ENGINE="static")
-    assert engine.engine is not None and static.engine is None
+    assert engine.generator.kind == "engine" and static.generator.kind == "static"
     docs = _docs() + _docs("s", stop=["e", "\u2603never"])
     on_engine, on_static = run(engine, docs), run(static, docs)
     assert on_engine == on_static
     assert {r["finish_reason"] for r in on_engine} == {"length", "stop"}
     # Token for token: the same completion counts, and every document went through the engine.
-    assert engine.engine.snapshot()["finished"] == len(docs)
-    assert engine.engine.snapshot()["max_rows"] > 1  # really batched
+    assert engine.generator.snapshot()["finished"] == len(docs)
+    assert engine.generator.snapshot()["max_rows"] > 1  # really batched
 
 
 def test_documents_of_two_concurrent_invocations_share_decode_steps(
@@ -82,7 +82,7 @@ def test_documents_of_two_concurrent_invocations_share_decode_steps(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = _fresh(handler, tiny_dirs["llama"], monkeypatch)
-    engine = model.engine
+    engine = model.generator
     first, second = _docs("a"), _docs("b")
     out: dict[str, list[dict[str, Any]]] = {}
 
@@ -117,7 +117,7 @@ def test_a_document_over_the_token_budget_gets_its_error_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = _fresh(handler, tiny_dirs["mistral"], monkeypatch, DOCFLOW_MAX_BATCH_TOKENS="90")
-    assert model.engine.limits.max_tokens == 90
+    assert model.generator.limits.max_tokens == 90
     docs = [
         {"id": "ok1", "prompt": "Hi", "parameters": {"max_new_tokens": 20}},
         {
@@ -138,7 +138,7 @@ def test_a_document_over_the_token_budget_gets_its_error_line(
     assert "DOCFLOW_MAX_BATCH_TOKENS" in results[1]["error"]
     fits = [results[0], *results[2:]]
     assert fits == run(loaded_models["mistral"], [docs[0], *docs[2:]])
-    stats = model.engine.snapshot()
+    stats = model.generator.snapshot()
     assert stats["rejected"] == 1
     # Rows x columns never exceeded the budget: not all three fitted at once.
     assert 0 < stats["peak_cache_tokens"] <= 90
@@ -153,7 +153,7 @@ def test_cancelling_a_running_document_frees_its_slot(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = _fresh(handler, tiny_dirs["llama"], monkeypatch)
-    engine = model.engine
+    engine = model.generator
     long = {"id": "long", "prompt": "The quick brown fox", "parameters": {"max_new_tokens": 200}}
     other = {"id": "other", "prompt": "Hi", "parameters": {"max_new_tokens": 6}}
     with engine.hold():
@@ -181,7 +181,7 @@ def test_an_invocation_past_its_timeout_is_cancelled_and_frees_its_slots(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = _fresh(handler, tiny_dirs["mistral"], monkeypatch, DOCFLOW_INVOCATION_TIMEOUT_S="0.05")
-    engine = model.engine
+    engine = model.generator
     docs = _docs("t")
     with engine.hold():  # the engine stands still, so the deadline surely passes first
         results = run(model, docs)
@@ -244,7 +244,8 @@ def test_cached_tokens_count_the_shared_prefix(
     assert [r["cached_tokens"] for r in plain] == [0, 0]
     assert without_cached(plain) == without_cached([first, second])
     assert (
-        model.engine.snapshot()["cached_tokens"] == second["cached_tokens"] + again["cached_tokens"]
+        model.generator.snapshot()["cached_tokens"]
+        == second["cached_tokens"] + again["cached_tokens"]
     )
 
 
@@ -262,7 +263,7 @@ def test_the_prefix_cache_stays_within_its_budget(
         DOCFLOW_PREFIX_CACHE_TOKENS="24",
     )
     run(model, _docs("p"))
-    assert 0 < model.engine.snapshot()["prefix_cache_tokens"] <= 24
+    assert 0 < model.generator.snapshot()["prefix_cache_tokens"] <= 24
 
 
 def test_static_path_under_transformers_4_and_on_request(
@@ -294,7 +295,7 @@ def test_mistral_sliding_window_applies_as_in_transformers(
     engine = _fresh(handler, windowed, monkeypatch)
     static = _fresh(handler, windowed, monkeypatch, DOCFLOW_ENGINE="static")
     unwindowed = _fresh(handler, tiny_dirs["mistral"], monkeypatch)
-    assert engine.engine.window == 8
+    assert engine.generator.window == 8
     docs = _docs("w")
     assert run(engine, docs) == run(static, docs)
     assert run(engine, docs) != run(unwindowed, docs)  # the window really changes the output

@@ -31,7 +31,7 @@ def test_handler_imports_only_stdlib_torch_transformers_its_siblings_and_require
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             roots.add(node.module.split(".")[0])
-    assert {"request_contract", "loaded_model", "serving_engine"} <= siblings
+    assert {"request_contract", "loaded_model", "engine_core", "generator"} <= siblings
     third_party = roots - set(sys.stdlib_module_names) - siblings
     lines = (code_dir / "requirements.txt").read_text().splitlines()
     required = {re.split(r"[=<>!~ ;\[]", line)[0] for line in lines if line.strip()}
@@ -142,7 +142,27 @@ def test_unreadable_bodies_raise(handler: ModuleType) -> None:
     with pytest.raises(ValueError, match="not valid JSON"):
         handler.input_fn(b'{"inputs": ', "application/json")
     with pytest.raises(ValueError, match='look like {"inputs"'):
-        handler.input_fn(b'{"id": "a", "prompt": "x"}', "application/json")
+        handler.input_fn(b'{"id": "a", "text": "x"}', "application/json")
+
+
+def test_one_request_contract_inputs_prompt_and_messages_in_both_types(
+    handler: ModuleType,
+) -> None:
+    """application/json takes prompt/messages too, and a JSON Lines document takes inputs."""
+    chat = [{"role": "user", "content": "hi"}]
+    (as_prompt,) = handler.input_fn(b'{"id": "a", "prompt": "x"}', "application/json")
+    assert (as_prompt.doc_id, as_prompt.prompt) == ("a", "x")
+    (as_messages,) = handler.input_fn(json.dumps({"messages": chat}).encode(), "application/json")
+    assert (as_messages.doc_id, as_messages.messages) == ("0", chat)
+    lines = [
+        {"id": "p", "inputs": "x"},
+        {"id": "m", "inputs": chat},
+        {"id": "both", "inputs": "x", "prompt": "y"},
+    ]
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    prompt, messages, both = handler.input_fn(body, "application/jsonlines")
+    assert (prompt.doc_id, prompt.prompt) == ("p", "x") and messages.messages == chat
+    assert "not several" in both.error
 
 
 def test_single_json_request_forms(handler: ModuleType) -> None:

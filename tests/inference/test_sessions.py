@@ -90,7 +90,7 @@ def test_messages_follow_ups_and_the_pinned_prefix_is_freed(
     handler: ModuleType, loaded: Any
 ) -> None:
     session_id = _open(handler, loaded)
-    engine = loaded.engine
+    engine = loaded.generator
     assert engine.prefix.pinned_tokens(session_id) > 0
     body = {
         "messages": [{"role": "user", "content": "Summarise."}],
@@ -124,7 +124,7 @@ def test_sessions_expire_and_the_least_recently_used_is_evicted(
     _call(handler, model, {"prompt": "Who?", "parameters": {"max_new_tokens": 2}}, third)
     time.sleep(1.6)
     _refused(handler, model, first, "expired")
-    model.engine.close()
+    model.generator.close()
 
 
 def test_a_stream_cannot_open_a_session(handler: ModuleType, loaded: Any) -> None:

@@ -6,6 +6,9 @@ import hashlib
 import json
 import re
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,9 +146,57 @@ def test_image_uri_resolves_offline_for_the_region(
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     uri = resolve_image_uri(region, instance)
-    assert f".dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-inference:" in uri
-    assert "-gpu-" in uri
-    assert "transformers4.51.3" in uri
+    assert uri == (
+        f"763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-inference:"
+        "2.6.0-transformers5.5.3-gpu-py312-cu124-ubuntu22.04"
+    )
+    older = resolve_image_uri(region, instance, transformers_version="4.51.3")
+    assert older.endswith(":2.6.0-transformers4.51.3-gpu-py312-cu124-ubuntu22.04")
+
+
+def test_the_aws_profile_deploys_the_transformers_5_image_offline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network access attempted while resolving the image URI")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    profile = load_profile("aws")
+    assert profile.serving_stack == "huggingface" and profile.image_uri is None
+    spec = build_endpoint_spec(
+        profile, model="s3://b/model.tar.gz", execution_role_arn=ROLE, **TOPICS
+    )
+    assert spec.image_uri == (
+        f"763104351884.dkr.ecr.{profile.region}.amazonaws.com/huggingface-pytorch-inference:"
+        "2.6.0-transformers5.5.3-gpu-py312-cu124-ubuntu22.04"
+    )
+    given = build_endpoint_spec(
+        profile, model="s3://b/model.tar.gz", execution_role_arn=ROLE, image_uri=IMAGE, **TOPICS
+    )
+    assert given.image_uri == IMAGE  # image_uri still overrides
+
+
+def test_an_unknown_serving_stack_is_refused_by_name() -> None:
+    with pytest.raises(EndpointSpecError, match="'vllm'.*planned"):
+        resolve_image_uri("us-east-1", "ml.g5.2xlarge", stack="vllm")
+
+
+def test_resolving_the_image_prints_nothing() -> None:
+    """No SDK deprecation notice or config INFO line on the console, in a fresh interpreter."""
+    code = (
+        "from tasks.endpoint.spec import resolve_image_uri;"
+        "uri = resolve_image_uri('us-east-1', 'ml.g5.2xlarge')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[3],
+        check=True,
+    )
+    assert (done.stdout, done.stderr) == ("", "")
 
 
 def test_image_uri_for_a_cpu_instance_is_the_cpu_image() -> None:
