@@ -24,7 +24,10 @@ from tasks.settings import Profile, load_profile
 from tests.flows.endpoint_helpers import profile_file
 
 
-def test_aws_profiles_vendor_the_grammar_library_by_default() -> None:
+def test_aws_profiles_vendor_the_grammar_library_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DOCFLOW_ENDPOINT_URL", raising=False)  # the localcloud fixture's export
     assert vendors_grammar(load_profile("aws")) is True
     assert vendors_grammar(load_profile("local")) is False
     assert vendors_grammar(load_profile("local").model_copy(update={"vendor_grammar": True}))
@@ -70,7 +73,7 @@ def test_check_reads_the_artifact_manifest(profile: Profile) -> None:
 def test_a_classify_run_on_an_artifact_without_it_invokes_nothing(
     deploy_echo: Callable[..., Any], localcloud: Any, tmp_path: Path
 ) -> None:
-    from flows.process_documents import process_documents
+    from tests.runs import run_process
 
     deployment = deploy_echo()
     strict = deployment.profile.model_copy(update={"vendor_grammar": True})
@@ -79,7 +82,7 @@ def test_a_classify_run_on_an_artifact_without_it_invokes_nothing(
         "".join(json.dumps({"id": f"d{i}", "text": "an invoice"}) + "\n" for i in range(3))
     )
     with pytest.raises(GrammarMissingError, match="xgrammar"):
-        process_documents(
+        run_process(
             corpus=str(corpus),
             profile=profile_file(strict, tmp_path),
             template="classify",
