@@ -48,7 +48,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy docflow flows tasks inference localcloud tests
+	$(BIN)/mypy docflow flows tasks inference localcloud
 
 test: lint docs
 	$(BIN)/pytest -q --durations=20 $(PYTEST_XDIST) $(PYTEST_ARGS)
