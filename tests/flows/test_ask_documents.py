@@ -75,7 +75,7 @@ def test_sigkill_then_resume_asks_no_answered_pair_again(
 ) -> None:
     prof, path = realtime
     run_key = f"askkill{int(time.time())}"
-    params = {
+    params: dict[str, Any] = {
         "corpus": str(PROJECT / CORPUS),
         "questions": QUESTIONS,
         "profile": path,

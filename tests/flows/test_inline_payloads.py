@@ -95,7 +95,7 @@ def test_localcloud_refuses_body_with_input_location_and_over_the_limit(
 ) -> None:
     dep = deploy_echo()
     runtime = aws_client("sagemaker-runtime", load_profile(dep.profile_path))
-    common = {"EndpointName": dep.endpoint, "ContentType": "application/jsonlines"}
+    common: dict[str, Any] = {"EndpointName": dep.endpoint, "ContentType": "application/jsonlines"}
     with pytest.raises(ClientError) as both:
         runtime.invoke_endpoint_async(
             **common, Body=b'{"id":"a","prompt":"x"}\n', InputLocation="s3://b/k"

@@ -55,7 +55,7 @@ def _invoke(profile: Profile, documents: list[dict[str, Any]]) -> list[dict[str,
 def _package_and_deploy(profile: Profile, tmp_path: Path, source: str) -> Iterator[dict[str, Any]]:
     """Package ``source``, deploy it, and delete the endpoint afterwards even when the test fails."""
     path = profile_file(profile, tmp_path)
-    artifact = package_model(source=source, profile=path)
+    artifact: dict[str, Any] = package_model(source=source, profile=path)
     assert artifact["model_data_url"].startswith(profile.s3_uri("models/"))
     deployed = deploy_endpoint(
         profile=path, model_artifact=artifact, environment=MODEL_ENV, **FAST_WAIT
@@ -89,7 +89,7 @@ def test_tiny_model_answers_through_the_async_endpoint(
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         assert [line["id"] for line in lines] == ["a", "b"]
         for line in lines:
-            expected_prompt = tokenizer.apply_chat_template(
+            expected_prompt: Any = tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompts[line["id"]]}],
                 tokenize=True,
                 add_generation_prompt=True,

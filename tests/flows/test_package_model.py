@@ -85,7 +85,7 @@ def test_package_model_flow_uploads_once(
         artifact.sha256,
         artifact.parameter_count,
     )
-    summary = Artifact.get("model-tiny-mistral")
+    summary: Any = Artifact.get("model-tiny-mistral")
     assert summary is not None and artifact.model_data_url in str(summary.data)
 
     caplog.clear()
@@ -104,8 +104,10 @@ def test_package_model_flow_uncompressed_layout(
     prefect_harness: None, profile: Profile, tiny_mistral: Path, tmp_path: Path
 ) -> None:
     path = profile_file(profile, tmp_path)
-    result = package_model(source=str(tiny_mistral), name="tiny", profile=path, uncompressed=True)
-    prefix = result["uncompressed_prefix"]
+    result: dict[str, Any] = package_model(
+        source=str(tiny_mistral), name="tiny", profile=path, uncompressed=True
+    )
+    prefix: Any = result["uncompressed_prefix"]
     assert isinstance(prefix, str) and prefix.endswith(
         f"/models/tiny/{result['sha256'][:16]}/uncompressed/"
     )

@@ -63,11 +63,11 @@ def test_happy_path(
     from prefect.artifacts import Artifact
 
     key = f"docflow-{result['run_key']}"
-    progress = Artifact.get(f"{key}-progress")
+    progress: Any = Artifact.get(f"{key}-progress")
     assert progress is not None and float(progress.data) == 100.0
-    summary = Artifact.get(f"{key}-summary")
+    summary: Any = Artifact.get(f"{key}-summary")
     assert summary is not None and "| 40 | 40 | 0 | 0 |" in str(summary.data)
-    rows = Artifact.get(f"{key}-results")
+    rows: Any = Artifact.get(f"{key}-results")
     assert rows is not None and "doc-00000" in str(rows.data)
     assert Artifact.get(f"{key}-failures") is None  # nothing failed, nothing to show
     # The run's queue and subscriptions are gone.
@@ -330,7 +330,7 @@ def test_bad_rows_are_reported_with_their_reasons(
     # The failures artifact lists every rejected row with its reason.
     from prefect.artifacts import Artifact
 
-    failures = Artifact.get(f"docflow-{result['run_key']}-failures")
+    failures: Any = Artifact.get(f"docflow-{result['run_key']}-failures")
     assert failures is not None
     assert str(failures.data).count('"rejected"') == 5
     assert "duplicate" in str(failures.data)

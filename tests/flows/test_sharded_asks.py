@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +27,24 @@ from tasks.run.sharding import ShardRun
 from tasks.run.shards import Shard, check_shard, keeps, shard_of
 from tasks.run.status import read_summary
 from tasks.settings import Profile
-from tests.pool import PoolStack, pool_stack, run_parent
+from tests.pool import PoolStack, run_parent
 from tests.realtime import deploy_tiny_realtime
 from tests.runs import run_ask, unique_run_key, write_corpus
 
+# The session's prefect_pool (tests/conftest.py), shared with test_sharded_runs.py: three
+# workers of two flow runs each, so the 5 runs (parent + SHARDS) cannot all land on one worker.
 pytestmark = pytest.mark.timeout(600)
 
-WORKERS = 3
-WORKER_LIMIT = 2  # flow runs per worker: 5 runs (parent + SHARDS) need at least 3 slots elsewhere
 SHARDS = 4
 DOCUMENTS = 40
 QUESTIONS = ["Who is it about?", "What happened?"]
 CAP = 4
 
 
-@pytest.fixture(scope="module")
-def stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
-    """PostgreSQL, server, pool, `prefect deploy -n ask-documents/local`, WORKERS workers."""
-    home = tmp_path_factory.mktemp("prefect-ask-pool")
-    with pool_stack(home, ["ask-documents/local"], WORKERS, worker_limit=WORKER_LIMIT) as running:
-        yield running
+@pytest.fixture
+def stack(prefect_pool: PoolStack) -> PoolStack:
+    """The session's Prefect stack: server on PostgreSQL, `ask-documents/local`, workers."""
+    return prefect_pool
 
 
 def _rows(profile: Profile, uri: str) -> list[dict[str, Any]]:
@@ -107,8 +104,9 @@ def test_the_merge_streams_the_shards_tables_into_one_and_names_a_shard_without_
         state = "COMPLETED" if lines is not None else "CANCELLED"
         runs.append(ShardRun(index=index, count=3, run_key=key, state=state, summary=summary))
     with caplog.at_level("WARNING", logger="docflow.ask"):
-        uri = merge_ask_results(profile, "m", runs, output_dir=str(tmp_path / "out"))
-    assert uri == ask_results_uri(profile, "m")
+        merged = merge_ask_results(profile, "m", runs, output_dir=str(tmp_path / "out"))
+    assert merged == ask_results_uri(profile, "m")
+    uri = merged
     assert [r["document_id"] for r in _rows(profile, uri)] == ["a0", "a1", "b0"]
     local = ask_results_file(str(tmp_path / "out"), "m").read_bytes()
     assert local == s3.get_object(Bucket=profile.bucket, Key=split_s3_uri(uri)[1])["Body"].read()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +29,22 @@ from tasks.endpoint.spec import concurrency_limit_name
 from tasks.run.manifest import load_manifest
 from tasks.run.shards import Shard, shard_of
 from tests.oracles import select_shard
-from tests.pool import PoolStack, flow_run, pool_stack, run_parent, shard_runs
+from tests.pool import PoolStack, flow_run, run_parent, shard_runs
 from tests.runs import Deployment, EndpointProbe, unique_run_key, write_corpus
 
+# The session's prefect_pool (tests/conftest.py), shared with test_sharded_asks.py.
 pytestmark = pytest.mark.timeout(900)
 
-WORKERS = 3
 SHARDS = 8
 # make test runs 2,000 documents; the 20,000 of the issue's acceptance run with --soak.
 SIZES = [2_000, pytest.param(20_000, marks=pytest.mark.soak)]
 MAX_ATTEMPTS = 3
 
 
-@pytest.fixture(scope="module")
-def stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
-    """PostgreSQL, server, pool, `prefect deploy -n process-documents/sharded`, WORKERS workers."""
-    home = tmp_path_factory.mktemp("prefect-pool")
-    with pool_stack(home, ["process-documents/sharded"], WORKERS) as running:
-        yield running
+@pytest.fixture
+def stack(prefect_pool: PoolStack) -> PoolStack:
+    """The session's Prefect stack: server on PostgreSQL, `process-documents/sharded`, workers."""
+    return prefect_pool
 
 
 def _kill_tree(child: ChildProcess) -> None:

@@ -227,9 +227,12 @@ def test_cached_tokens_count_the_shared_prefix(
             "parameters": {"max_new_tokens": 8},
         },
     ]
+    parsed = [request_contract.parse_document(d, "x") for d in docs]
+    assert all(isinstance(p, request_contract.Document) for p in parsed), parsed
     a_ids, b_ids = (
-        request_contract.prompt_ids(request_contract.parse_document(d, "x"), model.tokenizer)
-        for d in docs
+        request_contract.prompt_ids(p, model.tokenizer)
+        for p in parsed
+        if isinstance(p, request_contract.Document)
     )
     common = next(i for i, (x, y) in enumerate(zip(a_ids, b_ids, strict=False)) if x != y)
     assert common > 20  # the chat template and the instruction

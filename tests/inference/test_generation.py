@@ -224,7 +224,9 @@ def test_eos_stops_one_row_while_the_batch_goes_on(
         "parameters": {"max_new_tokens": 12},
     }
     other = {"id": "b", "prompt": "Hi", "parameters": {"max_new_tokens": 12}}
-    ids = request_contract.prompt_ids(request_contract.parse_document(doc, "x"), fresh.tokenizer)
+    parsed = request_contract.parse_document(doc, "x")
+    assert isinstance(parsed, request_contract.Document), parsed
+    ids = request_contract.prompt_ids(parsed, fresh.tokenizer)
     with torch.inference_mode():
         tokens = fresh.model.generate(
             input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),

@@ -77,7 +77,12 @@ def test_progress_logs_lines_when_not_a_terminal(caplog: pytest.LogCaptureFixtur
             1000, "upload x", logger, interactive=False, log_every_fraction=0.25
         ) as bar,
     ):
-        threads = [threading.Thread(target=lambda: [bar(10) for _ in range(25)]) for _ in range(4)]
+
+        def advance() -> None:
+            for _ in range(25):
+                bar(10)
+
+        threads = [threading.Thread(target=advance) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:

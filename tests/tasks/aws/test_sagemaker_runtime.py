@@ -30,10 +30,11 @@ PROFILE = Profile(
 
 
 def client_error(code: str, status: int) -> ClientError:
-    return ClientError(
-        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-        "InvokeEndpointAsync",
-    )
+    response: Any = {
+        "Error": {"Code": code, "Message": code},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "InvokeEndpointAsync")
 
 
 class FakeClock:
@@ -104,12 +105,13 @@ class ScriptedRuntime:
         ).client(
             "sagemaker-runtime", endpoint_url=profile.endpoint_url, config=client_config(profile)
         )
-        self.client.meta.events.register("before-send.sagemaker-runtime.*", self._answer)
+        answer: Any = self._answer  # a before-send handler may return the response
+        self.client.meta.events.register("before-send.sagemaker-runtime.*", answer)
 
     def _answer(self, request: Any, **_: Any) -> AWSResponse:
         status, code = self.answers[min(self.sends, len(self.answers) - 1)]
         self.sends += 1
-        headers = {"x-amzn-requestid": "r"}
+        headers: Any = {"x-amzn-requestid": "r"}
         if status == 200:  # InvokeEndpointAsync answers in headers (botocore's service model)
             headers["X-Amzn-SageMaker-OutputLocation"] = "s3://b/o.out"
             body = b'{"InferenceId": "r-b"}'

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ from tasks.endpoint.spec import (
 )
 from tasks.settings import load_profile
 
-TOPICS = {
+TOPICS: dict[str, Any] = {
     "success_topic_arn": "arn:aws:sns:us-east-1:123456789012:docflow-llm-success",
     "error_topic_arn": "arn:aws:sns:us-east-1:123456789012:docflow-llm-error",
 }

@@ -107,6 +107,7 @@ def test_same_content_gives_the_same_sha256(
         path.chmod(0o600)
     second = _build(copy, code_dir, tmp_path / "b")
     assert second.sha256 == first.sha256
+    assert second.archive_path is not None and first.archive_path is not None
     assert Path(second.archive_path).read_bytes() == Path(first.archive_path).read_bytes()
 
     (code_dir / "inference.py").write_text("def model_fn(model_dir):\n    return 2\n")
@@ -229,6 +230,7 @@ def test_gzip_stream_is_valid_and_complete(
     tiny_model: Path, code_dir: Path, tmp_path: Path
 ) -> None:
     built = _build(tiny_model, code_dir, tmp_path / "w")
+    assert built.archive_path is not None
     raw = gzip.decompress(Path(built.archive_path).read_bytes())
     assert len(raw) % 512 == 0 and len(raw) >= built.uncompressed_bytes
 

@@ -7,7 +7,7 @@ import json
 import weakref
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pytest
@@ -183,7 +183,9 @@ def test_every_input_row_gets_exactly_one_outcome(profile: Profile, tmp_path: Pa
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_csv_and_jsonl_on_request(profile: Profile, tmp_path: Path, fmt: str) -> None:
+def test_csv_and_jsonl_on_request(
+    profile: Profile, tmp_path: Path, fmt: Literal["csv", "jsonl"]
+) -> None:
     corpus = _corpus(tmp_path)
     m = _scenario(profile, corpus)
     summary, _ = aggregate_run(
@@ -192,7 +194,7 @@ def test_csv_and_jsonl_on_request(profile: Profile, tmp_path: Path, fmt: str) ->
         profile,
         wall_time_s=1.0,
         output_format=fmt,
-        local_dir=str(tmp_path),  # type: ignore[arg-type]
+        local_dir=str(tmp_path),
     )
     assert summary.results_uri.endswith(f"/runs/{RUN}/results.{fmt}")
     assert summary.local_results_path == str(tmp_path / f"results.{fmt}")

@@ -167,7 +167,7 @@ def test_every_control_is_part_of_the_run_key() -> None:
         template, params, _ = _controls(**overrides)
         return compute_run_key("corpus", "endpoint", "s3://m", template, params)
 
-    variants = [
+    variants: list[dict[str, Any]] = [
         {},
         {"system_prompt": "Be brief."},
         {"temperature": 0.5},

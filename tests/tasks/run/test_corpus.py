@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from tasks.settings import Profile
 
 REPO = Path(__file__).resolve().parents[3]
 
-GOOD = [
+GOOD: list[dict[str, Any]] = [
     {"id": "n-1", "text": "Council approves the new bridge.", "source": "news", "lang": "en"},
     {"id": 2, "text": "Printer jams on page two.", "source": "ticket", "lang": "en"},
     {"id": "r-3", "text": "Great kettle, boils fast.", "source": "review", "lang": "en"},
@@ -27,7 +29,13 @@ def _write_jsonl(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
-def _json(row: dict[str, object]) -> bytes:
+def _row(row: int | None) -> int:
+    """A rejected row's number (every row of a table file has one)."""
+    assert row is not None
+    return row
+
+
+def _json(row: Mapping[str, object]) -> bytes:
     return json.dumps(row).encode()
 
 
@@ -60,7 +68,7 @@ def test_every_bad_row_kind_is_rejected_once_with_its_reason(tmp_path: Path) -> 
     corpus = load_corpus(str(_write_jsonl(tmp_path / "bad.jsonl", lines)), max_doc_bytes=500)
     assert [d.doc_id for d in corpus.documents] == ["n-1", "r-3"]
     assert corpus.documents[0].text == GOOD[0]["text"]  # the first n-1 is kept
-    reasons = {r.row - 1: r.reason for r in corpus.rejected}  # keyed by the list index above
+    reasons = {_row(r.row) - 1: r.reason for r in corpus.rejected}  # keyed by the index above
     assert sorted(reasons) == list(range(1, 13))  # one Rejected per bad row
     assert "missing id" in reasons[1] and "id_column" in reasons[1]
     assert "duplicate id 'n-1': row 1 already has it" in reasons[2]
@@ -97,7 +105,7 @@ def test_csv_with_mapping_and_bad_records(tmp_path: Path) -> None:
         ("a", "Line one, with comma", {"source": "news"}),
         ("e", "multi\nline", {"source": "ticket"}),
     ]
-    reasons = {r.row: r.reason for r in corpus.rejected}
+    reasons = {_row(r.row): r.reason for r in corpus.rejected}
     assert sorted(reasons) == [2, 3, 4, 5]  # CSV rows count from 1 after the header
     assert "missing id" in reasons[2] and "empty text" in reasons[3]
     assert "CSV row 4 (after the header) has bytes that are not valid UTF-8" in reasons[4]
@@ -225,7 +233,7 @@ def test_shipped_datasets_load() -> None:
     assert min(lengths) < 200 and max(lengths) > 1000  # varied length
     bad = load_corpus(str(REPO / "datasets" / "bad_rows"))
     assert [d.doc_id for d in bad.documents] == ["news-002", "ticket-1002", "review-2005"]
-    reasons = {r.row: r.reason for r in bad.rejected}
+    reasons = {_row(r.row): r.reason for r in bad.rejected}
     assert sorted(reasons) == [2, 4, 5, 6, 7, 8, 9]
     for row, words in {
         2: "missing id",
