@@ -63,7 +63,7 @@ def _deploy(bench: Any, artifact: dict[str, Any], environment: dict[str, str]) -
         environment={"DOCFLOW_NUM_THREADS": str(bench.cfg.model_threads), **environment},
         realtime=True,
         # It streams: docflow's own serving contract, not the HF image (MMS does not stream;
-        # localcloud refuses response streams there as AWS does; docs/aws-stacks.md).
+        # localcloud refuses response streams there as AWS does; docs/guide/aws-stacks.md).
         image_uri="docflow-serving:local",
     )
     apply_endpoint(profile, spec, delay_s=1, max_attempts=600)

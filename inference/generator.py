@@ -2,7 +2,7 @@
 
 The handler (``inference``, ``session_requests``, ``sessions``, ``token_stream``) talks only to a
 ``Generator`` and its ``Handle``s; which one runs is chosen once, at load (``serving.start``).
-A vLLM-backed generator would plug in here too (docs/aws-stacks.md, planned).
+A vLLM-backed generator would plug in here too (docs/guide/aws-stacks.md, planned).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
 * An image localcloud knows it cannot emulate (vLLM, LMI, TGI, SGLang) is refused with its name.
 * Anything else (``echo``, ``...:local``, no image) is docflow's own serving contract: the
   instance server localcloud runs (``/ping``, ``/invocations``, chunked streaming), which is the
-  streaming stack docs/aws-stacks.md names.
+  streaming stack docs/guide/aws-stacks.md names.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _HF_IMAGE = re.compile(
 )
 # ECR repository names of stacks whose servers localcloud does not run.
 NOT_EMULATED = {
-    "vllm": "the AWS vLLM image (planned: docs/aws-stacks.md)",
+    "vllm": "the AWS vLLM image (planned: docs/guide/aws-stacks.md)",
     "djl-inference": "LMI (DJL Serving)",
     "huggingface-pytorch-tgi-inference": "TGI",
     "sglang": "SGLang",
@@ -76,5 +76,5 @@ def stream_refusal(endpoint: str, image: str) -> str:
     return (
         f"Endpoint {endpoint}'s container {STREAM_REFUSED}: image {image} serves with the "
         "Hugging Face inference toolkit (MMS), which answers whole. Use InvokeEndpoint, or "
-        "deploy the streaming stack (docs/aws-stacks.md)."
+        "deploy the streaming stack (docs/guide/aws-stacks.md)."
     )

@@ -1,7 +1,7 @@
 """What a file is: by its suffix when docflow knows it, else by its content (magika).
 
 magika (Google's content-type model, ONNX, shipped in the wheel, no network) was chosen over
-puremagic by measurement on generated files (docs/corpora.md): it named 19 of 19 types right
+puremagic by measurement on generated files (docs/guide/corpora-of-files.md): it named 19 of 19 types right
 (plain text, reStructuredText, Markdown, Python, C, shell among them) where puremagic named 11
 (it has no answer for text without a signature, and calls any zip a .docx). It reads ~67
 files/s here against puremagic's ~3,100, so it runs only on files whose suffix says nothing.

@@ -2,7 +2,7 @@
 
 RapidOCR (PaddleOCR's PP-OCRv4 models on onnxruntime) was chosen by measured character error
 rate and pages/s on pages rendered with known text (``python -m benchmarks.extraction --ocr``,
-docs/corpora.md). Its three ONNX models (~15 MB) ship inside the rapidocr-onnxruntime wheel, so
+docs/guide/corpora-of-files.md). Its three ONNX models (~15 MB) ship inside the rapidocr-onnxruntime wheel, so
 nothing is downloaded at run time (tests/tasks/corpus/test_ocr.py runs it with sockets refused).
 """
 

@@ -1,6 +1,6 @@
 """PowerPoint, Excel, OpenDocument, RTF, EPUB and reStructuredText: text and metadata.
 
-Chosen by measurement on generated files (docs/corpora.md, ``python -m benchmarks.extraction
+Chosen by measurement on generated files (docs/guide/corpora-of-files.md, ``python -m benchmarks.extraction
 --candidates``): one library per format against MarkItDown, which covers PPTX, XLSX and DOCX
 through the same libraries (python-pptx, openpyxl via pandas, mammoth) plus a Markdown pass.
 python-pptx (slides, tables and notes), openpyxl (read-only, values not formulas), lxml over the

@@ -3,7 +3,7 @@
 Only ``huggingface`` exists today: the Hugging Face PyTorch inference image (MMS + the inference
 toolkit) with transformers 5.5.3, where the container code runs the serving engine. The image
 URI comes from the SageMaker SDK v3's bundled tables (``sagemaker-core``), offline, per region
-and instance type (GPU or CPU image). ``vllm`` is planned (docs/aws-stacks.md), not built.
+and instance type (GPU or CPU image). ``vllm`` is planned (docs/guide/aws-stacks.md), not built.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def resolve_image_uri(
     if stack not in STACK_IMAGES:
         raise ImageLookupError(
             f"serving stack {stack!r} is not available: use one of {sorted(STACK_IMAGES)} "
-            "(the vllm stack is planned, see docs/aws-stacks.md), or pass image_uri=..."
+            "(the vllm stack is planned, see docs/guide/aws-stacks.md), or pass image_uri=..."
         )
     image = STACK_IMAGES[stack]
     version = transformers_version or image.version
