@@ -38,6 +38,7 @@ $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 lock: | $(BIN)/python
 	$(BIN)/pip install --quiet "$(UV_SPEC)"
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --quiet \
+		--custom-compile-command "make lock" \
 		--python $(BIN)/python $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),) \
 		$(if $(UPGRADE),--upgrade,) --output-file $(LOCK)
 	printf "%s\n" $(NO_DEPS) | $(BIN)/uv pip compile - --no-deps --generate-hashes --quiet \
