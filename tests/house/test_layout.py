@@ -39,9 +39,10 @@ def test_no_module_is_over_400_lines() -> None:
 
 
 def test_no_package_holds_more_than_15_modules() -> None:
+    """inference/ is exempt: it is the container's flat code/ folder (its modules are top-level)."""
     counts: dict[str, int] = {}
     for path in _modules():
-        if path.name != "__init__.py":
+        if path.name != "__init__.py" and path.relative_to(ROOT).parts[0] != "inference":
             key = str(path.parent.relative_to(ROOT))
             counts[key] = counts.get(key, 0) + 1
     big = {k: n for k, n in counts.items() if n > MAX_PACKAGE_MODULES}
