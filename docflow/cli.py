@@ -13,7 +13,14 @@ def _local_up(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import os
+
     from docflow.demo import run_demo
+    from docflow.errors import UserError, answers, localcloud_down
+
+    url = os.environ.get("DOCFLOW_ENDPOINT_URL")
+    if url and not answers(url):  # else the demo starts a localcloud of its own
+        raise UserError(localcloud_down(url))
 
     return run_demo(corpus=args.corpus)
 
@@ -66,9 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `docflow` console script."""
+    """Entry point of the `docflow` console script.
+
+    A sub-command with a ``--profile`` is checked first (``docflow.errors.preflight``); an
+    expected failure prints one line naming the fix and exits 2 (DOCFLOW_DEBUG=1: the traceback).
+    """
+    import os
+
+    from docflow.errors import one_line, preflight
+
+    # Before Prefect's settings load: local runs send no telemetry (nor log failing to send it).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        if getattr(args, "profile", None):
+            preflight(args.profile)
+        return int(args.func(args) or 0)
+    except Exception as exc:
+        line = one_line(exc)
+        if line is None or os.environ.get("DOCFLOW_DEBUG"):
+            raise
+        sys.stderr.write(f"docflow {args.command}: {line}\n")
+        return 2
 
 
 if __name__ == "__main__":

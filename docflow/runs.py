@@ -119,6 +119,11 @@ def fetch_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
         for o in listed.get("Contents", [])
         if o["Key"][len(prefix) :].startswith(RESULT_FILES)
     ]
+    if not names and not listed.get("Contents"):
+        sys.stderr.write(
+            f"no run {args.run_key!r} in this profile's bucket (see `docflow runs list`)\n"
+        )
+        return 2
     if not names:
         sys.stderr.write(
             f"run {args.run_key!r} has no results in s3://{bucket}/{prefix} yet "
