@@ -42,6 +42,7 @@ from docflow.prefect_server import (
     wait_until,
     worker_name,
 )
+from docflow.restarts import Restarts, worker_number
 
 if TYPE_CHECKING:
     from docflow.alerts import AlertReceiver
@@ -163,6 +164,8 @@ class UiStack:
         self.localcloud_url = ""
         self._started = time.monotonic()
         self.state = UiState(ui=_identity(os.getpid()), api_url="", localcloud_url="")
+        self._worker_env: dict[str, str] = {}
+        self.restarts = Restarts()
 
     def up(self) -> UiState:
         """Start everything; on any failure stop what was started and re-raise."""
@@ -247,6 +250,7 @@ class UiStack:
             },
         )
         workers = []
+        self._worker_env = env
         for number in range(1, cfg.workers + 1):
             self._step(
                 f"starting a worker: prefect worker start --pool {WORK_POOL} "
@@ -308,15 +312,35 @@ class UiStack:
         self._step(f"failed or crashed docflow runs are alerted here ({self.receiver.url})")
 
     def wait(self) -> None:
-        """Block until Ctrl-C (or SIGTERM), or until a child exits on its own."""
+        """Block until Ctrl-C (or SIGTERM), or until the server, PostgreSQL or localcloud exits;
+        a worker that exits is started again (``docflow.restarts``)."""
         while True:
-            for child in self.children:
+            for index, child in enumerate(self.children):
                 if not child.alive():
-                    raise StackError(
-                        f"{child.name} exited with code {child.popen.returncode}; "
-                        f"its log ({child.log_path}):\n{child.log_tail()}"
-                    )
+                    self.children[index] = self._restart(child)
             time.sleep(1)
+
+    def _restart(self, child: ChildProcess) -> ChildProcess:
+        """The worker ``child`` started again; StackError for any other child, or a crash loop."""
+        number = worker_number(child.name)
+        code = child.popen.returncode
+        if number is None or not self.restarts.allow(child.name):
+            again = (
+                "" if number is None else f" (restarted {self.restarts.count(child.name)} times)"
+            )
+            raise StackError(
+                f"{child.name} exited with code {code}{again}; "
+                f"its log ({child.log_path}):\n{child.log_tail()}"
+            )
+        self._step(
+            f"[restart] {child.name} exited with code {code}; starting it again (its flow runs "
+            f"are re-run by their sharded run, or resumed with the same run key; log: "
+            f"{child.log_path})"
+        )
+        worker = spawn_worker(self.config.home, self._worker_env, number=number)
+        self.state.children[worker.name] = _identity(worker.pid)
+        self.state.save(self.config.home)
+        return worker
 
     def down(self) -> None:
         """Stop every child (worker, localcloud, server) and forget the state file."""
