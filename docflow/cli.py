@@ -9,7 +9,7 @@ import sys
 def _local_up(args: argparse.Namespace) -> int:
     from localcloud.server import serve_forever
 
-    return serve_forever(host=args.host, port=args.port)
+    return serve_forever(host=args.host, port=args.port, state_dir=args.state_dir)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = local_sub.add_parser("up", help="run localcloud in the foreground (Ctrl-C stops it)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=4566)
+    up.add_argument(
+        "--state-dir",
+        help="keep S3 (buckets, objects) in this folder across restarts (`make ui` uses "
+        ".prefect/localcloud); default: in memory only",
+    )
     up.set_defaults(func=_local_up)
 
     demo = sub.add_parser("demo", help="package, deploy and process the sample corpus locally")

@@ -220,7 +220,8 @@ class UiStack:
         cloud = spawn(
             "localcloud",
             [sys.executable, "-m", "docflow.cli", "local", "up"]
-            + ["--host", HOST, "--port", str(cloud_port)],
+            + ["--host", HOST, "--port", str(cloud_port)]
+            + ["--state-dir", str(cfg.home / "localcloud")],
             env={**os.environ, **cloud_env, "PYTHONUNBUFFERED": "1"},
             log_path=cfg.home / "logs" / "localcloud.log",
         )
