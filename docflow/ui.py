@@ -43,6 +43,7 @@ from docflow.prefect_server import (
     worker_name,
 )
 from docflow.restarts import Restarts, worker_number
+from localcloud.persist import STOP_TIMEOUT_S
 
 if TYPE_CHECKING:
     from docflow.alerts import AlertReceiver
@@ -346,7 +347,8 @@ class UiStack:
     def down(self) -> None:
         """Stop every child (worker, localcloud, server) and forget the state file."""
         for child in reversed(self.children):
-            child.stop()
+            # localcloud writes S3 to its state folder as it stops (localcloud.persist).
+            child.stop(timeout_s=STOP_TIMEOUT_S if child.name == "localcloud" else 10.0)
         self.children.clear()
         if self.receiver is not None:
             self.receiver.stop()

@@ -15,19 +15,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 SNAPSHOT_EVERY_S = 30.0
+THREADS = 8  # objects read or written at once
+STOP_TIMEOUT_S = 120.0  # how long `docflow ui` lets localcloud save before it is killed
 
 
 def _s3(url: str, region: str) -> Any:
     import boto3
+    from botocore.config import Config
 
     from localcloud.accounts import ACCESS_KEY, SECRET_KEY
 
     return boto3.client(
         "s3",
+        config=Config(max_pool_connections=THREADS),
         endpoint_url=url,
         region_name=region,
         aws_access_key_id=ACCESS_KEY,
@@ -49,16 +54,22 @@ def save_s3(url: str, folder: Path, region: str = "us-east-1") -> int:
     saved = 0
     for bucket in s3.list_buckets().get("Buckets", []):
         name = bucket["Name"]
-        meta: dict[str, Any] = {}
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                got = s3.get_object(Bucket=name, Key=key)
-                path = fresh / name / key
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(got["Body"].read())
-                meta[key] = {"ContentType": got.get("ContentType"), "Metadata": got["Metadata"]}
-                saved += 1
+        keys = [
+            item["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name)
+            for item in page.get("Contents", [])
+        ]
+
+        def save(key: str, name: str = name) -> tuple[str, dict[str, Any]]:
+            got = s3.get_object(Bucket=name, Key=key)
+            path = fresh / name / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(got["Body"].read())
+            return key, {"ContentType": got.get("ContentType"), "Metadata": got["Metadata"]}
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            meta = dict(pool.map(save, keys))
+        saved += len(meta)
         (fresh / name).mkdir(parents=True, exist_ok=True)
         (fresh / f"{name}.meta.json").write_text(json.dumps(meta))
     old = folder / "s3.old"
@@ -81,11 +92,15 @@ def load_s3(url: str, folder: Path, region: str = "us-east-1") -> int:
         name = meta_file.name.removesuffix(".meta.json")
         s3.create_bucket(Bucket=name)
         meta = json.loads(meta_file.read_text())
-        for key, info in meta.items():
-            extra = {"Metadata": info.get("Metadata") or {}}
+
+        def put(item: tuple[str, dict[str, Any]], name: str = name) -> None:
+            key, info = item
+            extra: dict[str, Any] = {"Metadata": info.get("Metadata") or {}}
             if info.get("ContentType"):
                 extra["ContentType"] = info["ContentType"]
-            body = (source / name / key).read_bytes()
-            s3.put_object(Bucket=name, Key=key, Body=body, **extra)
-            loaded += 1
+            s3.put_object(Bucket=name, Key=key, Body=(source / name / key).read_bytes(), **extra)
+
+        with ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(put, meta.items()))
+        loaded += len(meta)
     return loaded
