@@ -242,6 +242,30 @@ def ensure_global_concurrency_limit(api_url: str, name: str, limit: int) -> bool
             return True
 
 
+def release_stale_slots(api_url: str, prefix: str = "sagemaker:") -> list[str]:
+    """Set the active slots of docflow's concurrency limits back to 0; the names that held some.
+
+    Only for a server that was just started: its leases were kept in memory and are gone, but
+    the limits' counts of held slots were kept in its database, so a run resumed after a
+    restart of the stack would wait for slots that nobody will ever give back.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    reset = []
+    with prefect_api(api_url), get_client(sync_client=True) as client:
+        offset = 0
+        while page := client.read_global_concurrency_limits(limit=100, offset=offset):
+            offset += len(page)
+            for found in page:
+                if found.name.startswith(prefix) and found.active_slots:
+                    client.update_global_concurrency_limit(
+                        found.name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                    )
+                    reset.append(f"{found.name} ({found.active_slots} slots)")
+    return reset
+
+
 def prefect_deploy(env: Mapping[str, str], *args: str, timeout_s: float = 300.0) -> str:
     """Run `prefect deploy ARGS --no-prompt` from the project root; its output, raises on failure."""
     command = prefect_cli("deploy", *args, "--no-prompt")

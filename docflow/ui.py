@@ -33,6 +33,7 @@ from docflow.prefect_server import (
     is_healthy,
     prefect_api,
     prefect_env,
+    release_stale_slots,
     spawn,
     spawn_server,
     spawn_worker,
@@ -290,6 +291,8 @@ class UiStack:
             self._step(f"created bucket s3://{profile.bucket} in localcloud")
         if ensure_work_pool(self.api_url):
             self._step(f"created work pool {WORK_POOL!r} (type process)")
+        for stale in release_stale_slots(self.api_url):
+            self._step(f"released the slots a stopped stack's runs held: {stale}")
         limit_name = concurrency_limit_name(profile.endpoint_name)
         limit = profile.max_outstanding_invocations
         if ensure_global_concurrency_limit(self.api_url, limit_name, limit):
