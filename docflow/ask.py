@@ -98,7 +98,12 @@ def ask_command(
         print(f"docflow ask: {exc}", file=err)
         return 1
     except (ClientError, BotoCoreError, OSError) as exc:
-        print(f"docflow ask: {exc}", file=err)
+        hint = ""
+        if "not found" in str(exc).lower():
+            hint = (
+                " (deploy a real-time endpoint first: deploy-endpoint with endpoint_mode realtime)"
+            )
+        print(f"docflow ask: {exc}{hint}", file=err)
         return 1
     finally:
         if opened and session and not args.keep_open:

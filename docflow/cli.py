@@ -9,11 +9,18 @@ import sys
 def _local_up(args: argparse.Namespace) -> int:
     from localcloud.server import serve_forever
 
-    return serve_forever(host=args.host, port=args.port)
+    return serve_forever(host=args.host, port=args.port, state_dir=args.state_dir)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import os
+
     from docflow.demo import run_demo
+    from docflow.errors import UserError, answers, localcloud_down
+
+    url = os.environ.get("DOCFLOW_ENDPOINT_URL")
+    if url and not answers(url):  # else the demo starts a localcloud of its own
+        raise UserError(localcloud_down(url))
 
     return run_demo(corpus=args.corpus)
 
@@ -39,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = local_sub.add_parser("up", help="run localcloud in the foreground (Ctrl-C stops it)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=4566)
+    up.add_argument(
+        "--state-dir",
+        help="keep S3 (buckets, objects) in this folder across restarts (`make ui` uses "
+        ".prefect/localcloud); default: in memory only",
+    )
     up.set_defaults(func=_local_up)
 
     demo = sub.add_parser("demo", help="package, deploy and process the sample corpus locally")
@@ -66,9 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `docflow` console script."""
+    """Entry point of the `docflow` console script.
+
+    A sub-command with a ``--profile`` is checked first (``docflow.errors.preflight``); an
+    expected failure prints one line naming the fix and exits 2 (DOCFLOW_DEBUG=1: the traceback).
+    """
+    import os
+
+    from docflow.errors import one_line, preflight
+
+    # Before Prefect's settings load: local runs send no telemetry (nor log failing to send it).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        if getattr(args, "profile", None):
+            preflight(args.profile)
+        return int(args.func(args) or 0)
+    except Exception as exc:
+        line = one_line(exc)
+        if line is None or os.environ.get("DOCFLOW_DEBUG"):
+            raise
+        sys.stderr.write(f"docflow {args.command}: {line}\n")
+        return 2
 
 
 if __name__ == "__main__":

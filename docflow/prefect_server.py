@@ -242,6 +242,30 @@ def ensure_global_concurrency_limit(api_url: str, name: str, limit: int) -> bool
             return True
 
 
+def release_stale_slots(api_url: str, prefix: str = "sagemaker:") -> list[str]:
+    """Set the active slots of docflow's concurrency limits back to 0; the names that held some.
+
+    Only for a server that was just started: its leases were kept in memory and are gone, but
+    the limits' counts of held slots were kept in its database, so a run resumed after a
+    restart of the stack would wait for slots that nobody will ever give back.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    reset = []
+    with prefect_api(api_url), get_client(sync_client=True) as client:
+        offset = 0
+        while page := client.read_global_concurrency_limits(limit=100, offset=offset):
+            offset += len(page)
+            for found in page:
+                if found.name.startswith(prefix) and found.active_slots:
+                    client.update_global_concurrency_limit(
+                        found.name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                    )
+                    reset.append(f"{found.name} ({found.active_slots} slots)")
+    return reset
+
+
 def prefect_deploy(env: Mapping[str, str], *args: str, timeout_s: float = 300.0) -> str:
     """Run `prefect deploy ARGS --no-prompt` from the project root; its output, raises on failure."""
     command = prefect_cli("deploy", *args, "--no-prompt")
@@ -266,9 +290,11 @@ def deploy_all(env: Mapping[str, str], *, timeout_s: float = 300.0) -> str:
     return prefect_deploy(env, "--all", timeout_s=timeout_s)
 
 
-def worker_name(number: int) -> str:
-    """The name of the local stack's ``number``-th worker (1-based); the first keeps the plain log name."""
-    return f"docflow-worker-{number}"
+def worker_name(number: int, restart: int = 0) -> str:
+    """The name of the local stack's ``number``-th worker (1-based); a restarted one gets a name
+    of its own (``docflow-worker-2-r1``), so the server marks the dead one offline and the
+    sharded run re-runs the shards it held, even those killed before their first heartbeat."""
+    return f"docflow-worker-{number}" + (f"-r{restart}" if restart else "")
 
 
 def spawn_worker(
@@ -278,6 +304,7 @@ def spawn_worker(
     pool: str = WORK_POOL,
     number: int = 1,
     limit: int | None = None,
+    restart: int = 0,
 ) -> ChildProcess:
     """`prefect worker start --pool <pool> --type process --name docflow-worker-<n>` (no wait).
 
@@ -293,6 +320,8 @@ def spawn_worker(
         **env,
     }
     log = "worker.log" if number == 1 else f"worker-{number}.log"
+    if restart:
+        log = log.replace(".log", f"-r{restart}.log")
     return spawn(
         f"prefect worker {number}",
         prefect_cli(
@@ -303,7 +332,7 @@ def spawn_worker(
             "--type",
             "process",
             "--name",
-            worker_name(number),
+            worker_name(number, restart),
             *(["--limit", str(limit)] if limit is not None else []),
         ),
         env=worker_env,

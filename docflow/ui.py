@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -11,17 +10,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import psutil
-
 from docflow.prefect_server import (
-    DEFAULT_PREFECT_PORT,
     HOST,
-    PROJECT_ROOT,
     WORK_POOL,
     ChildProcess,
     StackError,
@@ -33,6 +27,7 @@ from docflow.prefect_server import (
     is_healthy,
     prefect_api,
     prefect_env,
+    release_stale_slots,
     spawn,
     spawn_server,
     spawn_worker,
@@ -42,94 +37,19 @@ from docflow.prefect_server import (
     wait_until,
     worker_name,
 )
+from docflow.restarts import Restarts, worker_number
+from docflow.ui_state import STATE_FILE, UiConfig, UiState, process_identity, same_process
+from localcloud.persist import STOP_TIMEOUT_S
 
 if TYPE_CHECKING:
     from docflow.alerts import AlertReceiver
     from tasks.aws.blocks import BlockNames
     from tasks.settings import Profile
 
-DEFAULT_LOCALCLOUD_PORT = 4566
-MAX_WORKERS = 16
-STATE_FILE = "docflow-ui.json"
 PROCESS_DOCUMENTS = "process-documents/nightly"
 RUN_ORDER = ("package-model/local", "deploy-endpoint/local", PROCESS_DOCUMENTS)
 
 Printer = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class UiConfig:
-    """Where the stack lives and listens; env overrides let tests run one on free ports."""
-
-    home: Path
-    prefect_port: int
-    localcloud_port: int
-    profile: str
-    workers: int = 1
-
-    @classmethod
-    def from_env(cls) -> UiConfig:
-        """DOCFLOW_UI_HOME (default .prefect/), DOCFLOW_UI_PORT, DOCFLOW_UI_LOCALCLOUD_PORT,
-        DOCFLOW_PROFILE, DOCFLOW_UI_WORKERS (workers on the local pool, default 1)."""
-        env = os.environ
-        workers = int(env.get("DOCFLOW_UI_WORKERS") or 1)
-        if not 1 <= workers <= MAX_WORKERS:
-            raise ValueError(
-                f"DOCFLOW_UI_WORKERS={workers}: start between 1 and {MAX_WORKERS} local workers"
-            )
-        return cls(
-            workers=workers,
-            home=Path(env.get("DOCFLOW_UI_HOME") or PROJECT_ROOT / ".prefect").resolve(),
-            prefect_port=int(env.get("DOCFLOW_UI_PORT") or DEFAULT_PREFECT_PORT),
-            localcloud_port=int(env.get("DOCFLOW_UI_LOCALCLOUD_PORT") or DEFAULT_LOCALCLOUD_PORT),
-            profile=env.get("DOCFLOW_PROFILE") or "local",
-        )
-
-
-@dataclass
-class UiState:
-    """What a running `make ui` wrote down, so a second `make ui` can find it."""
-
-    ui: list[float]
-    api_url: str
-    localcloud_url: str
-    ready: bool = False
-    children: dict[str, list[float]] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        """The `docflow ui` process."""
-        return int(self.ui[0])
-
-    @property
-    def ui_url(self) -> str:
-        """The dashboard address."""
-        return self.api_url.removesuffix("/api")
-
-    def save(self, home: Path) -> None:
-        """Write the state file."""
-        (home / STATE_FILE).write_text(json.dumps(self.__dict__, indent=2))
-
-    @classmethod
-    def load(cls, home: Path) -> UiState | None:
-        """The state file's contents, or None when absent or unreadable."""
-        try:
-            return cls(**json.loads((home / STATE_FILE).read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-
-def _identity(pid: int) -> list[float]:
-    """[pid, start time]: tells a process from a later one that reused its pid."""
-    return [float(pid), psutil.Process(pid).create_time()]
-
-
-def _same_process(ident: list[float]) -> bool:
-    """True when the process recorded as ident is still the one running under that pid."""
-    try:
-        return psutil.Process(int(ident[0])).create_time() == ident[1]
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _localcloud_answers(url: str) -> bool:
@@ -162,7 +82,9 @@ class UiStack:
         self.api_url = ""
         self.localcloud_url = ""
         self._started = time.monotonic()
-        self.state = UiState(ui=_identity(os.getpid()), api_url="", localcloud_url="")
+        self.state = UiState(ui=process_identity(os.getpid()), api_url="", localcloud_url="")
+        self._worker_env: dict[str, str] = {}
+        self.restarts = Restarts()
 
     def up(self) -> UiState:
         """Start everything; on any failure stop what was started and re-raise."""
@@ -196,7 +118,9 @@ class UiStack:
 
         cloud_env = localcloud_environment(self.localcloud_url, profile.region)
         self.state = UiState(
-            ui=_identity(os.getpid()), api_url=self.api_url, localcloud_url=self.localcloud_url
+            ui=process_identity(os.getpid()),
+            api_url=self.api_url,
+            localcloud_url=self.localcloud_url,
         )
         self.state.save(cfg.home)
 
@@ -217,7 +141,8 @@ class UiStack:
         cloud = spawn(
             "localcloud",
             [sys.executable, "-m", "docflow.cli", "local", "up"]
-            + ["--host", HOST, "--port", str(cloud_port)],
+            + ["--host", HOST, "--port", str(cloud_port)]
+            + ["--state-dir", str(cfg.home / "localcloud")],
             env={**os.environ, **cloud_env, "PYTHONUNBUFFERED": "1"},
             log_path=cfg.home / "logs" / "localcloud.log",
         )
@@ -247,6 +172,7 @@ class UiStack:
             },
         )
         workers = []
+        self._worker_env = env
         for number in range(1, cfg.workers + 1):
             self._step(
                 f"starting a worker: prefect worker start --pool {WORK_POOL} "
@@ -268,7 +194,7 @@ class UiStack:
     def _adopt(self, child: ChildProcess) -> None:
         """Own child: stop it with the stack, and note it so a later `make ui` can clean up after a crash."""
         self.children.append(child)
-        self.state.children[child.name] = _identity(child.pid)
+        self.state.children[child.name] = process_identity(child.pid)
         self.state.save(self.config.home)
 
     def _configure(self, profile: Profile, cloud_env: dict[str, str]) -> BlockNames:
@@ -284,6 +210,8 @@ class UiStack:
             self._step(f"created bucket s3://{profile.bucket} in localcloud")
         if ensure_work_pool(self.api_url):
             self._step(f"created work pool {WORK_POOL!r} (type process)")
+        for stale in release_stale_slots(self.api_url):
+            self._step(f"released the slots a stopped stack's runs held: {stale}")
         limit_name = concurrency_limit_name(profile.endpoint_name)
         limit = profile.max_outstanding_invocations
         if ensure_global_concurrency_limit(self.api_url, limit_name, limit):
@@ -308,20 +236,42 @@ class UiStack:
         self._step(f"failed or crashed docflow runs are alerted here ({self.receiver.url})")
 
     def wait(self) -> None:
-        """Block until Ctrl-C (or SIGTERM), or until a child exits on its own."""
+        """Block until Ctrl-C (or SIGTERM), or until the server, PostgreSQL or localcloud exits;
+        a worker that exits is started again (``docflow.restarts``)."""
         while True:
-            for child in self.children:
+            for index, child in enumerate(self.children):
                 if not child.alive():
-                    raise StackError(
-                        f"{child.name} exited with code {child.popen.returncode}; "
-                        f"its log ({child.log_path}):\n{child.log_tail()}"
-                    )
+                    self.children[index] = self._restart(child)
             time.sleep(1)
+
+    def _restart(self, child: ChildProcess) -> ChildProcess:
+        """The worker ``child`` started again; StackError for any other child, or a crash loop."""
+        number = worker_number(child.name)
+        code = child.popen.returncode
+        if number is None or not self.restarts.allow(child.name):
+            again = (
+                "" if number is None else f" (restarted {self.restarts.count(child.name)} times)"
+            )
+            raise StackError(
+                f"{child.name} exited with code {code}{again}; "
+                f"its log ({child.log_path}):\n{child.log_tail()}"
+            )
+        self._step(
+            f"[restart] {child.name} exited with code {code}; starting it again (its flow runs "
+            f"are re-run by their sharded run, or resumed with the same run key; log: "
+            f"{child.log_path})"
+        )
+        restart = self.restarts.total(child.name)  # a new worker name for every restart
+        worker = spawn_worker(self.config.home, self._worker_env, number=number, restart=restart)
+        self.state.children[worker.name] = process_identity(worker.pid)
+        self.state.save(self.config.home)
+        return worker
 
     def down(self) -> None:
         """Stop every child (worker, localcloud, server) and forget the state file."""
         for child in reversed(self.children):
-            child.stop()
+            # localcloud writes S3 to its state folder as it stops (localcloud.persist).
+            child.stop(timeout_s=STOP_TIMEOUT_S if child.name == "localcloud" else 10.0)
         self.children.clear()
         if self.receiver is not None:
             self.receiver.stop()
@@ -336,7 +286,7 @@ def _already_running(config: UiConfig, say: Printer) -> bool:
     state = UiState.load(config.home)
     if state is None:
         return False
-    if _same_process(state.ui):
+    if same_process(state.ui):
         if state.ready and is_healthy(state.api_url):
             say(f"docflow ui is already running (pid {state.pid}): nothing to do.")
             say(_banner(state))
@@ -347,7 +297,7 @@ def _already_running(config: UiConfig, say: Printer) -> bool:
             )
         return True
     for name, ident in state.children.items():
-        if _same_process(ident):
+        if same_process(ident):
             say(f"stopping {name} (pid {int(ident[0])}) left by a docflow ui that died")
             stop_tree(int(ident[0]))
     (config.home / STATE_FILE).unlink(missing_ok=True)

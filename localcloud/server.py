@@ -6,9 +6,35 @@ import shlex
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from types import FrameType
 
 from localcloud.cloud import LocalCloud
+from localcloud.persist import SNAPSHOT_EVERY_S, load_s3, save_s3
+
+
+class StateKeeper:
+    """Loads S3 from ``folder`` once, and saves it there on stop and every SNAPSHOT_EVERY_S."""
+
+    def __init__(self, url: str, folder: Path) -> None:
+        self.url = url
+        self.folder = folder
+        self._last = time.monotonic()
+
+    def load(self) -> int:
+        """Objects loaded from the folder."""
+        return load_s3(self.url, self.folder)
+
+    def save(self) -> int:
+        """Objects saved to the folder."""
+        self._last = time.monotonic()
+        return save_s3(self.url, self.folder)
+
+    def maybe_save(self) -> None:
+        """Save when SNAPSHOT_EVERY_S has passed since the last save."""
+        if time.monotonic() - self._last >= SNAPSHOT_EVERY_S:
+            self.save()
 
 
 def export_lines(env: dict[str, str]) -> str:
@@ -16,8 +42,11 @@ def export_lines(env: dict[str, str]) -> str:
     return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
 
 
-def serve_forever(host: str = "127.0.0.1", port: int = 4566) -> int:
-    """Start localcloud, print the environment a shell needs, block until interrupted; returns an exit code."""
+def serve_forever(host: str = "127.0.0.1", port: int = 4566, state_dir: str | None = None) -> int:
+    """Start localcloud, print the environment a shell needs, block until interrupted; returns an exit code.
+
+    ``state_dir``: keep S3 there across restarts (``localcloud.persist``).
+    """
     cloud = LocalCloud(port=port, host=host)
     try:
         cloud.start()
@@ -28,6 +57,9 @@ def serve_forever(host: str = "127.0.0.1", port: int = 4566) -> int:
             file=sys.stderr,
         )
         return 1
+    keeper = StateKeeper(cloud.url, Path(state_dir)) if state_dir else None
+    if keeper is not None:
+        print(f"localcloud: S3 kept in {state_dir} ({keeper.load()} objects loaded)", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -46,8 +78,11 @@ def serve_forever(host: str = "127.0.0.1", port: int = 4566) -> int:
         )
         print("# Ctrl-C stops it (endpoint instance processes stop with it)", flush=True)
         while not stop.wait(0.5):
-            pass
+            if keeper is not None:
+                keeper.maybe_save()
     finally:
+        if keeper is not None:
+            print(f"localcloud: {keeper.save()} S3 objects saved to {state_dir}", flush=True)
         cloud.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -56,6 +56,11 @@ class Profile(BaseModel):
     credentials_block: str | None = Field(
         None, description="Name of a prefect-aws AwsCredentials block; None: default chain."
     )
+    local_credentials: tuple[str, str] | None = Field(
+        None,
+        description="[access key id, secret key] used when boto3's default chain finds none: "
+        "localcloud's fixed, non-secret key, so a fresh shell reaches it. Never set it for AWS.",
+    )
     endpoint_name: str = "docflow-llm"
     endpoint_mode: Literal["async", "realtime", "both"] = Field(
         "async",

@@ -20,7 +20,7 @@ from tasks.settings import Profile, load_profile
 AWS_CALL_ATTEMPTS = 8
 
 _lock = threading.Lock()
-_sessions: dict[tuple[str | None, str], boto3.session.Session] = {}
+_sessions: dict[tuple[Any, ...], boto3.session.Session] = {}
 _clients: dict[tuple[Any, ...], Any] = {}
 
 
@@ -36,7 +36,7 @@ def client_config(profile: Profile, *, read_timeout_s: float | None = None) -> C
 
 
 def _session(profile: Profile) -> boto3.session.Session:
-    key = (profile.credentials_block, profile.region)
+    key = (profile.credentials_block, profile.region, profile.local_credentials)
     with _lock:
         if key not in _sessions:
             if profile.credentials_block:
@@ -45,8 +45,19 @@ def _session(profile: Profile) -> boto3.session.Session:
                 creds = cast(AwsCredentials, AwsCredentials.load(profile.credentials_block))
                 _sessions[key] = creds.get_boto3_session()
             else:
-                _sessions[key] = boto3.session.Session(region_name=profile.region)
+                _sessions[key] = _default_session(profile)
         return _sessions[key]
+
+
+def _default_session(profile: Profile) -> boto3.session.Session:
+    """boto3's default chain; the profile's ``local_credentials`` when that finds none."""
+    session = boto3.session.Session(region_name=profile.region)
+    if profile.local_credentials is None or session.get_credentials() is not None:
+        return session
+    key_id, secret = profile.local_credentials
+    return boto3.session.Session(
+        aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=profile.region
+    )
 
 
 def aws_client(

@@ -211,7 +211,9 @@ class RunDriver:
         """Say what this run could use and read what all runs want (after submitting: no delay)."""
         want = min(self.cap, in_flight + pending)
         now = time.monotonic()
-        if now - self._last_share >= POLLING.share_every_s or want != demand.wanted:
+        # More is said at once; less (each batch ending in the tail) at most every share_every_s:
+        # three API calls per change cost a run's last seconds, and a shrinking want frees no slot.
+        if now - self._last_share >= POLLING.share_every_s or want > demand.wanted:
             self._last_share = now
             demand.set(want)
             self._target = fair_share(self.cap, want, demand.total())

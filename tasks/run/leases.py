@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 from uuid import UUID
 
 logger = logging.getLogger("docflow.leases")
+
+# Prefect's client sleeps 2, 4, 8 … s before retrying a 503 (its SQLite database locked by
+# another writer, common on a loaded machine): a run's first slot waited 2.3 s of its 5 s for
+# one. Lease calls are short writes, so they retry here instead, quickly, for about as long.
+RETRY_STATUS = frozenset({408, 429, 502, 503})
+RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0, 2.0, 2.0)
 
 
 class LimitMissing(LookupError):
@@ -44,14 +51,14 @@ class LeaseBook:
         from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
         from prefect.exceptions import PrefectHTTPStatusError
 
-        try:
-            response = self._api().increment_concurrency_slots_with_lease(
-                names=[name], slots=slots, mode="concurrency", lease_duration=self.lease_s
-            )
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code == 423:  # locked: not enough slots free
-                return None
-            raise
+        body = {"names": [name], "slots": slots, "mode": "concurrency"}
+        response = self._post(
+            "/v2/concurrency_limits/increment-with-lease", {**body, "lease_duration": self.lease_s}
+        )
+        if response.status_code == 423:  # locked: not enough slots free
+            return None
+        if response.is_error:
+            raise PrefectHTTPStatusError.from_httpx_error(_status_error(response))
         granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
         if not granted.limits:
             raise LimitMissing(name)
@@ -71,14 +78,36 @@ class LeaseBook:
 
     def release(self, lease_id: UUID) -> None:
         """Give a lease's slots back (a lease already gone is fine: it lapsed)."""
-        from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-
         with self._lock:
             self._leases.discard(lease_id)
-        try:
-            self._api().release_concurrency_slots_with_lease(lease_id)
-        except (ObjectNotFound, PrefectHTTPStatusError) as exc:
-            logger.debug("lease %s was already gone: %s", lease_id, exc)
+        response = self._post(
+            "/v2/concurrency_limits/decrement-with-lease", {"lease_id": str(lease_id)}
+        )
+        if response.is_error:
+            logger.debug("lease %s was already gone: %s", lease_id, response.text)
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST through the API client's connection pool without its multi-second back-off:
+        a retryable answer (or a dropped connection) is tried again after RETRY_DELAYS_S."""
+        import httpx
+
+        http = self._api()._client  # httpx.Client subclass whose send() adds Prefect's retries
+        request = http.build_request("POST", path, json=body)
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                response = httpx.Client.send(http, request)
+            except httpx.TransportError as exc:
+                if delay is None:
+                    raise
+                logger.debug("lease call %s failed (%s); again in %.2f s", path, exc, delay)
+            else:
+                if response.status_code not in RETRY_STATUS or delay is None:
+                    return response
+                logger.debug(
+                    "lease call %s: %d; again in %.2f s", path, response.status_code, delay
+                )
+            time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Release every lease still held and stop renewing."""
@@ -115,3 +144,14 @@ class LeaseBook:
                         )
                     except Exception as exc:  # the next round tries again; a lapse frees the slot
                         logger.warning("could not renew concurrency lease %s: %s", lease_id, exc)
+
+
+def _status_error(response: Any) -> Any:
+    """The httpx.HTTPStatusError of an error response (what Prefect's client would raise)."""
+    import httpx
+
+    return httpx.HTTPStatusError(
+        f"{response.status_code} from {response.request.url}: {response.text[:200]}",
+        request=response.request,
+        response=response,
+    )

@@ -71,6 +71,8 @@ def run_shards(
     summary["results_uri"] = kind.merge(profile, run_key, done)
     summary["wall_time_s"] = round(time.monotonic() - started, 3)
     summary["summary_uri"] = write_summary(profile, run_key, summary)
+    if folder := keep_local_copy(profile, run_key, summary):
+        logger.info("run %s: merged results and summary copied to %s", run_key, folder)
     create_markdown_artifact(
         sharded_markdown(summary, kind),
         key=run_artifact_key(run_key, "summary"),
@@ -78,3 +80,24 @@ def run_shards(
     )
     logger.info("run %s: %s", run_key, kind.headline(summary))
     return summary
+
+
+def keep_local_copy(profile: Profile, run_key: str, summary: dict[str, Any]) -> str | None:
+    """Copy the merged results and summary.json to ``<local_results_dir>/<run key>/`` (a profile
+    with ``local_results_dir``, as the local one); the folder, or None when nothing was copied."""
+    from pathlib import Path
+
+    from tasks.aws.clients import aws_client
+    from tasks.aws.s3 import split_s3_uri
+    from tasks.run.layout import local_run_dir
+
+    folder = local_run_dir(profile, run_key)
+    uris = [u for u in (summary.get("results_uri"), summary.get("summary_uri")) if u]
+    if folder is None or not uris:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    s3 = aws_client("s3", profile)
+    for uri in uris:
+        bucket, key = split_s3_uri(str(uri))
+        s3.download_file(bucket, key, str(Path(folder) / key.rsplit("/", 1)[-1]))
+    return folder

@@ -30,6 +30,7 @@ from docflow.prefect_server import (
     PROJECT_ROOT,
     ChildProcess,
     free_port,
+    is_healthy,
     port_is_free,
     prefect_api,
     prefect_cli,
@@ -37,7 +38,7 @@ from docflow.prefect_server import (
     spawn,
     wait_until,
 )
-from docflow.ui import STATE_FILE, UiState
+from docflow.ui_state import STATE_FILE, UiState
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -402,6 +403,41 @@ def test_two_workers_poll_the_pool_and_the_server_runs_on_postgres(stack: Stack)
     assert online == ["docflow-worker-1", "docflow-worker-2"], workers
     assert "postgres" in stack.state.children, stack.state.children
     assert "starting PostgreSQL for 2 workers" in stack.ui.log_tail(400)
+
+
+def test_a_killed_worker_is_started_again_and_the_stack_goes_on(stack: Stack) -> None:
+    """SIGKILL worker 2 (and anything it started): `docflow ui` logs it and starts it again."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import WorkerStatus
+
+    old = UiState.load(stack.home)
+    assert old is not None
+    old_pid = int(old.children["prefect worker 2"][0])
+    victims = [psutil.Process(old_pid), *psutil.Process(old_pid).children(recursive=True)]
+    for proc in victims:
+        proc.send_signal(signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=10)
+    wait_until(
+        lambda: "[restart] prefect worker 2 exited with code -9" in stack.ui.log_tail(400),
+        what="`docflow ui` to restart the killed worker",
+        timeout_s=30,
+        child=stack.ui,
+    )
+
+    def new_worker_polls() -> bool:
+        state = UiState.load(stack.home)
+        pid = int(state.children["prefect worker 2"][0]) if state else old_pid
+        log = (stack.home / "logs" / "worker-2.log").read_text(errors="replace")
+        return pid != old_pid and psutil.pid_exists(pid) and log.count("started!") >= 2
+
+    wait_until(new_worker_polls, what="the new worker 2 to poll", timeout_s=120, child=stack.ui)
+    assert stack.ui.alive()
+    assert is_healthy(stack.state.api_url)  # the server, and everything else, went on
+    with prefect_api(stack.state.api_url), get_client(sync_client=True) as client:
+        workers = client.read_workers_for_work_pool("docflow-local")
+    assert "docflow-worker-2" in {w.name for w in workers if w.status == WorkerStatus.ONLINE}
+    worker_1 = int(old.children["prefect worker 1"][0])
+    assert psutil.pid_exists(worker_1)  # the healthy worker was left alone
 
 
 def test_ctrl_c_stops_everything(stack: Stack) -> None:
