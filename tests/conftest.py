@@ -22,7 +22,11 @@ from tests.runs import Deployment, EndpointProbe
 # Session fixtures that start a stack, and the test files that use each: under pytest-xdist
 # (make test) those files run on one process, so the stack starts once per session.
 SHARED_STACKS = {
-    "prefect_pool": ("tests/flows/test_sharded_runs.py", "tests/flows/test_sharded_asks.py"),
+    "prefect_pool": (
+        "tests/flows/test_sharded_runs.py",
+        "tests/flows/test_sharded_asks.py",
+        "tests/docflow/test_sharded_runs_cli.py",
+    ),
 }
 # prefect_pool: the deployments the sharded tests run, and its workers.
 POOL_DEPLOYMENTS = ["process-documents/sharded", "ask-documents/local"]

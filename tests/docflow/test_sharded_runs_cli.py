@@ -1,13 +1,12 @@
 """`docflow runs list/show/fetch/retry` of a sharded run: one run with its totals and shards.
 
-One sharded run (4 shards over 2 process workers of a real Prefect server, two poisoned
+One sharded run (4 shards over the process workers of the session's Prefect server, two poisoned
 documents the echo model refuses) serves every check, as it takes a minute to make.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from docflow.prefect_server import ensure_global_concurrency_limit
 from tasks.endpoint.spec import concurrency_limit_name
 from tasks.run.manifest import load_manifest
 from tasks.run.status import read_summary
-from tests.pool import PoolStack, pool_stack, run_parent
+from tests.pool import PoolStack, run_parent
 from tests.runs import Deployment, EndpointProbe, unique_run_key, write_corpus
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("faults")]
@@ -29,11 +28,10 @@ SHARDS = 4
 POISON = {5, 31}
 
 
-@pytest.fixture(scope="module")
-def stack(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoolStack]:
-    """PostgreSQL, server, pool, `process-documents/sharded`, two workers."""
-    with pool_stack(tmp_path_factory.mktemp("cli-pool"), ["process-documents/sharded"], 2) as s:
-        yield s
+@pytest.fixture
+def stack(prefect_pool: PoolStack) -> PoolStack:
+    """The session's Prefect stack (tests/conftest.py SHARED_STACKS): `process-documents/sharded`."""
+    return prefect_pool
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
