@@ -57,9 +57,9 @@ LABEL_SIZES = {"full": (20, 16), "quick": (6, 12)}
 
 def constrained_payloads(n_docs: int, max_new_tokens: int) -> tuple[dict[str, list[bytes]], Any]:
     """Per mode, JSON Lines payloads of docflow's extract lines; and the typed answer parser."""
-    from tasks.run.batching import payload_line
-    from tasks.run.controls import run_controls
-    from tasks.run.corpus import ColumnMapping, load_corpus
+    from tasks.corpus.documents import ColumnMapping, load_corpus
+    from tasks.run.plan.batching import payload_line
+    from tasks.run.request.controls import run_controls
 
     corpus = load_corpus(str(SAMPLE), ColumnMapping())
     template, params, answers = run_controls(
@@ -92,9 +92,9 @@ def _with_lengths(body: bytes, lengths: dict[str, int]) -> bytes:
 def classify_payloads(n_docs: int, max_new_tokens: int) -> tuple[dict[str, bytes], Any]:
     """Per mode (unconstrained, constrained), one JSON Lines payload of docflow's classify
     lines; and the typed answer parser (a label, exactly)."""
-    from tasks.run.batching import payload_line
-    from tasks.run.controls import run_controls
-    from tasks.run.corpus import ColumnMapping, load_corpus
+    from tasks.corpus.documents import ColumnMapping, load_corpus
+    from tasks.run.plan.batching import payload_line
+    from tasks.run.request.controls import run_controls
 
     corpus = load_corpus(str(SAMPLE), ColumnMapping())
     template, params, answers = run_controls(

@@ -25,7 +25,7 @@ class CompletionRecorder:
 
     def install(self) -> CompletionRecorder:
         """Instrument the manifest class of this process (the real method still does the work)."""
-        from tasks.run.manifest import BatchStatus, RunManifest
+        from tasks.run.plan.manifest import BatchStatus, RunManifest
 
         original = RunManifest.mark
         recorder = self

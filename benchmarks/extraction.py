@@ -2,7 +2,7 @@
 
 ``python -m benchmarks --extraction`` (or ``python -m benchmarks.extraction``): makes ``--files``
 real files of each format (benchmarks/documents.py, benchmarks/more_documents.py), then loads the
-folder the way process-documents does (tasks.run.corpus.load_corpus) and times each file's read +
+folder the way process-documents does (tasks.corpus.documents.load_corpus) and times each file's read +
 sha256 + type detection + extraction (an archive's files/s counts the archives, each of two
 members). ``--candidates`` also times the libraries that were not chosen, when they are installed
 (pip install pypdf pdfminer.six readability-lxml markitdown[pptx,xlsx,docx]). ``--ocr-pages``:
@@ -94,8 +94,8 @@ def _read_in(folder: Path, name: str) -> bytes:
 
 def measure(folders: dict[str, Path]) -> list[tuple[str, int, float, float]]:
     """(format, files, seconds, MB) of loading each folder as a corpus."""
+    from tasks.corpus.documents import load_corpus
     from tasks.corpus.read import read_file
-    from tasks.run.corpus import load_corpus
 
     for folder in folders.values():  # imports and first-call set-up are not per-file costs
         first = min(folder.iterdir())

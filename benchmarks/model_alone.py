@@ -33,9 +33,9 @@ def _handler(model_dir: Path) -> ModuleType:
 
 def prepare(spec: ContenderSpec, profile: Profile) -> dict[str, Any]:
     """Load the model once (as an endpoint instance does before serving) and build the payloads."""
-    from tasks.run.batching import make_batches
-    from tasks.run.corpus import load_corpus
-    from tasks.run.prompts import GenerationParameters, PromptTemplate
+    from tasks.corpus.documents import load_corpus
+    from tasks.run.plan.batching import make_batches
+    from tasks.run.request.prompts import GenerationParameters, PromptTemplate
 
     if not spec.model_dir:
         raise ValueError("the model_alone contender needs model_dir (an unpacked model.tar.gz)")

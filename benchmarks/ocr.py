@@ -42,7 +42,7 @@ def page_lines(page: int) -> list[str]:
 
 def measure(pages: int) -> tuple[float, float, int]:
     """(CER, pages/s, OCR'd pages) of docflow reading a ``pages``-page scanned PDF."""
-    from tasks.corpus import ocr
+    from tasks.corpus.formats import ocr
 
     data = scanned_pages_pdf([page_lines(p) for p in range(pages)])
     from benchmarks.more_documents import page_image

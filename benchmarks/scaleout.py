@@ -227,7 +227,7 @@ def scaleout(bench: Any, cfg: ScaleoutConfig | None = None) -> dict[str, Any]:
     from docflow.prefect_server import ensure_global_concurrency_limit
     from tasks.aws.clients import aws_client
     from tasks.endpoint.spec import concurrency_limit_name
-    from tasks.run.status import read_summary
+    from tasks.run.results.status import read_summary
 
     cfg = cfg or ScaleoutConfig()
     env = bench.env

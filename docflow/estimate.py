@@ -13,13 +13,14 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from tasks.run.estimate import Estimate
+    from tasks.run.plan.estimate import Estimate
 
 
 def estimate_corpus(corpus: str, *, profile: str = "local", **flat: Any) -> Estimate:
     """The estimate of ``process_documents(corpus, dry_run=True, ...)`` with flat parameter names
     (``template``, ``batch_size``, ...; ``endpoint``, or ``model``: an artifact's
     s3://…/model.tar.gz instead of an endpoint's model). Defaults are the flow's own groups."""
+    from tasks.corpus.documents import ColumnMapping, load_corpus
     from tasks.params.flat import grouped
     from tasks.params.groups import (
         BatchingOptions,
@@ -29,12 +30,11 @@ def estimate_corpus(corpus: str, *, profile: str = "local", **flat: Any) -> Esti
         PromptOptions,
         ReadOptions,
     )
-    from tasks.run.controls import controls_of
-    from tasks.run.corpus import ColumnMapping, load_corpus
-    from tasks.run.estimate import estimate_run
-    from tasks.run.planning import plan_prompts
-    from tasks.run.target import endpoint_outputs
-    from tasks.run.tokens import token_counter
+    from tasks.run.plan.estimate import estimate_run
+    from tasks.run.plan.planning import plan_prompts
+    from tasks.run.plan.target import endpoint_outputs
+    from tasks.run.request.controls import controls_of
+    from tasks.run.request.tokens import token_counter
     from tasks.settings import load_profile
 
     given = grouped({k: v for k, v in flat.items() if v is not None})
@@ -79,7 +79,7 @@ def estimate_corpus(corpus: str, *, profile: str = "local", **flat: Any) -> Esti
 
 
 def _run(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from tasks.run.estimate import estimate_text
+    from tasks.run.plan.estimate import estimate_text
 
     out = out or sys.stdout
     if not args.endpoint and not args.model and not _profile_endpoint_exists(args.profile):
@@ -115,10 +115,10 @@ def _profile_endpoint_exists(profile: str) -> bool:
 
 def _survey(args: argparse.Namespace, out: TextIO) -> int:
     """No endpoint and no model: what docflow makes of the corpus, and what tokens need."""
+    from tasks.corpus.documents import ColumnMapping
     from tasks.corpus.survey import survey_corpus, survey_text
     from tasks.params.flat import grouped
     from tasks.params.groups import ColumnOptions, ReadOptions
-    from tasks.run.corpus import ColumnMapping
     from tasks.settings import load_profile
 
     given = grouped(_flags(args))

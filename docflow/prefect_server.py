@@ -315,7 +315,7 @@ def spawn_worker(
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         # The server marks a worker offline after 3 missed heartbeats: ~30 s, not 90 s, so a
-        # sharded run re-runs the shards of a lost worker soon (tasks/run/sharding.py).
+        # sharded run re-runs the shards of a lost worker soon (tasks/sharding/children.py).
         "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
         **env,
     }

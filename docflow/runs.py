@@ -22,7 +22,7 @@ def _emit(data: Any, out: TextIO) -> None:
 def _any_status(profile: Any, run_key: str) -> Any:
     """A run's status, a sharded run's parent included (None: no such run)."""
     from docflow.sharded import sharded_status
-    from tasks.run.status import read_status
+    from tasks.run.results.status import read_status
 
     return read_status(profile, run_key) or sharded_status(profile, run_key)
 
@@ -34,7 +34,7 @@ def _no_run(run_key: str) -> int:
 
 def _show_text(status: Any) -> str:
     from docflow.sharded import ShardedStatus, format_shards
-    from tasks.run.status import format_show
+    from tasks.run.results.status import format_show
 
     text = format_show(status)
     return text + format_shards(status) if isinstance(status, ShardedStatus) else text
@@ -43,7 +43,7 @@ def _show_text(status: Any) -> str:
 def list_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """`docflow runs list`: a sharded run is one row, its shards indented beneath it."""
     from docflow.sharded import ShardedStatus, group_keys, sharded_status
-    from tasks.run.status import format_list, read_status, run_keys
+    from tasks.run.results.status import format_list, read_status, run_keys
 
     out = out or sys.stdout
     profile = _profile(args.profile)
@@ -109,8 +109,8 @@ def _retry_one(profile: Any, args: argparse.Namespace, run_key: str) -> int:
     from flows.process_documents import process_documents
     from tasks.params.flat import grouped
     from tasks.params.groups import RetryOptions
-    from tasks.run.manifest import load_manifest
-    from tasks.run.shards import Shard
+    from tasks.run.plan.manifest import load_manifest
+    from tasks.sharding.shards import Shard
 
     manifest = load_manifest(run_key, profile)
     if manifest is None:
@@ -152,7 +152,7 @@ def fetch_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from docflow.sharded import shard_keys
     from tasks.aws.clients import aws_client
     from tasks.aws.s3 import split_s3_uri
-    from tasks.run.layout import run_uri
+    from tasks.run.plan.layout import run_uri
 
     profile = _profile(args.profile)
     bucket, prefix = split_s3_uri(run_uri(profile, args.run_key, ""))

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from tasks.run.status import RequestCounts, RunState, RunStatus, read_status, read_summary
+from tasks.run.results.status import RequestCounts, RunState, RunStatus, read_status, read_summary
 from tasks.settings import Profile
 
 SHARD_KEY = re.compile(r"^(?P<parent>.+)\.s(?P<number>\d{3})of(?P<count>\d{3})$")
@@ -133,10 +133,10 @@ def format_shards(status: ShardedStatus) -> str:
 def remerge(profile: Profile, run_key: str) -> dict[str, Any] | None:
     """Sum up and merge the parent again from its shards' summaries (after a retry of some);
     the new summary, or None when the parent never wrote one (it has not ended yet)."""
-    from tasks.run.shard_merge import PROCESS_DOCUMENTS, combine_summaries
-    from tasks.run.sharded_run import keep_local_copy
-    from tasks.run.sharding import ShardRun
-    from tasks.run.status import write_summary
+    from tasks.run.results.status import write_summary
+    from tasks.sharding.children import ShardRun
+    from tasks.sharding.merge import PROCESS_DOCUMENTS, combine_summaries
+    from tasks.sharding.parent import keep_local_copy
 
     old = read_summary(profile, run_key)
     if old is None or not old.get("shard_runs"):

@@ -15,10 +15,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from tasks.ask.asker import AskPlan
-from tasks.ask.controls import ask_controls
+from tasks.ask.merge import ask_sharding
+from tasks.ask.question_controls import ask_controls
 from tasks.ask.results import publish_artifacts, summarize, write_results
 from tasks.ask.run import answered_pairs, ask_questions, ask_run_key
-from tasks.ask.sharded import ask_sharding
+from tasks.corpus.documents import ColumnMapping
+from tasks.corpus.load import load_documents, scan_corpus
 from tasks.endpoint.spec import ask_endpoint_name
 from tasks.params.groups import (
     AnswerOptions,
@@ -27,12 +29,10 @@ from tasks.params.groups import (
     ReadOptions,
     ShardingOptions,
 )
-from tasks.run.corpus import ColumnMapping
-from tasks.run.layout import validate_run_key
-from tasks.run.load import load_documents, scan_corpus
-from tasks.run.sharded_run import run_shards
-from tasks.run.shards import Shard, check_shard, shard_count
+from tasks.run.plan.layout import validate_run_key
 from tasks.settings import load_profile
+from tasks.sharding.parent import run_shards
+from tasks.sharding.shards import Shard, check_shard, shard_count
 
 
 def ask_run_name() -> str:

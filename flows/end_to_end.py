@@ -18,7 +18,7 @@ from tasks.params.groups import (
     PromptOptions,
     ReadOptions,
 )
-from tasks.run.messages import end_to_end_run_name
+from tasks.run.request.messages import end_to_end_run_name
 
 
 @flow(name="end-to-end", flow_run_name=end_to_end_run_name)

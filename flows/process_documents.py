@@ -7,6 +7,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from tasks.capacity.scale import scale_to_zero_if_idle
+from tasks.corpus.documents import ColumnMapping
+from tasks.corpus.load import load_documents, scan_corpus
 from tasks.model.grammar import check_grammar
 from tasks.params.groups import (
     BatchingOptions,
@@ -19,24 +22,21 @@ from tasks.params.groups import (
     RetryOptions,
     ShardingOptions,
 )
-from tasks.run.batching import compute_run_key, long_key
-from tasks.run.controls import controls_of
-from tasks.run.corpus import ColumnMapping
-from tasks.run.layout import local_run_dir, validate_run_key
-from tasks.run.load import load_documents, scan_corpus
-from tasks.run.messages import process_run_name
-from tasks.run.notify import RUN_END_HOOKS
-from tasks.run.phase import Phase, drive_with_reduce
-from tasks.run.planning import count_tokens, describe_target, dry_run_estimate
-from tasks.run.prepare import prepare_manifest, run_parameters
-from tasks.run.publish import aggregate, canceled_state, publish_artifacts, report_run
+from tasks.run.fanout.phase import Phase, drive_with_reduce
+from tasks.run.fanout.spool import OutputSpool
+from tasks.run.plan.batching import compute_run_key, long_key
+from tasks.run.plan.layout import local_run_dir, validate_run_key
+from tasks.run.plan.planning import count_tokens, describe_target, dry_run_estimate
+from tasks.run.plan.prepare import prepare_manifest, run_parameters
 from tasks.run.quoting import quoted
-from tasks.run.scale import scale_to_zero_if_idle
-from tasks.run.shard_merge import PROCESS_DOCUMENTS
-from tasks.run.sharded_run import run_shards
-from tasks.run.shards import Shard, check_shard, shard_count
-from tasks.run.spool import OutputSpool
+from tasks.run.request.controls import controls_of
+from tasks.run.request.messages import process_run_name
+from tasks.run.results.publish import aggregate, canceled_state, publish_artifacts, report_run
+from tasks.run.results.run_end import RUN_END_HOOKS
 from tasks.settings import load_profile
+from tasks.sharding.merge import PROCESS_DOCUMENTS
+from tasks.sharding.parent import run_shards
+from tasks.sharding.shards import Shard, check_shard, shard_count
 
 
 @flow(name="process-documents", flow_run_name=process_run_name, **RUN_END_HOOKS)

@@ -9,8 +9,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.artifacts import artifact_key
-from tasks.run.layout import run_artifact_key, validate_run_key
-from tasks.run.status import format_list, format_show, list_runs, read_status
+from tasks.run.plan.layout import run_artifact_key, validate_run_key
+from tasks.run.results.status import format_list, format_show, list_runs, read_status
 from tasks.settings import load_profile
 
 

@@ -1,7 +1,7 @@
 """localcloud: the embedded AWS (moto + a SageMaker hosting emulator) at one HTTP address.
 
 ``from localcloud import LocalCloud`` is resolved lazily: importing the package (as every endpoint
-instance process does, ``python -m localcloud.sagemaker.instance``) loads neither moto nor the
+instance process does, ``python -m localcloud.sagemaker.hosting.instance``) loads neither moto nor the
 emulator.
 """
 

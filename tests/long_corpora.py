@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.run.tokens import TokenCounter
+from tasks.run.request.tokens import TokenCounter
 from tests.tiny_models import CORPUS, make_tiny_model
 
 CONTEXT = 2048

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
-from tasks.run.corpus import Corpus, Rejected, corpus_fingerprint
-from tasks.run.shards import Shard, keeps
-from tasks.run.tables import Row, iter_table
+from tasks.corpus.documents import Corpus, Rejected, corpus_fingerprint
+from tasks.corpus.tables import Row, iter_table
+from tasks.sharding.shards import Shard, keeps
 
 
 def parse_table(uri: str, suffix: str, data: bytes) -> list[Row]:

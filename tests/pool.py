@@ -29,7 +29,7 @@ from docflow.prefect_server import (
     wait_until,
     worker_name,
 )
-from tasks.run.sharding import SHARD_TAG
+from tasks.sharding.children import SHARD_TAG
 
 
 @dataclass

@@ -10,16 +10,16 @@ import time
 from typing import Any
 
 from localcloud.sagemaker.exceptions import ValidationException
-from localcloud.sagemaker.notifications import test_notification
-from localcloud.sagemaker.pool import VariantPool
-from localcloud.sagemaker.process import InstanceStartError
+from localcloud.sagemaker.hosting.notifications import test_notification
+from localcloud.sagemaker.hosting.pool import VariantPool
+from localcloud.sagemaker.hosting.process import InstanceStartError
+from localcloud.sagemaker.hosting.runtime import EndpointRuntime
 from localcloud.sagemaker.records import (
     ConfigRecord,
     EndpointRecord,
     container_spec,
     page,
 )
-from localcloud.sagemaker.runtime import EndpointRuntime
 from localcloud.sagemaker.state import ControlPlaneState
 from localcloud.sagemaker.validation import (
     check_name,

@@ -14,12 +14,12 @@ from typing import Any
 
 from localcloud.sagemaker.endpoints import EndpointOperations
 from localcloud.sagemaker.exceptions import ValidationException
+from localcloud.sagemaker.hosting.runtime import split_s3
 from localcloud.sagemaker.records import (
     ConfigRecord,
     ModelRecord,
     page,
 )
-from localcloud.sagemaker.runtime import split_s3
 from localcloud.sagemaker.validation import (
     MODEL_NAME_PATTERN,
     check_instance_pools,

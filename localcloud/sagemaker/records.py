@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from localcloud.sagemaker.process import ContainerSpec
-from localcloud.sagemaker.runtime import EndpointRuntime
+from localcloud.sagemaker.hosting.process import ContainerSpec
+from localcloud.sagemaker.hosting.runtime import EndpointRuntime
 
 DEFAULT_MAX_CONCURRENT = 4
 

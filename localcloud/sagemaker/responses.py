@@ -19,10 +19,10 @@ from localcloud.sagemaker.exceptions import (
     SageMakerError,
     ValidationException,
 )
-from localcloud.sagemaker.invocations import RuntimeBackend
+from localcloud.sagemaker.hosting.invocations import RuntimeBackend
+from localcloud.sagemaker.hosting.queue import Reply
+from localcloud.sagemaker.hosting.sticky import CLOSED_HEADER, NEW_SESSION, SESSION_HEADER
 from localcloud.sagemaker.models import SageMakerBackend
-from localcloud.sagemaker.queue import Reply
-from localcloud.sagemaker.sticky import CLOSED_HEADER, NEW_SESSION, SESSION_HEADER
 from localcloud.sagemaker.urls import (
     ASYNC_HEADERS,
     CONTROL_OPERATIONS,

@@ -7,11 +7,11 @@ from typing import Any
 
 from localcloud.applicationautoscaling.autoscaler import Autoscaler
 from localcloud.faults import Faults
-from localcloud.sagemaker.invocations import RuntimeBackend
+from localcloud.sagemaker.hosting.invocations import RuntimeBackend
+from localcloud.sagemaker.hosting.notifications import Notifier
+from localcloud.sagemaker.hosting.runtime import Context
 from localcloud.sagemaker.models import SageMakerBackend
-from localcloud.sagemaker.notifications import Notifier
 from localcloud.sagemaker.responses import SageMakerResponses
-from localcloud.sagemaker.runtime import Context
 from localcloud.stats import Stats
 
 

@@ -11,12 +11,12 @@ import threading
 
 from localcloud.accounts import ACCOUNT_ID
 from localcloud.sagemaker.exceptions import ValidationException
+from localcloud.sagemaker.hosting.runtime import Context
 from localcloud.sagemaker.records import (
     ConfigRecord,
     EndpointRecord,
     ModelRecord,
 )
-from localcloud.sagemaker.runtime import Context
 
 
 class ControlPlaneState:

@@ -20,15 +20,15 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.ask.answers import save_answer
-from tasks.ask.controls import ROW_COLUMNS, AnswerError, answer_columns, typed_values
+from tasks.ask.question_controls import ROW_COLUMNS, AnswerError, answer_columns, typed_values
+from tasks.ask.saved_answers import save_answer
 from tasks.ask.session_client import SessionGoneError, ask, close_session, open_session
 from tasks.aws.clients import aws_client
+from tasks.capacity.leases import LeaseBook, LimitMissing
+from tasks.capacity.limit import FREE_POLL_S, SLOT_LEASE_S, CapacityError
+from tasks.corpus.documents import Document
 from tasks.endpoint.spec import concurrency_limit_name
-from tasks.run.answers import Answers
-from tasks.run.capacity import FREE_POLL_S, SLOT_LEASE_S, CapacityError
-from tasks.run.corpus import Document
-from tasks.run.leases import LeaseBook, LimitMissing
+from tasks.run.request.typed_answers import Answers
 from tasks.settings import Profile
 
 logger = logging.getLogger("docflow.ask")

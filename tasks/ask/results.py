@@ -13,8 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from tasks.ask.asker import Row
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-from tasks.run.layout import ask_results_file, ask_results_uri, run_artifact_key
-from tasks.run.status import write_summary
+from tasks.run.plan.layout import ask_results_file, ask_results_uri, run_artifact_key
+from tasks.run.results.status import write_summary
 from tasks.settings import Profile
 
 TABLE_ROWS = 20

@@ -7,10 +7,10 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.ask.answers import load_answers
 from tasks.ask.asker import AskPlan, Row, ask_all
-from tasks.run.corpus import Corpus
-from tasks.run.layout import digest_key
+from tasks.ask.saved_answers import load_answers
+from tasks.corpus.documents import Corpus
+from tasks.run.plan.layout import digest_key
 from tasks.settings import Profile
 
 

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from tasks.aws.clients import aws_client
 from tasks.endpoint.spec import resolve_image_uri, runs_topic_name, topic_names
-from tasks.run.layout import queue_prefix
+from tasks.run.plan.layout import queue_prefix
 from tasks.settings import Profile, load_profile
 
 IAM_DIR = Path(__file__).resolve().parents[2] / "deployments" / "iam"

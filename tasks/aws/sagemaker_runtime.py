@@ -6,7 +6,7 @@ Retries, one layer per kind of failure:
   botocore (``tasks.aws.clients``: standard mode, ``AWS_CALL_ATTEMPTS`` attempts with jittered
   exponential backoff); nothing here retries a call again;
 - a batch whose invocation still failed retryably, or whose inference failed or expired, is
-  invoked again by the run's driver, up to the flow's ``max_attempts`` (``tasks.run.outcomes``);
+  invoked again by the run's driver, up to the flow's ``max_attempts`` (``tasks.run.fanout.outcomes``);
 - a validation error or any other 4xx is never retried: the batch fails with AWS's reason.
 """
 
@@ -27,7 +27,7 @@ from botocore.exceptions import (
 from pydantic import BaseModel
 
 from tasks.aws.clients import aws_client
-from tasks.run.layout import output_filename
+from tasks.run.plan.layout import output_filename
 from tasks.settings import Profile
 
 CONTENT_TYPE = "application/jsonlines"

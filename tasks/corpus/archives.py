@@ -138,7 +138,7 @@ def count_rows(name: str, stream: IO[bytes]) -> int:
 
     What a sharded run's parent sizes its shards by, without extracting anything.
     """
-    from tasks.corpus.detect import by_suffix
+    from tasks.corpus.formats.detect import by_suffix
 
     kind = by_suffix(name)
     if kind is None or kind.format is None or not kind.format.startswith("archive:"):

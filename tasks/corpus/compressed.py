@@ -58,7 +58,7 @@ def decompress(name: str, codec: str, data: bytes, limits: ArchiveLimits, budget
 
 def inner_name(name: str) -> str:
     """The name of what a compressed file holds: ``notes.txt.gz`` -> ``notes.txt``."""
-    from tasks.corpus.detect import COMPRESSED, suffix_of
+    from tasks.corpus.formats.detect import COMPRESSED, suffix_of
 
     suffix = suffix_of(name)
     return name[: -len(suffix)] if suffix in COMPRESSED else name

@@ -13,14 +13,14 @@ from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tasks.corpus import ocr as ocr_engine
-from tasks.corpus import office
 from tasks.corpus.archives import members
 from tasks.corpus.compressed import decompress, inner_name
-from tasks.corpus.detect import DOCUMENTS, Kind, by_suffix, detect
+from tasks.corpus.formats import ocr as ocr_engine
+from tasks.corpus.formats import office
+from tasks.corpus.formats.detect import DOCUMENTS, Kind, by_suffix, detect
+from tasks.corpus.formats.extract import _EXTRACTORS, MOVE, REMOVE, Extracted, Unreadable
 from tasks.corpus.limits import Budget, LimitExceeded
 from tasks.params.groups import ReadOptions
-from tasks.run.extract import _EXTRACTORS, MOVE, REMOVE, Extracted, Unreadable
 
 OTHER_SHARD = "(another shard's document: not read here)"
 EXTRACTED = set(DOCUMENTS.values())  # formats that are one document, not a container

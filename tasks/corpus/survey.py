@@ -8,8 +8,8 @@ from collections import Counter
 
 from pydantic import BaseModel, Field
 
+from tasks.corpus.documents import ColumnMapping, load_corpus
 from tasks.params.groups import DEFAULT_MAX_DOC_BYTES, ReadOptions
-from tasks.run.corpus import ColumnMapping, load_corpus
 from tasks.settings import Profile
 
 NEEDS_MODEL = (

@@ -42,7 +42,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 class ArtifactManifest(BaseModel):
     """The model artifact's manifest.json, stored next to model.tar.gz: what is inside it.
 
-    Not the run's manifest (``tasks.run.manifest.RunManifest``, the state of a document run).
+    Not the run's manifest (``tasks.run.plan.manifest.RunManifest``, the state of a document run).
     """
 
     name: str

@@ -153,7 +153,7 @@ def test_a_killed_worker_is_restarted_and_the_sharded_run_completes(
     assert final.state.is_completed(), final.state
     assert child.alive()
 
-    from tasks.run.status import read_summary
+    from tasks.run.results.status import read_summary
 
     with prefect_api(state.api_url):
         clear_client_cache()

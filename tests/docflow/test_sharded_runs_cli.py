@@ -16,8 +16,8 @@ import pytest
 from docflow.cli import main
 from docflow.prefect_server import ensure_global_concurrency_limit
 from tasks.endpoint.spec import concurrency_limit_name
-from tasks.run.manifest import load_manifest
-from tasks.run.status import read_summary
+from tasks.run.plan.manifest import load_manifest
+from tasks.run.results.status import read_summary
 from tests.pool import PoolStack, run_parent
 from tests.runs import Deployment, EndpointProbe, unique_run_key, write_corpus
 

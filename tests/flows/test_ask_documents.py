@@ -18,7 +18,7 @@ import pytest
 
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-from tasks.run.layout import answers_prefix
+from tasks.run.plan.layout import answers_prefix
 from tasks.settings import Profile
 from tests.realtime import deploy_tiny_realtime
 from tests.reliability.test_process_kill import _env, wait_for
@@ -166,8 +166,8 @@ def test_constrained_answers_on_sessions_from_a_random_model(
     carries json_schema / choices); each row holds the typed values beside the raw answer."""
     from tasks.ask.asker import AskPlan, ask_all
     from tasks.ask.run import ask_run_key
-    from tasks.run.answers import classification_answers
-    from tasks.run.corpus import ColumnMapping, load_corpus
+    from tasks.corpus.documents import ColumnMapping, load_corpus
+    from tasks.run.request.typed_answers import classification_answers
     from tests.flows.test_constrained_answers import LABELS, SCHEMA, TEXTS
 
     prof, path = realtime

@@ -16,8 +16,8 @@ import pytest
 
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-from tasks.run.layout import run_uri
-from tasks.run.manifest import BatchStatus, load_manifest
+from tasks.run.plan.layout import run_uri
+from tasks.run.plan.manifest import BatchStatus, load_manifest
 from tasks.settings import load_profile
 from tests.reliability.ledger import ledger_of
 from tests.runs import (

@@ -24,7 +24,7 @@ from flows.package_model import package_model
 from flows.teardown_endpoint import teardown_endpoint
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-from tasks.run.manifest import load_manifest
+from tasks.run.plan.manifest import load_manifest
 from tasks.settings import Profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.runs import run_process

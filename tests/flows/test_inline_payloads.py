@@ -15,9 +15,9 @@ from botocore.exceptions import ClientError
 
 from tasks.aws.clients import aws_client
 from tasks.aws.sagemaker_runtime import max_inline_body
-from tasks.run.batching import payload_line
-from tasks.run.corpus import Document
-from tasks.run.prompts import GenerationParameters, PromptTemplate
+from tasks.corpus.documents import Document
+from tasks.run.plan.batching import payload_line
+from tasks.run.request.prompts import GenerationParameters, PromptTemplate
 from tasks.settings import load_profile
 from tests.runs import Deployment, run_flow
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from tasks.aws.clients import aws_client
-from tasks.run.manifest import load_manifest
-from tasks.run.tokens import TokenCounter
+from tasks.run.plan.manifest import load_manifest
+from tasks.run.request.tokens import TokenCounter
 from tasks.settings import Autoscaling, Profile, load_profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.long_corpora import CONTEXT, long_corpus, tiny_model

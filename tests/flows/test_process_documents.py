@@ -13,7 +13,7 @@ import pytest
 
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
-from tasks.run.manifest import load_manifest
+from tasks.run.plan.manifest import load_manifest
 from tasks.settings import Profile, load_profile
 from tests.reliability.ledger import read_results
 from tests.runs import Deployment, EndpointProbe, InvokeCounter, run_flow, run_process, write_corpus
@@ -186,14 +186,14 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
 ) -> None:
     import time
 
-    import tasks.run.driver
+    import tasks.run.fanout.driver
 
     dep = deploy_echo(cap=4)
 
     path = dep.profile_path
     prof = load_profile(path)
     write_corpus(tmp_path / "c.jsonl", 40)
-    real_invoke = tasks.run.driver.invoke_one
+    real_invoke = tasks.run.fanout.driver.invoke_one
     calls: list[int] = []
 
     def crashing_invoke(*args: Any, **kwargs: Any) -> Any:
@@ -202,10 +202,10 @@ def test_resume_after_an_interruption_invokes_no_completed_batch_again(
             raise RuntimeError("worker lost (simulated)")
         return real_invoke(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.run.driver, "invoke_one", crashing_invoke)
+    monkeypatch.setattr(tasks.run.fanout.driver, "invoke_one", crashing_invoke)
     with pytest.raises(RuntimeError, match="simulated"):
         run(dep, tmp_path / "c.jsonl", batch_size=4, run_key="resume1")
-    monkeypatch.setattr(tasks.run.driver, "invoke_one", real_invoke)
+    monkeypatch.setattr(tasks.run.fanout.driver, "invoke_one", real_invoke)
     for _ in range(100):  # what was submitted before the crash finishes meanwhile
         if probe.outstanding == 0:
             break
@@ -241,17 +241,17 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
     """
     from botocore.exceptions import ClientError
 
-    import tasks.run.manifest
-    import tasks.run.staging
+    import tasks.run.fanout.staging
+    import tasks.run.plan.manifest
 
     dep = deploy_echo(cap=2, slots=1, environment={"ECHO_SLEEP_S": "0.05"})
     # Every payload through S3, as payloads over 128,000 bytes (or a botocore without Body) go.
-    monkeypatch.setattr(tasks.run.manifest, "max_inline_body", lambda: 0)
+    monkeypatch.setattr(tasks.run.plan.manifest, "max_inline_body", lambda: 0)
 
     path = dep.profile_path
     prof = load_profile(path)
     write_corpus(tmp_path / "c.jsonl", 60)
-    real_put = tasks.run.staging.put_staged
+    real_put = tasks.run.fanout.staging.put_staged
     puts: list[str] = []
 
     def denied_put(profile: Profile, item: Any) -> int:
@@ -261,10 +261,10 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
             raise ClientError(error, "PutObject")  # type: ignore[arg-type]
         return real_put(profile, item)
 
-    monkeypatch.setattr(tasks.run.staging, "put_staged", denied_put)
+    monkeypatch.setattr(tasks.run.fanout.staging, "put_staged", denied_put)
     with InvokeCounter(path) as first, pytest.raises(Exception, match="AccessDenied"):
         run(dep, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
-    monkeypatch.setattr(tasks.run.staging, "put_staged", real_put)
+    monkeypatch.setattr(tasks.run.fanout.staging, "put_staged", real_put)
     interrupted = load_manifest("stage1", prof)
     assert interrupted is not None and not interrupted.staged
     assert 0 < first.total < 15, "invocations should have started before staging ended"

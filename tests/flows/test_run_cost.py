@@ -14,8 +14,8 @@ import pytest
 from localcloud.testing.artifacts import upload_echo_model
 from tasks.aws.clients import aws_client
 from tasks.endpoint.spec import VARIANT_NAME
-from tasks.run import drive
-from tasks.run.status import format_show, read_status
+from tasks.run.fanout import drive_task as drive
+from tasks.run.results.status import format_show, read_status
 from tasks.settings import Autoscaling, Profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.runs import run_process, write_corpus

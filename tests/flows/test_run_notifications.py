@@ -12,7 +12,7 @@ import pytest
 from tasks.aws.clients import aws_client
 from tasks.endpoint.spec import runs_topic_name
 from tasks.endpoint.topics import ensure_topic
-from tasks.run.run_queue import queue_policy
+from tasks.run.fanout.run_queue import queue_policy
 from tasks.settings import load_profile
 from tests.runs import Deployment, run_flow, write_corpus
 

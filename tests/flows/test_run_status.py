@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from flows.run_status import run_status
-from tasks.run.status import format_show, read_status
+from tasks.run.results.status import format_show, read_status
 from tests.runs import Deployment, run_flow, write_corpus
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "faults")

@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 
 from docflow.prefect_server import ensure_global_concurrency_limit
-from tasks.ask.answers import load_answers
-from tasks.ask.sharded import ask_sharding, merge_ask_results
+from tasks.ask.merge import ask_sharding, merge_ask_results
+from tasks.ask.saved_answers import load_answers
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.spec import concurrency_limit_name
-from tasks.run.layout import ask_results_file, ask_results_uri, shard_run_key
-from tasks.run.shard_merge import combine_summaries
-from tasks.run.sharding import ShardRun
-from tasks.run.shards import Shard, check_shard, keeps, shard_of
-from tasks.run.status import read_summary
+from tasks.run.plan.layout import ask_results_file, ask_results_uri, shard_run_key
+from tasks.run.results.status import read_summary
 from tasks.settings import Profile
+from tasks.sharding.children import ShardRun
+from tasks.sharding.merge import combine_summaries
+from tasks.sharding.shards import Shard, check_shard, keeps, shard_of
 from tests.pool import PoolStack, run_parent
 from tests.realtime import deploy_tiny_realtime
 from tests.runs import run_ask, unique_run_key, write_corpus
@@ -114,7 +114,7 @@ def test_the_merge_streams_the_shards_tables_into_one_and_names_a_shard_without_
 
 
 def test_only_a_child_of_a_sharded_run_takes_a_shard(tmp_path: Path) -> None:
-    from tasks.run.corpus import ColumnMapping, load_corpus
+    from tasks.corpus.documents import ColumnMapping, load_corpus
 
     corpus_file = tmp_path / "c.jsonl"
     write_corpus(corpus_file, 10)

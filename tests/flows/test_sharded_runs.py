@@ -26,8 +26,8 @@ from docflow.prefect_server import (
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.endpoint.spec import concurrency_limit_name
-from tasks.run.manifest import load_manifest
-from tasks.run.shards import Shard, shard_of
+from tasks.run.plan.manifest import load_manifest
+from tasks.sharding.shards import Shard, shard_of
 from tests.oracles import select_shard
 from tests.pool import PoolStack, flow_run, run_parent, shard_runs
 from tests.runs import Deployment, EndpointProbe, unique_run_key, write_corpus
@@ -68,7 +68,7 @@ def test_shards_are_stable_and_cover_every_document_once() -> None:
 
 
 def test_a_shard_selects_its_documents_and_rejected_rows(tmp_path: Path) -> None:
-    from tasks.run.corpus import ColumnMapping, load_corpus
+    from tasks.corpus.documents import ColumnMapping, load_corpus
 
     corpus_file = tmp_path / "c.jsonl"
     ids = write_corpus(corpus_file, 50)
@@ -153,7 +153,7 @@ def test_a_sharded_run_survives_a_killed_worker_and_loses_nothing(
     logs = "\n".join(w.log_tail(60) for w in stack.workers.values())
     assert final.state.is_completed(), f"{final.state}\n{logs}"
 
-    from tasks.run.status import read_summary
+    from tasks.run.results.status import read_summary
     from tasks.settings import load_profile
 
     profile = load_profile(deployment.profile_path)
@@ -233,7 +233,7 @@ def test_a_sharded_run_over_an_s3_prefix_of_files_resumes_without_reinvoking(
     first = run_parent(stack.api_url, "process-documents/sharded", parameters)
     assert first.state.is_completed(), first.state
     invoked = probe.accepted
-    from tasks.run.status import read_summary
+    from tasks.run.results.status import read_summary
 
     summary = read_summary(profile, run_key)
     assert summary is not None and summary["completed"] == summary["documents"] == len(ids)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from localcloud.sagemaker.context import Context, call_with_context
+from localcloud.sagemaker.hosting.context import Context, call_with_context
 
 SESSION = "X-Amzn-SageMaker-Session-Id"
 DOCUMENT = " ".join(

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.run.corpus import Document
-from tasks.run.prompts import PromptTemplate
-from tasks.run.tokens import TokenCounter
+from tasks.corpus.documents import Document
+from tasks.run.request.prompts import PromptTemplate
+from tasks.run.request.tokens import TokenCounter
 from tests.inference.conftest import Run
 
 SYSTEM = "You are a terse assistant. Answer in French."

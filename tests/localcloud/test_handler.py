@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from localcloud.sagemaker.handler import Handler, UnsupportedFormatError, load_module
+from localcloud.sagemaker.hosting.handler import Handler, UnsupportedFormatError, load_module
 
 ONLY_MODEL_FN = """
 def model_fn(model_dir):

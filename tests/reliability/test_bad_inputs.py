@@ -171,7 +171,7 @@ def test_a_folder_of_mixed_files_accounts_for_every_file(
     deploy_echo: Any, probe: EndpointProbe, tmp_path: Path
 ) -> None:
     """Load: a folder of 9 documents (PDF, a scanned PDF read by OCR, DOCX, HTML, .eml, Markdown, text in UTF-8/Latin-1/UTF-16) and 5 files that yield none."""
-    from tests.tasks.run.mixed import KNOWN, REJECTED, mixed_folder
+    from tests.tasks.corpus.mixed import KNOWN, REJECTED, mixed_folder
 
     dep = deploy_echo()
     out = run_flow(dep, mixed_folder(tmp_path / "mixed"), batch_size=4)

@@ -11,8 +11,8 @@ import pytest
 from flows.deploy_endpoint import deploy_endpoint
 from flows.package_model import package_model
 from flows.teardown_endpoint import teardown_endpoint
-from tasks.run.manifest import BatchStatus, load_manifest
-from tasks.run.tokens import TokenCounter
+from tasks.run.plan.manifest import BatchStatus, load_manifest
+from tasks.run.request.tokens import TokenCounter
 from tasks.settings import Autoscaling, Profile
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.long_corpora import long_corpus, tiny_model

@@ -20,8 +20,8 @@ import pytest
 from localcloud.iam.policy import Decision, evaluate
 from tasks.aws.clients import aws_client, clear_client_cache
 from tasks.aws.iam import account_id, render_policies
-from tasks.run.run_queue import close_run_queue, open_run_queue
-from tasks.run.target import EndpointOutputs
+from tasks.run.fanout.run_queue import close_run_queue, open_run_queue
+from tasks.run.plan.target import EndpointOutputs
 from tasks.settings import Profile, load_profile
 from tests.reliability.ledger import ledger_of, read_results
 from tests.runs import Deployment, run_flow, run_process, unique_run_key, write_corpus
@@ -179,7 +179,7 @@ def test_each_statement_is_needed(
 
 
 def test_run_queue_admits_only_the_endpoint_topics(profile: Profile, localcloud: Any) -> None:
-    """The run queue's policy (as tasks/run/run_queue.py writes it) admits SNS from the endpoint's
+    """The run queue's policy (as tasks/run/fanout/run_queue.py writes it) admits SNS from the endpoint's
     two topics only: evaluated directly, and honoured on delivery while IAM is enforced."""
     sns = aws_client("sns", profile)
     name = profile.endpoint_name

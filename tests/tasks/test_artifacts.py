@@ -1,11 +1,11 @@
-"""tasks.artifacts: every name becomes a key Prefect accepts; tasks.run.layout names a run's."""
+"""tasks.artifacts: every name becomes a key Prefect accepts; tasks.run.plan.layout names a run's."""
 
 from __future__ import annotations
 
 import re
 
 from tasks.artifacts import artifact_key
-from tasks.run.layout import run_artifact_key
+from tasks.run.plan.layout import run_artifact_key
 
 KEY = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.corpus.documents import load_corpus
 from tasks.corpus.patterns import NOT_INCLUDED, matches, select
+from tasks.corpus.sources import scan_source
+from tasks.corpus.tables import CorpusError
 from tasks.params.groups import ReadOptions
-from tasks.run.corpus import load_corpus
-from tasks.run.sources import scan_source
-from tasks.run.tables import CorpusError
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,8 @@ def test_select_keeps_order_and_first_matching_pattern_counts() -> None:
 
 
 def test_a_sharded_run_summary_keeps_the_excluded_counts() -> None:
-    from tasks.run.shard_merge import PROCESS_DOCUMENTS, combine_summaries
-    from tasks.run.sharding import ShardRun
+    from tasks.sharding.children import ShardRun
+    from tasks.sharding.merge import PROCESS_DOCUMENTS, combine_summaries
 
     shards = [
         ShardRun(

@@ -16,10 +16,10 @@ import pytest
 import zstandard
 
 from benchmarks import documents as make
+from tasks.corpus.documents import load_corpus
 from tasks.corpus.limits import ArchiveLimits
 from tasks.corpus.read import FileDocument, read_file
 from tasks.params.groups import ReadOptions
-from tasks.run.corpus import load_corpus
 from tasks.settings import Profile
 
 LICENSE = b"Permission is hereby granted, free of charge, to any person obtaining a copy.\n"

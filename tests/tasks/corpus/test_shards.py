@@ -7,10 +7,10 @@ import io
 import zipfile
 from pathlib import Path
 
+from tasks.corpus.documents import load_corpus
 from tasks.corpus.read import OTHER_SHARD, read_file
-from tasks.run.corpus import load_corpus
-from tasks.run.shards import Shard, keeps
-from tasks.run.sources import scan_source
+from tasks.corpus.sources import scan_source
+from tasks.sharding.shards import Shard, keeps
 
 
 def test_shards_split_an_archive_by_member(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from tasks.aws.clients import aws_client
 from tasks.model.archive import DEFAULT_CODE_DIR, build_archive
 from tasks.model.packaging import upload_archive
 from tasks.model.tokenizer_files import fetch_tokenizer_files
-from tasks.run.tokens import TokenCounter
+from tasks.run.request.tokens import TokenCounter
 from tasks.settings import Profile
 from tests.tiny_models import make_tiny_model
 

@@ -1,0 +1,1 @@
+"""Submit, wait, recover: staging, invoking within the cap, notifications, reconciliation, outcomes."""

@@ -1,0 +1,1 @@
+"""What a document sends: prompts, validated controls, token counts, typed answers, columns."""
