@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 # The container environments' torch: the CPU build of torch 2.13.0 on the machine (cp311).
 TORCH_SPEC := torch==2.13.0
 
-.PHONY: install test lint docs docs-serve lock demo ui bench local-up clean container-envs
+.PHONY: install test lint docs docs-serve package-map lock demo ui bench local-up clean container-envs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,10 @@ test: lint docs container-envs
 # The documentation site, offline, into site/; strict: a broken link or reference fails it.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# docs/architecture.md's table per package, from the modules' docstrings.
+package-map: $(STAMP)
+	$(BIN)/python tools/package_map.py
 
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve

@@ -103,3 +103,17 @@ def test_there_is_no_import_cycle() -> None:
         if node not in state:
             walk(node)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_architecture_page_maps_every_package_as_it_is() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("package_map", ROOT / "tools" / "package_map.py")
+    assert spec is not None and spec.loader is not None
+    package_map = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(package_map)
+    page = package_map.DOC.read_text()
+    assert page == package_map.rendered(page), "run `make package-map` (docs/architecture.md)"
+    for path in _modules():
+        if path.name != "__init__.py":
+            assert f"| `{path.name}` |" in page, f"{path} is not in docs/architecture.md"
