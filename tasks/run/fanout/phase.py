@@ -62,7 +62,11 @@ class Phase:
         queue = open_queue(self.profile, self.target, key)  # subscribed before the first invoke
         if prepared.resumed:  # settle what finished while no one was listening
             resume_reconcile(
-                self.profile, manifest, self.target, max_attempts=self.batching.max_attempts
+                self.profile,
+                manifest,
+                self.target,
+                max_attempts=self.batching.max_attempts,
+                bodies=prepared.inline_bodies(),
             )
         stats = drive_run(
             self.profile,

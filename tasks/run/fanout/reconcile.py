@@ -3,7 +3,7 @@ failure object would be, and settle a resumed run's unfinished batches before it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -109,9 +109,18 @@ def result_lookup(record: BatchRecord, outputs: EndpointOutputs, run_key: str) -
 
 
 def resume_reconcile(
-    profile: Profile, manifest: RunManifest, outputs: EndpointOutputs, *, max_attempts: int
+    profile: Profile,
+    manifest: RunManifest,
+    outputs: EndpointOutputs,
+    *,
+    max_attempts: int,
+    bodies: Mapping[str, bytes] | None = None,
 ) -> int:
-    """Before invoking anything on a resumed run, settle its unfinished batches from S3."""
+    """Before invoking anything on a resumed run, settle its unfinished batches from S3.
+
+    ``bodies``: the rebuilt payloads of batches sent inline (in no S3 object), so that one that
+    failed while no one was listening can still be split.
+    """
     outstanding = manifest.outstanding()
     if not outstanding:
         return 0
@@ -124,7 +133,10 @@ def resume_reconcile(
             manifest.mark(record.batch_id, BatchStatus.SUBMITTED, attempts=record.attempts + 1)
         decision = apply_outcome(manifest, outcome, max_attempts=max_attempts)
         if decision is Decision.SPLIT:
-            split_failed_batch(profile, outputs, manifest, outcome.batch_id, outcome.reason or "")
+            body = (bodies or {}).get(outcome.batch_id)
+            split_failed_batch(
+                profile, outputs, manifest, outcome.batch_id, outcome.reason or "", body=body
+            )
         settled += decision is not Decision.IGNORED
     return settled
 

@@ -36,6 +36,11 @@ class PreparedRun:
         self.resumed = resumed
         self._payloads = payloads
 
+    def inline_bodies(self) -> dict[str, bytes]:
+        """The payloads still held of batches sent inline (no S3 object), by batch id."""
+        inline = {b for b, r in self.manifest.batches.items() if r.inline}
+        return {p.batch_id: p.body for p in self._payloads if p.batch_id in inline}
+
     def take_payloads(self) -> list[BatchPayload]:
         """The payloads to stage (empty on a second call)."""
         payloads, self._payloads = self._payloads, []

@@ -29,3 +29,65 @@ def test_reconcile_finds_outputs_and_failures(profile: Profile) -> None:
     assert outcomes["a"].event_time is not None
     assert outcomes["b"].status == "failed" and outcomes["b"].expired
     assert "RequestTTLSeconds" in (outcomes["b"].reason or "")
+
+
+def test_a_resumed_run_splits_an_inline_batch_that_failed_while_no_one_listened(
+    profile: Profile,
+) -> None:
+    """The batch went inline (no S3 object of its payload); its failure is found in S3 on resume.
+    Splitting it needs its payload: the resumed run's rebuilt one, never a missing object."""
+    from datetime import UTC, datetime
+
+    import pytest
+    from botocore.exceptions import ClientError
+
+    from tasks.corpus.documents import Document
+    from tasks.run.fanout.reconcile import resume_reconcile
+    from tasks.run.plan.batching import make_batches
+    from tasks.run.plan.manifest import BatchStatus, RunManifest, new_record
+    from tasks.run.plan.target import EndpointOutputs
+    from tasks.run.request.prompts import GenerationParameters, PromptTemplate
+
+    outputs = EndpointOutputs(
+        endpoint="ep",
+        success_topic="arn:aws:sns:us-east-1:123456789012:ok",
+        error_topic="arn:aws:sns:us-east-1:123456789012:err",
+        output_path=profile.s3_uri("async-outputs"),
+        failure_path=profile.s3_uri("async-failures"),
+    )
+    docs = [Document(doc_id=f"d{i}", text=f"document {i}") for i in range(4)]
+    (payload,), _ = make_batches(docs, PromptTemplate(), GenerationParameters(), max_docs=4)
+
+    def failed_manifest() -> RunManifest:
+        manifest = RunManifest(run_key="inl", endpoint="ep", model_artifact="s3://m/model.tar.gz")
+        manifest.add(new_record(profile, outputs, "inl", payload))
+        record = manifest.batches[payload.batch_id]
+        assert record.inline  # small: sent in the request body, never staged
+        manifest.mark(
+            payload.batch_id,
+            BatchStatus.SUBMITTED,
+            attempts=1,
+            failure_uri=outputs.failure_uri("inl", payload.batch_id, 1),
+            output_uri=outputs.output_uri("inl", payload.batch_id, 1),
+            submitted_at=datetime.now(UTC),
+        )
+        return manifest
+
+    bucket, _, key = (
+        outputs.failure_uri("inl", payload.batch_id, 1).removeprefix("s3://").partition("/")
+    )
+    aws_client("s3", profile).put_object(Bucket=bucket, Key=key, Body=b"ModelError: out of memory")
+
+    with pytest.raises(ClientError):  # without the rebuilt payload: the missing S3 object
+        resume_reconcile(profile, failed_manifest(), outputs, max_attempts=3)
+    manifest = failed_manifest()
+    settled = resume_reconcile(
+        profile, manifest, outputs, max_attempts=3, bodies={payload.batch_id: payload.body}
+    )
+    assert settled == 1
+    assert manifest.batches[payload.batch_id].status is BatchStatus.SPLIT
+    halves = [r for r in manifest.batches.values() if r.parent == payload.batch_id]
+    assert sorted(d for h in halves for d in h.doc_ids) == ["d0", "d1", "d2", "d3"]
+    for half in halves:  # each half staged, so it can be invoked through S3
+        h_bucket, _, h_key = half.input_uri.removeprefix("s3://").partition("/")
+        aws_client("s3", profile).head_object(Bucket=h_bucket, Key=h_key)
