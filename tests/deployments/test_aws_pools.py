@@ -92,4 +92,4 @@ def test_aws_deployments_deploy_onto_the_pools(prefect_harness: None, tmp_path: 
             deployment = client.read_deployment_by_name(f"process-documents/{entry['name']}")
             assert deployment.work_pool_name == entry["work_pool"]["name"]
             assert (deployment.job_variables or {})["image"] == image
-            assert deployment.parameters["shards"] == 8
+            assert deployment.parameters["sharding"]["shards"] == 8

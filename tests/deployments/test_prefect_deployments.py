@@ -406,7 +406,8 @@ def test_two_workers_poll_the_pool_and_the_server_runs_on_postgres(stack: Stack)
 
 
 def test_a_killed_worker_is_started_again_and_the_stack_goes_on(stack: Stack) -> None:
-    """SIGKILL worker 2 (and anything it started): `docflow ui` logs it and starts it again."""
+    """SIGKILL worker 2 (and anything it started): `docflow ui` logs it and starts it again, under
+    a worker name of its own (the dead one goes offline), its log beside the dead one's."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import WorkerStatus
 
@@ -427,15 +428,17 @@ def test_a_killed_worker_is_started_again_and_the_stack_goes_on(stack: Stack) ->
     def new_worker_polls() -> bool:
         state = UiState.load(stack.home)
         pid = int(state.children["prefect worker 2"][0]) if state else old_pid
-        log = (stack.home / "logs" / "worker-2.log").read_text(errors="replace")
-        return pid != old_pid and psutil.pid_exists(pid) and log.count("started!") >= 2
+        log = stack.home / "logs" / "worker-2-r1.log"
+        started = log.exists() and "started!" in log.read_text(errors="replace")
+        return pid != old_pid and psutil.pid_exists(pid) and started
 
     wait_until(new_worker_polls, what="the new worker 2 to poll", timeout_s=120, child=stack.ui)
     assert stack.ui.alive()
     assert is_healthy(stack.state.api_url)  # the server, and everything else, went on
     with prefect_api(stack.state.api_url), get_client(sync_client=True) as client:
         workers = client.read_workers_for_work_pool("docflow-local")
-    assert "docflow-worker-2" in {w.name for w in workers if w.status == WorkerStatus.ONLINE}
+    assert "docflow-worker-2-r1" in {w.name for w in workers if w.status == WorkerStatus.ONLINE}
+    assert "started!" in (stack.home / "logs" / "worker-2.log").read_text(errors="replace")
     worker_1 = int(old.children["prefect worker 1"][0])
     assert psutil.pid_exists(worker_1)  # the healthy worker was left alone
 
