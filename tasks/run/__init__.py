@@ -1,5 +1,4 @@
-"""One document run, module by module in the order data flows: ``corpus`` (rows in, rejected
-rows with reasons) -> ``prompts`` -> ``batching`` (payloads, run key) -> ``layout`` (every key,
-URI, InferenceId and queue name of a run) -> ``manifest`` (batch state in S3) -> ``staging``
-(payloads to S3) -> ``capacity`` (the endpoint's shared cap) -> ``driver`` (invoke, wait,
-recover) -> ``reconcile`` -> ``outcomes`` -> ``spool`` -> ``aggregate``/``summary`` -> ``progress``."""
+"""One document run, by stage: ``request`` (what a document sends) -> ``long`` (documents over the
+context) -> ``plan`` (names, batches, the manifest, the estimate) -> ``fanout`` (stage, invoke
+within the cap, notifications, reconcile, outcomes) -> ``results`` (outputs joined into tables,
+summary, status, artifacts, the run's end)."""
