@@ -1,4 +1,4 @@
-"""Flat parameter names (CLI flags, manifests of older runs, ``end_to_end`` options) to groups.
+"""Flat parameter names (CLI flags, manifests of older runs, the tests' helpers) to groups.
 
 A group's field keeps its flat parameter's name, so the map is read off the models themselves:
 ``{"batch_size": 4, "template": "classify"}`` becomes ``{"batching": {"batch_size": 4},
@@ -47,7 +47,6 @@ ASK_GROUPS: dict[str, type[BaseModel]] = {
 }
 # Flat names (older runs, CLI flags) of the group fields that are named otherwise.
 RENAMED: dict[str, str] = {"system": "system_prompt", "long_documents": "mode"}
-FLAT_NAMES: dict[str, str] = {"mode": "long_documents"}
 
 
 def grouped(
@@ -63,19 +62,6 @@ def grouped(
             out.setdefault(name, {}).update(given)
         elif field in owner:
             out.setdefault(owner[field], {})[field] = value
-        else:
-            out[name] = value
-    return out
-
-
-def flattened(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """Grouped parameters as flat names (what a one-line summary or a CLI flag shows)."""
-    out: dict[str, Any] = {}
-    for name, value in parameters.items():
-        if isinstance(value, BaseModel):
-            value = value.model_dump()
-        if isinstance(value, Mapping) and name in PROCESS_GROUPS | ASK_GROUPS:
-            out.update({FLAT_NAMES.get(str(k), str(k)): v for k, v in value.items()})
         else:
             out[name] = value
     return out

@@ -1,6 +1,8 @@
-"""Text and metadata of one document file (PDF, DOCX, HTML, e-mail, Markdown, plain text).
+"""Text and metadata of one document file: DOCX, HTML, e-mail, Markdown, plain text (PDFs, with
+OCR for pages without text, are tasks.corpus.formats.ocr; which reader a file gets is
+tasks.corpus.read).
 
-Libraries (measured in README "Corpora of files"): pypdfium2 for PDF (PDFium: 3x pypdf, 30x
+Libraries (measured in docs/guide/corpora-of-files.md): pypdfium2 for PDF (PDFium: 3x pypdf, 30x
 pdfminer.six on the same files, same text), python-docx for Word, trafilatura for the main
 content of HTML (drops navigation, keeps paragraph breaks), the stdlib ``email`` package for
 .eml and charset-normalizer for text that is not UTF-8 or UTF-16.
@@ -17,20 +19,6 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
-
-# Suffix -> format name; anything else is rejected as an unsupported type.
-FORMATS: dict[str, str] = {
-    ".pdf": "pdf",
-    ".docx": "docx",
-    ".html": "html",
-    ".htm": "html",
-    ".xhtml": "html",
-    ".eml": "eml",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".txt": "text",
-    ".text": "text",
-}
 
 # What a rejection says a user can do: the folder is the flow's `corpus` parameter.
 MOVE = "move it out of the folder given as `corpus`"
@@ -65,77 +53,6 @@ class Extracted:
             "ocr_pages": self.ocr_pages,
             "compression": self.compression,
         }
-
-
-def supported(name: str) -> str | None:
-    """The format of a file name, or None when its type is not supported."""
-    dot = name.rfind(".")
-    return FORMATS.get(name[dot:].lower()) if dot > name.rfind("/") else None
-
-
-def extract(name: str, data: bytes) -> Extracted:
-    """Extract one file; Unreadable says why it yields no document (the reason names a fix)."""
-    kind = supported(name)
-    if kind is None:
-        raise Unreadable(unsupported_reason(name))
-    if not data:
-        raise Unreadable(f"file {name!r} is empty (0 bytes); fill it in {REMOVE}")
-    extracted = _EXTRACTORS[kind](name, data)
-    if not extracted.text.strip():
-        raise Unreadable(
-            f"file {name!r} has no text after extraction ({kind}); add text to it {REMOVE}"
-        )
-    return extracted
-
-
-def unsupported_reason(name: str) -> str:
-    """Why a file of an unknown type is rejected, and what to do."""
-    dot = name.rfind(".")
-    suffix = name[dot:].lower() if dot > name.rfind("/") else "(no suffix)"
-    types = ", ".join(sorted(FORMATS))
-    return (
-        f"file {name!r} has an unsupported type {suffix} (supported: {types}); "
-        f"convert it to one of them {REMOVE}"
-    )
-
-
-def _pdf(name: str, data: bytes) -> Extracted:
-    import pypdfium2 as pdfium
-
-    try:
-        pdf = pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        if "password" in str(exc).lower():
-            raise Unreadable(
-                f"file {name!r} is an encrypted PDF (it needs a password); save an unencrypted "
-                f"copy {REMOVE}"
-            ) from exc
-        raise Unreadable(f"file {name!r} is not a readable PDF ({exc}); {MOVE}") from exc
-    try:
-        texts: list[str] = []
-        for index in range(len(pdf)):
-            page = pdf[index]
-            textpage = page.get_textpage()
-            texts.append(textpage.get_text_range())
-            textpage.close()
-            page.close()
-        meta = pdf.get_metadata_dict(skip_empty=True)
-    finally:
-        pdf.close()
-    text = "\n\n".join(t.replace("\r\n", "\n").strip() for t in texts)
-    if not text.strip():
-        raise Unreadable(
-            f"file {name!r} has no text layer; OCR is not supported (run OCR on it first, "
-            f"e.g. ocrmypdf) {REMOVE}"
-        )
-    return Extracted(
-        text=text,
-        format="pdf",
-        title=meta.get("Title"),
-        author=meta.get("Author"),
-        date=_pdf_date(meta.get("CreationDate")),
-        pages=len(texts),
-    )
 
 
 def _pdf_date(value: str | None) -> str | None:
@@ -332,7 +249,6 @@ def _utf16_without_bom(data: bytes) -> str | None:
 
 
 _EXTRACTORS: dict[str, Callable[[str, bytes], Extracted]] = {
-    "pdf": _pdf,
     "docx": _docx,
     "html": _html,
     "eml": _eml,

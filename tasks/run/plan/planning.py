@@ -79,7 +79,7 @@ def count_tokens(
     return planned, plan, counter
 
 
-@task(name="publish-estimate", cache_policy=NO_CACHE)
+@task(name="estimate-run", cache_policy=NO_CACHE)
 def dry_run_estimate(
     loaded: Corpus,
     planned: Corpus,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from tasks.corpus.documents import Corpus
 from tasks.run.plan.batching import BatchPayload, make_batches
@@ -137,17 +140,12 @@ def check_resumable(manifest: RunManifest, corpus: Corpus, endpoint: str) -> Non
         )
 
 
-def run_parameters(corpus: str, groups: dict[str, Any]) -> dict[str, Any]:
+def run_parameters(corpus: str, groups: Mapping[str, BaseModel]) -> dict[str, Any]:
     """What a run's manifest keeps of its parameters: the corpus (a local path made absolute) and
     the groups that shape its results, so that ``docflow runs retry`` runs it the same way."""
-    from pathlib import Path
-
     local = Path(corpus)
     where = str(local.resolve()) if "://" not in corpus and local.exists() else corpus
     return {
         "corpus": where,
-        **{
-            name: g.model_dump(mode="json") if hasattr(g, "model_dump") else g
-            for name, g in groups.items()
-        },
+        **{name: group.model_dump(mode="json") for name, group in groups.items()},
     }

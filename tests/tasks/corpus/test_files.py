@@ -9,7 +9,9 @@ import pytest
 from benchmarks import documents as make
 from tasks.aws.clients import aws_client
 from tasks.corpus.documents import load_corpus
-from tasks.corpus.formats.extract import decode_text, extract
+from tasks.corpus.formats.extract import decode_text
+from tasks.corpus.read import extract_format
+from tasks.params.groups import ReadOptions
 from tasks.settings import Profile
 from tests.tasks.corpus.mixed import KNOWN, REJECTED, mixed_folder
 
@@ -57,7 +59,9 @@ def test_format_metadata_becomes_columns(tmp_path: Path) -> None:
 
 
 def test_html_keeps_the_article_and_drops_navigation() -> None:
-    text = extract("page.html", make.html_bytes("The main story sentence.")).text
+    text = extract_format(
+        "page.html", make.html_bytes("The main story sentence."), "html", ReadOptions()
+    ).text
     assert "The main story sentence." in text
     for boilerplate in ("Menu section", "Site banner", "Copyright notice"):
         assert boilerplate not in text
@@ -71,7 +75,7 @@ def test_eml_with_an_html_body() -> None:
     message.set_content(
         "<html><body><p>Half price on all kettles until Sunday.</p></body></html>", subtype="html"
     )
-    extracted = extract("offer.eml", bytes(message))
+    extracted = extract_format("offer.eml", bytes(message), "eml", ReadOptions())
     assert "Half price on all kettles until Sunday." in extracted.text
     assert "<p>" not in extracted.text and extracted.title == "Offer"
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tasks.params.flat import ASK_GROUPS, PROCESS_GROUPS, flattened, grouped
+from tasks.params.flat import ASK_GROUPS, PROCESS_GROUPS, grouped
 from tasks.params.groups import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_DOC_BYTES,
@@ -68,8 +68,6 @@ def test_flat_names_of_older_runs_and_the_cli_land_in_their_groups() -> None:
         "retry": {"retry_failed": True},
     }
     assert grouped(groups) == groups  # grouped parameters pass through
-    back = flattened(groups)
-    assert back["long_documents"] == "truncate" and back["system_prompt"] == "Be brief."
 
 
 def test_a_manifest_of_flat_parameters_replays_through_the_grouped_flow() -> None:
