@@ -271,7 +271,9 @@ class UiStack:
         """Stop every child (worker, localcloud, server) and forget the state file."""
         for child in reversed(self.children):
             # localcloud writes S3 to its state folder as it stops (localcloud.persist).
+            started = time.monotonic()
             child.stop(timeout_s=STOP_TIMEOUT_S if child.name == "localcloud" else 10.0)
+            self.say(f"stopped {child.name} in {time.monotonic() - started:.1f} s")
         self.children.clear()
         if self.receiver is not None:
             self.receiver.stop()

@@ -138,7 +138,35 @@ def resume_reconcile(
                 profile, outputs, manifest, outcome.batch_id, outcome.reason or "", body=body
             )
         settled += decision is not Decision.IGNORED
+    for outcome in lost_with_an_earlier_endpoint(manifest, outputs):
+        settled += apply_outcome(manifest, outcome, max_attempts=max_attempts) is Decision.RETRY
     return settled
+
+
+def lost_with_an_earlier_endpoint(manifest: RunManifest, outputs: EndpointOutputs) -> list[Outcome]:
+    """A failed, expired outcome for each batch still outstanding that was submitted before the
+    endpoint was created: its request went to an endpoint deleted since (a stack restarted,
+    an endpoint deployed again), whose queue was lost with it, so no result will ever come."""
+    created = outputs.created_at
+    if created is None:
+        return []
+    return [
+        Outcome(
+            batch_id=record.batch_id,
+            status="failed",
+            expired=True,
+            reason=(
+                f"submitted before endpoint {outputs.endpoint!r} was created "
+                f"({created:%Y-%m-%d %H:%M:%S} UTC): the request was lost with the endpoint it went to"
+            ),
+            failure_uri=record.failure_uri,
+            source="reconcile",
+        )
+        for record in manifest.outstanding()
+        if record.status is BatchStatus.SUBMITTED
+        and record.submitted_at is not None
+        and record.submitted_at < created
+    ]
 
 
 def found_in_s3(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -22,6 +23,7 @@ class EndpointOutputs(BaseModel):
     failure_path: str | None = None
     model_artifact: str = ""
     model_environment: dict[str, str] = {}
+    created_at: datetime | None = None  # a request sent before this went to an endpoint since deleted
 
     def output_uri(self, run_key: str, batch_id: str, attempt: int) -> str:
         """Where attempt ``attempt`` of a batch writes its result."""
@@ -56,6 +58,7 @@ def endpoint_outputs(profile: Profile, endpoint: str) -> EndpointOutputs:
         error_topic=notify["ErrorTopic"],
         output_path=output["S3OutputPath"],
         failure_path=output.get("S3FailurePath"),
+        created_at=desc.get("CreationTime"),
         **_model_container(sm, config),
     )
 

@@ -91,3 +91,55 @@ def test_a_resumed_run_splits_an_inline_batch_that_failed_while_no_one_listened(
     for half in halves:  # each half staged, so it can be invoked through S3
         h_bucket, _, h_key = half.input_uri.removeprefix("s3://").partition("/")
         aws_client("s3", profile).head_object(Bucket=h_bucket, Key=h_key)
+
+
+def test_a_resumed_run_retries_at_once_what_it_sent_to_an_endpoint_deleted_since(
+    profile: Profile,
+) -> None:
+    """The stack restarted (or the endpoint was deployed again) while batches were in flight:
+    their requests went with the old endpoint. The resumed run retries each at once, within
+    ``max_attempts``, instead of waiting for it to expire; a batch sent to this endpoint waits."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.corpus.documents import Document
+    from tasks.run.fanout.reconcile import resume_reconcile
+    from tasks.run.plan.batching import make_batches
+    from tasks.run.plan.manifest import BatchStatus, RunManifest, new_record
+    from tasks.run.plan.target import EndpointOutputs
+    from tasks.run.request.prompts import GenerationParameters, PromptTemplate
+
+    created = datetime.now(UTC)
+    outputs = EndpointOutputs(
+        endpoint="ep",
+        success_topic="arn:aws:sns:us-east-1:123456789012:ok",
+        error_topic="arn:aws:sns:us-east-1:123456789012:err",
+        output_path=profile.s3_uri("async-outputs"),
+        failure_path=profile.s3_uri("async-failures"),
+        created_at=created,
+    )
+    docs = [Document(doc_id=f"d{i}", text=f"document {i}") for i in range(3)]
+    payloads, _ = make_batches(docs, PromptTemplate(), GenerationParameters(), max_docs=1)
+    manifest = RunManifest(run_key="lost", endpoint="ep", model_artifact="s3://m/model.tar.gz")
+    sent = {  # batch -> (attempts, submitted)
+        payloads[0].batch_id: (1, created - timedelta(minutes=5)),  # to the old endpoint
+        payloads[1].batch_id: (2, created - timedelta(minutes=5)),  # to it, its last attempt
+        payloads[2].batch_id: (1, created + timedelta(seconds=5)),  # to this endpoint
+    }
+    for payload in payloads:
+        manifest.add(new_record(profile, outputs, "lost", payload))
+        attempts, submitted = sent[payload.batch_id]
+        manifest.mark(
+            payload.batch_id,
+            BatchStatus.SUBMITTED,
+            attempts=attempts,
+            output_uri=outputs.output_uri("lost", payload.batch_id, attempts),
+            failure_uri=outputs.failure_uri("lost", payload.batch_id, attempts),
+            submitted_at=submitted,
+        )
+
+    assert resume_reconcile(profile, manifest, outputs, max_attempts=2) == 1
+    retried, spent, waiting = (manifest.batches[p.batch_id] for p in payloads)
+    assert retried.status is BatchStatus.PENDING
+    assert "lost with the endpoint" in (retried.reason or "")
+    assert spent.status is BatchStatus.FAILED and "after 2 attempts" in (spent.reason or "")
+    assert waiting.status is BatchStatus.SUBMITTED
