@@ -23,7 +23,8 @@ class EndpointOutputs(BaseModel):
     failure_path: str | None = None
     model_artifact: str = ""
     model_environment: dict[str, str] = {}
-    created_at: datetime | None = None  # a request sent before this went to an endpoint since deleted
+    # When the endpoint was created: a request sent before then went to one deleted since.
+    created_at: datetime | None = None
 
     def output_uri(self, run_key: str, batch_id: str, attempt: int) -> str:
         """Where attempt ``attempt`` of a batch writes its result."""
