@@ -11,19 +11,15 @@ One stack for the module (starting one is the expensive part): the echo model de
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psutil
-import pyarrow.parquet as pq
 import pytest
 
 from docflow.prefect_server import wait_until
 from tasks.settings import load_profile
-from tests.deployments.ui_stack import UiRun
+from tests.deployments.ui_stack import UiRun, kill_tree
 from tests.pool import flow_run, shard_runs
 from tests.runs import unique_run_key, write_corpus
 
@@ -44,24 +40,6 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiRun]:
         yield run
     finally:
         run.close()
-
-
-def _kill_tree(pid: int) -> None:
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    for proc in procs:
-        proc.kill()
-    psutil.wait_procs(procs, timeout=10)
-
-
-def _merged_doc_ids(ui: UiRun, run_key: str) -> tuple[dict[str, Any], list[str]]:
-    """The run's summary and the doc_ids of its results table, read from S3."""
-    s3, bucket = ui.s3(), load_profile("local").bucket
-    summary = json.loads(
-        s3.get_object(Bucket=bucket, Key=f"runs/{run_key}/summary.json")["Body"].read()
-    )
-    bucket, _, key = summary["results_uri"].removeprefix("s3://").partition("/")
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return summary, pq.read_table(io.BytesIO(body)).column("doc_id").to_pylist()
 
 
 def test_a_killed_worker_is_restarted_and_the_sharded_run_completes(
@@ -96,7 +74,7 @@ def test_a_killed_worker_is_restarted_and_the_sharded_run_completes(
     killed = victim()
     assert killed is not None
     stack_state = json.loads((ui.home / "docflow-ui.json").read_text())
-    _kill_tree(int(stack_state["children"][names[killed]][0]))
+    kill_tree(int(stack_state["children"][names[killed]][0]))
     wait_until(
         lambda: f"[restart] {names[killed]} exited" in ui.log.read_text(),
         what="`docflow ui` to restart the killed worker",
@@ -112,7 +90,7 @@ def test_a_killed_worker_is_restarted_and_the_sharded_run_completes(
     final = flow_run(state.api_url, parent.id)
     assert final.state.is_completed(), final.state
     assert ui.child is not None and ui.child.alive()
-    summary, got = _merged_doc_ids(ui, run_key)
+    summary, got = ui.merged_doc_ids(run_key)
     assert summary["completed"] == SHARDED_DOCS, summary
     assert any(r["attempts"] > 1 for r in summary["shard_runs"]), summary["shard_runs"]
     assert len(got) == len(set(got)) == SHARDED_DOCS and set(got) == set(ids)
@@ -165,7 +143,7 @@ def test_a_run_stopped_with_the_stack_resumes_after_it_starts_again(
     ui.deploy_echo()
     resumed = ui.run_deployment("process-documents/nightly", params, timeout=600)
     assert resumed.state is not None and resumed.state.is_completed(), resumed.state
-    summary, got = _merged_doc_ids(ui, run_key)
+    summary, got = ui.merged_doc_ids(run_key)
     assert summary["completed"] == DOCS, summary
     assert len(got) == len(set(got)) == DOCS and set(got) == set(ids)
     # The restarted localcloud counts only what the resumed run invoked: none of the batches

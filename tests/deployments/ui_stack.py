@@ -3,6 +3,7 @@ again on the same home; the profile, S3 client and deployments of the stack it p
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
+import pyarrow.parquet as pq
 
 from docflow.prefect_server import ChildProcess, free_port, prefect_api, spawn, wait_until
 from docflow.ui_state import UiState
@@ -154,3 +157,21 @@ class UiRun:
 
         with prefect_api(self.running().api_url):
             return run_deployment(name, parameters=parameters, timeout=timeout)
+
+    def merged_doc_ids(self, run_key: str) -> tuple[dict[str, Any], list[str]]:
+        """The run's summary and the doc_ids of its results table, read from S3."""
+        s3, bucket = self.s3(), load_profile("local").bucket
+        summary = json.loads(
+            s3.get_object(Bucket=bucket, Key=f"runs/{run_key}/summary.json")["Body"].read()
+        )
+        bucket, _, key = summary["results_uri"].removeprefix("s3://").partition("/")
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return summary, pq.read_table(io.BytesIO(body)).column("doc_id").to_pylist()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants (a worker with its flow runs)."""
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for proc in procs:
+        proc.kill()
+    psutil.wait_procs(procs, timeout=10)
