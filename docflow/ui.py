@@ -180,9 +180,7 @@ class UiStack:
             )
             workers.append(spawn_worker(cfg.home, env, number=number))
             self._adopt(workers[-1])
-        self._step("deploying: prefect deploy --all")
-        deployed = re.findall(r"Deployment '([^']+)' successfully", deploy_all(env))
-        self._step(f"deployed {', '.join(deployed)}")
+        self._deploy(env)
         for worker in workers:
             wait_for_worker(worker)
         self._step(f"{cfg.workers} worker(s) polling")
@@ -190,6 +188,22 @@ class UiStack:
         self.state.ready = True
         self.state.save(cfg.home)
         return self.state
+
+    def _deploy(self, env: dict[str, str]) -> None:
+        """`prefect deploy --all`, unless nothing a deployment is made of changed since the last."""
+        from docflow.deployed import remember, still_deployed
+
+        kept = still_deployed(self.config.home, self.api_url)
+        if kept:
+            self._step(
+                f"deployments unchanged since the last start (prefect.yaml, profiles, flows): "
+                f"{', '.join(kept)}"
+            )
+            return
+        self._step("deploying: prefect deploy --all")
+        deployed = re.findall(r"Deployment '([^']+)' successfully", deploy_all(env))
+        remember(self.config.home, deployed)
+        self._step(f"deployed {', '.join(deployed)}")
 
     def _adopt(self, child: ChildProcess) -> None:
         """Own child: stop it with the stack, and note it so a later `make ui` can clean up after a crash."""

@@ -135,7 +135,9 @@ def test_a_run_stopped_with_the_stack_resumes_after_it_starts_again(
     assert "S3 objects saved to" in (ui.home / "logs" / "localcloud.log").read_text(), printed
     assert "stopped localcloud in" in printed, printed
 
+    restart_at = len(ui.log.read_text())
     ui.start()
+    assert "deployments unchanged since the last start" in ui.log.read_text()[restart_at:]
     before = completed_batches()
     assert 10 <= before < BATCHES, before  # the manifest outlived the restart, half done
     kept = ui.s3().get_object(Bucket=bucket, Key="kept/one.json")
