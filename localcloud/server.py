@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import shlex
 import signal
 import sys
@@ -12,6 +13,8 @@ from types import FrameType
 
 from localcloud.cloud import LocalCloud
 from localcloud.persist import SNAPSHOT_EVERY_S, load_s3, save_s3
+
+STOP_REPORT_S = 30.0  # a stop still running after this logs every thread's stack
 
 
 class StateKeeper:
@@ -81,9 +84,12 @@ def serve_forever(host: str = "127.0.0.1", port: int = 4566, state_dir: str | No
             if keeper is not None:
                 keeper.maybe_save()
     finally:
+        # A stop that hangs says where: every thread's stack in the log after STOP_REPORT_S.
+        faulthandler.dump_traceback_later(STOP_REPORT_S, exit=False)
         if keeper is not None:
             print(f"localcloud: {keeper.save()} S3 objects saved to {state_dir}", flush=True)
         cloud.stop()
+        faulthandler.cancel_dump_traceback_later()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("localcloud stopped", flush=True)

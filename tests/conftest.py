@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from localcloud.testing.artifacts import upload_echo_model
 from tasks.aws.clients import aws_client, clear_client_cache
 from tasks.settings import Autoscaling, Profile, load_profile
+from tests.deployments.ui_stack import UiRun
 from tests.flows.endpoint_helpers import FAST_WAIT, profile_file
 from tests.pool import PoolStack, pool_stack
 from tests.runs import Deployment, EndpointProbe
@@ -27,11 +29,16 @@ SHARED_STACKS = {
         "tests/flows/test_sharded_asks.py",
         "tests/docflow/test_sharded_runs_cli.py",
     ),
+    "docflow_ui": (
+        "tests/deployments/test_prefect_deployments.py",
+        "tests/deployments/test_ui_stack.py",  # last: it kills a worker and restarts the stack
+    ),
 }
 # prefect_pool: the deployments the sharded tests run, and its workers.
 POOL_DEPLOYMENTS = ["process-documents/sharded", "ask-documents/local"]
 POOL_WORKERS = 3
 POOL_WORKER_LIMIT = 2
+UI_WORKERS = 3  # docflow_ui: a sharded run's parent and shards spread over three workers
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -190,6 +197,23 @@ def prefect_pool(localcloud: Any, tmp_path_factory: pytest.TempPathFactory) -> I
         home, POOL_DEPLOYMENTS, POOL_WORKERS, worker_limit=POOL_WORKER_LIMIT
     ) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def docflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiRun]:
+    """`docflow ui --workers 3` as a user starts it (PostgreSQL, server, localcloud, blocks,
+    `prefect deploy --all`, three workers) on free ports with a temp PREFECT_HOME; one for the
+    files in SHARED_STACKS, whose last tests kill a worker and restart the whole stack."""
+    from docflow.postgres import data_dir_for
+
+    home = tmp_path_factory.mktemp("docflow-ui") / "prefect-home"
+    run = UiRun(home, workers=UI_WORKERS)
+    try:
+        run.start()
+        yield run
+    finally:
+        run.close()
+        shutil.rmtree(data_dir_for(home), ignore_errors=True)
 
 
 @pytest.fixture

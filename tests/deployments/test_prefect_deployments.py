@@ -1,8 +1,9 @@
 """The deployments the way users run them: `docflow ui`, `prefect deployment run`, the Prefect API.
 
-One `docflow ui` (real Prefect server with SQLite in a temp PREFECT_HOME, localcloud, work pool,
-worker, blocks, `prefect deploy --all`) serves every test in this module; the last test stops
-it with Ctrl-C and checks that nothing it started is left running.
+One `docflow ui --workers 3` (PostgreSQL, a real Prefect server in a temp PREFECT_HOME,
+localcloud, work pool, workers, blocks, `prefect deploy --all`) serves every test here and in
+test_ui_stack.py (the session fixture ``docflow_ui``), which then kills a worker and stops and
+starts the stack.
 """
 
 from __future__ import annotations
@@ -10,39 +11,30 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import psutil
 import pytest
 import yaml
 
-from docflow.postgres import data_dir_for
 from docflow.prefect_server import (
     PROJECT_ROOT,
     ChildProcess,
-    free_port,
-    is_healthy,
-    port_is_free,
     prefect_api,
     prefect_cli,
     prefect_env,
-    spawn,
     wait_until,
 )
-from docflow.ui_state import STATE_FILE, UiState
+from docflow.ui_state import UiState
+from tests.deployments.ui_stack import UiRun
 
 pytestmark = pytest.mark.timeout(400)
 
-READY_LINE = "Ctrl-C stops everything."
 FLOW_FILES = {
     "package-model": "flows/package_model.py",
     "deploy-endpoint": "flows/deploy_endpoint.py",
@@ -62,7 +54,6 @@ DEPLOYMENTS = {
     "run-status/local",
     "ask-documents/local",
 }
-LOCALCLOUD_ENV = ("AWS_ENDPOINT_URL", "DOCFLOW_ENDPOINT_URL", "DOCFLOW_CREDENTIALS_BLOCK")
 
 
 @dataclass
@@ -73,7 +64,6 @@ class Stack:
     home: Path
     state: UiState
     env: dict[str, str]
-    pids: set[int]
 
     def cli(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
         """Run the `prefect` CLI against this stack's server."""
@@ -88,28 +78,6 @@ class Stack:
         )
 
 
-def _descendants(pid: int) -> set[int]:
-    """pid and every process below it."""
-    try:
-        root = psutil.Process(pid)
-        return {pid, *(p.pid for p in root.children(recursive=True))}
-    except psutil.NoSuchProcess:
-        return set()
-
-
-def _still_running(pids: set[int]) -> list[str]:
-    """Command lines of those pids still running (zombies waiting to be reaped do not count)."""
-    running = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                running.append(f"{pid}: {' '.join(proc.cmdline())}")
-        except psutil.NoSuchProcess:
-            continue
-    return running
-
-
 def _deployments_in_yaml() -> list[str]:
     """`flow-name/deployment-name` for every deployment prefect.yaml declares."""
     spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
@@ -118,41 +86,16 @@ def _deployments_in_yaml() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`docflow ui` as a user starts it, on free ports with a temp PREFECT_HOME."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    shutil.rmtree(data_dir_for(home), ignore_errors=True)  # a fresh PostgreSQL cluster
-    env = {k: v for k, v in os.environ.items() if k not in LOCALCLOUD_ENV}
-    env.update(
-        {
-            "DOCFLOW_UI_HOME": str(home),
-            "DOCFLOW_UI_PORT": str(free_port()),
-            "DOCFLOW_UI_LOCALCLOUD_PORT": str(free_port()),
-            # Two workers: the stack runs its Prefect server on PostgreSQL (docflow/postgres.py).
-            "DOCFLOW_UI_WORKERS": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
+def stack(docflow_ui: UiRun) -> Stack:
+    """The session's `docflow ui`, with the `prefect` CLI's environment."""
+    state = docflow_ui.running()
+    assert docflow_ui.child is not None
+    return Stack(
+        ui=docflow_ui.child,
+        home=docflow_ui.home,
+        state=state,
+        env=prefect_env(docflow_ui.home, state.api_url, {"COLUMNS": "250"}),
     )
-    ui = spawn(
-        "docflow ui",
-        [sys.executable, "-m", "docflow.cli", "ui"],
-        env=env,
-        log_path=home / "ui.out",
-    )
-    try:
-        wait_until(
-            lambda: READY_LINE in ui.log_tail(400),
-            what="`docflow ui` to print its banner",
-            timeout_s=180,
-            child=ui,
-        )
-        state = UiState.load(home)
-        assert state is not None, f"no {STATE_FILE} in {home}"
-        cli_env = prefect_env(home, state.api_url, {"COLUMNS": "250"})
-        yield Stack(ui=ui, home=home, state=state, env=cli_env, pids=_descendants(ui.pid))
-    finally:
-        ui.stop(timeout_s=20)
-        shutil.rmtree(data_dir_for(home), ignore_errors=True)
 
 
 def test_make_ui_prints_the_ui_address_and_a_ready_to_paste_run_line(stack: Stack) -> None:
@@ -393,69 +336,16 @@ def test_failed_run_is_failed_with_the_reason(stack: Stack) -> None:
     assert flow_run.name in (stack.home / "logs" / "alerts.log").read_text()
 
 
-def test_two_workers_poll_the_pool_and_the_server_runs_on_postgres(stack: Stack) -> None:
+def test_three_workers_poll_the_pool_and_the_server_runs_on_postgres(stack: Stack) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import WorkerStatus
 
     with prefect_api(stack.state.api_url), get_client(sync_client=True) as client:
         workers = client.read_workers_for_work_pool("docflow-local")
     online = sorted(w.name for w in workers if w.status == WorkerStatus.ONLINE)
-    assert online == ["docflow-worker-1", "docflow-worker-2"], workers
+    assert online == ["docflow-worker-1", "docflow-worker-2", "docflow-worker-3"], workers
     assert "postgres" in stack.state.children, stack.state.children
-    assert "starting PostgreSQL for 2 workers" in stack.ui.log_tail(400)
-
-
-def test_a_killed_worker_is_started_again_and_the_stack_goes_on(stack: Stack) -> None:
-    """SIGKILL worker 2 (and anything it started): `docflow ui` logs it and starts it again, under
-    a worker name of its own (the dead one goes offline), its log beside the dead one's."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.objects import WorkerStatus
-
-    old = UiState.load(stack.home)
-    assert old is not None
-    old_pid = int(old.children["prefect worker 2"][0])
-    victims = [psutil.Process(old_pid), *psutil.Process(old_pid).children(recursive=True)]
-    for proc in victims:
-        proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(victims, timeout=10)
-    wait_until(
-        lambda: "[restart] prefect worker 2 exited with code -9" in stack.ui.log_tail(400),
-        what="`docflow ui` to restart the killed worker",
-        timeout_s=30,
-        child=stack.ui,
-    )
-
-    def new_worker_polls() -> bool:
-        state = UiState.load(stack.home)
-        pid = int(state.children["prefect worker 2"][0]) if state else old_pid
-        log = stack.home / "logs" / "worker-2-r1.log"
-        started = log.exists() and "started!" in log.read_text(errors="replace")
-        return pid != old_pid and psutil.pid_exists(pid) and started
-
-    wait_until(new_worker_polls, what="the new worker 2 to poll", timeout_s=120, child=stack.ui)
-    assert stack.ui.alive()
-    assert is_healthy(stack.state.api_url)  # the server, and everything else, went on
-    with prefect_api(stack.state.api_url), get_client(sync_client=True) as client:
-        workers = client.read_workers_for_work_pool("docflow-local")
-    assert "docflow-worker-2-r1" in {w.name for w in workers if w.status == WorkerStatus.ONLINE}
-    assert "started!" in (stack.home / "logs" / "worker-2.log").read_text(errors="replace")
-    worker_1 = int(old.children["prefect worker 1"][0])
-    assert psutil.pid_exists(worker_1)  # the healthy worker was left alone
-
-
-def test_ctrl_c_stops_everything(stack: Stack) -> None:
-    pids = stack.pids | _descendants(stack.ui.pid)
-    assert len(pids) >= 6, pids  # docflow ui, postgres, server, localcloud, 2 workers
-    stack.ui.popen.send_signal(signal.SIGINT)
-    assert stack.ui.popen.wait(timeout=60) == 0, stack.ui.log_tail()
-    assert "stopped." in stack.ui.log_tail(5)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _still_running(pids):
-        time.sleep(0.2)
-    assert _still_running(pids) == []
-    port = int(stack.state.api_url.rsplit(":", 1)[1].split("/")[0])
-    assert port_is_free(port)
-    assert not (stack.home / STATE_FILE).exists()
+    assert "starting PostgreSQL for 3 workers" in stack.ui.log_tail(400)
 
 
 def test_credentials_from_profile_takes_keys_only_from_the_environment() -> None:

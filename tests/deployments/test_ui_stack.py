@@ -1,25 +1,28 @@
 """`docflow ui --workers 3` survives what the guide says it survives, tried as a user would.
 
-One stack for the module (starting one is the expensive part): the echo model deployed by
-`deploy-endpoint/local`, then
+The session's stack (``docflow_ui``, shared with test_prefect_deployments.py, which runs first):
+the echo model deployed by `deploy-endpoint/local`, then
 - a worker SIGKILLed (with its flow runs) while `process-documents/sharded` runs 300 documents in
-  6 shards: `docflow ui` starts it again, the shard it held runs again, every document once;
-- the stack stopped with Ctrl-C while `process-documents/nightly` is half done and started again on
-  the same home: S3 (objects, content types, metadata) is still there, and after deploy-endpoint
-  the same run key finishes the run without invoking a completed batch again.
+  6 shards: `docflow ui` starts it again under a name of its own, the other workers are left
+  alone, the shard it held runs again, every document once;
+- the stack stopped with Ctrl-C while `process-documents/nightly` is half done (nothing it
+  started is left running) and started again on the same home: S3 (objects, content types,
+  metadata) is still there, nothing is deployed again, and after deploy-endpoint the same run
+  key finishes the run without invoking a completed batch again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from docflow.prefect_server import wait_until
+from docflow.prefect_server import port_is_free, prefect_api, wait_until
+from docflow.ui_state import STATE_FILE
 from tasks.settings import load_profile
-from tests.deployments.ui_stack import UiRun, kill_tree
+from tests.deployments.ui_stack import UiRun, descendants, kill_tree, still_running
 from tests.pool import flow_run, shard_runs
 from tests.runs import unique_run_key, write_corpus
 
@@ -30,23 +33,16 @@ DOCS, BATCH = 400, 5
 BATCHES = DOCS // BATCH
 
 
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiRun]:
-    """`docflow ui` with three workers on free ports, the echo model deployed."""
-    run = UiRun(tmp_path_factory.mktemp("ui") / "prefect-home", workers=3)
-    try:
-        run.start()
-        run.deploy_echo()
-        yield run
-    finally:
-        run.close()
-
-
 def test_a_killed_worker_is_restarted_and_the_sharded_run_completes(
-    ui: UiRun, tmp_path: Path
+    docflow_ui: UiRun, tmp_path: Path
 ) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import WorkerStatus
+
     from tasks.params.flat import grouped
 
+    ui = docflow_ui
+    ui.deploy_echo()
     state = ui.running()
     run_key = unique_run_key()
     corpus = tmp_path / "c.jsonl"
@@ -76,11 +72,17 @@ def test_a_killed_worker_is_restarted_and_the_sharded_run_completes(
     stack_state = json.loads((ui.home / "docflow-ui.json").read_text())
     kill_tree(int(stack_state["children"][names[killed]][0]))
     wait_until(
-        lambda: f"[restart] {names[killed]} exited" in ui.log.read_text(),
+        lambda: f"[restart] {names[killed]} exited with code -9" in ui.log.read_text(),
         what="`docflow ui` to restart the killed worker",
         timeout_s=30,
         child=ui.child,
     )
+    healthy = [
+        int(pid)
+        for name, (pid, *_) in stack_state["children"].items()
+        if name.startswith("prefect worker") and name != names[killed]
+    ]
+    assert all(psutil.pid_exists(pid) for pid in healthy)  # the other workers were left alone
 
     def parent_done() -> bool:
         run_state = flow_run(state.api_url, parent.id).state
@@ -94,15 +96,27 @@ def test_a_killed_worker_is_restarted_and_the_sharded_run_completes(
     assert summary["completed"] == SHARDED_DOCS, summary
     assert any(r["attempts"] > 1 for r in summary["shard_runs"]), summary["shard_runs"]
     assert len(got) == len(set(got)) == SHARDED_DOCS and set(got) == set(ids)
+    # The restarted worker polls under a name of its own (the dead one went offline), its log
+    # beside the dead one's.
+    with prefect_api(state.api_url), get_client(sync_client=True) as client:
+        online = {
+            w.name
+            for w in client.read_workers_for_work_pool("docflow-local")
+            if w.status == WorkerStatus.ONLINE
+        }
+    assert f"{killed}-r1" in online and killed not in online, online
+    (restarted_log,) = (ui.home / "logs").glob("worker*-r1.log")  # beside the dead one's
+    assert "started!" in restarted_log.read_text(errors="replace")
 
 
 def test_a_run_stopped_with_the_stack_resumes_after_it_starts_again(
-    ui: UiRun, tmp_path: Path
+    docflow_ui: UiRun, tmp_path: Path
 ) -> None:
     """Ctrl-C while a run is half done; `make ui` again, deploy again, the same run key: every
     document once, and no batch completed before the stop is invoked again."""
     from tasks.params.flat import grouped
 
+    ui = docflow_ui
     bucket = load_profile("local").bucket
     run_key = unique_run_key()
     corpus = tmp_path / "c.jsonl"
@@ -131,9 +145,19 @@ def test_a_run_stopped_with_the_stack_resumes_after_it_starts_again(
     wait_until(
         lambda: completed_batches() >= 10, what="some batches", timeout_s=300, child=ui.child
     )
+    started = descendants(ui.running().pid)
+    assert len(started) >= 7, started  # docflow ui, postgres, server, localcloud, 3 workers
+    api_port = int(ui.running().api_url.rsplit(":", 1)[1].split("/")[0])
     printed = ui.stop()
     assert "S3 objects saved to" in (ui.home / "logs" / "localcloud.log").read_text(), printed
-    assert "stopped localcloud in" in printed, printed
+    assert "stopped localcloud in" in printed and printed.rstrip().endswith("stopped."), (
+        ui.log_text()
+    )
+    wait_until(
+        lambda: not still_running(started), what="every process of the stack to end", timeout_s=10
+    )
+    assert port_is_free(api_port)
+    assert not (ui.home / STATE_FILE).exists()
 
     restart_at = len(ui.log.read_text())
     ui.start()

@@ -75,7 +75,7 @@ class UiRun:
         return self.state
 
     def stop(self) -> str:
-        """Ctrl-C, as a user stops it; what it printed while stopping."""
+        """Ctrl-C, as a user stops it; what `docflow ui` printed while stopping."""
         assert self.child is not None
         before = len(self.log.read_text())
         self.child.popen.send_signal(signal.SIGINT)
@@ -84,10 +84,9 @@ class UiRun:
         except BaseException:
             self.child.stop()
             raise AssertionError(f"`docflow ui` did not stop: {self.log_text(before)}") from None
-        printed = self.log_text(before)
-        assert code == 0, printed
+        assert code == 0, self.log_text(before)
         self.child = None
-        return printed
+        return self.log.read_text()[before:]
 
     def log_text(self, start: int = 0) -> str:
         """`docflow ui`'s output from ``start``, and the end of each child's log."""
@@ -175,3 +174,25 @@ def kill_tree(pid: int) -> None:
     for proc in procs:
         proc.kill()
     psutil.wait_procs(procs, timeout=10)
+
+
+def descendants(pid: int) -> set[int]:
+    """pid and every process below it."""
+    try:
+        root = psutil.Process(pid)
+        return {pid, *(p.pid for p in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def still_running(pids: set[int]) -> list[str]:
+    """Command lines of those pids still running (zombies waiting to be reaped do not count)."""
+    running = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(f"{pid}: {' '.join(proc.cmdline())}")
+        except psutil.NoSuchProcess:
+            continue
+    return running
