@@ -53,12 +53,12 @@ def read_file(
     member at a time, never held whole.
     """
     options = options or ReadOptions()
-    kind = by_suffix(name)
-    found = (kind or _NONE).format or ""
+    found = (by_suffix(name) or _NONE).format or ""
+    plain = found in EXTRACTED  # a document by its suffix (.md, .pdf): no container to open
     if stream is not None and found.startswith("archive:") and options.archive_limits.max_depth:
         yield from _streamed_archive(name, found.removeprefix("archive:"), stream, options, keep)
         return
-    if keep is not None and not keep(name) and (kind or _NONE).format in EXTRACTED:
+    if plain and keep is not None and not keep(name):
         yield FileDocument(name, reason=OTHER_SHARD)  # a plain document of another shard
         return
     try:
@@ -68,7 +68,10 @@ def read_file(
             name, reason=f"file {name!r} cannot be read ({exc}); fix its permissions {REMOVE}"
         )
         return
-    yield from expand(name, data, options, Budget(), 0, name, keep)
+    if plain:  # the short path of most files: extracted as its suffix says
+        yield _document(name, data, found, options)
+    else:
+        yield from expand(name, data, options, Budget(), 0, name, keep)
 
 
 def _streamed_archive(
@@ -107,12 +110,10 @@ def expand(
     keep: Callable[[str], bool] | None = None,
 ) -> Iterator[FileDocument]:
     """``data`` (stored as ``doc_id``, typed as if named ``detect_as``) as documents."""
-    base = {"path": doc_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     if not data:
-        yield FileDocument(
-            doc_id, reason=f"file {doc_id!r} is empty (0 bytes); fill it in {REMOVE}"
-        )
+        yield _empty(doc_id)
         return
+    base = {"path": doc_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     kind = detect(detect_as, data)
     fmt = kind.format
     if fmt is None:
@@ -164,6 +165,18 @@ def expand(
         yield FileDocument(doc_id, reason=OTHER_SHARD)
         return
     yield _extracted(doc_id, data, fmt, options, base)
+
+
+def _empty(doc_id: str) -> FileDocument:
+    return FileDocument(doc_id, reason=f"file {doc_id!r} is empty (0 bytes); fill it in {REMOVE}")
+
+
+def _document(doc_id: str, data: bytes, fmt: str, options: ReadOptions) -> FileDocument:
+    """A file whose suffix names its document format, extracted as that (or rejected)."""
+    if not data:
+        return _empty(doc_id)
+    base = {"path": doc_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return _extracted(doc_id, data, fmt, options, base)
 
 
 def _extracted(
