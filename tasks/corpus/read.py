@@ -19,6 +19,7 @@ from tasks.corpus.formats import ocr as ocr_engine
 from tasks.corpus.formats import office
 from tasks.corpus.formats.detect import DOCUMENTS, Kind, by_suffix, detect
 from tasks.corpus.formats.extract import _EXTRACTORS, MOVE, REMOVE, Extracted, Unreadable
+from tasks.corpus.formats.pdf import pdf
 from tasks.corpus.limits import Budget, LimitExceeded
 from tasks.params.groups import ReadOptions
 
@@ -198,7 +199,7 @@ def _extracted(
 def extract_format(name: str, data: bytes, fmt: str, options: ReadOptions) -> Extracted:
     """The text of ``data`` read as ``fmt``; Unreadable says why there is none."""
     if fmt == "pdf":
-        extracted = ocr_engine.pdf(name, data, options.ocr)
+        extracted = pdf(name, data, options.ocr)
     elif fmt == "image":
         extracted = ocr_engine.image(name, data, options.ocr)
     elif fmt.startswith("code:"):
