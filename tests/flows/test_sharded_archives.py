@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +96,11 @@ def test_a_sharded_run_over_archives_resumes_without_reinvoking_finished_members
     from tasks.run.results.status import read_summary
 
     stack = prefect_pool
-    # One invocation at a time, 1.5 s each: the victim shard still runs when its manifest is
-    # first saved with finished batches (DriveOptions.save_every_s, 10 s).
-    deployment: Deployment = deploy_echo(cap=1, slots=1, environment={"ECHO_SLEEP_S": "1.5"})
-    ensure_global_concurrency_limit(stack.api_url, concurrency_limit_name(deployment.endpoint), 1)
+    # The endpoint answers one invocation at a time, 1.5 s each: the victim shard still runs when
+    # its manifest is first saved with finished batches (DriveOptions.save_every_s, 10 s). A cap
+    # of 2 (one a shard): the slot the killed shard held until its lease expires stops no one.
+    deployment: Deployment = deploy_echo(cap=2, slots=1, environment={"ECHO_SLEEP_S": "1.5"})
+    ensure_global_concurrency_limit(stack.api_url, concurrency_limit_name(deployment.endpoint), 2)
     profile = deployment.profile
     s3 = aws_client("s3", profile)
     read, rejected = archives_folder(tmp_path / "archives")
@@ -147,10 +147,6 @@ def test_a_sharded_run_over_archives_resumes_without_reinvoking_finished_members
     first = flow_run(stack.api_url, parent_id)
     assert not first.state.is_completed(), first.state
     assert "resume the run with the same run_key" in str(first.state.message), first.state
-    others = [r for r in shard_runs(stack.api_url) if r.parameters.get("run_key") != victim_key]
-    for other in (r for r in others if str(r.parameters.get("run_key")).startswith(run_key)):
-        wait_until(partial(final, other.id), what="the other shard to end", timeout_s=240)
-
     # What the interrupted run recorded: some of the victim's batches finished, some not.
     stopped = load_manifest(victim_key, profile)
     assert stopped is not None
@@ -159,12 +155,6 @@ def test_a_sharded_run_over_archives_resumes_without_reinvoking_finished_members
     }
     left = len(stopped.batches) - len(finished)
     assert finished and left, stopped.batches
-    before = {
-        key: {b: r.attempts for b, r in m.batches.items()}
-        for i in range(1, SHARDS)
-        if (m := load_manifest(key := shard_run_key(run_key, i, SHARDS), profile))
-    }
-    accepted = probe.accepted
 
     again = run_parent(
         stack.api_url, "process-documents/sharded", {**parameters, "max_shard_attempts": 2}
@@ -182,12 +172,15 @@ def test_a_sharded_run_over_archives_resumes_without_reinvoking_finished_members
     assert table.num_rows == len(rows) == len(read | rejected)
     assert {d for d, s in rows.items() if s == "completed"} == read
     assert {d for d, s in rows.items() if s == "rejected"} == rejected
-    # Finished batches were not invoked again; only the victim's unfinished ones were.
-    resumed = load_manifest(victim_key, profile)
+    # Finished batches were not invoked again; the other shard's batches each once; every
+    # invocation is a recorded attempt, but for what the killed shard had in flight unsaved.
+    manifests = [load_manifest(shard_run_key(run_key, i, SHARDS), profile) for i in range(SHARDS)]
+    assert all(manifests)
+    resumed = manifests[0]
     assert resumed is not None
     assert {b: resumed.batches[b].attempts for b in finished} == finished
-    for other_key, attempts in before.items():
-        manifest = load_manifest(other_key, profile)
+    for manifest in manifests[1:]:
         assert manifest is not None
-        assert {b: r.attempts for b, r in manifest.batches.items()} == attempts
-    assert probe.accepted - accepted <= left, (probe.accepted - accepted, left)
+        assert {r.attempts for r in manifest.batches.values()} == {1}
+    attempts = sum(r.attempts for m in manifests if m for r in m.batches.values())
+    assert attempts <= probe.accepted <= attempts + deployment.cap, (attempts, probe.accepted)
