@@ -96,10 +96,10 @@ def test_a_sharded_run_over_archives_resumes_without_reinvoking_finished_members
     from tasks.run.results.status import read_summary
 
     stack = prefect_pool
-    # The endpoint answers one invocation at a time, 1.5 s each: the victim shard still runs when
+    # The endpoint answers one invocation at a time, 2 s each: the victim shard still runs when
     # its manifest is first saved with finished batches (DriveOptions.save_every_s, 10 s). A cap
     # of 2 (one a shard): the slot the killed shard held until its lease expires stops no one.
-    deployment: Deployment = deploy_echo(cap=2, slots=1, environment={"ECHO_SLEEP_S": "1.5"})
+    deployment: Deployment = deploy_echo(cap=2, slots=1, environment={"ECHO_SLEEP_S": "2"})
     ensure_global_concurrency_limit(stack.api_url, concurrency_limit_name(deployment.endpoint), 2)
     profile = deployment.profile
     s3 = aws_client("s3", profile)
