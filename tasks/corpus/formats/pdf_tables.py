@@ -1,13 +1,13 @@
 """Tables of PDF pages as Markdown tables, in reading order with the page's text.
 
 pypdfium2 (the PDF reader) finds no tables, and pdfplumber's table finder (pdfminer.six
-underneath) costs ~15x pypdfium2's text on every page. So a page is looked at only when it draws
-lines or boxes: ``ruled`` counts the segments of its path objects with PDFium (~1 us an object
-on the page, ~10 us on a page of text: 2-4% of reading it), and only a page with enough of them (a grid needs at least two boxes or five
-lines) is read by pdfplumber, whose ``find_tables`` (ruling lines) finds the tables there. A
-page without a table found keeps pypdfium2's text unchanged. Chosen over PyMuPDF's
-``find_tables`` (a port of the same algorithm, AGPL, ~70x slower here) by measurement
-(docs/guide/corpora-of-files.md).
+underneath) costs ~30x pypdfium2's text on a page (~9 ms against ~0.3 ms). So a page is searched
+only when it draws lines or boxes: ``ruled`` counts the segments of its path objects with PDFium
+(~1 us an object on the page, ~10 us on a page of text), and only a page with enough of them (a
+grid needs two boxes or five lines) is read by pdfplumber, whose ``find_tables`` (ruling lines)
+finds the tables there. A page without a table found keeps pypdfium2's text unchanged. Chosen
+over PyMuPDF's ``find_tables`` (a port of the same algorithm, AGPL, ~70x slower here) by
+measurement (docs/guide/corpora-of-files.md, "PDF tables").
 """
 
 from __future__ import annotations
