@@ -32,6 +32,10 @@ SENTENCE = "The harbour authority approved the new ferry timetable on Monday."
 # Format -> (file suffix, maker of one file's bytes from its index).
 FORMATS: dict[str, tuple[str, Callable[[int], bytes]]] = {
     "pdf (3 pages)": (".pdf", lambda i: make.pdf_bytes(f"{SENTENCE} #{i}", pages=3, title="T")),
+    "pdf, a ruled table (3 pages)": (
+        ".pdf",
+        lambda i: more.pdf_table_bytes(f"{SENTENCE} #{i}", pages=3),
+    ),
     "docx": (".docx", lambda i: make.docx_bytes(f"{SENTENCE} #{i}", title="T")),
     "html": (".html", lambda i: make.html_bytes(f"{SENTENCE} #{i}")),
     "eml": (".eml", lambda i: make.eml_bytes(f"{SENTENCE} #{i}")),

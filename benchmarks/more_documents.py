@@ -187,3 +187,48 @@ def scanned_pages_pdf(pages: list[list[str]]) -> bytes:
         pdf.add_page()
         pdf.image(page_image(lines), x=10, y=10, w=190)
     return bytes(pdf.output())
+
+
+TABLE_ROWS = [
+    ["Port", "Ferries", "Opened"],
+    ["Harbour A", "12", "1998"],
+    ["Harbour B", "7", "2004"],
+]
+
+
+def pdf_table_bytes(
+    sentence: str, rows: list[list[str]] | None = None, *, grid: str = "boxes", pages: int = 1
+) -> bytes:
+    """A PDF by fpdf2: ``sentence``, a ruled table of ``rows`` (``grid="boxes"``: a box per
+    cell, fpdf2's tables; ``"lines"``: the grid drawn as lines), a closing line; then
+    ``pages - 1`` pages of plain text."""
+    from fpdf import FPDF
+
+    rows = rows or TABLE_ROWS
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=11)
+    pdf.add_page()
+    pdf.multi_cell(0, 5, f"{sentence} The figures are below.")
+    pdf.ln(4)
+    if grid == "boxes":
+        with pdf.table() as table:
+            for row in rows:
+                cells = table.row()
+                for value in row:
+                    cells.cell(value)
+    else:
+        left, top, width, height = 20.0, pdf.get_y(), 50.0, 8.0
+        for r, row in enumerate(rows):
+            for c, value in enumerate(row):
+                pdf.text(left + c * width + 2, top + r * height + 5.5, value)
+        for r in range(len(rows) + 1):
+            pdf.line(left, top + r * height, left + width * len(rows[0]), top + r * height)
+        for c in range(len(rows[0]) + 1):
+            pdf.line(left + c * width, top, left + c * width, top + height * len(rows))
+        pdf.set_y(top + height * len(rows))
+    pdf.ln(4)
+    pdf.multi_cell(0, 5, "The timetable follows the table.")
+    for page in range(1, pages):
+        pdf.add_page()
+        pdf.multi_cell(0, 5, f"Page {page + 1} has text only, no table at all.")
+    return bytes(pdf.output())

@@ -43,13 +43,14 @@ def page_lines(page: int) -> list[str]:
 def measure(pages: int) -> tuple[float, float, int]:
     """(CER, pages/s, OCR'd pages) of docflow reading a ``pages``-page scanned PDF."""
     from tasks.corpus.formats import ocr
+    from tasks.corpus.formats.pdf import pdf
 
     data = scanned_pages_pdf([page_lines(p) for p in range(pages)])
     from benchmarks.more_documents import page_image
 
     ocr.ocr_image(page_image(["warm-up"]))  # the model load and first run are once per process
     started = time.perf_counter()
-    extracted = ocr.pdf("scan.pdf", data, "auto")
+    extracted = pdf("scan.pdf", data, "auto")
     elapsed = time.perf_counter() - started
     expected = "\n\n".join("\n".join(page_lines(p)) for p in range(pages))
     done = len((extracted.ocr_pages or "").split(","))

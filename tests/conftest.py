@@ -26,6 +26,7 @@ from tests.runs import Deployment, EndpointProbe
 SHARED_STACKS = {
     "prefect_pool": (
         "tests/flows/test_sharded_runs.py",
+        "tests/flows/test_sharded_archives.py",
         "tests/flows/test_sharded_asks.py",
         "tests/docflow/test_sharded_runs_cli.py",
     ),

@@ -19,6 +19,7 @@ from tasks.corpus.formats import ocr as ocr_engine
 from tasks.corpus.formats import office
 from tasks.corpus.formats.detect import DOCUMENTS, Kind, by_suffix, detect
 from tasks.corpus.formats.extract import _EXTRACTORS, MOVE, REMOVE, Extracted, Unreadable
+from tasks.corpus.formats.pdf import pdf
 from tasks.corpus.limits import Budget, LimitExceeded
 from tasks.params.groups import ReadOptions
 
@@ -53,12 +54,12 @@ def read_file(
     member at a time, never held whole.
     """
     options = options or ReadOptions()
-    kind = by_suffix(name)
-    found = (kind or _NONE).format or ""
+    found = (by_suffix(name) or _NONE).format or ""
+    plain = found in EXTRACTED  # a document by its suffix (.md, .pdf): no container to open
     if stream is not None and found.startswith("archive:") and options.archive_limits.max_depth:
         yield from _streamed_archive(name, found.removeprefix("archive:"), stream, options, keep)
         return
-    if keep is not None and not keep(name) and (kind or _NONE).format in EXTRACTED:
+    if plain and keep is not None and not keep(name):
         yield FileDocument(name, reason=OTHER_SHARD)  # a plain document of another shard
         return
     try:
@@ -68,7 +69,10 @@ def read_file(
             name, reason=f"file {name!r} cannot be read ({exc}); fix its permissions {REMOVE}"
         )
         return
-    yield from expand(name, data, options, Budget(), 0, name, keep)
+    if plain:  # the short path of most files: extracted as its suffix says
+        yield _document(name, data, found, options)
+    else:
+        yield from expand(name, data, options, Budget(), 0, name, keep)
 
 
 def _streamed_archive(
@@ -107,12 +111,10 @@ def expand(
     keep: Callable[[str], bool] | None = None,
 ) -> Iterator[FileDocument]:
     """``data`` (stored as ``doc_id``, typed as if named ``detect_as``) as documents."""
-    base = {"path": doc_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     if not data:
-        yield FileDocument(
-            doc_id, reason=f"file {doc_id!r} is empty (0 bytes); fill it in {REMOVE}"
-        )
+        yield _empty(doc_id)
         return
+    base = {"path": doc_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     kind = detect(detect_as, data)
     fmt = kind.format
     if fmt is None:
@@ -166,6 +168,18 @@ def expand(
     yield _extracted(doc_id, data, fmt, options, base)
 
 
+def _empty(doc_id: str) -> FileDocument:
+    return FileDocument(doc_id, reason=f"file {doc_id!r} is empty (0 bytes); fill it in {REMOVE}")
+
+
+def _document(doc_id: str, data: bytes, fmt: str, options: ReadOptions) -> FileDocument:
+    """A file whose suffix names its document format, extracted as that (or rejected)."""
+    if not data:
+        return _empty(doc_id)
+    base = {"path": doc_id, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return _extracted(doc_id, data, fmt, options, base)
+
+
 def _extracted(
     doc_id: str, data: bytes, fmt: str, options: ReadOptions, base: dict[str, Any]
 ) -> FileDocument:
@@ -185,7 +199,7 @@ def _extracted(
 def extract_format(name: str, data: bytes, fmt: str, options: ReadOptions) -> Extracted:
     """The text of ``data`` read as ``fmt``; Unreadable says why there is none."""
     if fmt == "pdf":
-        extracted = ocr_engine.pdf(name, data, options.ocr)
+        extracted = pdf(name, data, options.ocr)
     elif fmt == "image":
         extracted = ocr_engine.image(name, data, options.ocr)
     elif fmt.startswith("code:"):

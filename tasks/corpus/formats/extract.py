@@ -1,5 +1,5 @@
 """Text and metadata of one document file: DOCX, HTML, e-mail, Markdown, plain text (PDFs, with
-OCR for pages without text, are tasks.corpus.formats.ocr; which reader a file gets is
+tables and OCR for pages without text, are tasks.corpus.formats.pdf; which reader a file gets is
 tasks.corpus.read).
 
 Libraries (measured in docs/guide/corpora-of-files.md): pypdfium2 for PDF (PDFium: 3x pypdf, 30x

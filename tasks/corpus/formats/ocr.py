@@ -1,4 +1,5 @@
-"""OCR for pages without text: scanned PDF pages and images (.png, .jpg, .tif).
+"""OCR for pages without text: scanned PDF pages (tasks.corpus.formats.pdf) and images (.png,
+.jpg, .tif).
 
 RapidOCR (PaddleOCR's PP-OCRv4 models on onnxruntime) was chosen by measured character error
 rate and pages/s on pages rendered with known text (``python -m benchmarks.extraction --ocr``,
@@ -11,10 +12,9 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import time
 from typing import Any
 
-from tasks.corpus.formats.extract import MOVE, REMOVE, Extracted, Unreadable, _pdf_date
+from tasks.corpus.formats.extract import MOVE, REMOVE, Extracted, Unreadable
 from tasks.params.groups import OcrMode
 
 SCALE = (
@@ -52,91 +52,14 @@ def _engine() -> Any:
     return RapidOCR()
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run's logger inside a flow or task run, else docflow.ocr's."""
     try:
         from prefect import get_run_logger
 
         return get_run_logger()
     except Exception:  # outside a flow or task run
         return logging.getLogger("docflow.ocr")
-
-
-def pdf(name: str, data: bytes, mode: OcrMode = "auto") -> Extracted:
-    """A PDF's text layer, page by page; pages without text (``auto``: those holding an image;
-    ``force``: every page) are read with OCR and listed in ``ocr_pages``."""
-    import pypdfium2 as pdfium
-    import pypdfium2.raw as raw
-
-    document = open_pdf(name, data)
-    texts: list[str] = []
-    done: list[int] = []
-    started = last = time.monotonic()
-    try:
-        total = len(document)
-        for index in range(total):
-            page = document[index]
-            textpage = page.get_textpage()
-            text = textpage.get_text_range().replace("\r\n", "\n").strip()
-            textpage.close()
-            wanted = mode == "force" or (
-                mode == "auto"
-                and not text
-                and any(True for _ in page.get_objects(filter=[raw.FPDF_PAGEOBJ_IMAGE]))
-            )
-            if wanted:
-                text = ocr_image(page.render(scale=SCALE).to_pil()).strip()
-                done.append(index + 1)
-                if time.monotonic() - last > PROGRESS_EVERY:
-                    last = time.monotonic()
-                    _logger().info(
-                        "OCR of %s: page %d of %d (%.2f pages/s)",
-                        name,
-                        index + 1,
-                        total,
-                        len(done) / (last - started),
-                    )
-            page.close()
-            texts.append(text)
-        meta = document.get_metadata_dict(skip_empty=True)
-    except pdfium.PdfiumError as exc:
-        raise Unreadable(f"file {name!r} is not a readable PDF ({exc}); {MOVE}") from exc
-    finally:
-        document.close()
-    text = "\n\n".join(texts)
-    if not text.strip() and mode == "off":
-        raise Unreadable(
-            f"file {name!r} has no text layer and ocr='off'; set the flow parameter ocr to "
-            f"'auto' to read its pages with OCR {REMOVE}"
-        )
-    if not text.strip():
-        raise Unreadable(
-            f"file {name!r} has no text: no text layer, and OCR found none on its pages; "
-            f"check it is a document {REMOVE}"
-        )
-    return Extracted(
-        text=text,
-        format="pdf",
-        title=meta.get("Title"),
-        author=meta.get("Author"),
-        date=_pdf_date(meta.get("CreationDate")),
-        pages=len(texts),
-        ocr_pages=",".join(map(str, done)) or None,
-    )
-
-
-def open_pdf(name: str, data: bytes) -> Any:
-    """A pypdfium2 document; Unreadable (encrypted, damaged) when it cannot be opened."""
-    import pypdfium2 as pdfium
-
-    try:
-        return pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        if "password" in str(exc).lower():
-            raise Unreadable(
-                f"file {name!r} is an encrypted PDF (it needs a password); save an unencrypted "
-                f"copy {REMOVE}"
-            ) from exc
-        raise Unreadable(f"file {name!r} is not a readable PDF ({exc}); {MOVE}") from exc
 
 
 def _enlarged(frame: Any) -> Any:

@@ -178,3 +178,24 @@ def test_damaged_and_unknown_files_are_rejected_with_their_reason(
     file = read_document(name, lambda _: data)
     assert file.text is None and file.reason is not None
     assert words in file.reason and "`corpus`" in file.reason, file.reason
+
+
+def test_a_folder_lists_every_file_once_hidden_and_linked_folders_left_out(tmp_path: Path) -> None:
+    from tasks.corpus.files import local_names
+
+    root = tmp_path / "corpus"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref")
+    (root / "top.txt").write_text("1")
+    (root / ".hidden.txt").write_text("2")
+    (root / "a" / "b" / "deep.md").write_text("3")
+    (root / "a" / ".cache").mkdir()
+    (root / "a" / ".cache" / "x.txt").write_text("4")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.txt").write_text("5")
+    (root / "linked-folder").symlink_to(outside, target_is_directory=True)
+    (root / "linked.txt").symlink_to(root / "top.txt")
+    (root / "broken.txt").symlink_to(tmp_path / "missing.txt")
+    assert local_names(root) == ["a/b/deep.md", "broken.txt", "linked.txt", "top.txt"]
