@@ -30,6 +30,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -225,6 +226,11 @@ def main(argv: list[str]) -> int:
             model.error = f"{type(exc).__name__}: {exc}"
             logger.error("%sthe model did not load: %s", LOG_PREFIX, model.error)
             server.should_exit = True
+
+    # uvicorn shuts down gracefully on SIGTERM, restores the handler it found and raises the
+    # signal again: with this one the process then exits normally (status 0, exit hooks run, so
+    # the engine's thread is stopped) instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
 
     async def serve() -> None:
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
