@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tasks.endpoint.images import resolve_image_uri
+from tasks.model.archive import code_files
 from tests.inference.conftest import jsonl, without_cached
 from tests.inference.served import ROOT, SERVE, Served, handler_code, lines, model_with_code
 
@@ -53,6 +54,8 @@ def test_the_dockerfile_builds_on_the_resolved_image_and_starts_serve() -> None:
         assert (ROOT / source).is_file(), source
     assert ("ENTRYPOINT", '["/opt/docflow/serve"]') in steps and ("CMD", '["serve"]') in steps
     assert os.access(SERVE, os.X_OK)
+    # the image's, not the artifact's: the served code/ below lacks it, so serve runs its own
+    assert "container_server.py" not in code_files(ROOT / "inference")
     mode = subprocess.run(
         ["git", "ls-files", "-s", "docker/serving/serve"], cwd=ROOT, capture_output=True, text=True
     ).stdout
