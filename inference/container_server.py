@@ -162,8 +162,8 @@ def build_app(model: Model) -> Starlette:
         if model.handler is None:
             return Response("the model is still loading", 503, media_type="text/plain")
         body = await request.body()
-        headers = dict(request.headers)
-        context = Context(dict(request.headers.items()), str(model.model_dir))
+        headers = dict(request.headers)  # lower-cased names
+        context = Context(headers, str(model.model_dir))
         if (headers.get(FORWARDED_API.lower()) or "").lower() != STREAM_API.lower():
             try:
                 return await anyio.to_thread.run_sync(_whole, model, body, headers, context)

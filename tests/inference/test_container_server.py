@@ -52,6 +52,10 @@ def test_the_dockerfile_builds_on_the_resolved_image_and_starts_serve() -> None:
     assert "inference/container_server.py" in sources and "docker/serving/serve" in sources
     for source in sources:  # the build context is the repository root
         assert (ROOT / source).is_file(), source
+    # the context sends only those files (BuildKit's <Dockerfile>.dockerignore)
+    ignore = DOCKERFILE.with_name("Dockerfile.dockerignore").read_text().split("\n")
+    rules = [r for r in ignore if r and not r.startswith("#")]
+    assert rules[0] == "*" and {r.removeprefix("!") for r in rules[1:]} == set(sources)
     assert ("ENTRYPOINT", '["/opt/docflow/serve"]') in steps and ("CMD", '["serve"]') in steps
     assert os.access(SERVE, os.X_OK)
     # the image's, not the artifact's: the served code/ below lacks it, so serve runs its own
