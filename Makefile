@@ -57,14 +57,16 @@ lint: $(STAMP)
 # test_container_parity.py): transformers 5.5.3 (default image) and 4.51.3 (older image), with
 # this machine's torch 2.13.0 CPU wheel (cp311: the images' Python 3.12 would need torch from
 # PyPI, GBs of CUDA wheels; docs/aws-stacks.md), pydantic as the images have it (xgrammar needs
-# it), and xgrammar vendored into code/vendor/ from CONTAINER_WHEELS as package_model does.
+# it), xgrammar vendored into code/vendor/ from CONTAINER_WHEELS as package_model does, and the
+# serving image's server libraries (docker/serving/requirements.txt): its `serve` runs there too.
 CONTAINER_TRANSFORMERS := 5.5.3 4.51.3
 CONTAINER_WHEELS := .container-wheels
 CONTAINER_PYTHONS := $(foreach v,$(CONTAINER_TRANSFORMERS),$(CURDIR)/.venv-tf$(v)/bin/python)
 
-.venv-tf%/.installed:
+.venv-tf%/.installed: docker/serving/requirements.txt
 	$(PYTHON) -m venv .venv-tf$*
-	.venv-tf$*/bin/pip install --quiet "$(TORCH_SPEC)" "transformers==$*" safetensors pydantic
+	.venv-tf$*/bin/pip install --quiet "$(TORCH_SPEC)" "transformers==$*" safetensors pydantic \
+		-r docker/serving/requirements.txt
 	touch $@
 
 $(CONTAINER_WHEELS)/.fetched: inference/requirements.txt | $(STAMP)

@@ -1,8 +1,9 @@
 """docflow's LLM handler: runs inside the model container as ``code/inference.py``.
 
 SageMaker inference toolkit contract (``model_fn``, ``input_fn``, ``predict_fn``, ``output_fn``).
-The same file runs unchanged in the Hugging Face PyTorch inference container on AWS and in
-localcloud's hosting emulator; it imports only the standard library, torch, transformers and
+The same file runs unchanged in the Hugging Face PyTorch inference container on AWS, under
+docflow's serving image's server (``container_server``, which calls the same functions and
+``invoke_stream``) and in localcloud's hosting emulator; it imports only the standard library, torch, transformers and
 its sibling modules under ``code/`` (the toolkit puts that directory on ``sys.path``):
 ``request_contract`` (bodies in, result lines out), ``loaded_model`` (``model_fn``'s loading),
 ``generator`` (the one interface in front of generation), ``serving`` (engine or static path,

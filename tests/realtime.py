@@ -30,7 +30,7 @@ def deploy_realtime(
         ModelName=f"rt-{tag}",
         ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
         PrimaryContainer={
-            "Image": image,  # docflow-serving: our own serving contract, it streams (localcloud/sagemaker/images.py)
+            "Image": image,  # docflow's serving image: localcloud runs its real serve, which streams
             "ModelDataUrl": profile.s3_uri(key),
             "Environment": {"DOCFLOW_NUM_THREADS": "1", **env},
         },

@@ -6,10 +6,14 @@
   picks under real 4.x; the library versions themselves are checked by make test's container
   environments, tests/inference/test_container_parity.py). MMS does not stream responses, so
   ``InvokeEndpointWithResponseStream`` is refused.
+* docflow's serving image (``docflow-serving:<tag>``, any registry; docker/serving/): the
+  streaming stack docs/guide/aws-stacks.md names. The instance runs that image's real ``serve``
+  entrypoint (``hosting/serve_instance``: the SageMaker container contract on uvicorn, streaming
+  as a chunked ``POST /invocations``), in docflow's environment.
 * An image localcloud knows it cannot emulate (vLLM, LMI, TGI, SGLang) is refused with its name.
-* Anything else (``echo``, ``...:local``, no image) is docflow's own serving contract: the
-  instance server localcloud runs (``/ping``, ``/invocations``, chunked streaming), which is the
-  streaming stack docs/guide/aws-stacks.md names.
+* Anything else (``echo``, no image): a generic inference-toolkit container, localcloud's own
+  stand-in (``hosting/instance``), which runs ``code/inference.py`` and streams through its
+  ``invoke_stream``. It is for tests of localcloud itself; no AWS image behaves like it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ NOT_EMULATED = {
     "huggingface-pytorch-tgi-inference": "TGI",
     "sglang": "SGLang",
 }
+SERVING_REPOSITORY = "docflow-serving"  # docker/serving/Dockerfile's image
 STREAM_REFUSED = "does not support response streaming"
 
 
@@ -39,7 +44,7 @@ class ImageProfile:
     """What an image runs: its server, transformers version (HF images) and whether it streams."""
 
     image: str
-    server: str  # "mms" (Hugging Face toolkit) or "docflow" (our own serving contract)
+    server: str  # "mms" (Hugging Face toolkit), "docflow" (our serving image) or "toolkit"
     transformers: str | None
     streams: bool
 
@@ -62,13 +67,15 @@ def image_profile(image: str | None) -> ImageProfile:
     if repo in NOT_EMULATED:
         raise ImageNotEmulated(
             f"localcloud cannot emulate image {image!r} ({NOT_EMULATED[repo]}): it runs the "
-            "Hugging Face PyTorch inference images and docflow's own serving contract; "
+            "Hugging Face PyTorch inference images and docflow's serving image (docflow-serving); "
             "deploy with the huggingface serving stack or give another Image"
         )
     match = _HF_IMAGE.search(image)
     if match:
         return ImageProfile(image, "mms", match["version"], streams=False)
-    return ImageProfile(image, "docflow", None, streams=True)
+    if repo == SERVING_REPOSITORY:
+        return ImageProfile(image, "docflow", None, streams=True)
+    return ImageProfile(image, "toolkit", None, streams=True)
 
 
 def stream_refusal(endpoint: str, image: str) -> str:

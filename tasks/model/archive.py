@@ -31,6 +31,9 @@ DEFAULT_CODE_DIR = Path(__file__).resolve().parents[2] / "inference"
 
 
 CODE_REQUIRED = ("inference.py", "requirements.txt")
+# In inference/ but not the handler's: docflow's serving image carries its own server
+# (docker/serving/Dockerfile), which loads the artifact's code/ like the Hugging Face toolkit does.
+IMAGE_ONLY = ("container_server.py",)
 
 
 ARCHIVE_NAME = "model.tar.gz"
@@ -140,7 +143,11 @@ def code_files(code_dir: Path) -> list[str]:
             "(model_fn, input_fn, predict_fn, output_fn) and code/requirements.txt"
         )
     # code/ is put on sys.path, not imported as a package: sibling modules ship, __init__.py not.
-    modules = {p.name for p in code_dir.glob("*.py") if p.is_file() and p.name != "__init__.py"}
+    modules = {
+        p.name
+        for p in code_dir.glob("*.py")
+        if p.is_file() and p.name != "__init__.py" and p.name not in IMAGE_ONLY
+    }
     names = modules | set(CODE_REQUIRED)
     return sorted(names)
 

@@ -4,7 +4,9 @@
 and 4.51.3 (the older one), each with this machine's torch. The code runs there as the container
 runs it: the packaged ``code/`` folder first on ``sys.path``, xgrammar vendored into
 ``code/vendor/`` by ``package_model``'s own vendoring, nothing of docflow's environment. Greedy
-output must equal this environment's (transformers 5.25, the engine), line for line.
+output must equal this environment's (transformers 5.25, the engine), line for line: called as
+the Hugging Face toolkit calls the handler, and through the serving image's ``serve`` (its
+server libraries are in these environments too).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 
 from tasks.model.vendor import vendored_code_dir
 from tests.inference.conftest import HANDLER_PATH, jsonl, without_cached
+from tests.inference.served import Served, lines, model_with_code
 
 PYTHONS = os.environ.get("DOCFLOW_CONTAINER_PYTHONS", "").split()
 WHEELS = os.environ.get("DOCFLOW_CONTAINER_WHEELS", "")
@@ -57,6 +60,19 @@ print(json.dumps({
 """
 
 
+def _expected(handler: ModuleType, model_dir: Path, payload: Path) -> list[dict[str, Any]]:
+    """This environment's lines for the payload (the engine, transformers 5.25)."""
+    here = handler.model_fn(str(model_dir))
+    assert here.generator.kind == "engine"
+    expected = without_cached(
+        [json.loads(line) for line in handler.output_fn(
+            handler.predict_fn(handler.input_fn(payload.read_bytes(), None), here), None
+        ).splitlines()]
+    )  # fmt: skip
+    here.generator.close()
+    return expected
+
+
 @pytest.fixture(scope="module")
 def packaged_code(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``code/`` as package_model ships it, with xgrammar vendored for this machine's Python 3.11."""
@@ -84,14 +100,7 @@ def test_container_code_under_the_image_libraries_equals_this_environment(
     payload = tmp_path / "payload.jsonl"
     payload.write_bytes(jsonl(DOCS))
     for arch, model_dir in tiny_dirs.items():
-        here = handler.model_fn(str(model_dir))
-        assert here.generator.kind == "engine"
-        expected = without_cached(
-            [json.loads(line) for line in handler.output_fn(
-                handler.predict_fn(handler.input_fn(payload.read_bytes(), None), here), None
-            ).splitlines()]
-        )  # fmt: skip
-        here.generator.close()
+        expected = _expected(handler, model_dir, payload)
         done = subprocess.run(
             [python, "-c", SCRIPT, str(packaged_code), str(model_dir), str(payload)],
             capture_output=True,
@@ -111,3 +120,38 @@ def test_container_code_under_the_image_libraries_equals_this_environment(
             line.pop("grammar_compilations", None)
         assert got == expected, (arch, report["transformers"])
         assert {line.get("finish_reason") for line in got} >= {"length", "stop"}
+
+
+@pytest.mark.skipif(
+    not PYTHONS, reason="make test builds the image environments (make container-envs)"
+)
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_serving_image_server_under_the_image_libraries_equals_this_environment(
+    python: str,
+    packaged_code: Path,
+    handler: ModuleType,
+    tiny_dirs: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    payload = tmp_path / "payload.jsonl"
+    payload.write_bytes(jsonl(DOCS))
+    expected = _expected(handler, tiny_dirs["mistral"], payload)
+    model_dir = model_with_code(tiny_dirs["mistral"], packaged_code, tmp_path / "model")
+    server = Served(python, model_dir, tmp_path)
+    try:
+        server.wait_ready()
+        status, _, body = server.invoke(payload.read_bytes(), content_type="application/jsonlines")
+        assert status == 200, body
+        got = without_cached(lines(body))
+        for line in got + expected:
+            line.pop("grammar_compilations", None)
+        assert got == expected
+        status, headers, chunks = server.stream(
+            jsonl(DOCS[:1]), content_type="application/jsonlines"
+        )
+        assert status == 200 and headers["transfer-encoding"] == "chunked" and len(chunks) > 1
+        assert lines(chunks)[-1]["generated_text"] == expected[0]["text"]
+    finally:
+        code, printed = server.stop()
+    assert code == 0, printed[-3000:]
+    assert "terminate called" not in printed

@@ -39,7 +39,7 @@ def _deploy(profile: Profile, model_dir: Path, per_instance: int = 1) -> str:
         ModelName=f"tiny-{tag}",
         ExecutionRoleArn="arn:aws:iam::123456789012:role/sm",
         PrimaryContainer={
-            "Image": "docflow-serving:local",  # our own serving contract: streams (localcloud/sagemaker/images.py)
+            "Image": "docflow-serving:local",  # docflow's serving image: localcloud runs its real serve
             "ModelDataUrl": profile.s3_uri(f"models/{tag}/model.tar.gz"),
             "Environment": {"DOCFLOW_NUM_THREADS": "1", "DOCFLOW_MAX_BATCH_SIZE": "2"},
         },

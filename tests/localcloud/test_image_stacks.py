@@ -95,7 +95,9 @@ def test_an_image_localcloud_cannot_emulate_is_refused_by_name(
         (HF.replace("-gpu-", "-cpu-") + "transformers4.51.3-cpu-py312-ubuntu22.04", "mms", "4.51.3",
          {"DOCFLOW_ENGINE": "static"}),
         ("docflow-serving:local", "docflow", None, {}),
-        (None, "docflow", None, {}),
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/docflow-serving:0.1", "docflow", None, {}),
+        ("echo", "toolkit", None, {}),
+        (None, "toolkit", None, {}),
     ],
 )  # fmt: skip
 def test_image_profiles(
@@ -107,6 +109,6 @@ def test_image_profiles(
     assert (profile.server, profile.transformers, profile.streams) == (
         server,
         transformers,
-        server == "docflow",
+        server != "mms",
     )
     assert profile.environment() == engine_env

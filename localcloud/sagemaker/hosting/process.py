@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,14 +61,31 @@ class ContainerSpec:
     image: str = "localcloud"
 
 
+STREAM_HEADERS = {"X-Amzn-SageMaker-Forwarded-Api": "InvokeEndpointWithResponseStream"}
+INJECTED_MODEL_ERROR = json.dumps(
+    {
+        "code": 500,
+        "type": "InternalServerException",
+        "message": "RuntimeError: localcloud fault switchboard: injected model error",
+    }
+).encode()
+
+
 class InstanceProcess:
-    """One instance: a ``python -m localcloud.sagemaker.hosting.instance`` child in its own session."""
+    """One instance, a child in its own session: ``python -m localcloud.sagemaker.hosting.instance``
+    (the inference toolkit's contract, run by localcloud), or for docflow's serving image
+    ``...hosting.serve_instance``, which execs the image's real ``serve`` (the SageMaker container
+    contract: ``/invocations``, streamed when ``X-Amzn-SageMaker-Forwarded-Api`` says so). The
+    fault switchboard reaches the real server from outside: a killed process, an error answer, a
+    stream cut after two chunks.
+    """
 
     def __init__(self, variant: str, container: ContainerSpec, aws_env: dict[str, str]) -> None:
         self.id = f"i-{next(_ids):05d}"
         self.variant = variant
         self.port: int | None = None
         self.dead = threading.Event()
+        self.serves = image_profile(container.image).server == "docflow"
         # The emulator owns the model directory, so it is removed even when the instance is killed.
         self.model_dir = tempfile.mkdtemp(prefix="localcloud-model-")
         env = dict(os.environ)
@@ -91,8 +110,9 @@ class InstanceProcess:
                 "model_dir": self.model_dir,
             }
         )
+        module = "serve_instance" if self.serves else "instance"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localcloud.sagemaker.hosting.instance"],
+            [sys.executable, "-m", f"localcloud.sagemaker.hosting.{module}"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             env=env,
@@ -157,10 +177,17 @@ class InstanceProcess:
         }
         if custom_attributes is not None:
             headers["X-Amzn-SageMaker-Custom-Attributes"] = custom_attributes
-        if fault:
-            headers[FAULT_HEADER] = fault
         assert self.port is not None, "invoke() before the instance was ready"
         path = "/invocations" if on_chunk is None else "/invocations-response-stream"
+        if self.serves:  # the real server: one path; faults from outside
+            path = "/invocations"
+            headers.update(STREAM_HEADERS if on_chunk is not None else {})
+            if fault == "model-error":
+                return Answer(500, INJECTED_MODEL_ERROR, "application/json", {})
+            if fault == "die":
+                self._kill_group()
+        elif fault:
+            headers[FAULT_HEADER] = fault
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
         try:
             conn.request("POST", path, body=body, headers=headers)
@@ -176,7 +203,7 @@ class InstanceProcess:
                 return answer
             if on_head is not None:
                 on_head(answer)
-            self._pump(response, on_chunk)
+            self._pump(response, on_chunk, 2 if self.serves and fault == "stream-break" else None)
             return answer
         except TimeoutError as exc:
             raise InvocationTimeout(f"no answer within {timeout_s:.0f} s") from exc
@@ -188,26 +215,45 @@ class InstanceProcess:
         finally:
             conn.close()
 
-    def _pump(self, response: http.client.HTTPResponse, on_chunk: Callable[[bytes], None]) -> None:
-        """Hand the stream's chunks on as they arrive; StreamBroken when it ends early."""
+    def _pump(
+        self,
+        response: http.client.HTTPResponse,
+        on_chunk: Callable[[bytes], None],
+        break_after: int | None = None,
+    ) -> None:
+        """Hand the stream's chunks on as they arrive; StreamBroken when it ends early.
+
+        ``break_after``: the fault switchboard cuts the stream after that many chunks.
+        """
+        sent = 0
         try:
             while chunk := response.read1(65536):
                 on_chunk(chunk)
+                sent += 1
+                if break_after is not None and sent >= break_after:
+                    raise ConnectionError("localcloud fault switchboard: stream cut mid-way")
         except (http.client.IncompleteRead, ConnectionError, OSError) as exc:
             raise StreamBroken(
                 f"the model's response stream from instance {self.id} broke ({type(exc).__name__})"
             ) from exc
 
+    def _kill_group(self) -> None:
+        """SIGKILL the instance's process group (the server and its watchdog)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
     def kill(self) -> None:
-        """Terminate the process (SIGTERM, then SIGKILL) and reap it."""
+        """Terminate the process (SIGTERM, then SIGKILL to its group) and reap it."""
         self.dead.set()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._kill_group()
                 self.proc.wait(timeout=5)
+        if self.serves:
+            self._kill_group()  # the server's watchdog
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         shutil.rmtree(self.model_dir, ignore_errors=True)
