@@ -12,32 +12,38 @@ from pathlib import Path
 from types import FrameType
 
 from localcloud.cloud import LocalCloud
-from localcloud.persist import SNAPSHOT_EVERY_S, load_s3, save_s3
+from localcloud.persist import SNAPSHOT_EVERY_S, S3Snapshot
 
 STOP_REPORT_S = 30.0  # a stop still running after this logs every thread's stack
 
 
 class StateKeeper:
-    """Loads S3 from ``folder`` once, and saves it there on stop and every SNAPSHOT_EVERY_S."""
+    """Loads S3 from ``folder`` once, and saves what changed there on stop and every
+    SNAPSHOT_EVERY_S; a save that fails is said and the last one kept."""
 
     def __init__(self, url: str, folder: Path) -> None:
-        self.url = url
-        self.folder = folder
+        self.snapshot = S3Snapshot(url, folder)
         self._last = time.monotonic()
 
     def load(self) -> int:
         """Objects loaded from the folder."""
-        return load_s3(self.url, self.folder)
+        return self.snapshot.load()
 
-    def save(self) -> int:
-        """Objects saved to the folder."""
+    def save(self) -> str:
+        """Save now; what happened, in words."""
         self._last = time.monotonic()
-        return save_s3(self.url, self.folder)
+        try:
+            kept, written = self.snapshot.save()
+        except Exception as exc:  # a save must never take localcloud down: the last one stays
+            return f"S3 not saved ({type(exc).__name__}: {exc}); the last save is kept"
+        return f"{kept} S3 objects saved to {self.snapshot.root.parent} ({written} written now)"
 
     def maybe_save(self) -> None:
-        """Save when SNAPSHOT_EVERY_S has passed since the last save."""
+        """Save when SNAPSHOT_EVERY_S has passed since the last save; say only a failure."""
         if time.monotonic() - self._last >= SNAPSHOT_EVERY_S:
-            self.save()
+            said = self.save()
+            if said.startswith("S3 not saved"):
+                print(f"localcloud: {said}", flush=True)
 
 
 def export_lines(env: dict[str, str]) -> str:
@@ -67,6 +73,8 @@ def serve_forever(host: str = "127.0.0.1", port: int = 4566, state_dir: str | No
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        # A stop that hangs says where: every thread's stack in the log after STOP_REPORT_S.
+        faulthandler.dump_traceback_later(STOP_REPORT_S, exit=False)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -84,10 +92,8 @@ def serve_forever(host: str = "127.0.0.1", port: int = 4566, state_dir: str | No
             if keeper is not None:
                 keeper.maybe_save()
     finally:
-        # A stop that hangs says where: every thread's stack in the log after STOP_REPORT_S.
-        faulthandler.dump_traceback_later(STOP_REPORT_S, exit=False)
         if keeper is not None:
-            print(f"localcloud: {keeper.save()} S3 objects saved to {state_dir}", flush=True)
+            print(f"localcloud: {keeper.save()}", flush=True)
         cloud.stop()
         faulthandler.cancel_dump_traceback_later()
         for sig, handler in previous.items():
