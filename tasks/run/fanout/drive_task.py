@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -54,7 +56,11 @@ def drive_run(
     key = run_artifact_key(manifest.run_key, "progress")
     # The run's Prefect API calls (slots, demand, cancel checks, progress) are made on one
     # background thread, in order: the driver's loop never waits on them.
-    with Chores() as chores, RunProgress(documents, key=key, submit=chores.submit) as progress:
+    with (
+        closing(CancelWatch(current_flow_run_id(), every_s=POLLING.cancel_every_s)) as cancel,
+        Chores() as chores,
+        RunProgress(documents, key=key, submit=chores.submit) as progress,
+    ):
 
         def report(m: RunManifest) -> None:
             counts = m.document_counts()
@@ -78,7 +84,7 @@ def drive_run(
             on_progress=report,
             staging=stager,
             spool=spool,
-            cancel=CancelWatch(current_flow_run_id(), every_s=POLLING.cancel_every_s),
+            cancel=cancel,
             chores=chores,
         )
         # What the endpoint runs meanwhile is metered for the run's cost (summary).
