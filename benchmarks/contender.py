@@ -51,6 +51,8 @@ def measure(spec_path: Path) -> dict[str, Any]:
     if profiler is not None and profile_to:
         profiler.stop()
         Path(profile_to).write_text(profiler.output_text(unicode=True, show_all=False))
+        # The whole session too (every thread's frames): ``pyinstrument --load FILE`` renders it again.
+        profiler.last_session.save(str(Path(profile_to).with_suffix(".pyisession")))
     calls = counter.snapshot()
     result: dict[str, Any] = {
         "contender": spec.contender,

@@ -70,9 +70,10 @@ class Bench:
         )
         self.log(f"{contender}: {n_docs} documents")
         env = self.env.child_env(endpoint)
-        if self.profile_dir is not None and contender == "docflow":
+        if self.profile_dir is not None and contender in ("docflow", "prefect_floor"):
             self.profile_dir.mkdir(parents=True, exist_ok=True)
-            env["BENCH_PROFILE"] = str(self.profile_dir / f"docflow-{n_docs}-{spec.run_id}.txt")
+            name = f"{contender}-{n_docs}-{spec.run_id}.txt"
+            env["BENCH_PROFILE"] = str(self.profile_dir / name)
         before = self._services_cpu_s(endpoint)
         result = run_contender(spec, env, timeout_s=self.cfg.contender_timeout_s)
         # CPU the shared services spent meanwhile: localcloud and the Prefect server (this process)

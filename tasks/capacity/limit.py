@@ -7,8 +7,9 @@ more invocations outstanding between them than the endpoint was sized for.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from uuid import UUID
 
@@ -63,17 +64,24 @@ class CapShare:
         self.name = concurrency_limit_name(endpoint)
         self._book = book or LeaseBook(lease_s=SLOT_LEASE_S)
         self._leases: list[UUID] = []
+        # grow may run on another thread than detach (tasks.capacity.keeper): the list is shared.
+        self._lock = threading.Lock()
 
     @property
     def held(self) -> int:
         """Slots this run holds now."""
-        return len(self._leases)
+        with self._lock:
+            return len(self._leases)
 
-    def grow(self, n: int, *, timeout_s: float) -> int:
-        """Take up to ``n`` more slots: as many as are free once one is (within ``timeout_s``)."""
+    def grow(self, n: int, *, timeout_s: float, on_taken: Callable[[], None] | None = None) -> int:
+        """Take up to ``n`` more slots: as many as are free once one is (within ``timeout_s``).
+
+        ``on_taken`` is called after each slot is taken (it is usable from then on).
+        """
         if n <= 0:
             return 0
-        take = min(n, wait_for_free(self.name, 1, timeout_s))
+        # Not waiting: take until the limit says none is free (a read first would cost a call).
+        take = n if timeout_s <= 0 else min(n, wait_for_free(self.name, 1, timeout_s))
         taken = 0
         for _ in range(take):
             try:
@@ -84,19 +92,32 @@ class CapShare:
                     "deploy-endpoint flow (it creates the limit) or create it with "
                     f"`prefect gcl create {self.name} --limit <max outstanding invocations>`"
                 ) from exc
-            if lease is None:  # another run took it between the read and the acquire
+            if lease is None:  # none free now (another run took it since the read)
                 break
-            self._leases.append(lease)
+            with self._lock:
+                self._leases.append(lease)
             taken += 1
+            if on_taken is not None:
+                on_taken()
         return taken
+
+    def detach(self, n: int) -> list[UUID]:
+        """Stop counting slots beyond ``n`` as held, at once; ``release`` gives them back."""
+        with self._lock:
+            keep = max(n, 0)
+            detached, self._leases = self._leases[keep:], self._leases[:keep]
+        return detached[::-1]  # the newest first, as they were taken back before
+
+    def release(self, leases: list[UUID]) -> None:
+        """Give ``leases`` (from ``detach``) back to the limit."""
+        for lease in leases:
+            self._book.release(lease)
 
     def shrink_to(self, n: int) -> int:
         """Give back slots until ``n`` are held; returns the slots released."""
-        released = 0
-        while len(self._leases) > max(n, 0):
-            self._book.release(self._leases.pop())
-            released += 1
-        return released
+        detached = self.detach(n)
+        self.release(detached)
+        return len(detached)
 
     def close(self) -> None:
         """Give back every slot still held."""

@@ -12,6 +12,8 @@ as the same cancel when the flow run is being cancelled, so the results are stil
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 CANCEL_STATES = frozenset({"CANCELLING", "CANCELLED"})
@@ -38,6 +40,8 @@ class CancelWatch:
         self.every_s = every_s
         self.reason: str | None = None
         self._last = time.monotonic()  # the first look after ``every_s``: the run starts at once
+        self._looking = False  # a look submitted by ``poll`` is not made yet
+        self._client: Any = None
 
     def requested(self, *, now: bool = False) -> str | None:
         """Why the run is being cancelled, or None while it is not (``now``: ask the API now)."""
@@ -47,10 +51,42 @@ class CancelWatch:
         if not now and at - self._last < self.every_s:
             return None
         self._last = at
-        from prefect.client.orchestration import get_client
+        self._look()
+        return self.reason
 
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(self.flow_run_id).state
+    def poll(self, submit: Callable[[Callable[[], None]], object]) -> str | None:
+        """``requested`` without waiting: when a look is due, ``submit`` makes it in the background;
+        a cancel it sees is returned from the next call on."""
+        if self.reason is not None or self.flow_run_id is None or self._looking:
+            return self.reason
+        at = time.monotonic()
+        if at - self._last >= self.every_s:
+            self._last = at
+            self._looking = True
+            submit(self._look)
+        return self.reason
+
+    def _look(self) -> None:
+        """Read the flow run's state; remember a cancel."""
+        assert self.flow_run_id is not None
+        try:
+            state = self._api().read_flow_run(self.flow_run_id).state
+        finally:
+            self._looking = False
         if state is not None and state.type.value in CANCEL_STATES:
             self.reason = f"flow run {self.flow_run_id} was cancelled ({state.name})"
-        return self.reason
+
+    def _api(self) -> Any:
+        """One API client for every look (a new one each second cost a TLS context and a connection)."""
+        if self._client is None:
+            from prefect.client.orchestration import get_client
+
+            self._client = get_client(sync_client=True)
+            self._client.__enter__()
+        return self._client
+
+    def close(self) -> None:
+        """Close the API client (a later look opens another)."""
+        if self._client is not None:
+            self._client.__exit__(None, None, None)
+            self._client = None

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.aws.sagemaker_runtime import InvokeSettings
+from tasks.capacity.keeper import Chores
 from tasks.capacity.limit import require_invocation_limit
 from tasks.endpoint.usage import InstanceMeter
 from tasks.run.fanout.cancel import CancelWatch, current_flow_run_id
@@ -50,7 +53,14 @@ def drive_run(
     documents = sum(len(r.doc_ids) for r in manifest.batches.values() if r.parent is None)
     counts = manifest.document_counts()
     log = ProgressLog(documents, done_before=counts["completed"] + counts["failed"])
-    with RunProgress(documents, key=run_artifact_key(manifest.run_key, "progress")) as progress:
+    key = run_artifact_key(manifest.run_key, "progress")
+    # The run's Prefect API calls (slots, demand, cancel checks, progress) are made on one
+    # background thread, in order: the driver's loop never waits on them.
+    with (
+        closing(CancelWatch(current_flow_run_id(), every_s=POLLING.cancel_every_s)) as cancel,
+        Chores() as chores,
+        RunProgress(documents, key=key, submit=chores.submit) as progress,
+    ):
 
         def report(m: RunManifest) -> None:
             counts = m.document_counts()
@@ -74,7 +84,8 @@ def drive_run(
             on_progress=report,
             staging=stager,
             spool=spool,
-            cancel=CancelWatch(current_flow_run_id(), every_s=POLLING.cancel_every_s),
+            cancel=cancel,
+            chores=chores,
         )
         # What the endpoint runs meanwhile is metered for the run's cost (summary).
         with InstanceMeter(profile, target.endpoint, every_s=POLLING.meter_every_s) as meter:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger
 
 from tasks.aws.sagemaker_runtime import InvokeRequest, InvokeResult, InvokeSettings, invoke_one
-from tasks.capacity.limit import CapShare, Demand, cap_share, fair_share
+from tasks.capacity.keeper import Chores, SlotKeeper
+from tasks.capacity.limit import cap_share
 from tasks.run.fanout.cancel import CancelWatch
 from tasks.run.fanout.notifications import Outcome, Received, outcome_from_notification
 from tasks.run.fanout.outcomes import Decision, apply_outcome, fail_outstanding, split_failed_batch
@@ -44,6 +46,7 @@ class RunDriver:
         staging: PayloadStager | None = None,
         spool: OutputSpool | None = None,
         cancel: CancelWatch | None = None,
+        chores: Chores | None = None,
     ) -> None:
         self.profile = profile
         self.manifest = manifest
@@ -56,6 +59,8 @@ class RunDriver:
         self.staging = staging
         self.spool = spool
         self.cancel = cancel
+        # The loop's Prefect API calls (slots, demand, cancel checks) are made on this thread.
+        self.chores = chores
         self.stats = DriveStats()
         self._last_progress = 0.0
         self._invoking: dict[str, tuple[InvokeRequest, Future[InvokeResult]]] = {}
@@ -64,7 +69,6 @@ class RunDriver:
         self._last_save = time.monotonic()
         self._last_grow = 0.0
         self._last_share = 0.0
-        self._target = cap
         self._dirty = False
 
     def run(self) -> DriveStats:
@@ -89,15 +93,18 @@ class RunDriver:
     def _loop(self, logger: Any) -> None:
         deadline = time.monotonic() + self.options.deadline_s
         with (
+            Chores() if self.chores is None else nullcontext(self.chores) as chores,
             cap_share(self.invoke.endpoint) as (share, demand),
             QueuePoller(self.profile, self.queue, wait_s=self.options.poll_wait_s) as poller,
             ThreadPoolExecutor(
                 min(self.cap, POLLING.max_invoker_threads), thread_name_prefix="docflow-invoke"
             ) as invoker,
         ):
+            keeper = SlotKeeper(share, demand, self.cap, chores, wake=poller.wake)
             try:
                 while outstanding := self.manifest.outstanding():
-                    if self.cancel is not None and (reason := self.cancel.requested()):
+                    chores.check()
+                    if self.cancel is not None and (reason := self.cancel.poll(chores.submit)):
                         self._stop_for_cancel(reason, logger)
                         break
                     if time.monotonic() > deadline:
@@ -120,15 +127,15 @@ class RunDriver:
                         if r.status is BatchStatus.PENDING and r.batch_id not in self._invoking
                     ]
                     in_flight = len(outstanding) - len(pending)
-                    self._size_share(share, demand, in_flight, len(pending))
-                    free = share.held - in_flight
+                    self._size_share(keeper, in_flight, len(pending))
+                    free = keeper.held - in_flight
                     ready = [
                         r for r in pending[: free + POLLING.stage_lookahead] if self._staged(r)
                     ]
                     wave = ready[:free] if free > 0 else []
                     if wave:
                         self._submit(invoker, poller, wave)
-                    self._publish_demand(demand, in_flight + len(wave), len(pending) - len(wave))
+                    self._publish_demand(keeper, in_flight + len(wave), len(pending) - len(wave))
                     # Wait for the next notification, a returned invocation, or a short idle tick.
                     wait_s = self._wait_s(
                         in_flight + len(wave), free - len(wave), len(pending) - len(wave)
@@ -142,6 +149,7 @@ class RunDriver:
                     self._handle(poller, messages)
             finally:
                 self._record_invocations(wait=True, raising=False)  # submitted stays on record
+                chores.drain()  # every lease call made before cap_share gives back the rest
         if self.on_progress is not None:
             self.on_progress(self.manifest)
 
@@ -186,37 +194,40 @@ class RunDriver:
             self._last_progress = now
             self.on_progress(self.manifest)
 
-    def _size_share(self, share: CapShare, demand: Demand, in_flight: int, pending: int) -> None:
+    def _size_share(self, keeper: SlotKeeper, in_flight: int, pending: int) -> None:
         """Hold only the slots in use or about to be: grow when free, hand back as batches end.
 
         Above its fair share (``_publish_demand``) the run gives back each slot whose batch ends,
-        so a run started beside it gets a slot as soon as one batch finishes.
+        so a run started beside it gets a slot as soon as one batch finishes. The API calls are
+        made in the background (``SlotKeeper``): a slot taken wakes the loop.
         """
         want = min(self.cap, in_flight + pending)
         now = time.monotonic()
-        target = min(want, self._target)
-        if share.held > target:
+        target = min(want, keeper.target)
+        held = keeper.held
+        self.stats.slots_held_max = max(self.stats.slots_held_max, held)
+        if held > target:
             # Never below what is in flight: those slots are in use until their batch ends.
-            self.stats.slots_released += share.shrink_to(max(target, in_flight))
-        elif share.held < target and (
-            not share.held or now - self._last_grow >= POLLING.grow_every_s
+            self.stats.slots_released += keeper.shrink_to(max(target, in_flight))
+        elif (
+            held < target
+            and not keeper.growing
+            and (not held or now - self._last_grow >= POLLING.grow_every_s)
         ):
             self._last_grow = now
             # Wait for a slot only once the run's demand is published (others make room for it).
-            wait_s = POLLING.first_grow_wait_s if not share.held and demand.wanted else 0
-            share.grow(target - share.held, timeout_s=wait_s)
-            self.stats.slots_held_max = max(self.stats.slots_held_max, share.held)
+            wait_s = POLLING.first_grow_wait_s if not held and keeper.published else 0
+            keeper.grow(target - held, timeout_s=wait_s)
 
-    def _publish_demand(self, demand: Demand, in_flight: int, pending: int) -> None:
+    def _publish_demand(self, keeper: SlotKeeper, in_flight: int, pending: int) -> None:
         """Say what this run could use and read what all runs want (after submitting: no delay)."""
         want = min(self.cap, in_flight + pending)
         now = time.monotonic()
         # More is said at once; less (each batch ending in the tail) at most every share_every_s:
         # three API calls per change cost a run's last seconds, and a shrinking want frees no slot.
-        if now - self._last_share >= POLLING.share_every_s or want > demand.wanted:
+        if now - self._last_share >= POLLING.share_every_s or want > keeper.asked:
             self._last_share = now
-            demand.set(want)
-            self._target = fair_share(self.cap, want, demand.total())
+            keeper.publish(want)
 
     def _submit(
         self, invoker: ThreadPoolExecutor, poller: QueuePoller, wave: list[BatchRecord]

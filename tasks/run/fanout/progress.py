@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 from uuid import UUID
@@ -27,6 +28,7 @@ class RunProgress:
         description: str = "documents finished",
         interval_s: float = 2.0,
         terminal: bool | None = None,
+        submit: Callable[..., object] | None = None,
     ) -> None:
         self.total = max(total, 0)
         self.key = key
@@ -34,6 +36,8 @@ class RunProgress:
         self.interval_s = interval_s
         self.terminal = sys.stdout.isatty() if terminal is None else terminal
         self.done = 0
+        # Makes the artifact's API calls (on a background thread: ``tasks.capacity.keeper.Chores``).
+        self._call: Callable[..., object] = submit or (lambda fn, *args: fn(*args))
         self._artifact_id: UUID | None = None
         self._last_update = 0.0
         self._shown = -1
@@ -49,13 +53,8 @@ class RunProgress:
 
     def __enter__(self) -> RunProgress:
         if _in_run_context():
-            from prefect.artifacts import create_progress_artifact
-
-            made = create_progress_artifact(
-                progress=float(int(self.percent())), key=self.key, description=self.description
-            )
-            self._artifact_id = made if isinstance(made, UUID) else None
             self._shown = int(self.percent())
+            self._call(self._create, self._shown)
         if self.terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -80,15 +79,28 @@ class RunProgress:
             self._bar.update(self._task_id, completed=min(done, self.total))
         now = time.monotonic()
         shown = int(self.percent())
-        if self._artifact_id is None or shown == self._shown:
+        if self._shown < 0 or shown == self._shown:  # no artifact (outside a run), or no change
             return
         if force or now - self._last_update >= self.interval_s:
-            from prefect.artifacts import update_progress_artifact
-
-            update_progress_artifact(self._artifact_id, progress=float(shown))
+            self._call(self._send, shown)
             self._shown = shown
             self._last_update = now
             self.artifact_updates += 1
+
+    def _create(self, shown: int) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        made = create_progress_artifact(
+            progress=float(shown), key=self.key, description=self.description
+        )
+        self._artifact_id = made if isinstance(made, UUID) else None
+
+    def _send(self, shown: int) -> None:
+        if self._artifact_id is None:  # it could not be made
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self._artifact_id, progress=float(shown))
 
     def __exit__(
         self,

@@ -49,6 +49,11 @@ class OutputSpool:
         if uri not in self._pending:
             self._pending[uri] = self._pool.submit(self._download, uri)
 
+    def ready(self, uri: str) -> bool:
+        """Whether the object at ``uri`` is downloaded (``read`` returns it without waiting)."""
+        future = self._pending.get(uri)
+        return future is not None and future.done() and not future.cancelled() and future.result()
+
     def read(self, uri: str) -> bytes | None:
         """The object's bytes when the spool has them (waiting for a download under way), else None."""
         future = self._pending.get(uri)

@@ -77,13 +77,20 @@ def parse_output(body: bytes) -> BatchOutput:
 def read_outputs(
     records: list[BatchRecord], profile: Profile, spool: OutputSpool | None = None
 ) -> dict[str, BatchOutput]:
-    """Read the outputs of the given batches concurrently (thread pool over the spool / S3)."""
+    """Read the outputs of the given batches: those already in the spool here (local files: a
+    thread each would cost more to start than the read), the others concurrently (thread pool
+    over the spool's downloads under way and S3)."""
     if not records:
         return {}
-    workers = min(READ_WORKERS, len(records))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read-output") as pool:
-        outputs = pool.map(lambda r: read_output(r, profile, spool), records)
-        return {r.batch_id: o for r, o in zip(records, outputs, strict=True)}
+    local = [r for r in records if spool is not None and spool.ready(r.output_uri)]
+    outputs = {r.batch_id: read_output(r, profile, spool) for r in local}
+    rest = [r for r in records if r.batch_id not in outputs]
+    if rest:
+        workers = min(READ_WORKERS, len(rest))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read-output") as pool:
+            read = pool.map(lambda r: read_output(r, profile, spool), rest)
+            outputs.update((r.batch_id, o) for r, o in zip(rest, read, strict=True))
+    return {r.batch_id: outputs[r.batch_id] for r in records}
 
 
 class OutputCache:

@@ -102,6 +102,9 @@ def test_spool_serves_fetched_outputs_and_none_for_the_rest(profile: Profile) ->
         assert spool.read(here) == b'{"id":"a"}\n'
         assert spool.read(gone) is None  # the aggregation goes to S3 and reports the error
         assert spool.read(f"s3://{profile.bucket}/never-fetched") is None
+        # Downloaded: read where it is needed; failed or never fetched: not ready (S3 is asked).
+        assert spool.ready(here)
+        assert not spool.ready(gone) and not spool.ready(f"s3://{profile.bucket}/never-fetched")
         s3.delete_object(Bucket=profile.bucket, Key="outputs/spool/a.out")
         assert spool.read(here) == b'{"id":"a"}\n'  # served from disk, not S3
         folder = spool.path_for(here).parent
