@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -64,10 +63,7 @@ def _create_queue(sqs: Any, name: str, attributes: dict[str, str]) -> tuple[str,
 def open_run_queue(
     profile: Profile, outputs: EndpointOutputs, run_key: str, *, visibility_timeout_s: int = 60
 ) -> RunQueue:
-    """Create (or reuse) the run's queue and DLQ and subscribe them to both topics, before any invoke.
-
-    Calls that do not need each other's answer are made at once (5 round trips deep, not 8).
-    """
+    """Create (or reuse) the run's queue and DLQ and subscribe them to both topics, before any invoke."""
     sqs = aws_client("sqs", profile)
     sns = aws_client("sns", profile)
     topics = [outputs.success_topic, outputs.error_topic]
@@ -75,14 +71,20 @@ def open_run_queue(
     dlq_url, dlq_arn = _create_queue(
         sqs, queue_name(outputs.endpoint, run_key, "-dlq"), {"MessageRetentionPeriod": "1209600"}
     )
-    attributes = {
-        "VisibilityTimeout": str(visibility_timeout_s),
-        "MessageRetentionPeriod": "1209600",
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "10"}),
-    }
+    sqs.set_queue_attributes(QueueUrl=dlq_url, Attributes={"Policy": queue_policy(dlq_arn, topics)})
+    url, arn = _create_queue(
+        sqs,
+        name,
+        {
+            "VisibilityTimeout": str(visibility_timeout_s),
+            "MessageRetentionPeriod": "1209600",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "10"}),
+        },
+    )
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": queue_policy(arn, topics)})
     prefix = inference_prefix(run_key)
-
-    def subscribe(topic: str, arn: str) -> str:
+    subscriptions = []
+    for topic in topics:
         sub = sns.subscribe(
             TopicArn=topic,
             Protocol="sqs",
@@ -95,24 +97,7 @@ def open_run_queue(
             },
             ReturnSubscriptionArn=True,
         )
-        return str(sub["SubscriptionArn"])
-
-    with ThreadPoolExecutor(len(topics) + 1, thread_name_prefix="docflow-queue") as pool:
-        dlq_policy = pool.submit(
-            sqs.set_queue_attributes,
-            QueueUrl=dlq_url,
-            Attributes={"Policy": queue_policy(dlq_arn, topics)},
-        )
-        url, arn = _create_queue(sqs, name, attributes)
-        policy = pool.submit(
-            sqs.set_queue_attributes,
-            QueueUrl=url,
-            Attributes={"Policy": queue_policy(arn, topics)},
-        )
-        subscribing = [pool.submit(subscribe, topic, arn) for topic in topics]
-        dlq_policy.result()
-        policy.result()
-        subscriptions = [s.result() for s in subscribing]
+        subscriptions.append(sub["SubscriptionArn"])
     return RunQueue(
         name=name,
         queue_url=url,
@@ -125,27 +110,21 @@ def open_run_queue(
 
 
 def close_run_queue(profile: Profile, queue: RunQueue) -> None:
-    """Unsubscribe and delete the run's queues (each step's calls at once); objects already gone are fine."""
+    """Unsubscribe and delete the run's queues; objects already gone are fine."""
     sns = aws_client("sns", profile)
     sqs = aws_client("sqs", profile)
-
-    def unsubscribe(arn: str) -> None:
+    for arn in queue.subscription_arns:
         try:
             sns.unsubscribe(SubscriptionArn=arn)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in {"NotFound", "NotFoundException"}:
                 raise
-
-    def delete_queue(url: str) -> None:
+    for url in (queue.queue_url, queue.dlq_url):
         try:
             sqs.delete_queue(QueueUrl=url)
         except ClientError as exc:
             if "NonExistentQueue" not in exc.response.get("Error", {}).get("Code", ""):
                 raise
-
-    with ThreadPoolExecutor(2, thread_name_prefix="docflow-queue") as pool:
-        list(pool.map(unsubscribe, queue.subscription_arns))
-        list(pool.map(delete_queue, (queue.queue_url, queue.dlq_url)))
 
 
 def receive(
