@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from docflow.prefect_server import wait_until
 from tasks.aws.clients import aws_client
 from tasks.aws.s3 import split_s3_uri
 from tasks.run.plan.manifest import load_manifest
@@ -254,15 +255,19 @@ def test_a_run_that_fails_while_staging_resumes_and_stages_the_rest(
     real_put = tasks.run.fanout.staging.put_staged
     puts: list[str] = []
 
+    first = InvokeCounter(path)
+
     def denied_put(profile: Profile, item: Any) -> int:
         puts.append(item.key)
         if len(puts) == 6:
+            # Staging is still going: the first batches are invoked meanwhile, not after it.
+            wait_until(lambda: first.total > 0, what="an invocation while staging", timeout_s=60)
             error = {"Error": {"Code": "AccessDenied", "Message": "simulated"}}
             raise ClientError(error, "PutObject")  # type: ignore[arg-type]
         return real_put(profile, item)
 
     monkeypatch.setattr(tasks.run.fanout.staging, "put_staged", denied_put)
-    with InvokeCounter(path) as first, pytest.raises(Exception, match="AccessDenied"):
+    with first, pytest.raises(Exception, match="AccessDenied"):
         run(dep, tmp_path / "c.jsonl", batch_size=4, run_key="stage1")
     monkeypatch.setattr(tasks.run.fanout.staging, "put_staged", real_put)
     interrupted = load_manifest("stage1", prof)

@@ -21,24 +21,46 @@ def _errors(entries: list[object]) -> dict[str, str]:
     return {e.doc_id: e.error for e in entries if hasattr(e, "error")}  # type: ignore[attr-defined]
 
 
-def test_handler_imports_only_stdlib_torch_transformers_its_siblings_and_requirements() -> None:
-    code_dir = HANDLER_PATH.parent
-    siblings = {Path(name).stem for name in code_files(code_dir) if name.endswith(".py")}
+def _imported_roots(files: list[Path]) -> set[str]:
     roots: set[str] = set()
-    nodes = [n for f in sorted(code_dir.glob("*.py")) for n in ast.walk(ast.parse(f.read_text()))]
-    for node in nodes:
+    for node in (n for f in files for n in ast.walk(ast.parse(f.read_text()))):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             roots.add(node.module.split(".")[0])
+    return roots
+
+
+def _requirement_names(path: Path) -> set[str]:
+    lines = path.read_text().splitlines()
+    names = {re.split(r"[=<>!~ ;\[]", line.strip())[0] for line in lines if line.strip()}
+    return {name for name in names if name and not name.startswith("#")}
+
+
+def test_handler_imports_only_stdlib_torch_transformers_its_siblings_and_requirements() -> None:
+    code_dir = HANDLER_PATH.parent
+    shipped = [code_dir / name for name in code_files(code_dir) if name.endswith(".py")]
+    siblings = {path.stem for path in shipped}
     assert {"request_contract", "loaded_model", "engine_core", "generator"} <= siblings
-    third_party = roots - set(sys.stdlib_module_names) - siblings
-    lines = (code_dir / "requirements.txt").read_text().splitlines()
-    required = {re.split(r"[=<>!~ ;\[]", line)[0] for line in lines if line.strip()}
-    required = {name for name in required if name and not name.startswith("#")}
+    third_party = _imported_roots(shipped) - set(sys.stdlib_module_names) - siblings
+    required = _requirement_names(code_dir / "requirements.txt")
     assert third_party <= {"torch", "transformers", "safetensors"} | required, third_party
     # each listed package is installed at every instance start (or vendored: package_model wheels)
     assert required == {"xgrammar", "apache-tvm-ffi"}
+
+
+def test_the_serving_image_server_imports_only_what_its_image_installs() -> None:
+    """container_server.py is the image's, not the artifact's: its own requirements."""
+    from tasks.model.archive import IMAGE_ONLY
+
+    code_dir = HANDLER_PATH.parent
+    siblings = {Path(name).stem for name in code_files(code_dir) if name.endswith(".py")}
+    server = [code_dir / name for name in IMAGE_ONLY]
+    third_party = _imported_roots(server) - set(sys.stdlib_module_names) - siblings
+    image = _requirement_names(
+        Path(__file__).parents[2] / "docker" / "serving" / "requirements.txt"
+    )
+    assert third_party and third_party <= image, (third_party, image)
 
 
 @pytest.mark.parametrize(
