@@ -15,23 +15,25 @@ from localcloud.cloud import LocalCloud
 from localcloud.persist import SNAPSHOT_EVERY_S, S3Snapshot
 
 STOP_REPORT_S = 30.0  # a stop still running after this logs every thread's stack
+FINAL_SAVE_S = 60.0  # the save on stop; `docflow ui` waits STOP_TIMEOUT_S (120 s) in all
 
 
 class StateKeeper:
-    """Loads S3 from ``folder`` once, and saves what changed there on stop and every
-    SNAPSHOT_EVERY_S; a save that fails is said and the last one kept."""
+    """Loads S3 from ``folder`` once, and saves what changed there every SNAPSHOT_EVERY_S on a
+    background thread (the main thread stays free to stop) and once more on stop; a save that
+    fails is said and the last one kept."""
 
     def __init__(self, url: str, folder: Path) -> None:
         self.snapshot = S3Snapshot(url, folder)
         self._last = time.monotonic()
+        self._saving: threading.Thread | None = None
 
     def load(self) -> int:
         """Objects loaded from the folder."""
         return self.snapshot.load()
 
     def save(self) -> str:
-        """Save now; what happened, in words."""
-        self._last = time.monotonic()
+        """Save now, in this thread; what happened, in words."""
         try:
             kept, written = self.snapshot.save()
         except Exception as exc:  # a save must never take localcloud down: the last one stays
@@ -39,11 +41,39 @@ class StateKeeper:
         return f"{kept} S3 objects saved to {self.snapshot.root.parent} ({written} written now)"
 
     def maybe_save(self) -> None:
-        """Save when SNAPSHOT_EVERY_S has passed since the last save; say only a failure."""
-        if time.monotonic() - self._last >= SNAPSHOT_EVERY_S:
+        """Start a save in the background when SNAPSHOT_EVERY_S has passed and none is running."""
+        if self._saving is not None and self._saving.is_alive():
+            return
+        if time.monotonic() - self._last < SNAPSHOT_EVERY_S:
+            return
+        self._last = time.monotonic()
+
+        def save_and_say_a_failure() -> None:
             said = self.save()
             if said.startswith("S3 not saved"):
                 print(f"localcloud: {said}", flush=True)
+
+        self._saving = threading.Thread(
+            target=save_and_say_a_failure, name="localcloud-s3-save", daemon=True
+        )
+        self._saving.start()
+
+    def final_save(self, timeout_s: float = FINAL_SAVE_S) -> str:
+        """The save on stop, after any save under way: at most ``timeout_s`` in all."""
+        deadline = time.monotonic() + timeout_s
+        if self._saving is not None:
+            self._saving.join(timeout=timeout_s)
+            if self._saving.is_alive():
+                return f"S3 not saved (a save still runs after {timeout_s:.0f} s); the last save is kept"
+        said: list[str] = []
+        last = threading.Thread(target=lambda: said.append(self.save()), daemon=True)
+        last.start()
+        last.join(timeout=max(0.0, deadline - time.monotonic()))
+        return (
+            said[0]
+            if said
+            else f"S3 not saved (not done in {timeout_s:.0f} s); the last save is kept"
+        )
 
 
 def export_lines(env: dict[str, str]) -> str:
@@ -93,7 +123,7 @@ def serve_forever(host: str = "127.0.0.1", port: int = 4566, state_dir: str | No
                 keeper.maybe_save()
     finally:
         if keeper is not None:
-            print(f"localcloud: {keeper.save()}", flush=True)
+            print(f"localcloud: {keeper.final_save()}", flush=True)
         cloud.stop()
         faulthandler.cancel_dump_traceback_later()
         for sig, handler in previous.items():

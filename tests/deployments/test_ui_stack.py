@@ -149,7 +149,8 @@ def test_a_run_stopped_with_the_stack_resumes_after_it_starts_again(
     assert len(started) >= 7, started  # docflow ui, postgres, server, localcloud, 3 workers
     api_port = int(ui.running().api_url.rsplit(":", 1)[1].split("/")[0])
     printed = ui.stop()
-    assert "S3 objects saved to" in (ui.home / "logs" / "localcloud.log").read_text(), printed
+    localcloud_log = (ui.home / "logs" / "localcloud.log").read_text()
+    assert "S3 objects saved to" in localcloud_log, printed + localcloud_log[-12000:]
     assert "stopped localcloud in" in printed and printed.rstrip().endswith("stopped."), (
         ui.log_text()
     )
