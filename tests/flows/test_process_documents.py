@@ -111,8 +111,11 @@ def test_every_notification_duplicated_gives_one_row_per_document(
     result, table = run(dep, tmp_path / "c.jsonl", batch_size=4)
     assert_ledger(result, table, 24)
     assert result["completed"] == 24
-    assert localcloud.faults.counters()["duplicated_notifications"] >= 6
-    assert result["duplicate_notifications"] >= 6
+    fired = localcloud.faults.counters()["duplicated_notifications"]
+    assert fired >= 6
+    # The run saw (and dropped) the duplicates that came before it ended: those of its last
+    # batches may arrive after it stopped listening.
+    assert 1 <= result["duplicate_notifications"] <= fired, (result, fired)
     assert result["invocations"] == 6
 
 
