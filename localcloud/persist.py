@@ -75,6 +75,13 @@ class S3Snapshot:
         self.url = url
         self.region = region
         self.root = folder / "s3"
+        self._client: Any = None
+
+    def _s3(self) -> Any:
+        """One client for every save (making one takes a second on a busy machine)."""
+        if self._client is None:
+            self._client = _s3(self.url, self.region)
+        return self._client
 
     def saved_buckets(self) -> list[str]:
         """The buckets the folder holds."""
@@ -82,7 +89,7 @@ class S3Snapshot:
 
     def save(self) -> tuple[int, int]:
         """Bring the folder up to date with S3; (objects kept, objects written now)."""
-        s3 = _s3(self.url, self.region)
+        s3 = self._s3()
         self.root.mkdir(parents=True, exist_ok=True)
         live = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
         kept = written = 0
@@ -123,7 +130,7 @@ class S3Snapshot:
         """Create the saved buckets and objects in S3; objects loaded."""
         if not self.root.is_dir():
             return 0
-        s3 = _s3(self.url, self.region)
+        s3 = self._s3()
         loaded = 0
         for bucket in self.saved_buckets():
             s3.create_bucket(Bucket=bucket)

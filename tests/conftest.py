@@ -70,7 +70,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True)  # also runs without xdist (-p no:xdist)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """make test's ``-n 2 --dist loadfile``: a file runs in order on one process (a module-scoped
+    """make test's ``-n 3 --dist loadfile``: a file runs in order on one process (a module-scoped
     fixture starts once; a test that ends its module's stack runs last), and the files that share
     a session stack (SHARED_STACKS) run on one process, so that stack starts once."""
     if config.getvalue("dist") != "loadfile":

@@ -14,7 +14,7 @@ import boto3
 
 from docflow.prefect_server import ChildProcess, free_port, spawn, wait_until
 from localcloud.accounts import ACCESS_KEY, SECRET_KEY
-from localcloud.persist import S3Snapshot
+from localcloud.persist import STOP_TIMEOUT_S, S3Snapshot
 
 
 @contextmanager
@@ -38,7 +38,7 @@ def local_up(state_dir: Path, log: Path) -> Iterator[tuple[str, ChildProcess]]:
         )
         yield f"http://127.0.0.1:{port}", child
     finally:
-        child.stop(timeout_s=30)  # SIGTERM: the last save
+        child.stop(timeout_s=STOP_TIMEOUT_S)  # SIGTERM: the last save, as `docflow ui` stops it
 
 
 def _client(url: str) -> Any:
@@ -105,6 +105,7 @@ def test_a_save_that_cannot_reach_s3_fails_and_keeps_the_last_one(tmp_path: Path
     with local_up(state, tmp_path / "localcloud.log") as (url, _):
         _client(url).create_bucket(Bucket="kept")
         _client(url).put_object(Bucket="kept", Key="a", Body=b"a")
+    assert "1 S3 objects saved to" in (tmp_path / "localcloud.log").read_text()
     said = StateKeeper(url, state).save()  # that localcloud is gone
     assert said.startswith("S3 not saved (") and "the last save is kept" in said, said
     assert (state / "s3" / "kept" / "a").read_bytes() == b"a"
