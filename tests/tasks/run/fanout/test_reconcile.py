@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from tasks.aws.clients import aws_client
 from tasks.run.fanout.reconcile import ResultLookup, look_up_results
+from tasks.run.plan.target import EndpointOutputs
 from tasks.settings import Profile
+
+
+def _outputs(profile: Profile, created_at: datetime | None = None) -> EndpointOutputs:
+    """The endpoint of the resume tests, its outputs and failures in the profile's bucket."""
+    return EndpointOutputs(
+        endpoint="ep",
+        success_topic="arn:aws:sns:us-east-1:123456789012:ok",
+        error_topic="arn:aws:sns:us-east-1:123456789012:err",
+        output_path=profile.s3_uri("async-outputs"),
+        failure_path=profile.s3_uri("async-failures"),
+        created_at=created_at,
+    )
 
 
 def test_reconcile_finds_outputs_and_failures(profile: Profile) -> None:
@@ -45,16 +60,9 @@ def test_a_resumed_run_splits_an_inline_batch_that_failed_while_no_one_listened(
     from tasks.run.fanout.reconcile import resume_reconcile
     from tasks.run.plan.batching import make_batches
     from tasks.run.plan.manifest import BatchStatus, RunManifest, new_record
-    from tasks.run.plan.target import EndpointOutputs
     from tasks.run.request.prompts import GenerationParameters, PromptTemplate
 
-    outputs = EndpointOutputs(
-        endpoint="ep",
-        success_topic="arn:aws:sns:us-east-1:123456789012:ok",
-        error_topic="arn:aws:sns:us-east-1:123456789012:err",
-        output_path=profile.s3_uri("async-outputs"),
-        failure_path=profile.s3_uri("async-failures"),
-    )
+    outputs = _outputs(profile)
     docs = [Document(doc_id=f"d{i}", text=f"document {i}") for i in range(4)]
     (payload,), _ = make_batches(docs, PromptTemplate(), GenerationParameters(), max_docs=4)
 
@@ -105,18 +113,10 @@ def test_a_resumed_run_retries_at_once_what_it_sent_to_an_endpoint_deleted_since
     from tasks.run.fanout.reconcile import resume_reconcile
     from tasks.run.plan.batching import make_batches
     from tasks.run.plan.manifest import BatchStatus, RunManifest, new_record
-    from tasks.run.plan.target import EndpointOutputs
     from tasks.run.request.prompts import GenerationParameters, PromptTemplate
 
     created = datetime.now(UTC)
-    outputs = EndpointOutputs(
-        endpoint="ep",
-        success_topic="arn:aws:sns:us-east-1:123456789012:ok",
-        error_topic="arn:aws:sns:us-east-1:123456789012:err",
-        output_path=profile.s3_uri("async-outputs"),
-        failure_path=profile.s3_uri("async-failures"),
-        created_at=created,
-    )
+    outputs = _outputs(profile, created_at=created)
     docs = [Document(doc_id=f"d{i}", text=f"document {i}") for i in range(3)]
     payloads, _ = make_batches(docs, PromptTemplate(), GenerationParameters(), max_docs=1)
     manifest = RunManifest(run_key="lost", endpoint="ep", model_artifact="s3://m/model.tar.gz")
